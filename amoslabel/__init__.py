@@ -1,0 +1,1 @@
+"""AMOS Label core: configuration, organs, volumes, datastore, import."""

@@ -1,0 +1,172 @@
+"""MONAI Label's local datastore, made safe for a team's work.
+
+Differences from ``monailabel.datastore.local.LocalDatastore``, which this extends:
+
+* The JSON index is written atomically (temporary file, fsync, rename). MONAI Label rewrites it in place and a crash
+  mid-write leaves it empty, after which the server will not start. If an index is found unreadable anyway (written
+  by plain MONAI Label, or damaged), it is moved aside and rebuilt from the files on disk, which are the truth.
+* Ids and tags are checked before they become file names (no paths, no control characters).
+* Uploaded images and labels are checked before anything is stored: readable, 3D, finite intensities, AMOS label
+  ids 0-15, and a label on exactly its image's grid. Bad input raises an :class:`~amoslabel.errors.InputError`,
+  which MONAI Label's endpoints turn into a 4xx answer; nothing is half-written and nothing stored is touched.
+* Images and labels are copied in atomically, so a crash leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+
+from amoslabel.cases import WORKSPACE_DIR, CaseRecords, check_id, check_tag
+from amoslabel.errors import InputError, NotFound, TooLarge
+from amoslabel.modality import normalise_name
+from amoslabel.volume import (
+    Geometry,
+    copy_atomic,
+    read_header,
+    read_image,
+    read_label,
+    write_atomic,
+    write_text_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "datastore_v2.json"
+
+
+class AmosDatastore(LocalDatastore):
+    """A local studies folder: images at the top, labels under ``labels/<tag>/``, our records under ``.amoslabel/``."""
+
+    def __init__(self, studies: str, max_voxels: int, max_upload_bytes: int, auto_reload: bool = False,
+                 read_only: bool = False, extensions=("*.nii.gz", "*.nii")):
+        self.max_voxels = max_voxels
+        self.max_upload_bytes = max_upload_bytes
+        self.records = CaseRecords(studies)
+        self.scratch = Path(studies) / WORKSPACE_DIR / "tmp"
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        _set_aside_unreadable_index(Path(studies) / INDEX_FILE)
+        super().__init__(studies, extensions=extensions, auto_reload=auto_reload, read_only=read_only)
+
+    # -- the index ---------------------------------------------------------------------------------------------
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        def write() -> None:
+            self._ignore_event_config = True
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            write_text_atomic(text, self._datastore_config_path)
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
+
+    # -- writes ------------------------------------------------------------------------------------------------
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        """Check and store an uploaded scan as ``<id>.nii.gz``; its modality (if given) goes to the case record."""
+        if not image_id:
+            image_id = _id_from_upload(image_filename)
+        check_id(image_id)
+        self._check_upload_size(image_filename)
+        image = read_image(image_filename, self.max_voxels, name=f"image {image_id}")
+        dest = Path(self._datastore.image_path()) / f"{image_id}.nii.gz"
+        info = dict(image_info or {})
+        modality = info.get("modality")
+        if modality is not None and normalise_name(modality) is None:
+            raise InputError(f"modality {modality!r} is not supported; use 'ct' or 'mri'")
+        with FileLock(self._lock_file):
+            if image_filename.endswith(".nii.gz"):
+                copy_atomic(image_filename, dest, self.scratch)
+            else:
+                write_atomic(image, dest, self.scratch)
+            info.update({"ts": int(time.time()), "name": dest.name, "sha256": _sha256(dest)})
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=".nii.gz"))
+            self._update_datastore_file(lock=False)
+        record = {"source": "upload", "uploaded_by": info.get("user"), "geometry": Geometry.of(image).to_json()}
+        if modality:
+            record.update(modality=normalise_name(modality), modality_source="uploader")
+        self.records.update(image_id, record)
+        logger.info(f"Added image {image_id} ({'x'.join(map(str, image.GetSize()))})")
+        return image_id
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        """Check and store a label map for an existing image as ``labels/<tag>/<id>.nii.gz`` (uint8)."""
+        check_id(image_id)
+        check_tag(label_tag)
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            raise NotFound(f"image {image_id!r} is not in the datastore")
+        self._check_upload_size(label_filename)
+        label = read_label(label_filename, self.max_voxels, name=f"label for {image_id}")
+        image_geometry = Geometry.of(read_header(self.get_image_uri(image_id)))
+        reason = image_geometry.mismatch(Geometry.of(label))
+        if reason:
+            raise InputError(f"label for {image_id}: {reason}; a label must be on its image's grid", status=422)
+        image_geometry.apply_to(label)  # within tolerance: store it on the image's exact grid
+        label_dir = Path(self._datastore.label_path(label_tag))
+        dest = label_dir / f"{image_id}.nii.gz"
+        with FileLock(self._lock_file):
+            label_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(label, dest, self.scratch)
+            info = dict(label_info or {})
+            info.update({"ts": int(time.time()), "name": dest.name, "sha256": _sha256(dest)})
+            obj.labels[label_tag] = DataModel(info=info, ext=".nii.gz")
+            self._update_datastore_file(lock=False)
+        logger.info(f"Saved label {label_tag!r} for {image_id}")
+        return image_id
+
+    def _check_upload_size(self, path: str) -> None:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        if size > self.max_upload_bytes:
+            raise TooLarge(f"upload of {size / 2**20:.0f} MB exceeds the limit of {self.max_upload_bytes / 2**20:.0f} MB")
+
+    def has_image(self, image_id: str) -> bool:
+        return image_id in self._datastore.objects
+
+    def case_record(self, image_id: str) -> Dict[str, Any]:
+        return self.records.get(image_id)
+
+
+def _set_aside_unreadable_index(index: Path) -> Optional[Path]:
+    """Move an unreadable JSON index out of the way so the datastore rebuilds it from the files on disk."""
+    if not index.exists():
+        return None
+    try:
+        json.loads(index.read_text() or "null") or _raise_empty()
+        return None
+    except (ValueError, OSError) as e:
+        aside = index.with_name(f"{index.name}.unreadable-{int(time.time())}")
+        os.replace(index, aside)
+        logger.warning(f"Datastore index {index} was unreadable ({e}); moved to {aside.name} and rebuilt from the "
+                       "images and labels on disk (their files are intact; per-label info such as timestamps is "
+                       "reset)")
+        return aside
+
+
+def _raise_empty():
+    raise ValueError("empty index")
+
+
+def _id_from_upload(filename: str) -> str:
+    name = os.path.basename(filename)
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

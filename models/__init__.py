@@ -1,0 +1,1 @@
+"""Networks, preprocessing, augmentation, and the MONAI Label infer and train tasks."""

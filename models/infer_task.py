@@ -1,0 +1,220 @@
+"""MONAI Label infer task: pre-label a scan with the 15 AMOS organs using a trained model version."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Sequence, Tuple
+
+import SimpleITK as sitk
+import torch
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from amoslabel.config import AppConfig, ModalityPlan, Normalisation
+from amoslabel.organs import label_table
+from models.inference import SlidingWindowPredictor
+from models.networks import build_network
+from models.preprocessing import (
+    LoadVolumed,
+    NormaliseIntensityd,
+    ResampleToPland,
+    ResolveModalityd,
+    RestoreGeometryd,
+    preprocessing_summary,
+    zyx,
+)
+from models.versions import ModelStore, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+
+class VersionRecipe:
+    """How a model version wants its input prepared: per-modality plans, normalisation and training patch."""
+
+    def __init__(self, plans: Dict[str, ModalityPlan], normalisation: Dict[str, Normalisation],
+                 train_patch_xyz: Sequence[int] | None):
+        self.plans = plans
+        self.normalisation = normalisation
+        self.train_patch_xyz = tuple(train_patch_xyz) if train_patch_xyz else None
+
+    @classmethod
+    def of(cls, version: ModelVersion, fallback: AppConfig) -> "VersionRecipe":
+        meta = version.meta
+        plans = {m: ModalityPlan.model_validate(p) for m, p in meta.get("plans", {}).items()} or dict(
+            fallback.active.plans)
+        norms = {m: Normalisation.model_validate(n) for m, n in meta.get("normalisation", {}).items()} or {
+            m: s.normalisation for m, s in fallback.modalities.items()}
+        return cls(plans, norms, meta.get("train_patch_size"))
+
+    def patch_size(self, modality: str) -> Tuple[int, int, int]:
+        """Sliding-window size (x, y, z): the training patch when recorded, else the modality plan's."""
+        return self.train_patch_xyz or self.plans[modality].patch_size
+
+
+def resolve_device(name: str | None) -> str:
+    """'auto' or None -> 'cuda' when a GPU is present, else 'cpu'; 'cuda*' falls back to 'cpu' without one."""
+    if not name or name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        return "cpu"
+    return name
+
+
+class SegmentationInferTask(BasicInferTask):
+    """Pre-label with one served model (``unet``, ``vnet``, ...), using its newest version unless told otherwise.
+
+    Request parameters (``params`` in MONAI Label's ``/infer/{model}``):
+        model_version: a version number, or ``latest`` (default).
+        modality: ``ct`` or ``mri`` to override what the header, case record or id say.
+        tta: true/false to override the preset's flip test-time augmentation.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    def __init__(self, name: str, config: AppConfig, store: ModelStore):
+        preset = config.active
+        self.model_name = name
+        self.app_config = config
+        self.store = store
+        self.network_settings = preset.networks[name]
+        default_device = resolve_device(config.device)
+        super().__init__(
+            path=None,
+            network=None,
+            type=InferType.SEGMENTATION,
+            labels=label_table(),
+            dimension=3,
+            description=f"15 AMOS organs, {self.network_settings.network} ({config.preset} preset)",
+            config={
+                "model_version": "latest",
+                "modality": "auto",
+                "tta": preset.inference.tta_flip,
+                "device": [default_device] + [d for d in ("cpu", "cuda") if d != default_device],
+            },
+        )
+
+    # -- MONAI Label hooks --------------------------------------------------------------------------------------
+    def is_valid(self) -> bool:
+        # Listed in /info even before training, so clients see the model; infer answers 409 until a version exists.
+        return True
+
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        latest = self.store.latest()
+        info.update(
+            {
+                "network": self.network_settings.network,
+                "preset": self.app_config.preset,
+                "versions": self.store.numbers(),
+                "latest_version": latest.number if latest else None,
+                "trained": latest is not None,
+            }
+        )
+        if latest is None:
+            info["description"] += " - not trained yet: no pre-label until a version is trained"
+        return info
+
+    def __call__(self, request: Dict[str, Any], callbacks=None) -> Tuple[Any, Dict[str, Any]]:
+        request = dict(request)
+        version = self.store.resolve(request.get("model_version"))  # 409 before any work if nothing is trained
+        request["model_version"] = version.number
+        request["device"] = resolve_device(_first(request.get("device")))
+        label_file, result = super().__call__(request, callbacks)
+        return label_file, result
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        # A version carries the spacing and normalisation it was trained with; those, not the preset in use now,
+        # are what its input must get.
+        recipe = VersionRecipe.of(self.store.get(int(data["model_version"])), self.app_config)
+        return [
+            LoadVolumed(self.app_config.storage.max_image_voxels),
+            ResolveModalityd(),
+            NormaliseIntensityd(recipe.normalisation),
+            ResampleToPland(recipe.plans),
+        ]
+
+    def inferer(self, data=None) -> SlidingWindowPredictor:
+        settings = self.app_config.active.inference
+        recipe = VersionRecipe.of(self.store.get(int(data["model_version"])), self.app_config)
+        tta = _as_bool(data.get("tta", settings.tta_flip))
+        return SlidingWindowPredictor(zyx(recipe.patch_size(data["modality"])), settings.sw_overlap,
+                                      settings.sw_batch_size, tta)
+
+    def inverse_transforms(self, data=None):
+        return None
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return [RestoreGeometryd()]
+
+    def _get_network(self, device: str, data: Dict[str, Any]) -> torch.nn.Module:
+        version = self.store.get(int(data["model_version"]))
+        key = (version.number, device)
+        cached = self._networks.get(key)
+        if cached is None:
+            network = self._build(version).to(torch.device(device)).eval()
+            self._networks.clear()  # one version per process: a newer one replaces it
+            self._networks[key] = network
+            cached = network
+        return cached
+
+    def _build(self, version: ModelVersion) -> torch.nn.Module:
+        spec = version.meta.get("network", {})
+        network = build_network(spec.get("name", self.network_settings.network),
+                                spec.get("params", self.network_settings.params))
+        network.load_state_dict(self.store.load_weights(version))
+        return network
+
+    def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[str, Dict[str, Any]]:
+        label: sitk.Image = data["pred"]
+        # Not straight in /tmp: MONAI Label's client saves the download as <its tmpdir>/<same file name>, and on a
+        # machine running both Slicer and the server it would then be deleted by the server's clean-up of its copy.
+        results = Path(tempfile.gettempdir()) / "amoslabel-results"
+        results.mkdir(exist_ok=True)
+        fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="prelabel-", dir=results)
+        os.close(fd)
+        sitk.WriteImage(label, path, useCompression=True)
+        version = self.store.get(int(data["model_version"]))
+        result = {
+            "model": self.model_name,
+            "model_version": version.number,
+            "model_tag": version.tag,
+            "network": version.meta.get("network"),
+            "preset": self.app_config.preset,
+            "config_fingerprint": self.app_config.fingerprint(),
+            "tta_flip": _as_bool(data.get("tta", self.app_config.active.inference.tta_flip)),
+            "sw_overlap": self.app_config.active.inference.sw_overlap,
+            "device": str(data.get("device")),
+            "input_sha256": _sha256(data.get("image_path")),
+            "preprocessing": preprocessing_summary(data),
+            "organs_found": sorted(int(v) for v in _labels_present(label)),
+        }
+        return path, result
+
+
+def _labels_present(label: sitk.Image):
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(label)
+    return stats.GetLabels()
+
+
+def _sha256(path: Any) -> str | None:
+    if not isinstance(path, str) or not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, (list, tuple)) and value else value
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

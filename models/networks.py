@@ -1,0 +1,100 @@
+"""Network registry: 3D segmentors chosen by name, each with one input channel and 16 output channels.
+
+Adding an architecture is one more :func:`register_network` entry; ``apps.yaml`` then names it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Sequence
+
+import torch
+from monai.networks.nets import DynUNet, VNet
+
+from amoslabel.organs import NUM_CLASSES
+
+NetworkFactory = Callable[..., torch.nn.Module]
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    """A registered architecture: its factory and a one-line description."""
+
+    name: str
+    factory: NetworkFactory
+    description: str
+
+
+_REGISTRY: Dict[str, NetworkEntry] = {}
+
+
+def register_network(name: str, description: str) -> Callable[[NetworkFactory], NetworkFactory]:
+    """Decorator: register ``factory(in_channels, out_channels, **params)`` under ``name``."""
+
+    def wrap(factory: NetworkFactory) -> NetworkFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"network {name!r} is already registered")
+        _REGISTRY[name] = NetworkEntry(name, factory, description)
+        return factory
+
+    return wrap
+
+
+def registered_networks() -> Dict[str, NetworkEntry]:
+    """All registered architectures by name."""
+    return dict(_REGISTRY)
+
+
+def build_network(name: str, params: Mapping[str, Any] | None = None, out_channels: int = NUM_CLASSES) -> torch.nn.Module:
+    """Build a registered network with one input channel and ``out_channels`` outputs.
+
+    Raises:
+        KeyError: ``name`` is not registered.
+        TypeError: ``params`` holds an argument the factory does not take.
+    """
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown network {name!r}; registered: {sorted(_REGISTRY)}")
+    factory = _REGISTRY[name].factory
+    params = dict(params or {})
+    accepted = set(inspect.signature(factory).parameters) - {"in_channels", "out_channels"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise TypeError(f"network {name!r} does not take {unknown}; it takes {sorted(accepted)}")
+    return factory(in_channels=1, out_channels=out_channels, **params)
+
+
+def count_parameters(network: torch.nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in network.parameters() if p.requires_grad)
+
+
+@register_network("dynunet", "nnU-Net-style 3D UNet (MONAI DynUNet): 3x3x3 convolutions, stride-2 downsampling")
+def _dynunet(
+    in_channels: int,
+    out_channels: int,
+    filters: Sequence[int] = (32, 64, 128, 256, 320),
+    norm: str = "instance",
+    residual: bool = False,
+) -> torch.nn.Module:
+    levels = len(filters)
+    kernels = [[3, 3, 3]] * levels
+    strides = [[1, 1, 1]] + [[2, 2, 2]] * (levels - 1)
+    return DynUNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel_size=kernels,
+        strides=strides,
+        upsample_kernel_size=strides[1:],
+        filters=list(filters),
+        norm_name=norm,
+        res_block=residual,
+    )
+
+
+@register_network("vnet", "MONAI VNet (Milletari et al. 2016)")
+def _vnet(in_channels: int, out_channels: int, dropout_prob: float = 0.0) -> torch.nn.Module:
+    # VNet's first block adds its input to 16 copies of itself, which needs 1 (or 16) input channels.
+    return VNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, dropout_prob_down=dropout_prob,
+                dropout_prob_up=(dropout_prob, dropout_prob))

@@ -1,0 +1,331 @@
+"""MONAI Label train task: train one served model on the datastore's final labels and publish a new version.
+
+Built on MONAI Label's ``BasicTrainTask`` (so ``POST /train/{model}``, its subprocess and its multi-GPU option work
+as in any MONAI Label app), with the AMOS recipe: Dice + cross-entropy, SGD (momentum 0.99, Nesterov), poly
+learning-rate decay, nnU-Net patch sampling and the AMOS augmentations. Every run publishes a new numbered version
+(see :mod:`models.versions`) with its parent, training and validation cases, epochs and per-organ validation Dice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+from ignite.engine import Events
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.engines import SupervisedTrainer
+from monai.handlers import LrScheduleHandler
+from monai.inferers import SimpleInferer
+from monai.losses import DiceCELoss
+from monai.transforms import Compose, SelectItemsd
+from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+
+from amoslabel.cases import CaseRecords
+from amoslabel.config import AppConfig
+from amoslabel.modality import ModalityEvidence, resolve_modality
+from amoslabel.organs import ORGANS
+from amoslabel.volume import strip_volume_suffix
+from models.augmentation import RandClassBalancedCropd, SampleClassIndicesd, amos_augmentations
+from models.infer_task import resolve_device
+from models.inference import SlidingWindowPredictor
+from models.networks import build_network, count_parameters
+from models.preprocessing import LoadVolumed, NormaliseIntensityd, ResampleToPland, ResolveModalityd, zyx
+from models.training_handlers import ProgressLogger, PublishVersion, ValidateOrgans
+from models.versions import ModelStore
+
+logger = logging.getLogger(__name__)
+
+
+class ToTensorsd:
+    """Keep what training needs, as tensors (the disk cache loads with ``weights_only=True``)."""
+
+    def __call__(self, data: Dict[str, Any]) -> Dict[str, Any]:
+        out = {
+            "image": torch.as_tensor(data["image"], dtype=torch.float32),
+            "label": torch.as_tensor(data["label"], dtype=torch.uint8),
+            "case_id": data["case_id"],
+            "modality": data["modality"],
+        }
+        if "class_indices" in data:
+            out["class_indices"] = {int(k): torch.as_tensor(v) for k, v in data["class_indices"].items()}
+        return out
+
+
+class SegmentationTrainTask(BasicTrainTask):
+    """Train ``model`` (a key of the preset's ``networks``) and publish the result as its next version.
+
+    Request parameters (``POST /train/{model}`` body) may override: max_epochs, iterations_per_epoch, batch_size,
+    learning_rate, val_fraction, val_interval, seed, pretrained (start from the newest version; default true),
+    modality (force one), cache (disk|memory|none), device, multi_gpu, gpus.
+    """
+
+    def __init__(self, name: str, config: AppConfig, store: ModelStore, studies: str):
+        preset = config.active
+        self.model_name = name
+        self.app_config = config
+        self.store = store
+        self.studies = studies
+        self.network_settings = preset.networks[name]
+        t = preset.train
+        super().__init__(
+            model_dir=str(store.root),
+            description=f"Train {name} ({self.network_settings.network}) on final labels, {config.preset} preset",
+            config={
+                "max_epochs": t.max_epochs,
+                "iterations_per_epoch": t.iterations_per_epoch,
+                "batch_size": t.batch_size,
+                "learning_rate": t.learning_rate,
+                "val_fraction": t.val_fraction,
+                "val_interval": t.val_interval,
+                "seed": t.seed,
+                "cache": t.cache,
+                "pretrained": True,
+                "device": resolve_device(config.device),
+                "multi_gpu": True,
+                "gpus": "all",
+            },
+            amp=False,  # decided per device in _create_trainer
+            labels={o.name: o.id for o in ORGANS},
+            disable_meta_tracking=True,
+            tracking=None,
+        )
+        for key in ("dataset", "dataloader", "tracking", "tracking_uri", "tracking_experiment_name",
+                    "val_split", "train_batch_size", "val_batch_size", "early_stop_patience", "name"):
+            self._config.pop(key, None)
+
+    # -- data ------------------------------------------------------------------------------------------------
+    def pre_process(self, request: Dict[str, Any], datastore) -> List[Dict[str, Any]]:
+        """The datastore's final labels, each with its case id and import record."""
+        records = CaseRecords(self.studies) if os.path.isdir(self.studies) else None
+        items = []
+        for item in datastore.datalist():
+            case_id = strip_volume_suffix(Path(item["image"]).name)
+            entry = {"image": item["image"], "label": item["label"], "case_id": case_id,
+                     "case_record": records.get(case_id) if records else {}}
+            if request.get("modality"):
+                entry["modality"] = request["modality"]
+            else:
+                hint, source = resolve_modality(ModalityEvidence(case_id=case_id, path=item["image"],
+                                                                 case_record=entry["case_record"]))
+                entry["modality_hint"] = hint if source != "default" else None
+            items.append(entry)
+        items.sort(key=lambda d: d["case_id"])
+        logger.info(f"{self.model_name}: {len(items)} case(s) with a final label")
+        return items
+
+    def partition_datalist(self, context: Context, shuffle: bool = False):
+        """A fixed split by hashed case id, so a case stays on its side across runs and machines."""
+        items = list(context.datalist)
+        fraction = float(context.request["val_fraction"])
+        seed = int(context.request["seed"])
+        if not items:
+            raise ValueError(f"{self.model_name}: no final labels to train on")
+        ranked = sorted(items, key=lambda d: hashlib.sha1(f"{seed}:{d['case_id']}".encode()).hexdigest())
+        n_val = min(len(items) - 1, max(1, math.floor(fraction * len(items) + 0.5))) if fraction > 0 else 0
+        val, train = ranked[:n_val], ranked[n_val:]
+        context.request["_val_is_train"] = not val
+        if not val:
+            val = list(train)  # one case only: validate on it, and say so in the version's metadata
+        logger.info(f"{self.model_name}: {len(train)} training case(s), {len(val)} validation case(s)"
+                    + (" (the training case itself: too few cases to hold one out)" if not n_val else ""))
+        return train, val
+
+    def _preprocessing(self, with_label: bool = True) -> List[Any]:
+        return [
+            LoadVolumed(self.app_config.storage.max_image_voxels, with_label=with_label),
+            ResolveModalityd(),
+            NormaliseIntensityd({m: s.normalisation for m, s in self.app_config.modalities.items()}),
+            ResampleToPland(self.app_config.active.plans),
+        ]
+
+    def train_pre_transforms(self, context: Context):
+        request = context.request
+        seed = int(request["seed"])
+        plans = self.app_config.active.plans
+        modalities = {d.get("modality") or d.get("modality_hint") or "ct" for d in context.train_datalist}
+        # One patch size per run so that batches stack: the CT plan's, unless every case is MRI.
+        patch_xyz = plans["mri" if modalities == {"mri"} else "ct"].patch_size
+        request["_train_patch_xyz"] = list(patch_xyz)
+        patch = zyx(patch_xyz)
+        transforms = self._preprocessing() + [SampleClassIndicesd(seed=seed), ToTensorsd(),
+                                              RandClassBalancedCropd(patch, self.app_config.active.train
+                                                                     .foreground_fraction)]
+        transforms[-1].set_random_state(seed=seed)
+        if self.app_config.active.train.augment:
+            transforms.append(amos_augmentations(seed))
+        transforms.append(SelectItemsd(keys=["image", "label"]))
+        return Compose(transforms)
+
+    def train_post_transforms(self, context: Context):
+        return None
+
+    def val_pre_transforms(self, context: Context):
+        return Compose(self._preprocessing() + [ToTensorsd()])
+
+    def val_inferer(self, context: Context):
+        return None  # validation runs in models.training_handlers.ValidateOrgans
+
+    def _dataset(self, context: Context, datalist, is_train: bool, replace_rate: float = 0.25):
+        if context.multi_gpu:
+            world_size = torch.distributed.get_world_size()
+            if len(datalist) // world_size:
+                from monai.data import partition_dataset
+
+                datalist = partition_dataset(data=datalist, num_partitions=world_size, even_divisible=True)[
+                    context.local_rank]
+        transforms = self.train_pre_transforms(context) if is_train else self.val_pre_transforms(context)
+        cache = context.request["cache"]
+        if cache == "memory":
+            return CacheDataset(datalist, transforms, num_workers=1), datalist
+        if cache == "disk":
+            return PersistentDataset(datalist, transforms, cache_dir=os.path.join(context.cache_dir, "pds")), datalist
+        return Dataset(datalist, transforms), datalist
+
+    # -- model and optimisation --------------------------------------------------------------------------------
+    def network(self, context: Context) -> torch.nn.Module:
+        network = build_network(self.network_settings.network, self.network_settings.params)
+        parent = self.store.latest() if _as_bool(context.request.get("pretrained", True)) else None
+        same_spec = parent is not None and parent.meta.get("network") == self._network_spec()
+        if same_spec:
+            network.load_state_dict(self.store.load_weights(parent))
+            logger.info(f"{self.model_name}: starting from version {parent.number}")
+        else:
+            if parent is not None:
+                logger.info(f"{self.model_name}: version {parent.number} has another architecture; from scratch")
+            parent = None
+        context.request["_parent_version"] = parent.number if parent else None
+        return network
+
+    def _network_spec(self) -> Dict[str, Any]:
+        return {"name": self.network_settings.network, "params": dict(self.network_settings.params)}
+
+    def optimizer(self, context: Context):
+        t = self.app_config.active.train
+        lr = float(context.request["learning_rate"])
+        if t.optimizer == "adamw":
+            return torch.optim.AdamW(context.network.parameters(), lr=lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(context.network.parameters(), lr=lr, momentum=t.momentum, nesterov=True,
+                               weight_decay=t.weight_decay)
+
+    def loss_function(self, context: Context):
+        # nnU-Net leaves background out of the Dice term: with it, early training is dominated by background.
+        return DiceCELoss(to_onehot_y=True, softmax=True, batch=True, include_background=False)
+
+    def lr_scheduler_handler(self, context: Context):
+        total = int(context.request["max_epochs"]) * int(context.request["iterations_per_epoch"])
+        scheduler = torch.optim.lr_scheduler.PolynomialLR(context.optimizer, total_iters=total,
+                                                          power=self.app_config.active.train.poly_power)
+        return LrScheduleHandler(scheduler, print_lr=False, epoch_level=False)
+
+    # -- engines ---------------------------------------------------------------------------------------------
+    def _create_evaluator(self, context: Context):
+        return None
+
+    def _create_trainer(self, context: Context) -> SupervisedTrainer:
+        request = context.request
+        loader = self._dataloader(context, self._dataset(context, context.train_datalist, True)[0],
+                                  int(request["batch_size"]), num_workers=0, shuffle=True)
+        torch.manual_seed(int(request["seed"]))
+        handlers = [self.lr_scheduler_handler(context)]
+        trainer = SupervisedTrainer(
+            device=context.device,
+            max_epochs=int(request["max_epochs"]),
+            epoch_length=int(request["iterations_per_epoch"]),
+            train_data_loader=loader,
+            network=context.network,
+            optimizer=context.optimizer,
+            loss_function=self.loss_function(context),
+            inferer=SimpleInferer(),
+            amp=context.device.type == "cuda",
+            train_handlers=handlers,
+        )
+        return trainer
+
+    def finalize(self, context: Context) -> None:
+        request = context.request
+        plan_settings = self.app_config.active
+        validate = ValidateOrgans(
+            loader=self._dataloader(context, self._dataset(context, context.val_datalist, False)[0], 1, 0),
+            predictor_for=lambda modality: SlidingWindowPredictor(
+                zyx(plan_settings.plans[modality].patch_size), plan_settings.inference.sw_overlap,
+                plan_settings.inference.sw_batch_size, tta_flip=False),
+            network=context.network,
+            device=context.device,
+            interval=int(request["val_interval"]),
+        )
+        validate.attach(context.trainer)
+        if context.local_rank == 0:
+            ProgressLogger(self.model_name, every=self.app_config.active.train.log_every).attach(context.trainer)
+            PublishVersion(self.store, self._version_meta(context), validate).attach(context.trainer)
+
+    def _version_meta(self, context: Context) -> Dict[str, Any]:
+        request = context.request
+        return {
+            "network": self._network_spec(),
+            "parameters": count_parameters(context.network),
+            "parent_version": request.get("_parent_version"),
+            "preset": self.app_config.preset,
+            "plans": {m: p.model_dump(mode="json") for m, p in self.app_config.active.plans.items()},
+            "normalisation": {m: s.normalisation.model_dump(mode="json")
+                              for m, s in self.app_config.modalities.items()},
+            "config_fingerprint": self.app_config.fingerprint(),
+            "training_cases": [d["case_id"] for d in context.train_datalist],
+            "validation_cases": [d["case_id"] for d in context.val_datalist],
+            "validation_is_training_data": bool(request.get("_val_is_train")),
+            "max_epochs": int(request["max_epochs"]),
+            "iterations_per_epoch": int(request["iterations_per_epoch"]),
+            "batch_size": int(request["batch_size"]),
+            "train_patch_size": request.get("_train_patch_xyz"),
+            "optimizer": self.app_config.active.train.optimizer,
+            "learning_rate": float(request["learning_rate"]),
+            "augment": self.app_config.active.train.augment,
+            "seed": int(request["seed"]),
+            "device": str(context.device),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(context.start_ts)),
+            "software": {"torch": torch.__version__, "monai": _version("monai"), "monailabel": _version("monailabel")},
+        }
+
+    def _load_checkpoint(self, context, train_handlers):
+        return None  # the parent version is loaded in network(); MONAI Label's own checkpoints are not used
+
+    def stats(self) -> Dict[str, Any]:
+        latest = self.store.latest()
+        if latest is None:
+            return {}
+        meta = latest.meta
+        return {"version": latest.number, "published_at": meta.get("published_at"),
+                "epochs": meta.get("epochs_completed"), "val_mean_dice": meta.get("val_mean_dice"),
+                "val_dice": meta.get("val_dice"), "training_cases": len(meta.get("training_cases", []))}
+
+    def cleanup(self, request: Dict[str, Any]) -> None:
+        shutil.rmtree(os.path.join(self._model_dir, request.get("name", "")), ignore_errors=True)
+
+    def __call__(self, request: Dict[str, Any], datastore):
+        request = dict(request)
+        request["name"] = f".runs/run_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
+        # keys MONAI Label's BasicTrainTask.train reads; ours are batch_size and cache
+        batch = request.get("batch_size", self._config["batch_size"])
+        request.update({"train_batch_size": batch, "val_batch_size": 1, "dataset": "ours", "dataloader": "ThreadDataLoader"})
+        return super().__call__(request, datastore)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    try:
+        return version(package)
+    except Exception:
+        return "unknown"
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

@@ -1,0 +1,47 @@
+"""Per-organ Dice on whole validation volumes, with the empty-organ policy used everywhere in the project.
+
+Policy: an organ absent from both prediction and reference is left out (NaN, excluded from means); absent from
+exactly one of them scores 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Mapping
+
+import numpy as np
+import torch
+
+from amoslabel.organs import ORGANS
+
+
+def dice_per_organ(prediction: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor) -> Dict[str, float]:
+    """Dice per organ name for two integer label maps of the same shape (NaN where both are empty)."""
+    pred = torch.as_tensor(prediction).reshape(-1).long()
+    ref = torch.as_tensor(reference).reshape(-1).long()
+    n = len(ORGANS) + 1
+    pred_count = torch.bincount(pred, minlength=n)
+    ref_count = torch.bincount(ref, minlength=n)
+    both = torch.bincount(pred[pred == ref], minlength=n)
+    scores = {}
+    for organ in ORGANS:
+        total = int(pred_count[organ.id] + ref_count[organ.id])
+        scores[organ.name] = math.nan if total == 0 else 2.0 * int(both[organ.id]) / total
+    return scores
+
+
+def mean_over_cases(per_case: Iterable[Mapping[str, float]]) -> Dict[str, float]:
+    """Average each organ's score over the cases where it is defined (NaN where it never is)."""
+    collected: Dict[str, List[float]] = {}
+    for scores in per_case:
+        for name, value in scores.items():
+            collected.setdefault(name, [])
+            if not math.isnan(value):
+                collected[name].append(value)
+    return {name: (float(np.mean(v)) if v else math.nan) for name, v in collected.items()}
+
+
+def mean_dice(scores: Mapping[str, float]) -> float:
+    """Mean over the organs whose score is defined."""
+    values = [v for v in scores.values() if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan

@@ -1,0 +1,104 @@
+"""The local datastore keeps its index through crashes and checks every upload before storing it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import SimpleITK as sitk
+
+from amoslabel.datastore import INDEX_FILE, AmosDatastore
+from amoslabel.errors import InputError
+from amoslabel.importer import import_source
+from tests.badfiles import BAD_IMAGES, BAD_LABELS, CT, CT_LABEL
+
+
+@pytest.fixture()
+def studies(shared, tmp_path):
+    path = tmp_path / "studies"
+    import_source(shared / "ct" / "ts_abdomen_ct_small.nii.gz", path, progress=False)
+    return path
+
+
+def _store(path):
+    return AmosDatastore(str(path), max_voxels=10**9, max_upload_bytes=50 * 2**20)
+
+
+def test_index_is_rebuilt_from_files_when_unreadable(studies):
+    store = _store(studies)
+    assert store.datalist() and store.has_image("ts_abdomen_ct_small")
+    (studies / INDEX_FILE).write_text("")  # what a crash mid-write leaves behind with MONAI Label's own store
+    store = _store(studies)
+    assert [d["image"].endswith("ts_abdomen_ct_small.nii.gz") for d in store.datalist()] == [True]
+    assert list(studies.glob(f"{INDEX_FILE}.unreadable-*"))
+    (studies / INDEX_FILE).write_text('{"objects": {"trunc')
+    assert _store(studies).has_image("ts_abdomen_ct_small")
+
+
+def test_index_writes_are_atomic(studies, monkeypatch):
+    store = _store(studies)
+    before = (studies / INDEX_FILE).read_text()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("amoslabel.datastore.write_text_atomic", crash)
+    with pytest.raises(OSError):
+        store.update_image_info("ts_abdomen_ct_small", {"note": "x"})
+    assert (studies / INDEX_FILE).read_text() == before
+    json.loads(before)
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_IMAGES))
+def test_bad_uploaded_images_store_nothing(studies, tmp_path, kind):
+    store = _store(studies)
+    bad = BAD_IMAGES[kind](tmp_path / f"{kind}.nii.gz")
+    listing = sorted(os.listdir(studies))
+    with pytest.raises(InputError) as err:
+        store.add_image("new_case", str(bad), {})
+    assert 400 <= err.value.status < 500
+    assert sorted(os.listdir(studies)) == listing and not store.has_image("new_case")
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_LABELS))
+def test_bad_labels_store_nothing_and_keep_the_stored_one(studies, tmp_path, kind):
+    store = _store(studies)
+    stored = studies / "labels" / "final" / "ts_abdomen_ct_small.nii.gz"
+    before = stored.read_bytes()
+    bad = BAD_LABELS[kind](tmp_path / f"{kind}.nii.gz")
+    with pytest.raises(InputError) as err:
+        store.save_label("ts_abdomen_ct_small", str(bad), "final", {})
+    assert 400 <= err.value.status < 500
+    assert stored.read_bytes() == before
+
+
+@pytest.mark.parametrize("image_id", ["../escape", "a/b", "", ".hidden", "x" * 200, "name\nwith newline", "..", "é"])
+def test_ids_that_are_paths_or_odd_are_refused(studies, image_id):
+    store = _store(studies)
+    with pytest.raises(InputError, match="not valid"):
+        store.add_image(image_id or "..", str(CT), {})
+    with pytest.raises(InputError):
+        store.save_label(image_id or "..", str(CT_LABEL), "final", {})
+    assert not (studies.parent / "escape.nii.gz").exists()
+
+
+def test_label_tags_that_are_paths_are_refused(studies):
+    with pytest.raises(InputError, match="tag"):
+        _store(studies).save_label("ts_abdomen_ct_small", str(CT_LABEL), "../../etc", {})
+
+
+def test_good_upload_and_label_round_trip(studies, tmp_path):
+    store = _store(studies)
+    assert store.add_image("uploaded", str(CT), {"modality": "CT"}) == "uploaded"
+    assert store.records.get("uploaded")["modality"] == "ct"
+    shifted = sitk.ReadImage(str(CT_LABEL))
+    origin = shifted.GetOrigin()
+    shifted.SetOrigin((origin[0] + 0.001, origin[1], origin[2]))  # within tolerance: stored on the exact grid
+    sitk.WriteImage(shifted, str(tmp_path / "l.nii.gz"))
+    store.save_label("uploaded", str(tmp_path / "l.nii.gz"), "final", {"user": "junior1"})
+    saved = sitk.ReadImage(str(studies / "labels" / "final" / "uploaded.nii.gz"))
+    assert saved.GetOrigin() == sitk.ReadImage(str(CT)).GetOrigin()
+    assert len(_store(studies).datalist()) == 2  # survives a restart
+    shutil.rmtree(studies / ".amoslabel" / "tmp")

@@ -1,0 +1,179 @@
+"""The real MONAI Label server running this app, driven with the client class 3D Slicer uses.
+
+One server serves the whole module (cpu-fast preset, 3 mm, so training and inference take seconds on a CPU). The
+tests run in file order: no pre-label before training, then training publishes version 1, then inference uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import SimpleITK as sitk
+from monailabel.client.client import MONAILabelClientException
+
+from amoslabel.dicom import read_series
+from amoslabel.organs import label_table
+from amoslabel.volume import Geometry
+from tests.badfiles import BAD_IMAGES, BAD_LABELS
+
+
+def status_of(error: MONAILabelClientException) -> int:
+    match = re.search(r"Status: (\d{3})", str(error.msg))
+    return int(match.group(1)) if match else -1
+
+
+def train(client, model: str, params: dict, timeout: float = 600) -> dict:
+    client.train_start(model, params)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = client.train_status()
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            return status
+        time.sleep(1)
+    raise TimeoutError(f"training {model} did not finish in {timeout}s")
+
+
+def test_info_lists_unet_and_vnet_with_the_15_organs(client):
+    info = client.info()
+    assert {"unet", "vnet"} <= set(info["models"])
+    assert info["labels"] == label_table() and len(info["labels"]) == 15
+    for name in ("unet", "vnet"):
+        assert info["models"][name]["labels"] == label_table()
+        assert name in info["trainers"]
+
+
+def test_no_prelabel_before_any_training(client, server):
+    info = client.info()
+    assert info["models"]["unet"]["trained"] is False and "not trained yet" in info["models"]["unet"]["description"]
+    with pytest.raises(MONAILabelClientException) as err:
+        client.infer("unet", "ts_abdomen_ct", {})
+    assert status_of(err.value) == 409 and "no trained version" in err.value.msg
+    assert server.alive()
+
+
+def test_training_publishes_version_1_which_the_next_infer_uses(client, server, sample_studies):
+    status = train(client, "unet", {"max_epochs": 1, "iterations_per_epoch": 2, "val_interval": 1})
+    assert status["status"] == "DONE", server.tail()
+    info = client.info()
+    assert info["models"]["unet"]["latest_version"] == 1 and info["models"]["unet"]["versions"] == [1]
+    meta = json.loads((sample_studies / ".amoslabel" / "models" / "unet" / "v0001" / "meta.json").read_text())
+    assert meta["version"] == 1 and meta["parent_version"] is None and meta["epochs_completed"] == 1
+    assert set(meta["training_cases"]) | set(meta["validation_cases"]) == {
+        "ts_abdomen_ct", "ts_abdomen_ct_small", "ts_abdomen_mr_small", "ts_ct_series"}
+    assert not set(meta["training_cases"]) & set(meta["validation_cases"])
+    assert set(meta["val_dice"]) == set(label_table())  # every organ reported (None where it never occurs)
+    label_file, params = client.infer("unet", "ts_abdomen_ct", {})
+    assert params["model"] == "unet" and params["model_version"] == 1 and params["model_tag"] == "unet:v1"
+    assert Path(label_file).exists()
+
+
+def _geometry_of_studies_image(studies: Path, image_id: str) -> Geometry:
+    return Geometry.of(sitk.ReadImage(str(studies / f"{image_id}.nii.gz")))
+
+
+@pytest.mark.parametrize("image_id", ["ts_abdomen_ct", "ts_ct_series"])
+def test_prelabel_has_the_exact_geometry_of_its_input(client, sample_studies, shared, image_id):
+    label_file, params = client.infer("unet", image_id, {})
+    label = sitk.ReadImage(label_file)
+    expected = _geometry_of_studies_image(sample_studies, image_id)
+    assert Geometry.of(label) == expected  # size, spacing, origin, direction: exactly
+    assert label.GetPixelID() == sitk.sitkUInt8 and sitk.GetArrayViewFromImage(label).max() <= 15
+    if image_id == "ts_ct_series":
+        assert Geometry.of(read_series(shared / "dicom" / "ts_ct_series_j2k")) == expected
+    assert params["preprocessing"]["input_geometry"]["size"] == list(expected.size)
+
+
+def test_uploaded_file_is_prelabelled_on_its_own_grid(client, shared):
+    source = shared / "ct" / "ts_abdomen_ct_small.nii.gz"
+    label_file, params = client.infer("unet", "", {}, file=str(source))
+    assert Geometry.of(sitk.ReadImage(label_file)) == Geometry.of(sitk.ReadImage(str(source)))
+    assert params["input_sha256"]
+
+
+def test_mri_sample_goes_through_mri_normalisation(client, shared):
+    _, params = client.infer("unet", "ts_abdomen_mr_small", {})
+    pre = params["preprocessing"]
+    assert pre["modality"] == "mri" and pre["normalisation"]["kind"] == "zscore_nonzero"
+    raw = sitk.GetArrayFromImage(sitk.ReadImage(str(shared / "mr" / "ts_abdomen_mr_small.nii.gz"))).astype(float)
+    assert pre["normalisation"]["mean"] == pytest.approx(raw[raw != 0].mean(), rel=1e-4)
+    assert pre["normalisation"]["std"] == pytest.approx(raw[raw != 0].std(), rel=1e-4)
+    _, forced = client.infer("unet", "ts_abdomen_mr_small", {"modality": "ct"})
+    assert forced["preprocessing"]["modality"] == "ct" and forced["preprocessing"]["modality_source"] == "request"
+    _, ct = client.infer("unet", "ts_abdomen_ct_small", {})
+    assert ct["preprocessing"]["normalisation"]["kind"] == "ct_window"
+
+
+def test_second_training_publishes_v2_and_a_request_can_name_v1(client, server, sample_studies):
+    status = train(client, "unet", {"max_epochs": 1, "iterations_per_epoch": 1})
+    assert status["status"] == "DONE", server.tail()
+    meta = json.loads((sample_studies / ".amoslabel" / "models" / "unet" / "v0002" / "meta.json").read_text())
+    assert meta["parent_version"] == 1
+    assert (sample_studies / ".amoslabel" / "models" / "unet" / "v0001" / "model.pt").exists()
+    _, newest = client.infer("unet", "ts_abdomen_ct_small", {})
+    _, pinned = client.infer("unet", "ts_abdomen_ct_small", {"model_version": 1})
+    assert newest["model_version"] == 2 and pinned["model_version"] == 1
+    with pytest.raises(MONAILabelClientException) as err:
+        client.infer("unet", "ts_abdomen_ct_small", {"model_version": 9})
+    assert status_of(err.value) == 404
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_IMAGES))
+def test_bad_image_upload_gets_a_4xx_and_the_server_keeps_serving(client, server, sample_studies, tmp_path, kind):
+    bad = BAD_IMAGES[kind](tmp_path / f"{kind}.nii.gz")
+    listing = sorted(p.name for p in sample_studies.iterdir())
+    with pytest.raises(MONAILabelClientException) as err:
+        client.upload_image(str(bad), image_id=f"bad_{kind.replace('-', '_')}")
+    assert 400 <= status_of(err.value) < 500, err.value.msg
+    assert "detail" in err.value.msg
+    assert sorted(p.name for p in sample_studies.iterdir()) == listing
+    with pytest.raises(MONAILabelClientException) as err:
+        client.infer("unet", "", {}, file=str(bad))
+    assert 400 <= status_of(err.value) < 500, err.value.msg
+    assert server.alive()
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_LABELS))
+def test_bad_label_gets_a_4xx_and_the_stored_label_survives(client, server, sample_studies, tmp_path, kind):
+    stored = sample_studies / "labels" / "final" / "ts_abdomen_ct_small.nii.gz"
+    before = stored.read_bytes()
+    bad = BAD_LABELS[kind](tmp_path / f"{kind}.nii.gz")
+    with pytest.raises(MONAILabelClientException) as err:
+        client.save_label("ts_abdomen_ct_small", str(bad), tag="final")
+    assert 400 <= status_of(err.value) < 500, err.value.msg
+    assert stored.read_bytes() == before
+    assert server.alive()
+
+
+def test_unknown_ids_paths_and_models(client, server):
+    cases = [
+        (lambda: client.infer("unet", "no_such_case", {}), 404),
+        (lambda: client.infer("unet", "../../etc/passwd", {}), 400),
+        (lambda: client.infer("unet", "/etc/passwd", {}), 400),
+        (lambda: client.infer("segformer", "ts_abdomen_ct", {}), 404),
+        (lambda: client.infer("unet", "ts_abdomen_ct", {"modality": "PET"}), 400),
+        (lambda: client.save_label("no_such_case", str(BAD_LABELS["id-99"].__globals__["CT_LABEL"]), "final"), 404),
+        (lambda: client.train_start("segformer", {}), 404),
+    ]
+    for call, expected in cases:
+        with pytest.raises(MONAILabelClientException) as err:
+            call()
+        assert status_of(err.value) == expected, err.value.msg
+    response = requests.put(f"{server.url}/datastore/label", params={"image": "ts_abdomen_ct_small", "tag": "../x"},
+                            files={"label": ("l.nii.gz", b"not a label")}, timeout=30)
+    assert response.status_code == 400 and "tag" in response.json()["detail"]
+    assert server.alive()
+
+
+def test_a_good_label_save_is_accepted_and_listed(client, sample_studies, shared):
+    client.save_label("ts_abdomen_ct_small", str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"), tag="final")
+    listing = client.datastore()
+    assert "final" in listing["objects"]["ts_abdomen_ct_small"]["labels"]
+    saved = sitk.ReadImage(str(sample_studies / "labels" / "final" / "ts_abdomen_ct_small.nii.gz"))
+    original = sitk.ReadImage(str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"))
+    assert np.array_equal(sitk.GetArrayViewFromImage(saved), sitk.GetArrayViewFromImage(original))
