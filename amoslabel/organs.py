@@ -16,7 +16,8 @@ class Organ:
 
     Attributes:
         id: the voxel value in a label map (1-15; 0 is background).
-        name: the snake_case name used in configuration and in MONAI Label's label table.
+        name: the name in the AMOS table, used in configuration and in MONAI Label's label table (3D Slicer
+            colours segments by these names).
         code: the AMOS paper's three-letter column header.
     """
 
@@ -27,20 +28,20 @@ class Organ:
 
 ORGANS: List[Organ] = [
     Organ(1, "spleen", "SPL"),
-    Organ(2, "right_kidney", "RKI"),
-    Organ(3, "left_kidney", "LKI"),
+    Organ(2, "right kidney", "RKI"),
+    Organ(3, "left kidney", "LKI"),
     Organ(4, "gallbladder", "GBL"),
     Organ(5, "esophagus", "ESO"),
     Organ(6, "liver", "LIV"),
     Organ(7, "stomach", "STO"),
     Organ(8, "aorta", "AOR"),
-    Organ(9, "inferior_vena_cava", "IVC"),
+    Organ(9, "inferior vena cava", "IVC"),
     Organ(10, "pancreas", "PAN"),
-    Organ(11, "right_adrenal_gland", "RAG"),
-    Organ(12, "left_adrenal_gland", "LAG"),
+    Organ(11, "right adrenal gland", "RAG"),
+    Organ(12, "left adrenal gland", "LAG"),
     Organ(13, "duodenum", "DUO"),
     Organ(14, "bladder", "BLA"),
-    Organ(15, "prostate_uterus", "PRO/UTE"),
+    Organ(15, "prostate/uterus", "PRO/UTE"),
 ]
 
 #: Number of network output channels: background plus the 15 organs.

@@ -33,7 +33,7 @@ from models.validation import dice_per_organ  # noqa: E402
 from models.versions import ModelStore  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-CHECKED = ("liver", "spleen", "right_kidney", "left_kidney")
+CHECKED = ("liver", "spleen", "right kidney", "left kidney")
 
 
 def main(argv=None) -> int:
