@@ -92,6 +92,7 @@ class InferenceSettings(_Strict):
 
 class TrainSettings(_Strict):
     optimizer: Literal["sgd", "adamw"]
+    loss: Literal["dice_ce", "dice_balanced_ce"]
     max_epochs: int = Field(ge=1)
     iterations_per_epoch: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -196,6 +197,7 @@ _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "sw_overlap": ("presets.{preset}.inference.sw_overlap", str),
     "max_epochs": ("presets.{preset}.train.max_epochs", str),
     "iterations_per_epoch": ("presets.{preset}.train.iterations_per_epoch", str),
+    "augment": ("presets.{preset}.train.augment", str),
 }
 # Keys that MONAI Label itself reads from --conf; accepted and left to it.
 _MONAILABEL_KEYS = {"server_mode"}

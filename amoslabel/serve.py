@@ -35,6 +35,13 @@ MALLOC_TUNING = {
 }
 
 
+def reexec_with_malloc_tuning() -> None:
+    """Restart this Python process with :data:`MALLOC_TUNING` set (glibc reads it only at start-up)."""
+    if all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items()):
+        return
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **MALLOC_TUNING})
+
+
 def server_environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """Environment for a MONAI Label server process running this app."""
     env = dict(os.environ)

@@ -31,6 +31,8 @@ from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from amoslabel.serve import reexec_with_malloc_tuning  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data"
 OUT = ROOT / ".bench"
 VOLUMES = OUT / "volumes"
@@ -188,6 +190,7 @@ def main(argv=None) -> int:
     parser.add_argument("--volume", help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    reexec_with_malloc_tuning()
     if args.one:
         one(args)
         return 0
@@ -223,9 +226,9 @@ def write_report(rows: List[Dict], args) -> None:
              "learning-check Dice |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         preset = r["pipeline"].split()[-1]
+        ratio = "" if r.get("ratio_to_peer") is None else f"{r['ratio_to_peer']:.2f}"
         lines.append(f"| {r['volume']} | {r['pipeline']} | {'x'.join(map(str, r['grid']))} | "
-                     f"{r['parameters'] / 1e6:.1f} M | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
-                     f"{'' if r.get('ratio_to_peer') is None else f'{r['ratio_to_peer']:.2f}'} | "
+                     f"{r['parameters'] / 1e6:.1f} M | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} | "
                      f"{accuracy.get(preset, '')} |")
     (OUT / "prelabel.json").write_text(json.dumps(rows, indent=2))
     (OUT / "prelabel.md").write_text("\n".join(lines) + "\n")

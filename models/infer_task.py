@@ -9,13 +9,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Sequence, Tuple
 
+import numpy as np
 import SimpleITK as sitk
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from amoslabel.config import AppConfig, ModalityPlan, Normalisation
-from amoslabel.organs import label_table
+from amoslabel.organs import NUM_CLASSES, label_table
 from models.inference import SlidingWindowPredictor
 from models.networks import build_network
 from models.preprocessing import (
@@ -195,9 +196,8 @@ class SegmentationInferTask(BasicInferTask):
 
 
 def _labels_present(label: sitk.Image):
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(label)
-    return stats.GetLabels()
+    counts = np.bincount(sitk.GetArrayViewFromImage(label).ravel(), minlength=NUM_CLASSES)
+    return [int(c) for c in np.flatnonzero(counts[1:]) + 1]
 
 
 def _sha256(path: Any) -> str | None:

@@ -23,7 +23,6 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler
 from monai.inferers import SimpleInferer
-from monai.losses import DiceCELoss
 from monai.transforms import Compose, SelectItemsd
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
@@ -35,6 +34,7 @@ from amoslabel.volume import strip_volume_suffix
 from models.augmentation import RandClassBalancedCropd, SampleClassIndicesd, amos_augmentations
 from models.infer_task import resolve_device
 from models.inference import SlidingWindowPredictor
+from models.losses import build_loss
 from models.networks import build_network, count_parameters
 from models.preprocessing import LoadVolumed, NormaliseIntensityd, ResampleToPland, ResolveModalityd, zyx
 from models.training_handlers import ProgressLogger, PublishVersion, ValidateOrgans
@@ -215,8 +215,7 @@ class SegmentationTrainTask(BasicTrainTask):
                                weight_decay=t.weight_decay)
 
     def loss_function(self, context: Context):
-        # nnU-Net leaves background out of the Dice term: with it, early training is dominated by background.
-        return DiceCELoss(to_onehot_y=True, softmax=True, batch=True, include_background=False)
+        return build_loss(self.app_config.active.train.loss)
 
     def lr_scheduler_handler(self, context: Context):
         total = int(context.request["max_epochs"]) * int(context.request["iterations_per_epoch"])
@@ -254,7 +253,7 @@ class SegmentationTrainTask(BasicTrainTask):
         validate = ValidateOrgans(
             loader=self._dataloader(context, self._dataset(context, context.val_datalist, False)[0], 1, 0),
             predictor_for=lambda modality: SlidingWindowPredictor(
-                zyx(plan_settings.plans[modality].patch_size), plan_settings.inference.sw_overlap,
+                zyx(request["_train_patch_xyz"]), plan_settings.inference.sw_overlap,
                 plan_settings.inference.sw_batch_size, tta_flip=False),
             network=context.network,
             device=context.device,
@@ -284,6 +283,7 @@ class SegmentationTrainTask(BasicTrainTask):
             "batch_size": int(request["batch_size"]),
             "train_patch_size": request.get("_train_patch_xyz"),
             "optimizer": self.app_config.active.train.optimizer,
+            "loss": self.app_config.active.train.loss,
             "learning_rate": float(request["learning_rate"]),
             "augment": self.app_config.active.train.augment,
             "seed": int(request["seed"]),

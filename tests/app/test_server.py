@@ -20,7 +20,7 @@ from monailabel.client.client import MONAILabelClientException
 from amoslabel.dicom import read_series
 from amoslabel.organs import label_table
 from amoslabel.volume import Geometry
-from tests.badfiles import BAD_IMAGES, BAD_LABELS
+from tests.badfiles import BAD_IMAGES, BAD_LABELS, CT_LABEL
 
 
 def status_of(error: MONAILabelClientException) -> int:
@@ -157,7 +157,7 @@ def test_unknown_ids_paths_and_models(client, server):
         (lambda: client.infer("unet", "/etc/passwd", {}), 400),
         (lambda: client.infer("segformer", "ts_abdomen_ct", {}), 404),
         (lambda: client.infer("unet", "ts_abdomen_ct", {"modality": "PET"}), 400),
-        (lambda: client.save_label("no_such_case", str(BAD_LABELS["id-99"].__globals__["CT_LABEL"]), "final"), 404),
+        (lambda: client.save_label("no_such_case", str(CT_LABEL), "final"), 404),
         (lambda: client.train_start("segformer", {}), 404),
     ]
     for call, expected in cases:

@@ -103,3 +103,28 @@ def test_restore_to_a_finer_grid_than_the_network_grid(shared):
     restored = restore_label(_one_hot_on_grid(label, grid), grid, original)
     assert Geometry.of(restored) == original
     assert dice_per_organ(sitk.GetArrayFromImage(restored), sitk.GetArrayFromImage(label))["liver"] > 0.95
+
+
+def _restore_every_channel(probabilities, grid, original):
+    """Reference: resample every channel over the whole output grid and take the argmax (slow, simple)."""
+    reference = sitk.Image(list(original.size), sitk.sitkUInt8)
+    original.apply_to(reference)
+    stack = []
+    for channel in probabilities.numpy():
+        image = sitk.GetImageFromArray(channel)
+        grid.apply_to(image)
+        stack.append(sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                          sitk.sitkFloat32)))
+    return np.argmax(np.stack(stack), axis=0)
+
+
+@pytest.mark.parametrize("path", ["ct/ts_abdomen_ct_label.nii.gz", "dicom/ts_ct_series_label.nii.gz"])
+def test_region_restricted_restore_matches_resampling_every_channel(shared, path):
+    label = sitk.ReadImage(str(shared / path))
+    original = Geometry.of(label)
+    grid = target_grid(Geometry.of(sitk.DICOMOrient(label, "LPS")), (1.5, 1.5, 1.5))
+    soft = torch.nn.functional.avg_pool3d(_one_hot_on_grid(label, grid)[None], 5, stride=1, padding=2)[0]
+    soft = soft / soft.sum(0, keepdim=True)  # soft, overlapping probabilities that still sum to one
+    fast = sitk.GetArrayFromImage(restore_label(soft, grid, original))
+    slow = _restore_every_channel(soft, grid, original)
+    assert (fast == slow).mean() > 0.999
