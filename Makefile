@@ -19,6 +19,7 @@ run: env
 	$(PY) -m amoslabel serve $(STUDIES) --host $(HOST) --port $(PORT) --conf preset $(PRESET)
 
 test: env
+	.venv/bin/ruff check amoslabel models app bench tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Times pre-labelling end to end against MONAI Label's radiology SegResNet on the same volumes (about 20 min).
@@ -30,6 +31,10 @@ bench: env
 LEARNING_ARGS ?= --preset cpu-fast --epochs 28 --iterations 25
 learning-check: env
 	$(PY) -m bench.learning_check $(LEARNING_ARGS)
+
+lint: env
+	.venv/bin/ruff check amoslabel models app bench tests
+	.venv/bin/ruff format --check amoslabel models app bench tests
 
 clean:
 	rm -rf .workspace .bench test-output

@@ -21,21 +21,34 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="import studies and start the MONAI Label server")
-    serve.add_argument("studies", nargs="?", default=None,
-                       help="AMOS-layout dataset, folder of NIfTI files, DICOM series folder, manifest YAML or "
-                            "DICOMweb URL (default: the real scans in ../shared/data)")
+    serve.add_argument(
+        "studies",
+        nargs="?",
+        default=None,
+        help="AMOS-layout dataset, folder of NIfTI files, DICOM series folder, manifest YAML or "
+        "DICOMweb URL (default: the real scans in ../shared/data)",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--conf", nargs=2, action="append", metavar=("KEY", "VALUE"),
-                       help="apps.yaml override, as in monailabel start_server (e.g. --conf preset cpu-fast)")
+    serve.add_argument(
+        "--conf",
+        nargs=2,
+        action="append",
+        metavar=("KEY", "VALUE"),
+        help="apps.yaml override, as in monailabel start_server (e.g. --conf preset cpu-fast)",
+    )
     serve.add_argument("--workspace", type=Path, default=Path(__file__).resolve().parent.parent / ".workspace")
     serve.add_argument("--labels-as", choices=["final", "prelabel"], default="final")
 
     imp = sub.add_parser("import", help="import scans (and labels) into a studies folder")
     imp.add_argument("source", help="AMOS-layout dataset, NIfTI file or folder, DICOM series folder, or manifest YAML")
     imp.add_argument("--studies", required=True, type=Path, help="the studies folder to import into")
-    imp.add_argument("--labels-as", choices=["final", "prelabel"], default="final",
-                     help="tag labels that come with the images as final, or as pre-labels")
+    imp.add_argument(
+        "--labels-as",
+        choices=["final", "prelabel"],
+        default="final",
+        help="tag labels that come with the images as final, or as pre-labels",
+    )
     imp.add_argument("--modality", choices=["ct", "mri"], default=None, help="modality of every scan imported")
     imp.add_argument("--link", action="store_true", help="symlink NIfTI images instead of copying them")
     imp.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -242,7 +242,7 @@ def parse_config(raw: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] 
 
 def _apply_overrides(raw: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[str, str]:
     """Write ``--conf`` values into the resolved mapping; returns {dotted path: --conf key} for error messages."""
-    for key, value in overrides.items():
+    for key in overrides:
         if key == "config" or key in _MONAILABEL_KEYS:
             continue
         if key not in _OVERRIDES:

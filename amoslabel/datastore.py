@@ -46,8 +46,15 @@ INDEX_FILE = "datastore_v2.json"
 class AmosDatastore(LocalDatastore):
     """A local studies folder: images at the top, labels under ``labels/<tag>/``, our records under ``.amoslabel/``."""
 
-    def __init__(self, studies: str, max_voxels: int, max_upload_bytes: int, auto_reload: bool = False,
-                 read_only: bool = False, extensions=("*.nii.gz", "*.nii")):
+    def __init__(
+        self,
+        studies: str,
+        max_voxels: int,
+        max_upload_bytes: int,
+        auto_reload: bool = False,
+        read_only: bool = False,
+        extensions=("*.nii.gz", "*.nii"),
+    ):
         self.max_voxels = max_voxels
         self.max_upload_bytes = max_upload_bytes
         self.records = CaseRecords(studies)
@@ -127,7 +134,9 @@ class AmosDatastore(LocalDatastore):
     def _check_upload_size(self, path: str) -> None:
         size = os.path.getsize(path) if os.path.exists(path) else 0
         if size > self.max_upload_bytes:
-            raise TooLarge(f"upload of {size / 2**20:.0f} MB exceeds the limit of {self.max_upload_bytes / 2**20:.0f} MB")
+            raise TooLarge(
+                f"upload of {size / 2**20:.0f} MB exceeds the limit of {self.max_upload_bytes / 2**20:.0f} MB"
+            )
 
     def has_image(self, image_id: str) -> bool:
         return image_id in self._datastore.objects
@@ -146,9 +155,11 @@ def _set_aside_unreadable_index(index: Path) -> Optional[Path]:
     except (ValueError, OSError) as e:
         aside = index.with_name(f"{index.name}.unreadable-{int(time.time())}")
         os.replace(index, aside)
-        logger.warning(f"Datastore index {index} was unreadable ({e}); moved to {aside.name} and rebuilt from the "
-                       "images and labels on disk (their files are intact; per-label info such as timestamps is "
-                       "reset)")
+        logger.warning(
+            f"Datastore index {index} was unreadable ({e}); moved to {aside.name} and rebuilt from the "
+            "images and labels on disk (their files are intact; per-label info such as timestamps is "
+            "reset)"
+        )
         return aside
 
 

@@ -75,8 +75,10 @@ def read_series(folder: str | Path, series_uid: Optional[str] = None) -> sitk.Im
         raise InputError(f"{name}: no DICOM files in this folder")
     if series_uid is None:
         if len(groups) > 1:
-            raise Unprocessable(f"{name}: the folder mixes {len(groups)} series ({', '.join(sorted(groups))}); "
-                                "import one series per folder")
+            raise Unprocessable(
+                f"{name}: the folder mixes {len(groups)} series ({', '.join(sorted(groups))}); "
+                "import one series per folder"
+            )
         series_uid = next(iter(groups))
     if series_uid not in groups:
         raise InputError(f"{name}: no series {series_uid}", status=404)
@@ -96,11 +98,14 @@ def read_series(folder: str | Path, series_uid: Optional[str] = None) -> sitk.Im
 
 
 def _sorted_checked(headers: List[pydicom.Dataset], name: str) -> List[str]:
-    missing = [Path(h.filename).name for h in headers if "ImagePositionPatient" not in h or
-               "ImageOrientationPatient" not in h]
+    missing = [
+        Path(h.filename).name for h in headers if "ImagePositionPatient" not in h or "ImageOrientationPatient" not in h
+    ]
     if missing:
-        raise Unprocessable(f"{name}: {len(missing)} slice(s) lack ImagePositionPatient or ImageOrientationPatient "
-                            f"(e.g. {missing[0]}); their position in the volume is unknown")
+        raise Unprocessable(
+            f"{name}: {len(missing)} slice(s) lack ImagePositionPatient or ImageOrientationPatient "
+            f"(e.g. {missing[0]}); their position in the volume is unknown"
+        )
     orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
     normal = np.cross(orientation[:3], orientation[3:])
     positions = np.array([float(np.dot(normal, np.asarray(h.ImagePositionPatient, dtype=float))) for h in headers])

@@ -106,15 +106,17 @@ def _from_manifest(path: Path, labels_as: str) -> List[ImportItem]:
         if unknown:
             raise InputError(f"{path.name}: case {i}: unknown key(s) {sorted(unknown)}")
         image = (base / entry["image"]).resolve()
-        items.append(ImportItem(
-            case_id=_safe_id(entry.get("id") or strip_volume_suffix(image.name)),
-            image=image,
-            label=(base / entry["label"]).resolve() if entry.get("label") else None,
-            label_as=entry.get("label_as", labels_as),
-            modality=entry.get("modality"),
-            split=entry.get("split"),
-            series_uid=entry.get("series_uid"),
-        ))
+        items.append(
+            ImportItem(
+                case_id=_safe_id(entry.get("id") or strip_volume_suffix(image.name)),
+                image=image,
+                label=(base / entry["label"]).resolve() if entry.get("label") else None,
+                label_as=entry.get("label_as", labels_as),
+                modality=entry.get("modality"),
+                split=entry.get("split"),
+                series_uid=entry.get("series_uid"),
+            )
+        )
     return items
 
 
@@ -210,15 +212,18 @@ class Importer:
         tag = check_tag(LABEL_TAGS.get(item.label_as, item.label_as))
         label_dest = self.studies / "labels" / tag / f"{item.case_id}.nii.gz"
         record = self.records.get(item.case_id)
-        if record.get("source_fingerprint") == fingerprint and image_dest.exists() and (
-                item.label is None or label_dest.exists()):
+        if (
+            record.get("source_fingerprint") == fingerprint
+            and image_dest.exists()
+            and (item.label is None or label_dest.exists())
+        ):
             return "unchanged"
 
         # 1. check everything before writing anything
         is_dicom = item.image.is_dir()
         image = read_series(item.image, item.series_uid) if is_dicom else read_image(item.image, self.max_voxels)
         geometry = Geometry.of(image)
-        label, label_note = (self._checked_label(item.label, image) if item.label else (None, None))
+        label, label_note = self._checked_label(item.label, image) if item.label else (None, None)
         modality, modality_source = _modality_of(item, image)
 
         # 2. write: image, then label, then the record that says the case is complete
@@ -232,19 +237,22 @@ class Importer:
         if label is not None:
             label_dest.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(label, label_dest, self.scratch)
-        self.records.put(item.case_id, {
-            "source": str(item.image),
-            "source_kind": "dicom" if is_dicom else "nifti",
-            "source_fingerprint": fingerprint,
-            "modality": modality,
-            "modality_source": modality_source,
-            "split": item.split,
-            "geometry": geometry.to_json(),
-            "label_source": str(item.label) if item.label else None,
-            "label_tag": tag if item.label else None,
-            "label_note": label_note,
-            "series_uid": image.GetMetaData("0020|000e") if image.HasMetaDataKey("0020|000e") else None,
-        })
+        self.records.put(
+            item.case_id,
+            {
+                "source": str(item.image),
+                "source_kind": "dicom" if is_dicom else "nifti",
+                "source_fingerprint": fingerprint,
+                "modality": modality,
+                "modality_source": modality_source,
+                "split": item.split,
+                "geometry": geometry.to_json(),
+                "label_source": str(item.label) if item.label else None,
+                "label_tag": tag if item.label else None,
+                "label_note": label_note,
+                "series_uid": image.GetMetaData("0020|000e") if image.HasMetaDataKey("0020|000e") else None,
+            },
+        )
         return "imported"
 
     def _checked_label(self, path: Path, image: sitk.Image):
@@ -309,9 +317,15 @@ def _symlink_atomic(target: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def import_source(source: str | Path, studies: str | Path, labels_as: str = "final", modality: Optional[str] = None,
-                  link_images: bool = False, max_voxels: int = DEFAULT_MAX_VOXELS, progress: bool = True,
-                  ) -> ImportReport:
+def import_source(
+    source: str | Path,
+    studies: str | Path,
+    labels_as: str = "final",
+    modality: Optional[str] = None,
+    link_images: bool = False,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    progress: bool = True,
+) -> ImportReport:
     """Discover and import every case of ``source`` into ``studies``; see :class:`Importer`."""
     items = discover(source, labels_as, modality)
     return Importer(studies, link_images, max_voxels).run(items, progress)

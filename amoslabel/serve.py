@@ -57,8 +57,20 @@ def server_environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]
 
 
 def server_command(studies: str, host: str, port: int, conf: Dict[str, str]) -> List[str]:
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", studies,
-           "--host", host, "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(APP_DIR),
+        "--studies",
+        studies,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     for key, value in conf.items():
         cmd += ["--conf", key, str(value)]
     return cmd

@@ -72,8 +72,12 @@ class Geometry:
         return image
 
     def to_json(self) -> dict:
-        return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
-                "direction": list(self.direction)}
+        return {
+            "size": list(self.size),
+            "spacing": list(self.spacing),
+            "origin": list(self.origin),
+            "direction": list(self.direction),
+        }
 
 
 def _fmt(values) -> str:
@@ -111,9 +115,7 @@ def read_label(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS, na
     lo, hi = array.min(), array.max()
     if lo < 0 or hi > MAX_LABEL_ID:
         outside = np.unique(array[(array < 0) | (array > MAX_LABEL_ID)])[:10]
-        raise Unprocessable(
-            f"{name}: label ids {[int(v) for v in outside]} are outside the AMOS ids 0-{MAX_LABEL_ID}"
-        )
+        raise Unprocessable(f"{name}: label ids {[int(v) for v in outside]} are outside the AMOS ids 0-{MAX_LABEL_ID}")
     if image.GetPixelID() != sitk.sitkUInt8:
         image = sitk.Cast(image, sitk.sitkUInt8)
     return image
@@ -176,7 +178,7 @@ def _check_nifti(path: Path, max_voxels: int, name: str):
         shape = [int(s) for s in header.get_data_shape()]
     except Exception as e:  # nibabel raises several types for a damaged header
         raise InputError(f"{name}: not a readable NIfTI file ({str(e)[:200]})") from None
-    spacing = [float(p) for p in _raw_pixdim(path)[1:1 + min(len(shape), 3)]]
+    spacing = [float(p) for p in _raw_pixdim(path)[1 : 1 + min(len(shape), 3)]]
     _check_shape(shape, spacing, max_voxels, name)
     dtype = header.get_data_dtype()
     if dtype.fields is not None or dtype.kind not in "uif":
@@ -232,8 +234,11 @@ def _itk_reason(error: RuntimeError) -> str:
 
 
 @contextmanager
-def _atomic_destination(dest: str | os.PathLike, scratch_dir: str | os.PathLike | None, suffix: str = "",
-                        ) -> Iterator[Path]:
+def _atomic_destination(
+    dest: str | os.PathLike,
+    scratch_dir: str | os.PathLike | None,
+    suffix: str = "",
+) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is fsynced and renamed onto ``dest``, else removed.
 
     ``scratch_dir`` must be on the same filesystem as ``dest``; keep it outside folders that other processes scan
@@ -253,8 +258,9 @@ def _atomic_destination(dest: str | os.PathLike, scratch_dir: str | os.PathLike 
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(image: sitk.Image, dest: str | os.PathLike, scratch_dir: str | os.PathLike | None = None,
-                 compress: bool = True) -> Path:
+def write_atomic(
+    image: sitk.Image, dest: str | os.PathLike, scratch_dir: str | os.PathLike | None = None, compress: bool = True
+) -> Path:
     """Write ``image`` to ``dest`` so that ``dest`` is either absent or complete, never half-written."""
     suffix = next((s for s in VOLUME_SUFFIXES if Path(dest).name.endswith(s)), Path(dest).suffix)
     with _atomic_destination(dest, scratch_dir, suffix) as tmp:  # the suffix tells ITK the file format

@@ -38,11 +38,19 @@ class AmosLabelApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]):
         self.config: AppConfig = load_config(conf.get("config"), conf)
         self.models_dir = self._models_dir(app_dir, studies)
-        logger.info(f"AMOS Label: preset {self.config.preset!r}, models {self.config.models}, "
-                    f"model versions in {self.models_dir}")
-        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name=self.config.name,
-                         description="Semi-automatic annotation of 15 abdominal organs in CT and MRI (AMOS)",
-                         version="1.0", labels=label_table())
+        logger.info(
+            f"AMOS Label: preset {self.config.preset!r}, models {self.config.models}, "
+            f"model versions in {self.models_dir}"
+        )
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name=self.config.name,
+            description="Semi-automatic annotation of 15 abdominal organs in CT and MRI (AMOS)",
+            version="1.0",
+            labels=label_table(),
+        )
 
     def _models_dir(self, app_dir: str, studies: str) -> Path:
         if self.config.storage.models_dir:
@@ -69,8 +77,10 @@ class AmosLabelApp(MONAILabelApp):
         return {name: SegmentationInferTask(name, self.config, self._store(name)) for name in self.config.models}
 
     def init_trainers(self):
-        return {name: SegmentationTrainTask(name, self.config, self._store(name), self.studies)
-                for name in self.config.models}
+        return {
+            name: SegmentationTrainTask(name, self.config, self._store(name), self.studies)
+            for name in self.config.models
+        }
 
     def init_strategies(self):
         return {"random": Random(), "first": First()}
@@ -107,12 +117,16 @@ class AmosLabelApp(MONAILabelApp):
         logger.info(f"AMOS Label ready: {len(self.datastore().list_images())} image(s); newest versions {trained}")
         for name, number in trained.items():
             if number is None:
-                logger.warning(f"Model {name!r} has no trained version: it will not pre-label until trained "
-                               f"(POST /train/{name}).")
+                logger.warning(
+                    f"Model {name!r} has no trained version: it will not pre-label until trained (POST /train/{name})."
+                )
 
 
 def _is_uploaded_file(path: str) -> bool:
     """True for the temporary file MONAI Label's /infer endpoint writes when a client uploads the scan itself."""
     real = os.path.realpath(path)
-    return (os.path.isfile(real) and os.path.dirname(real) == os.path.realpath(tempfile.gettempdir())
-            and os.path.basename(real).startswith("tmp"))
+    return (
+        os.path.isfile(real)
+        and os.path.dirname(real) == os.path.realpath(tempfile.gettempdir())
+        and os.path.basename(real).startswith("tmp")
+    )

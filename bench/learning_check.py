@@ -64,8 +64,17 @@ def main(argv=None) -> int:
         store = ModelStore(Path(tmp) / "models", args.model)
         trainer = SegmentationTrainTask(args.model, config, store, str(studies))
         started = time.time()
-        trainer({"model": args.model, "max_epochs": args.epochs, "iterations_per_epoch": args.iterations,
-                 "val_interval": max(1, args.epochs // 4), "seed": args.seed, "multi_gpu": False}, datastore)
+        trainer(
+            {
+                "model": args.model,
+                "max_epochs": args.epochs,
+                "iterations_per_epoch": args.iterations,
+                "val_interval": max(1, args.epochs // 4),
+                "seed": args.seed,
+                "multi_gpu": False,
+            },
+            datastore,
+        )
         train_seconds = time.time() - started
         version = store.latest()
 
@@ -79,21 +88,33 @@ def main(argv=None) -> int:
 
     passed = all(scores[o] >= args.threshold for o in CHECKED)
     report = {
-        "preset": args.preset, "model": args.model, "network": version.meta["network"],
-        "parameters": version.meta["parameters"], "spacing_mm": config.presets[args.preset].plans["ct"].spacing,
-        "epochs": args.epochs, "iterations_per_epoch": args.iterations, "optimizer": version.meta["optimizer"],
-        "loss": version.meta["loss"], "augment": args.augment,
-        "train_seconds": round(train_seconds, 1), "infer_seconds": round(infer_seconds, 1),
-        "dice": {k: round(v, 4) for k, v in scores.items() if v == v}, "threshold": args.threshold,
-        "checked": list(CHECKED), "passed": passed, "torch_threads": torch.get_num_threads(),
+        "preset": args.preset,
+        "model": args.model,
+        "network": version.meta["network"],
+        "parameters": version.meta["parameters"],
+        "spacing_mm": config.presets[args.preset].plans["ct"].spacing,
+        "epochs": args.epochs,
+        "iterations_per_epoch": args.iterations,
+        "optimizer": version.meta["optimizer"],
+        "loss": version.meta["loss"],
+        "augment": args.augment,
+        "train_seconds": round(train_seconds, 1),
+        "infer_seconds": round(infer_seconds, 1),
+        "dice": {k: round(v, 4) for k, v in scores.items() if v == v},
+        "threshold": args.threshold,
+        "checked": list(CHECKED),
+        "passed": passed,
+        "torch_threads": torch.get_num_threads(),
     }
     args.out = args.out or ROOT / ".bench" / f"learning_check_{args.preset}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    print(f"\nlearning check ({args.preset}): {'PASSED' if passed else 'FAILED'} - "
-          + ", ".join(f"{o} {scores[o]:.3f}" for o in CHECKED)
-          + f" after {train_seconds / 60:.1f} min of training")
+    print(
+        f"\nlearning check ({args.preset}): {'PASSED' if passed else 'FAILED'} - "
+        + ", ".join(f"{o} {scores[o]:.3f}" for o in CHECKED)
+        + f" after {train_seconds / 60:.1f} min of training"
+    )
     return 0 if passed else 1
 
 

@@ -65,9 +65,19 @@ def prepare_volumes() -> Dict[str, Path]:
         extent = np.asarray(ct.GetSize()) * np.asarray(ct.GetSpacing())
         spacing = tuple(float(s) for s in extent / np.asarray(size))
         origin = np.asarray(ct.GetOrigin()) + np.asarray(ct.GetDirection()).reshape(3, 3) @ (
-            (np.asarray(spacing) - np.asarray(ct.GetSpacing())) / 2)
-        resampled = sitk.Resample(ct, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), spacing,
-                                  ct.GetDirection(), -1024.0, sitk.sitkInt16)
+            (np.asarray(spacing) - np.asarray(ct.GetSpacing())) / 2
+        )
+        resampled = sitk.Resample(
+            ct,
+            size,
+            sitk.Transform(),
+            sitk.sitkLinear,
+            tuple(origin),
+            spacing,
+            ct.GetDirection(),
+            -1024.0,
+            sitk.sitkInt16,
+        )
         sitk.WriteImage(resampled, str(big))
     volumes["ct512x300"] = big
     return volumes
@@ -87,21 +97,29 @@ def run_ours(volume: Path, preset: str, model: str) -> Dict:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(tmp, model)
-        store.publish(build_network(spec.network, spec.params).state_dict(), {
-            "network": {"name": spec.network, "params": dict(spec.params)},
-            "plans": {m: p.model_dump(mode="json") for m, p in config.active.plans.items()},
-            "normalisation": {m: s.normalisation.model_dump(mode="json") for m, s in config.modalities.items()},
-            "train_patch_size": list(config.active.plans["ct"].patch_size),
-            "note": "random weights, for timing only",
-        })
+        store.publish(
+            build_network(spec.network, spec.params).state_dict(),
+            {
+                "network": {"name": spec.network, "params": dict(spec.params)},
+                "plans": {m: p.model_dump(mode="json") for m, p in config.active.plans.items()},
+                "normalisation": {m: s.normalisation.model_dump(mode="json") for m, s in config.modalities.items()},
+                "train_patch_size": list(config.active.plans["ct"].patch_size),
+                "note": "random weights, for timing only",
+            },
+        )
         task = SegmentationInferTask(model, config, store)
         started = time.perf_counter()
         label_file, result = task({"image": str(volume), "modality": "ct"})
         seconds = time.perf_counter() - started
         os.unlink(label_file)
-    return {"seconds": seconds, "latencies": result["latencies"], "grid": result["preprocessing"]["network_grid_xyz"],
-            "spacing": config.active.plans["ct"].spacing, "network": spec.network,
-            "parameters": sum(p.numel() for p in build_network(spec.network, spec.params).parameters())}
+    return {
+        "seconds": seconds,
+        "latencies": result["latencies"],
+        "grid": result["preprocessing"]["network_grid_xyz"],
+        "spacing": config.active.plans["ct"].spacing,
+        "network": spec.network,
+        "parameters": sum(p.numel() for p in build_network(spec.network, spec.params).parameters()),
+    }
 
 
 def run_peer(volume: Path) -> Dict:
@@ -124,37 +142,62 @@ def run_peer(volume: Path) -> Dict:
     )
 
     torch.manual_seed(0)
-    network = SegResNet(spatial_dims=3, in_channels=1, out_channels=16, init_filters=32, blocks_down=(1, 2, 2, 4),
-                        blocks_up=(1, 1, 1), dropout_prob=0.2).eval()
-    pre = Compose([
-        LoadImaged(keys="image", reader="ITKReader"),
-        EnsureTyped(keys="image"),
-        EnsureChannelFirstd(keys="image"),
-        Orientationd(keys="image", axcodes="RAS"),
-        Spacingd(keys="image", pixdim=(1.5, 1.5, 1.5)),
-        ScaleIntensityRanged(keys="image", a_min=-175, a_max=250, b_min=0.0, b_max=1.0, clip=True),
-        EnsureTyped(keys="image"),
-    ])
-    inferer = SlidingWindowInferer(roi_size=(96, 96, 96), sw_batch_size=2, overlap=0.4, padding_mode="replicate",
-                                   mode="gaussian")
+    network = SegResNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=16,
+        init_filters=32,
+        blocks_down=(1, 2, 2, 4),
+        blocks_up=(1, 1, 1),
+        dropout_prob=0.2,
+    ).eval()
+    pre = Compose(
+        [
+            LoadImaged(keys="image", reader="ITKReader"),
+            EnsureTyped(keys="image"),
+            EnsureChannelFirstd(keys="image"),
+            Orientationd(keys="image", axcodes="RAS"),
+            Spacingd(keys="image", pixdim=(1.5, 1.5, 1.5)),
+            ScaleIntensityRanged(keys="image", a_min=-175, a_max=250, b_min=0.0, b_max=1.0, clip=True),
+            EnsureTyped(keys="image"),
+        ]
+    )
+    inferer = SlidingWindowInferer(
+        roi_size=(96, 96, 96), sw_batch_size=2, overlap=0.4, padding_mode="replicate", mode="gaussian"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        post = Compose([
-            Activationsd(keys="pred", softmax=True),
-            AsDiscreted(keys="pred", argmax=True),
-            Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True),
-            SaveImaged(keys="pred", output_dir=tmp, output_postfix="seg", separate_folder=False, print_log=False,
-                       output_dtype="uint8"),
-        ])
+        post = Compose(
+            [
+                Activationsd(keys="pred", softmax=True),
+                AsDiscreted(keys="pred", argmax=True),
+                Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True),
+                SaveImaged(
+                    keys="pred",
+                    output_dir=tmp,
+                    output_postfix="seg",
+                    separate_folder=False,
+                    print_log=False,
+                    output_dtype="uint8",
+                ),
+            ]
+        )
         started = time.perf_counter()
         data = pre({"image": str(volume)})
         grid = list(data["image"].shape[1:])
         with torch.inference_mode():
             data["pred"] = inferer(data["image"][None], network)[0]
-        data["pred"] = MetaTensor(data["pred"], meta=data["image"].meta, applied_operations=data["image"].applied_operations)
+        data["pred"] = MetaTensor(
+            data["pred"], meta=data["image"].meta, applied_operations=data["image"].applied_operations
+        )
         post(data)
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "grid": grid, "spacing": [1.5, 1.5, 1.5], "network": "SegResNet",
-            "parameters": sum(p.numel() for p in network.parameters())}
+    return {
+        "seconds": seconds,
+        "grid": grid,
+        "spacing": [1.5, 1.5, 1.5],
+        "network": "SegResNet",
+        "parameters": sum(p.numel() for p in network.parameters()),
+    }
 
 
 def run_restore(volume: Path) -> Dict:
@@ -181,16 +224,24 @@ def run_restore(volume: Path) -> Dict:
     soft /= soft.sum(0, keepdim=True)
     started = time.perf_counter()
     restore_label(soft, grid, original)
-    return {"seconds": time.perf_counter() - started, "grid": list(grid.size), "spacing": [1.5, 1.5, 1.5],
-            "network": "none (restore only)", "parameters": 0}
+    return {
+        "seconds": time.perf_counter() - started,
+        "grid": list(grid.size),
+        "spacing": [1.5, 1.5, 1.5],
+        "network": "none (restore only)",
+        "parameters": 0,
+    }
 
 
 def one(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    runners = {"peer": lambda: run_peer(Path(args.volume)), "restore": lambda: run_restore(Path(args.volume)),
-               "ours": lambda: run_ours(Path(args.volume), args.preset, args.model)}
+    runners = {
+        "peer": lambda: run_peer(Path(args.volume)),
+        "restore": lambda: run_restore(Path(args.volume)),
+        "ours": lambda: run_ours(Path(args.volume), args.preset, args.model),
+    }
     result = runners[args.one]()
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
@@ -199,14 +250,27 @@ def one(args) -> None:
 def measure(kind: str, volume: Path, preset: str, model: str, threads: int) -> Dict:
     from amoslabel.serve import MALLOC_TUNING
 
-    cmd = [sys.executable, "-m", "bench.prelabel", "--one", kind, "--volume", str(volume), "--preset", preset,
-           "--model", model, "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.prelabel",
+        "--one",
+        kind,
+        "--volume",
+        str(volume),
+        "--preset",
+        preset,
+        "--model",
+        model,
+        "--threads",
+        str(threads),
+    ]
     env = {**os.environ, **MALLOC_TUNING, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode or not lines:
         raise RuntimeError(f"{kind} on {volume.name} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main(argv=None) -> int:
@@ -237,8 +301,11 @@ def main(argv=None) -> int:
             ours = measure("ours", volume, preset, args.model, args.threads)
             ratio = ours["seconds"] / peer["seconds"] if peer else None
             rows.append({"volume": name, "pipeline": f"ours {args.model} {preset}", "ratio_to_peer": ratio, **ours})
-            print(f"{name:10s} {preset:15s} {ours['seconds']:7.1f} s  {ours['peak_rss_mb']:6.0f} MB"
-                  + (f"  ratio {ratio:.2f}" if ratio else ""), flush=True)
+            print(
+                f"{name:10s} {preset:15s} {ours['seconds']:7.1f} s  {ours['peak_rss_mb']:6.0f} MB"
+                + (f"  ratio {ratio:.2f}" if ratio else ""),
+                flush=True,
+            )
         restore = measure("restore", volume, "", args.model, args.threads)
         rows.append({"volume": name, "pipeline": "restore only, real organ layout", **restore})
         print(f"{name:10s} restore only    {restore['seconds']:7.1f} s  {restore['peak_rss_mb']:6.0f} MB", flush=True)
@@ -254,15 +321,21 @@ def write_report(rows: List[Dict], args) -> None:
         if path.exists():
             report = json.loads(path.read_text())
             accuracy[preset] = ", ".join(f"{k} {report['dice'][k]:.2f}" for k in report["checked"])
-    lines = [f"threads: {args.threads}; machine: {os.cpu_count()} cores; times are end to end, file to file", "",
-             "| volume | pipeline | network grid | parameters | time (s) | peak RSS (MB) | ratio to peer | "
-             "learning-check Dice |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"threads: {args.threads}; machine: {os.cpu_count()} cores; times are end to end, file to file",
+        "",
+        "| volume | pipeline | network grid | parameters | time (s) | peak RSS (MB) | ratio to peer | "
+        "learning-check Dice |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         preset = r["pipeline"].split()[-1]
         ratio = "" if r.get("ratio_to_peer") is None else f"{r['ratio_to_peer']:.2f}"
-        lines.append(f"| {r['volume']} | {r['pipeline']} | {'x'.join(map(str, r['grid']))} | "
-                     f"{r['parameters'] / 1e6:.1f} M | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} | "
-                     f"{accuracy.get(preset, '')} |")
+        lines.append(
+            f"| {r['volume']} | {r['pipeline']} | {'x'.join(map(str, r['grid']))} | "
+            f"{r['parameters'] / 1e6:.1f} M | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} | "
+            f"{accuracy.get(preset, '')} |"
+        )
     (OUT / "prelabel.json").write_text(json.dumps(rows, indent=2))
     (OUT / "prelabel.md").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))

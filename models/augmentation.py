@@ -117,10 +117,25 @@ def amos_augmentations(seed: int) -> Compose:
     both = ["image", "label"]
     angle = 0.52
     transforms: List[Any] = [
-        RandRotated(keys=both, range_x=angle, range_y=angle, range_z=angle, prob=0.2,
-                    mode=("bilinear", "nearest"), padding_mode="border", keep_size=True),
-        RandZoomd(keys=both, min_zoom=0.7, max_zoom=1.4, prob=0.2, mode=("trilinear", "nearest"),
-                  padding_mode="edge", keep_size=True),
+        RandRotated(
+            keys=both,
+            range_x=angle,
+            range_y=angle,
+            range_z=angle,
+            prob=0.2,
+            mode=("bilinear", "nearest"),
+            padding_mode="border",
+            keep_size=True,
+        ),
+        RandZoomd(
+            keys=both,
+            min_zoom=0.7,
+            max_zoom=1.4,
+            prob=0.2,
+            mode=("trilinear", "nearest"),
+            padding_mode="edge",
+            keep_size=True,
+        ),
         # variance in [0, 0.1]: MONAI draws the standard deviation uniformly from [0, std]
         RandGaussianNoised(keys="image", prob=0.1, mean=0.0, std=math.sqrt(0.1), sample_std=True),
         RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=0.2),

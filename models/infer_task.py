@@ -36,8 +36,12 @@ logger = logging.getLogger(__name__)
 class VersionRecipe:
     """How a model version wants its input prepared: per-modality plans, normalisation and training patch."""
 
-    def __init__(self, plans: Dict[str, ModalityPlan], normalisation: Dict[str, Normalisation],
-                 train_patch_xyz: Sequence[int] | None):
+    def __init__(
+        self,
+        plans: Dict[str, ModalityPlan],
+        normalisation: Dict[str, Normalisation],
+        train_patch_xyz: Sequence[int] | None,
+    ):
         self.plans = plans
         self.normalisation = normalisation
         self.train_patch_xyz = tuple(train_patch_xyz) if train_patch_xyz else None
@@ -46,9 +50,11 @@ class VersionRecipe:
     def of(cls, version: ModelVersion, fallback: AppConfig) -> "VersionRecipe":
         meta = version.meta
         plans = {m: ModalityPlan.model_validate(p) for m, p in meta.get("plans", {}).items()} or dict(
-            fallback.active.plans)
+            fallback.active.plans
+        )
         norms = {m: Normalisation.model_validate(n) for m, n in meta.get("normalisation", {}).items()} or {
-            m: s.normalisation for m, s in fallback.modalities.items()}
+            m: s.normalisation for m, s in fallback.modalities.items()
+        }
         return cls(plans, norms, meta.get("train_patch_size"))
 
     def patch_size(self, modality: str) -> Tuple[int, int, int]:
@@ -141,8 +147,9 @@ class SegmentationInferTask(BasicInferTask):
         settings = self.app_config.active.inference
         recipe = VersionRecipe.of(self.store.get(int(data["model_version"])), self.app_config)
         tta = _as_bool(data.get("tta", settings.tta_flip))
-        return SlidingWindowPredictor(zyx(recipe.patch_size(data["modality"])), settings.sw_overlap,
-                                      settings.sw_batch_size, tta)
+        return SlidingWindowPredictor(
+            zyx(recipe.patch_size(data["modality"])), settings.sw_overlap, settings.sw_batch_size, tta
+        )
 
     def inverse_transforms(self, data=None):
         return None
@@ -163,8 +170,9 @@ class SegmentationInferTask(BasicInferTask):
 
     def _build(self, version: ModelVersion) -> torch.nn.Module:
         spec = version.meta.get("network", {})
-        network = build_network(spec.get("name", self.network_settings.network),
-                                spec.get("params", self.network_settings.params))
+        network = build_network(
+            spec.get("name", self.network_settings.network), spec.get("params", self.network_settings.params)
+        )
         network.load_state_dict(self.store.load_weights(version))
         return network
 

@@ -33,8 +33,9 @@ class SlidingWindowPredictor:
     def __init__(self, patch_size: Sequence[int], overlap: float, batch_size: int, tta_flip: bool):
         self.patch_size = tuple(int(p) for p in patch_size)
         self.flips = flip_combinations(tta_flip)
-        self.window = SlidingWindowInferer(roi_size=self.patch_size, sw_batch_size=batch_size, overlap=overlap,
-                                           mode="gaussian", progress=False)
+        self.window = SlidingWindowInferer(
+            roi_size=self.patch_size, sw_batch_size=batch_size, overlap=overlap, mode="gaussian", progress=False
+        )
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
         """``inputs`` (B, 1, Z, Y, X) -> probabilities (B, C, Z, Y, X), float32, on the inputs' device."""

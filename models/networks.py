@@ -46,7 +46,9 @@ def registered_networks() -> Dict[str, NetworkEntry]:
     return dict(_REGISTRY)
 
 
-def build_network(name: str, params: Mapping[str, Any] | None = None, out_channels: int = NUM_CLASSES) -> torch.nn.Module:
+def build_network(
+    name: str, params: Mapping[str, Any] | None = None, out_channels: int = NUM_CLASSES
+) -> torch.nn.Module:
     """Build a registered network with one input channel and ``out_channels`` outputs.
 
     Raises:
@@ -96,5 +98,10 @@ def _dynunet(
 @register_network("vnet", "MONAI VNet (Milletari et al. 2016)")
 def _vnet(in_channels: int, out_channels: int, dropout_prob: float = 0.0) -> torch.nn.Module:
     # VNet's first block adds its input to 16 copies of itself, which needs 1 (or 16) input channels.
-    return VNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, dropout_prob_down=dropout_prob,
-                dropout_prob_up=(dropout_prob, dropout_prob))
+    return VNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        dropout_prob_down=dropout_prob,
+        dropout_prob_up=(dropout_prob, dropout_prob),
+    )

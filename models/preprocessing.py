@@ -125,15 +125,21 @@ def target_grid(geometry: Geometry, spacing_xyz: Sequence[float]) -> Geometry:
     direction = np.asarray(geometry.direction).reshape(3, 3)
     # Keep the outer edges of the field of view: voxel centres move by half the change in voxel size.
     origin = np.asarray(geometry.origin) + direction @ ((new_sp - old_sp) / 2.0)
-    return Geometry(tuple(int(s) for s in size), tuple(float(s) for s in new_sp), tuple(float(o) for o in origin),
-                    geometry.direction)
+    return Geometry(
+        tuple(int(s) for s in size),
+        tuple(float(s) for s in new_sp),
+        tuple(float(o) for o in origin),
+        geometry.direction,
+    )
 
 
-def resample(image: sitk.Image, grid: Geometry, interpolator: int, default: float = 0.0,
-             pixel_type: int = sitk.sitkUnknown) -> sitk.Image:
+def resample(
+    image: sitk.Image, grid: Geometry, interpolator: int, default: float = 0.0, pixel_type: int = sitk.sitkUnknown
+) -> sitk.Image:
     """Resample ``image`` onto ``grid`` in physical space."""
-    return sitk.Resample(image, grid.size, sitk.Transform(), interpolator, grid.origin, grid.spacing,
-                         grid.direction, default, pixel_type)
+    return sitk.Resample(
+        image, grid.size, sitk.Transform(), interpolator, grid.origin, grid.spacing, grid.direction, default, pixel_type
+    )
 
 
 class ResampleToPland:
@@ -225,8 +231,15 @@ def _world_to_index(geometry: Geometry, points: np.ndarray) -> np.ndarray:
 
 def _box_on_output(box, grid: Geometry, original: Geometry):
     """The output-grid box (z, y, x; hi exclusive) covering a network-grid box, or None when they do not meet."""
-    corners = np.array([[z, y, x] for z in (box[0][0] - 0.5, box[0][1] - 0.5) for y in (box[1][0] - 0.5, box[1][1] - 0.5)
-                        for x in (box[2][0] - 0.5, box[2][1] - 0.5)], dtype=float)
+    corners = np.array(
+        [
+            [z, y, x]
+            for z in (box[0][0] - 0.5, box[0][1] - 0.5)
+            for y in (box[1][0] - 0.5, box[1][1] - 0.5)
+            for x in (box[2][0] - 0.5, box[2][1] - 0.5)
+        ],
+        dtype=float,
+    )
     on_output = _world_to_index(original, _index_to_world(grid, corners))
     size = np.asarray(tuple(reversed(original.size)))
     lo = np.clip(np.floor(on_output.min(axis=0)).astype(int), 0, size)
@@ -245,8 +258,17 @@ def _resample_region(channel: np.ndarray, box, grid: Geometry, out_box, original
     start = np.array([[lo for lo, _ in out_box]], dtype=float)
     origin = tuple(_index_to_world(original, start)[0])
     size = [hi - lo for lo, hi in reversed(out_box)]
-    up = sitk.Resample(crop, size, sitk.Transform(), sitk.sitkLinear, origin, original.spacing, original.direction, 0.0,
-                       sitk.sitkFloat32)
+    up = sitk.Resample(
+        crop,
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        origin,
+        original.spacing,
+        original.direction,
+        0.0,
+        sitk.sitkFloat32,
+    )
     return sitk.GetArrayFromImage(up)
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
-from ignite.engine import Events
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.engines import SupervisedTrainer
 from monai.handlers import LrScheduleHandler
@@ -96,8 +95,18 @@ class SegmentationTrainTask(BasicTrainTask):
             disable_meta_tracking=True,
             tracking=None,
         )
-        for key in ("dataset", "dataloader", "tracking", "tracking_uri", "tracking_experiment_name",
-                    "val_split", "train_batch_size", "val_batch_size", "early_stop_patience", "name"):
+        for key in (
+            "dataset",
+            "dataloader",
+            "tracking",
+            "tracking_uri",
+            "tracking_experiment_name",
+            "val_split",
+            "train_batch_size",
+            "val_batch_size",
+            "early_stop_patience",
+            "name",
+        ):
             self._config.pop(key, None)
 
     # -- data ------------------------------------------------------------------------------------------------
@@ -107,13 +116,18 @@ class SegmentationTrainTask(BasicTrainTask):
         items = []
         for item in datastore.datalist():
             case_id = strip_volume_suffix(Path(item["image"]).name)
-            entry = {"image": item["image"], "label": item["label"], "case_id": case_id,
-                     "case_record": records.get(case_id) if records else {}}
+            entry = {
+                "image": item["image"],
+                "label": item["label"],
+                "case_id": case_id,
+                "case_record": records.get(case_id) if records else {},
+            }
             if request.get("modality"):
                 entry["modality"] = request["modality"]
             else:
-                hint, source = resolve_modality(ModalityEvidence(case_id=case_id, path=item["image"],
-                                                                 case_record=entry["case_record"]))
+                hint, source = resolve_modality(
+                    ModalityEvidence(case_id=case_id, path=item["image"], case_record=entry["case_record"])
+                )
                 entry["modality_hint"] = hint if source != "default" else None
             items.append(entry)
         items.sort(key=lambda d: d["case_id"])
@@ -133,8 +147,10 @@ class SegmentationTrainTask(BasicTrainTask):
         context.request["_val_is_train"] = not val
         if not val:
             val = list(train)  # one case only: validate on it, and say so in the version's metadata
-        logger.info(f"{self.model_name}: {len(train)} training case(s), {len(val)} validation case(s)"
-                    + (" (the training case itself: too few cases to hold one out)" if not n_val else ""))
+        logger.info(
+            f"{self.model_name}: {len(train)} training case(s), {len(val)} validation case(s)"
+            + (" (the training case itself: too few cases to hold one out)" if not n_val else "")
+        )
         return train, val
 
     def _preprocessing(self, with_label: bool = True) -> List[Any]:
@@ -154,9 +170,11 @@ class SegmentationTrainTask(BasicTrainTask):
         patch_xyz = plans["mri" if modalities == {"mri"} else "ct"].patch_size
         request["_train_patch_xyz"] = list(patch_xyz)
         patch = zyx(patch_xyz)
-        transforms = self._preprocessing() + [SampleClassIndicesd(seed=seed), ToTensorsd(),
-                                              RandClassBalancedCropd(patch, self.app_config.active.train
-                                                                     .foreground_fraction)]
+        transforms = self._preprocessing() + [
+            SampleClassIndicesd(seed=seed),
+            ToTensorsd(),
+            RandClassBalancedCropd(patch, self.app_config.active.train.foreground_fraction),
+        ]
         transforms[-1].set_random_state(seed=seed)
         if self.app_config.active.train.augment:
             transforms.append(amos_augmentations(seed))
@@ -179,7 +197,8 @@ class SegmentationTrainTask(BasicTrainTask):
                 from monai.data import partition_dataset
 
                 datalist = partition_dataset(data=datalist, num_partitions=world_size, even_divisible=True)[
-                    context.local_rank]
+                    context.local_rank
+                ]
         transforms = self.train_pre_transforms(context) if is_train else self.val_pre_transforms(context)
         cache = context.request["cache"]
         if cache == "memory":
@@ -211,16 +230,18 @@ class SegmentationTrainTask(BasicTrainTask):
         lr = float(context.request["learning_rate"])
         if t.optimizer == "adamw":
             return torch.optim.AdamW(context.network.parameters(), lr=lr, weight_decay=t.weight_decay)
-        return torch.optim.SGD(context.network.parameters(), lr=lr, momentum=t.momentum, nesterov=True,
-                               weight_decay=t.weight_decay)
+        return torch.optim.SGD(
+            context.network.parameters(), lr=lr, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay
+        )
 
     def loss_function(self, context: Context):
         return build_loss(self.app_config.active.train.loss)
 
     def lr_scheduler_handler(self, context: Context):
         total = int(context.request["max_epochs"]) * int(context.request["iterations_per_epoch"])
-        scheduler = torch.optim.lr_scheduler.PolynomialLR(context.optimizer, total_iters=total,
-                                                          power=self.app_config.active.train.poly_power)
+        scheduler = torch.optim.lr_scheduler.PolynomialLR(
+            context.optimizer, total_iters=total, power=self.app_config.active.train.poly_power
+        )
         return LrScheduleHandler(scheduler, print_lr=False, epoch_level=False)
 
     # -- engines ---------------------------------------------------------------------------------------------
@@ -229,8 +250,13 @@ class SegmentationTrainTask(BasicTrainTask):
 
     def _create_trainer(self, context: Context) -> SupervisedTrainer:
         request = context.request
-        loader = self._dataloader(context, self._dataset(context, context.train_datalist, True)[0],
-                                  int(request["batch_size"]), num_workers=0, shuffle=True)
+        loader = self._dataloader(
+            context,
+            self._dataset(context, context.train_datalist, True)[0],
+            int(request["batch_size"]),
+            num_workers=0,
+            shuffle=True,
+        )
         torch.manual_seed(int(request["seed"]))
         handlers = [self.lr_scheduler_handler(context)]
         trainer = SupervisedTrainer(
@@ -253,8 +279,11 @@ class SegmentationTrainTask(BasicTrainTask):
         validate = ValidateOrgans(
             loader=self._dataloader(context, self._dataset(context, context.val_datalist, False)[0], 1, 0),
             predictor_for=lambda modality: SlidingWindowPredictor(
-                zyx(request["_train_patch_xyz"]), plan_settings.inference.sw_overlap,
-                plan_settings.inference.sw_batch_size, tta_flip=False),
+                zyx(request["_train_patch_xyz"]),
+                plan_settings.inference.sw_overlap,
+                plan_settings.inference.sw_batch_size,
+                tta_flip=False,
+            ),
             network=context.network,
             device=context.device,
             interval=int(request["val_interval"]),
@@ -272,8 +301,9 @@ class SegmentationTrainTask(BasicTrainTask):
             "parent_version": request.get("_parent_version"),
             "preset": self.app_config.preset,
             "plans": {m: p.model_dump(mode="json") for m, p in self.app_config.active.plans.items()},
-            "normalisation": {m: s.normalisation.model_dump(mode="json")
-                              for m, s in self.app_config.modalities.items()},
+            "normalisation": {
+                m: s.normalisation.model_dump(mode="json") for m, s in self.app_config.modalities.items()
+            },
             "config_fingerprint": self.app_config.fingerprint(),
             "training_cases": [d["case_id"] for d in context.train_datalist],
             "validation_cases": [d["case_id"] for d in context.val_datalist],
@@ -300,9 +330,14 @@ class SegmentationTrainTask(BasicTrainTask):
         if latest is None:
             return {}
         meta = latest.meta
-        return {"version": latest.number, "published_at": meta.get("published_at"),
-                "epochs": meta.get("epochs_completed"), "val_mean_dice": meta.get("val_mean_dice"),
-                "val_dice": meta.get("val_dice"), "training_cases": len(meta.get("training_cases", []))}
+        return {
+            "version": latest.number,
+            "published_at": meta.get("published_at"),
+            "epochs": meta.get("epochs_completed"),
+            "val_mean_dice": meta.get("val_mean_dice"),
+            "val_dice": meta.get("val_dice"),
+            "training_cases": len(meta.get("training_cases", [])),
+        }
 
     def cleanup(self, request: Dict[str, Any]) -> None:
         shutil.rmtree(os.path.join(self._model_dir, request.get("name", "")), ignore_errors=True)
@@ -312,7 +347,9 @@ class SegmentationTrainTask(BasicTrainTask):
         request["name"] = f".runs/run_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
         # keys MONAI Label's BasicTrainTask.train reads; ours are batch_size and cache
         batch = request.get("batch_size", self._config["batch_size"])
-        request.update({"train_batch_size": batch, "val_batch_size": 1, "dataset": "ours", "dataloader": "ThreadDataLoader"})
+        request.update(
+            {"train_batch_size": batch, "val_batch_size": 1, "dataset": "ours", "dataloader": "ThreadDataLoader"}
+        )
         return super().__call__(request, datastore)
 
 

@@ -19,8 +19,14 @@ logger = logging.getLogger(__name__)
 class ValidateOrgans:
     """Per-organ Dice of the network on whole validation volumes, every ``interval`` epochs and at the end."""
 
-    def __init__(self, loader, predictor_for: Callable[[str], Callable], network: torch.nn.Module,
-                 device: torch.device, interval: int):
+    def __init__(
+        self,
+        loader,
+        predictor_for: Callable[[str], Callable],
+        network: torch.nn.Module,
+        device: torch.device,
+        interval: int,
+    ):
         self.loader = loader
         self.predictor_for = predictor_for
         self.network = network
@@ -81,8 +87,10 @@ class ProgressLogger:
     def _start(self, engine: Engine) -> None:
         self.started = time.time()
         total = engine.state.max_epochs * engine.state.epoch_length
-        logger.info(f"{self.name}: training for {engine.state.max_epochs} epoch(s) x {engine.state.epoch_length} "
-                    f"iterations = {total}")
+        logger.info(
+            f"{self.name}: training for {engine.state.max_epochs} epoch(s) x {engine.state.epoch_length} "
+            f"iterations = {total}"
+        )
 
     def _log(self, engine: Engine) -> None:
         state = engine.state
@@ -95,9 +103,11 @@ class ProgressLogger:
         loss = state.output[0]["loss"] if isinstance(state.output, list) else (state.output or {}).get("loss")
         loss_text = f"{float(loss):.4f}" if loss is not None else "n/a"
         lr = engine.optimizer.param_groups[0]["lr"] if hasattr(engine, "optimizer") else float("nan")
-        logger.info(f"{self.name} [{bar}] {100 * done / max(total, 1):5.1f}% epoch {state.epoch}/{state.max_epochs} "
-                    f"iter {done}/{total} loss {loss_text} lr {lr:.5f} {per_it:.2f} s/it "
-                    f"ETA {_duration(per_it * (total - done))}")
+        logger.info(
+            f"{self.name} [{bar}] {100 * done / max(total, 1):5.1f}% epoch {state.epoch}/{state.max_epochs} "
+            f"iter {done}/{total} loss {loss_text} lr {lr:.5f} {per_it:.2f} s/it "
+            f"ETA {_duration(per_it * (total - done))}"
+        )
 
 
 class PublishVersion:
@@ -134,4 +144,6 @@ def _first(value: Any) -> Any:
 
 def _duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )

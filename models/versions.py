@@ -106,8 +106,12 @@ class ModelStore:
                 number = (self.numbers() or [0])[-1] + 1
                 while (self.root / f"v{number:04d}").exists():  # a crashed publish may have left one behind
                     number += 1
-                full_meta = {**meta, "model": self.model, "version": number,
-                             "published_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                full_meta = {
+                    **meta,
+                    "model": self.model,
+                    "version": number,
+                    "published_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
                 (staging / META_FILE).write_text(json.dumps(full_meta, indent=2, default=str))
                 fsync_file(staging / META_FILE)
                 fsync_dir(staging)

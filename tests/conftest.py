@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -19,7 +18,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 OUTPUT = ROOT / "test-output"
-
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +52,9 @@ class ServerProcess:
         self.log = open(self.log_path, "w")
         cmd = server_command(str(studies), "127.0.0.1", self.port, conf)
         # The app dir is shared by every test server; MONAI Label writes logs/ and model/ into it (gitignored).
-        self.process = subprocess.Popen(cmd, env=server_environment(), cwd=workdir, stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            cmd, env=server_environment(), cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.time() + timeout

@@ -50,8 +50,10 @@ def test_presets_inherit_and_override(raw):
         (lambda r: r["presets"]["cpu"]["train"].update(learning_rat=0.1), "presets.cpu.train.learning_rat"),
         (lambda r: r.update(colour="blue"), "unknown key 'colour'"),
         (lambda r: r["presets"]["full"]["plans"]["ct"].update(spacing=[1, 0, 1]), "presets.full.plans.ct.spacing"),
-        (lambda r: r["presets"]["full"]["plans"]["ct"].update(patch_size=[100, 160, 64]),
-         "presets.full.plans.ct.patch_size"),
+        (
+            lambda r: r["presets"]["full"]["plans"]["ct"].update(patch_size=[100, 160, 64]),
+            "presets.full.plans.ct.patch_size",
+        ),
         (lambda r: r["presets"]["full"]["inference"].update(sw_overlap=1.5), "presets.full.inference.sw_overlap"),
         (lambda r: r.update(device="tpu"), "'device'"),
         (lambda r: r["labels"].update(spleen=2), "'labels'"),

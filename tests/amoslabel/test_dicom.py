@@ -52,8 +52,9 @@ def test_chaos_series_reads_on_the_grid_of_its_label(shared):
 
 
 def test_missing_slice_is_reported(series_copy):
-    files = sorted(series_copy.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True)
-                                                             .ImagePositionPatient[2]))
+    files = sorted(
+        series_copy.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+    )
     files[10].unlink()
     with pytest.raises(InputError, match="slices are missing") as err:
         read_series(series_copy)

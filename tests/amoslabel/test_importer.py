@@ -43,7 +43,10 @@ def test_amos_layout_imports_every_split_with_labels_and_modality(amos_dataset, 
     report = import_source(amos_dataset, studies, progress=False)
     assert sorted(report.imported) == ["amos_0001", "amos_0010", "amos_0020", "amos_0540"] and not report.skipped
     assert sorted(p.name for p in (studies / "labels" / "final").iterdir()) == [
-        "amos_0001.nii.gz", "amos_0010.nii.gz", "amos_0540.nii.gz"]
+        "amos_0001.nii.gz",
+        "amos_0010.nii.gz",
+        "amos_0540.nii.gz",
+    ]
     records = CaseRecords(studies)
     assert records.get("amos_0540")["modality"] == "mri" and records.get("amos_0001")["modality"] == "ct"
     assert records.get("amos_0010")["split"] == "validation" and records.get("amos_0020")["split"] == "test"
@@ -90,16 +93,19 @@ def test_plain_folder_with_dicom_series_and_sibling_labels(shared, tmp_path):
     label = sitk.ReadImage(str(studies / "labels" / "final" / "series_a.nii.gz"))
     assert Geometry.of(image) == Geometry.of(label)  # the flipped-y label now lies on the series' grid
     original = sitk.ReadImage(str(shared / "dicom" / "ts_ct_series_label.nii.gz"))
-    assert np.array_equal(np.bincount(sitk.GetArrayViewFromImage(label).ravel()),
-                          np.bincount(sitk.GetArrayViewFromImage(original).ravel()))
+    assert np.array_equal(
+        np.bincount(sitk.GetArrayViewFromImage(label).ravel()),
+        np.bincount(sitk.GetArrayViewFromImage(original).ravel()),
+    )
     record = CaseRecords(studies).get("series_a")
     assert record["modality"] == "ct" and record["modality_source"] == "dicom" and "resampled" in record["label_note"]
 
 
 def test_single_file_and_manifest(shared, tmp_path):
     studies = tmp_path / "studies"
-    report = import_source(shared / "mr" / "ts_abdomen_mr_small.nii.gz", studies, modality="mri", link_images=True,
-                           progress=False)
+    report = import_source(
+        shared / "mr" / "ts_abdomen_mr_small.nii.gz", studies, modality="mri", link_images=True, progress=False
+    )
     assert report.imported == ["ts_abdomen_mr_small"]
     assert (studies / "ts_abdomen_mr_small.nii.gz").is_symlink()
     assert (studies / "labels" / "final" / "ts_abdomen_mr_small.nii.gz").exists()  # the _label sibling

@@ -65,7 +65,11 @@ def test_training_publishes_version_1_which_the_next_infer_uses(client, server, 
     meta = json.loads((sample_studies / ".amoslabel" / "models" / "unet" / "v0001" / "meta.json").read_text())
     assert meta["version"] == 1 and meta["parent_version"] is None and meta["epochs_completed"] == 1
     assert set(meta["training_cases"]) | set(meta["validation_cases"]) == {
-        "ts_abdomen_ct", "ts_abdomen_ct_small", "ts_abdomen_mr_small", "ts_ct_series"}
+        "ts_abdomen_ct",
+        "ts_abdomen_ct_small",
+        "ts_abdomen_mr_small",
+        "ts_ct_series",
+    }
     assert not set(meta["training_cases"]) & set(meta["validation_cases"])
     assert set(meta["val_dice"]) == set(label_table())  # every organ reported (None where it never occurs)
     label_file, params = client.infer("unet", "ts_abdomen_ct", {})
@@ -164,8 +168,12 @@ def test_unknown_ids_paths_and_models(client, server):
         with pytest.raises(MONAILabelClientException) as err:
             call()
         assert status_of(err.value) == expected, err.value.msg
-    response = requests.put(f"{server.url}/datastore/label", params={"image": "ts_abdomen_ct_small", "tag": "../x"},
-                            files={"label": ("l.nii.gz", b"not a label")}, timeout=30)
+    response = requests.put(
+        f"{server.url}/datastore/label",
+        params={"image": "ts_abdomen_ct_small", "tag": "../x"},
+        files={"label": ("l.nii.gz", b"not a label")},
+        timeout=30,
+    )
     assert response.status_code == 400 and "tag" in response.json()["detail"]
     assert server.alive()
 

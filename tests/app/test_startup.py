@@ -9,8 +9,9 @@ from tests.conftest import ROOT, ServerProcess
 
 
 def _cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "amoslabel", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "amoslabel", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
 
 
 def test_server_does_not_start_with_a_bad_conf_value(sample_studies, tmp_path):

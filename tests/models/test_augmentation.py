@@ -40,7 +40,8 @@ def test_paper_probabilities_and_ranges():
     assert found[RandZoomd].prob == 0.2
     assert (found[RandZoomd].rand_zoom.min_zoom, found[RandZoomd].rand_zoom.max_zoom) == ((0.7,), (1.4,))
     assert found[RandGaussianNoised].prob == 0.1 and found[RandGaussianNoised].rand_gaussian_noise.std == pytest.approx(
-        math.sqrt(0.1))
+        math.sqrt(0.1)
+    )
     assert found[RandGaussianSmoothd].prob == 0.2 and found[RandGaussianSmoothd].rand_smooth.sigma_x == (0.5, 1.0)
     assert found[RandScaleIntensityd].prob == 0.15 and found[RandScaleIntensityd].scaler.factors == (-0.25, 0.25)
     assert found[RandScaleIntensityFixedMeand].prob == 0.15

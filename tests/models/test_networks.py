@@ -38,10 +38,13 @@ def test_unknown_name_or_parameter_is_refused():
 def test_one_more_registry_entry_adds_an_architecture():
     name = "test-tiny-conv"
     if name not in registered_networks():
+
         @register_network(name, "a single convolution, for this test")
         def _tiny(in_channels, out_channels, width: int = 4):
-            return torch.nn.Sequential(torch.nn.Conv3d(in_channels, width, 3, padding=1),
-                                       torch.nn.Conv3d(width, out_channels, 1))
+            return torch.nn.Sequential(
+                torch.nn.Conv3d(in_channels, width, 3, padding=1), torch.nn.Conv3d(width, out_channels, 1)
+            )
+
     net = build_network(name, {"width": 2})
     assert net(torch.zeros(1, 1, 8, 8, 8)).shape[1] == NUM_CLASSES
     with pytest.raises(ValueError, match="already registered"):

@@ -50,8 +50,12 @@ def test_constant_zero_mri_does_not_divide_by_zero():
 def _pipeline(path, modality=None, spacing=(1.5, 1.5, 1.5)):
     plan = ModalityPlan(spacing=spacing, patch_size=(64, 64, 64))
     data = {"image": str(path), "modality": modality}
-    for t in (LoadVolumed(CONFIG.storage.max_image_voxels), ResolveModalityd(), NormaliseIntensityd(SPECS),
-              ResampleToPland({"ct": plan, "mri": plan})):
+    for t in (
+        LoadVolumed(CONFIG.storage.max_image_voxels),
+        ResolveModalityd(),
+        NormaliseIntensityd(SPECS),
+        ResampleToPland({"ct": plan, "mri": plan}),
+    ):
         data = t(data)
     return data
 
@@ -113,8 +117,11 @@ def _restore_every_channel(probabilities, grid, original):
     for channel in probabilities.numpy():
         image = sitk.GetImageFromArray(channel)
         grid.apply_to(image)
-        stack.append(sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                          sitk.sitkFloat32)))
+        stack.append(
+            sitk.GetArrayFromImage(
+                sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            )
+        )
     return np.argmax(np.stack(stack), axis=0)
 
 
