@@ -19,7 +19,7 @@ run: env
 	$(PY) -m amoslabel serve $(STUDIES) --host $(HOST) --port $(PORT) --conf preset $(PRESET)
 
 test: env
-	.venv/bin/ruff check amoslabel models app bench tests
+	.venv/bin/ruff check amoslabel models app bench evaluation tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Times pre-labelling end to end against MONAI Label's radiology SegResNet on the same volumes (about 20 min).
@@ -33,8 +33,8 @@ learning-check: env
 	$(PY) -m bench.learning_check $(LEARNING_ARGS)
 
 lint: env
-	.venv/bin/ruff check amoslabel models app bench tests
-	.venv/bin/ruff format --check amoslabel models app bench tests
+	.venv/bin/ruff check amoslabel models app bench evaluation tests
+	.venv/bin/ruff format --check amoslabel models app bench evaluation tests
 
 clean:
 	rm -rf .workspace .bench test-output

@@ -12,22 +12,14 @@ from typing import Dict, Iterable, List, Mapping
 import numpy as np
 import torch
 
-from amoslabel.organs import ORGANS
+from evaluation.metrics import evaluate_case
 
 
 def dice_per_organ(prediction: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor) -> Dict[str, float]:
     """Dice per organ name for two integer label maps of the same shape (NaN where both are empty)."""
-    pred = torch.as_tensor(prediction).reshape(-1).long()
-    ref = torch.as_tensor(reference).reshape(-1).long()
-    n = len(ORGANS) + 1
-    pred_count = torch.bincount(pred, minlength=n)
-    ref_count = torch.bincount(ref, minlength=n)
-    both = torch.bincount(pred[pred == ref], minlength=n)
-    scores = {}
-    for organ in ORGANS:
-        total = int(pred_count[organ.id] + ref_count[organ.id])
-        scores[organ.name] = math.nan if total == 0 else 2.0 * int(both[organ.id]) / total
-    return scores
+    pred = torch.as_tensor(prediction).detach().cpu().numpy()
+    ref = torch.as_tensor(reference).detach().cpu().numpy()
+    return evaluate_case(pred, ref, spacing=(1.0, 1.0, 1.0), surface=False).per_organ["dice"]
 
 
 def mean_over_cases(per_case: Iterable[Mapping[str, float]]) -> Dict[str, float]:
