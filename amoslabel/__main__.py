@@ -1,4 +1,4 @@
-"""Command line: ``python -m amoslabel {serve,import,check-config,versions}``."""
+"""Command line: ``python -m amoslabel {serve,import,evaluate,check-config}``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,30 @@ from amoslabel.errors import InputError
 
 def _conf_pairs(pairs):
     return {k: v for k, v in (pairs or [])}
+
+
+def _evaluate(args) -> int:
+    from evaluation.report import ScannerMetadata, evaluate_folders, label_folder, summary, training_scanners
+    from evaluation.report import write_report
+
+    metadata = None
+    in_distribution = list(args.in_distribution)
+    if args.metadata is not None:
+        metadata = ScannerMetadata(args.metadata, args.id_column, args.scanner_column)
+        if args.train_split is not None:
+            in_distribution += training_scanners(args.train_split, metadata)
+    elif args.in_distribution or args.train_split:
+        raise InputError("--in-distribution and --train-split need --metadata (the scanner of each case)")
+    labels = label_folder(args.labels, args.studies)
+    evaluation = evaluate_folders(
+        args.predictions, labels, args.name or args.predictions.name, args.studies, metadata, in_distribution
+    )
+    paths = write_report(evaluation, args.out)
+    mdice, mnsd = summary(evaluation)
+    print(f"{len(evaluation.scored)} cases: mDice {mdice:.4f}  mNSD {mnsd:.4f}")
+    for kind, path in paths.items():
+        print(f"  {kind}: {path}")
+    return 3 if any(c.error for c in evaluation.cases) else 0
 
 
 def main(argv=None) -> int:
@@ -57,6 +81,25 @@ def main(argv=None) -> int:
     check.add_argument("--config", type=Path, default=None)
     check.add_argument("--conf", nargs=2, action="append", metavar=("KEY", "VALUE"))
 
+    ev = sub.add_parser("evaluate", help="score predictions against reference labels; write CSV, tables and plots")
+    ev.add_argument("predictions", type=Path, help="folder of predicted label maps, named like the references")
+    refs = ev.add_mutually_exclusive_group(required=True)
+    refs.add_argument("--labels", type=Path, help="folder of reference label maps")
+    refs.add_argument("--studies", type=Path, help="a studies folder: score against its final labels")
+    ev.add_argument("--out", type=Path, required=True, help="folder for cases.csv, report.md and the box plots")
+    ev.add_argument("--name", default=None, help="name of the prediction set in the report")
+    ev.add_argument("--metadata", type=Path, help="CSV with a scanner per case (e.g. AMOS labeled_data_meta_*.csv)")
+    ev.add_argument("--id-column", default=None, help="metadata column holding the case id")
+    ev.add_argument("--scanner-column", default=None, help="metadata column holding the scanner model")
+    ev.add_argument(
+        "--in-distribution",
+        action="append",
+        default=[],
+        metavar="SCANNER",
+        help="a scanner seen in training (repeat); the others are out-of-distribution",
+    )
+    ev.add_argument("--train-split", type=Path, help="dataset.json whose training cases' scanners are in-distribution")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     try:
@@ -70,6 +113,8 @@ def main(argv=None) -> int:
             report = import_source(args.source, args.studies, args.labels_as, args.modality, args.link)
             print(json.dumps(report_json(report), indent=2) if args.json else report.summary())
             return 0 if not report.skipped else 3
+        if args.command == "evaluate":
+            return _evaluate(args)
         if args.command == "check-config":
             config = load_config(args.config, _conf_pairs(args.conf))
             print(json.dumps(config.model_dump(mode="json"), indent=2))
