@@ -136,6 +136,20 @@ class StorageSettings(_Strict):
     max_upload_mb: int = Field(ge=1)
 
 
+class PriorConfig(_Strict):
+    """The atlas prior, model ``prior``: the pre-labeller before any network has a trained version."""
+
+    label_maps: List[str] = Field(default_factory=list)
+    max_final_labels: int = Field(default=50, ge=0)
+    spacing_mm: float = Field(default=4.0, gt=0, le=20)
+    smoothing_mm: float = Field(default=6.0, ge=0, le=50)
+    threshold: float = Field(default=0.3, gt=0, le=1)
+
+    def label_map_paths(self, base: Path) -> List[Path]:
+        """The configured label maps, relative paths taken from ``base`` (the folder of apps.yaml)."""
+        return [(base / p).resolve() if not Path(p).is_absolute() else Path(p) for p in self.label_maps]
+
+
 class AppConfig(_Strict):
     """The whole parsed configuration. ``preset`` names the active entry of ``presets``."""
 
@@ -146,7 +160,9 @@ class AppConfig(_Strict):
     preset: str
     modalities: Dict[Modality, ModalitySettings]
     storage: StorageSettings
+    prior: PriorConfig = Field(default_factory=PriorConfig)
     presets: Dict[str, PresetConfig]
+    source_dir: str = ""  # folder of the apps.yaml read; filled in by load_config, not written in the file
 
     @field_validator("labels")
     @classmethod
@@ -183,7 +199,7 @@ class AppConfig(_Strict):
 
     def fingerprint(self) -> str:
         """A short hash of the resolved configuration, recorded with every model version and pre-label."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        blob = json.dumps(self.model_dump(mode="json", exclude={"source_dir"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -224,7 +240,9 @@ def load_config(path: Optional[Path] = None, overrides: Optional[Mapping[str, An
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    return parse_config(raw, overrides, source=str(path))
+    raw.pop("source_dir", None)
+    config = parse_config(raw, overrides, source=str(path))
+    return config.model_copy(update={"source_dir": str(path.resolve().parent)})
 
 
 def parse_config(raw: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None, source: str = "apps.yaml"):

@@ -26,6 +26,7 @@ from amoslabel.datastore import AmosDatastore  # noqa: E402
 from amoslabel.errors import NotFound  # noqa: E402
 from amoslabel.organs import label_table  # noqa: E402
 from models.infer_task import SegmentationInferTask  # noqa: E402
+from models.prior_task import PRIOR_MODEL, AtlasCache, PriorInferTask  # noqa: E402
 from models.train_task import SegmentationTrainTask  # noqa: E402
 from models.versions import ModelStore  # noqa: E402
 
@@ -74,7 +75,10 @@ class AmosLabelApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        return {name: SegmentationInferTask(name, self.config, self._store(name)) for name in self.config.models}
+        infers = {name: SegmentationInferTask(name, self.config, self._store(name)) for name in self.config.models}
+        atlas = AtlasCache(self.config, lambda: getattr(self, "_datastore", None), self.models_dir.parent / "prior")
+        infers[PRIOR_MODEL] = PriorInferTask(self.config, atlas)
+        return infers
 
     def init_trainers(self):
         return {
@@ -100,8 +104,15 @@ class AmosLabelApp(MONAILabelApp):
             request["case_id"] = image
             if isinstance(store, AmosDatastore):
                 request["case_record"] = store.case_record(image)
-        if request.get("model") and request["model"] not in self._infers:
-            raise NotFound(f"no model {request['model']!r}; models: {sorted(self._infers)}")
+        model = request.get("model")
+        if model and model not in self._infers:
+            raise NotFound(f"no model {model!r}; models: {sorted(self._infers)}")
+        task = self._infers.get(model)
+        pinned = str(request.get("model_version") or "latest").strip().lower() != "latest"
+        if isinstance(task, SegmentationInferTask) and not pinned and task.store.latest() is None:
+            # Before the first training the prior pre-labels, and the result says so (requested_model, fallback).
+            logger.info(f"model {model!r} has no trained version: pre-labelling with the atlas prior")
+            request["requested_model"], request["model"] = model, PRIOR_MODEL
         return super().infer(request, datastore)
 
     def bundle_path(self, model):
@@ -113,12 +124,17 @@ class AmosLabelApp(MONAILabelApp):
 
     def on_init_complete(self):
         super().on_init_complete()
-        trained = {k: (v.store.latest().number if v.store.latest() else None) for k, v in self._infers.items()}
+        trained = {
+            k: (v.store.latest().number if v.store.latest() else None)
+            for k, v in self._infers.items()
+            if isinstance(v, SegmentationInferTask)
+        }
         logger.info(f"AMOS Label ready: {len(self.datastore().list_images())} image(s); newest versions {trained}")
         for name, number in trained.items():
             if number is None:
                 logger.warning(
-                    f"Model {name!r} has no trained version: it will not pre-label until trained (POST /train/{name})."
+                    f"Model {name!r} has no trained version: the atlas prior pre-labels in its place until it is "
+                    f"trained (POST /train/{name})."
                 )
 
 

@@ -105,7 +105,8 @@ class SegmentationInferTask(BasicInferTask):
 
     # -- MONAI Label hooks --------------------------------------------------------------------------------------
     def is_valid(self) -> bool:
-        # Listed in /info even before training, so clients see the model; infer answers 409 until a version exists.
+        # Listed in /info even before training, so clients see the model; until a version exists the app sends its
+        # requests to the atlas prior, and a request pinning a version gets 409.
         return True
 
     def info(self) -> Dict[str, Any]:
@@ -121,7 +122,7 @@ class SegmentationInferTask(BasicInferTask):
             }
         )
         if latest is None:
-            info["description"] += " - not trained yet: no pre-label until a version is trained"
+            info["description"] += " - not trained yet: the atlas prior pre-labels until a version is trained"
         return info
 
     def __call__(self, request: Dict[str, Any], callbacks=None) -> Tuple[Any, Dict[str, Any]]:
@@ -178,13 +179,7 @@ class SegmentationInferTask(BasicInferTask):
 
     def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[str, Dict[str, Any]]:
         label: sitk.Image = data["pred"]
-        # Not straight in /tmp: MONAI Label's client saves the download as <its tmpdir>/<same file name>, and on a
-        # machine running both Slicer and the server it would then be deleted by the server's clean-up of its copy.
-        results = Path(tempfile.gettempdir()) / "amoslabel-results"
-        results.mkdir(exist_ok=True)
-        fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="prelabel-", dir=results)
-        os.close(fd)
-        sitk.WriteImage(label, path, useCompression=True)
+        path = write_prelabel(label)
         version = self.store.get(int(data["model_version"]))
         result = {
             "model": self.model_name,
@@ -196,19 +191,31 @@ class SegmentationInferTask(BasicInferTask):
             "tta_flip": _as_bool(data.get("tta", self.app_config.active.inference.tta_flip)),
             "sw_overlap": self.app_config.active.inference.sw_overlap,
             "device": str(data.get("device")),
-            "input_sha256": _sha256(data.get("image_path")),
+            "input_sha256": sha256_of(data.get("image_path")),
             "preprocessing": preprocessing_summary(data),
-            "organs_found": sorted(int(v) for v in _labels_present(label)),
+            "organs_found": sorted(int(v) for v in labels_present(label)),
         }
         return path, result
 
 
-def _labels_present(label: sitk.Image):
+def write_prelabel(label: sitk.Image) -> str:
+    """Write a pre-label where MONAI Label will send it from; returns the path."""
+    # Not straight in /tmp: MONAI Label's client saves the download as <its tmpdir>/<same file name>, and on a
+    # machine running both Slicer and the server it would then be deleted by the server's clean-up of its copy.
+    results = Path(tempfile.gettempdir()) / "amoslabel-results"
+    results.mkdir(exist_ok=True)
+    fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="prelabel-", dir=results)
+    os.close(fd)
+    sitk.WriteImage(label, path, useCompression=True)
+    return path
+
+
+def labels_present(label: sitk.Image):
     counts = np.bincount(sitk.GetArrayViewFromImage(label).ravel(), minlength=NUM_CLASSES)
     return [int(c) for c in np.flatnonzero(counts[1:]) + 1]
 
 
-def _sha256(path: Any) -> str | None:
+def sha256_of(path: Any) -> str | None:
     if not isinstance(path, str) or not Path(path).is_file():
         return None
     digest = hashlib.sha256()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Sequence
 
 import torch
-from monai.networks.nets import DynUNet, VNet
+from monai.networks.nets import DynUNet, SegResNet, SwinUNETR, UNETR, VNet
 
 from amoslabel.organs import NUM_CLASSES
 
@@ -71,6 +71,23 @@ def count_parameters(network: torch.nn.Module) -> int:
     return sum(p.numel() for p in network.parameters() if p.requires_grad)
 
 
+def count_gflops(network: torch.nn.Module, input_size: Sequence[int] = (1, 1, 128, 128, 128)) -> float:
+    """Forward-pass GFLOPs at ``input_size`` (AMOS Table 4 uses 1x1x128x128x128).
+
+    Counted by ``torch.utils.flop_counter`` on the meta device (shapes only: no memory, no compute), which counts
+    convolutions, matrix products and attention at 2 FLOPs per multiply-add; normalisation and activations are not
+    counted. Halve it for GMACs, the unit some papers call FLOPs.
+    """
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(network).to("meta").eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        meta(torch.zeros(*input_size, device="meta"))
+    return counter.get_total_flops() / 1e9
+
+
 @register_network("dynunet", "nnU-Net-style 3D UNet (MONAI DynUNet): 3x3x3 convolutions, stride-2 downsampling")
 def _dynunet(
     in_channels: int,
@@ -105,3 +122,46 @@ def _vnet(in_channels: int, out_channels: int, dropout_prob: float = 0.0) -> tor
         dropout_prob_down=dropout_prob,
         dropout_prob_up=(dropout_prob, dropout_prob),
     )
+
+
+@register_network("segresnet", "MONAI SegResNet (Myronenko 2018), the network of MONAI Label's radiology app")
+def _segresnet(
+    in_channels: int, out_channels: int, init_filters: int = 16, dropout_prob: float = 0.0
+) -> torch.nn.Module:
+    return SegResNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        init_filters=init_filters,
+        blocks_down=(1, 2, 2, 4),
+        blocks_up=(1, 1, 1),
+        dropout_prob=dropout_prob or None,
+    )
+
+
+@register_network("unetr", "MONAI UNETR (Hatamizadeh et al. 2022): a ViT encoder; input size fixed by img_size")
+def _unetr(
+    in_channels: int,
+    out_channels: int,
+    img_size: Sequence[int] = (96, 96, 96),
+    feature_size: int = 16,
+    hidden_size: int = 768,
+    mlp_dim: int = 3072,
+    num_heads: int = 12,
+) -> torch.nn.Module:
+    # the sliding window must use exactly img_size: the plan's patch size has to match it
+    return UNETR(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        img_size=tuple(img_size),
+        feature_size=feature_size,
+        hidden_size=hidden_size,
+        mlp_dim=mlp_dim,
+        num_heads=num_heads,
+    )
+
+
+@register_network("swinunetr", "MONAI SwinUNETR (Hatamizadeh et al. 2022): a Swin transformer encoder")
+def _swinunetr(in_channels: int, out_channels: int, feature_size: int = 48, use_v2: bool = False) -> torch.nn.Module:
+    # sizes must be divisible by 32 (five 2x downsamplings)
+    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size, use_v2=use_v2)

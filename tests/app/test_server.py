@@ -1,7 +1,8 @@
 """The real MONAI Label server running this app, driven with the client class 3D Slicer uses.
 
 One server serves the whole module (cpu-fast preset, 3 mm, so training and inference take seconds on a CPU). The
-tests run in file order: no pre-label before training, then training publishes version 1, then inference uses it.
+tests run in file order: the atlas prior pre-labels before training, then training publishes version 1, then
+inference uses it.
 """
 
 from __future__ import annotations
@@ -48,12 +49,35 @@ def test_info_lists_unet_and_vnet_with_the_15_organs(client):
         assert name in info["trainers"]
 
 
-def test_no_prelabel_before_any_training(client, server):
+def test_the_atlas_prior_prelabels_before_any_training(client, server, sample_studies):
     info = client.info()
+    assert "prior" in info["models"] and info["models"]["prior"]["labels"] == label_table()
     assert info["models"]["unet"]["trained"] is False and "not trained yet" in info["models"]["unet"]["description"]
+    label_file, params = client.infer("unet", "ts_abdomen_ct", {})
+    assert (
+        params["model"] == "prior"
+        and params["requested_model"] == "unet"
+        and "no trained version" in (params["fallback"])
+    )
+    assert params["source"] == "atlas prior" and params["prior"]["placement"]["scale"]
+    assert "amos_0013_label" in params["prior"]["atlas_sources"]
+    label = sitk.ReadImage(label_file)
+    assert Geometry.of(label) == _geometry_of_studies_image(sample_studies, "ts_abdomen_ct")
+    found = set(params["organs_found"])
+    assert {1, 6} <= found and len(found) >= 8  # not background everywhere, as the course report's prior was
+    assert set(np.unique(sitk.GetArrayViewFromImage(label))) - {0} == found
+    # the prior can be asked for by name, and the same request gives the same label (it is deterministic)
+    again, direct = client.infer("prior", "ts_abdomen_ct", {})
+    assert direct["model"] == "prior" and "fallback" not in direct
+    assert direct["model_version"] == params["model_version"] and direct["prior"] == params["prior"]
+    assert np.array_equal(sitk.GetArrayViewFromImage(sitk.ReadImage(again)), sitk.GetArrayViewFromImage(label))
+    # pinning a version of an untrained model is not silently answered by the prior
     with pytest.raises(MONAILabelClientException) as err:
-        client.infer("unet", "ts_abdomen_ct", {})
-    assert status_of(err.value) == 409 and "no trained version" in err.value.msg
+        client.infer("unet", "ts_abdomen_ct", {"model_version": 1})
+    assert status_of(err.value) in (404, 409)
+    with pytest.raises(MONAILabelClientException) as err:
+        client.infer("prior", "ts_abdomen_ct", {"threshold": "lots"})
+    assert status_of(err.value) == 422 and "threshold" in err.value.msg
     assert server.alive()
 
 
