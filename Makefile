@@ -10,7 +10,7 @@ PORT    ?= 8000
 PRESET  ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: run test env bench learning-check lint clean
+.PHONY: run test env bench bench-metrics baselines prior-check learning-check lint clean
 
 env:
 	@scripts/bootstrap.sh
@@ -25,6 +25,20 @@ test: env
 # Times pre-labelling end to end against MONAI Label's radiology SegResNet on the same volumes (about 20 min).
 bench: env
 	$(PY) -m bench.prelabel
+
+# Dice + NSD + HD95 for 15 organs on the real 512x512x82 AMOS label pair, against DeepMind's surface-distance.
+bench-metrics: env
+	$(PY) -m bench.metrics
+
+# Every baseline model trained and scored on one split, one table (.bench/baselines/table.md). About an hour on
+# 2 CPU cores at the default 150 steps; BASELINE_ARGS="--dataset /data/amos --preset full --steps 20000" on a GPU.
+BASELINE_ARGS ?= --steps 150
+baselines: env
+	$(PY) -m bench.baselines $(BASELINE_ARGS)
+
+# The atlas prior on the real CT and MRI, from an atlas built without them (per-organ Dice).
+prior-check: env
+	$(PY) -m bench.prior_check
 
 # Trains the UNet of the 3 mm CPU preset on the real CT (about 20 min on 2 cores) and checks Dice >= 0.8 on liver,
 # spleen and both kidneys. LEARNING_ARGS="--preset cpu --epochs 40" for the 1.5 mm preset (much longer).

@@ -100,6 +100,14 @@ def main(argv=None) -> int:
     )
     ev.add_argument("--train-split", type=Path, help="dataset.json whose training cases' scanners are in-distribution")
 
+    syn = sub.add_parser("synth", help="write a SYNTHETIC AMOS-layout split made from real label maps")
+    syn.add_argument("--out", type=Path, required=True)
+    syn.add_argument("--train", nargs="+", type=Path, required=True, help="label maps that feed imagesTr/labelsTr")
+    syn.add_argument("--test", nargs="+", type=Path, required=True, help="label maps that feed imagesVa/labelsVa")
+    syn.add_argument("--per-map", type=int, default=4, help="cases made from each label map")
+    syn.add_argument("--spacing", type=float, default=3.0, help="voxel size of the cases, mm")
+    syn.add_argument("--seed", type=int, default=0)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     try:
@@ -115,6 +123,24 @@ def main(argv=None) -> int:
             return 0 if not report.skipped else 3
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "synth":
+            from amoslabel.synthetic import write_split
+
+            sources = {p.name.split(".")[0]: p for p in args.train + args.test}
+            missing = [str(p) for p in sources.values() if not p.is_file()]
+            if missing:
+                raise InputError(f"label maps not found: {missing}")
+            made = write_split(
+                sources,
+                args.out,
+                [p.name.split(".")[0] for p in args.train],
+                [p.name.split(".")[0] for p in args.test],
+                {name: args.per_map for name in sources},
+                args.spacing,
+                args.seed,
+            )
+            print(f"{len(made['training'])} training and {len(made['validation'])} test cases in {args.out}")
+            return 0
         if args.command == "check-config":
             config = load_config(args.config, _conf_pairs(args.conf))
             print(json.dumps(config.model_dump(mode="json"), indent=2))

@@ -1,0 +1,86 @@
+"""The baseline table command, run as a user runs it on a small synthetic split (real AMOS label maps, deformed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import SimpleITK as sitk
+
+from amoslabel.synthetic import draw_params, synthesise
+from tests.conftest import ROOT, SHARED
+
+# VNet, UNETR and SwinUNETR take minutes per step on 2 CPU cores; they are built and run forward in
+# tests/models/test_networks.py, and trained in `make baselines`.
+ROWS = "atlas_prior,frequency_prior,logreg3,logreg5,fcn_slices,unet2d,unet,segresnet"
+
+
+def test_synthetic_cases_are_replayable_from_their_parameters():
+    label = sitk.ReadImage(str(SHARED / "labels" / "amos_0024_label.nii.gz"))
+    params = draw_params(7)
+    first, first_label = synthesise(label, params)
+    again, again_label = synthesise(label, params)
+    assert sitk.GetArrayViewFromImage(first).tobytes() == sitk.GetArrayViewFromImage(again).tobytes()
+    assert sitk.GetArrayViewFromImage(first_label).tobytes() == sitk.GetArrayViewFromImage(again_label).tobytes()
+    other, _ = synthesise(label, draw_params(8))
+    assert sitk.GetArrayViewFromImage(other).tobytes() != sitk.GetArrayViewFromImage(first).tobytes()
+    assert first.GetSpacing() == (3.0, 3.0, 3.0)
+    organs = set(int(v) for v in set(sitk.GetArrayViewFromImage(first_label).ravel())) - {0}
+    assert organs == set(range(1, 16))  # AMOS maps hold all 15 organs, and deformation keeps them
+
+
+def test_every_row_runs_and_lands_in_one_table(tmp_path):
+    out = tmp_path / "baselines"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.baselines",
+            "--models",
+            ROWS,
+            "--steps",
+            "2",
+            "--train-cases",
+            "2",
+            "--test-cases",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((out / "rows.json").read_text())
+    assert set(rows) == set(ROWS.split(","))
+    assert rows["unet"]["parameters"] > 1e6 and rows["unet"]["gflops"] > 10
+    assert rows["logreg3"]["parameters"] == 16 * 9 + 16 and rows["logreg5"]["parameters"] == 16 * 25 + 16
+    # the course report's per-position prior predicts background everywhere; the atlas prior must not
+    assert rows["frequency_prior"]["mdice"] < 0.05
+    assert rows["atlas_prior"]["mdice"] > 0.2 and rows["atlas_prior"]["dice"]["liver"] > 0.5
+    table = (out / "table.md").read_text()
+    assert "SYNTHETIC" in table and "| atlas_prior | 3D prior |" in table and "| unet2d | 2D |" in table
+    assert (out / "reports" / "unet" / "cases.csv").is_file()
+    # a second run of one row replaces that row and keeps the others
+    subprocess.run(
+        [sys.executable, "-m", "bench.baselines", "--models", "frequency_prior", "--out", str(out), "--steps", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert set(json.loads((out / "rows.json").read_text())) == set(ROWS.split(","))
+
+
+def test_unknown_row_is_refused(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.baselines", "--models", "segformer", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "unknown rows ['segformer']" in done.stderr
