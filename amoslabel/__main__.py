@@ -40,6 +40,51 @@ def _evaluate(args) -> int:
     return 3 if any(c.error for c in evaluation.cases) else 0
 
 
+def _review_service(studies: Path, database):
+    from review.service import ReviewService
+
+    overrides = {"review_database": database} if database else {}
+    return ReviewService(load_config(overrides=overrides), str(studies))
+
+
+def _users(args) -> int:
+    accounts = _review_service(args.studies, args.database).accounts
+    if args.action == "list":
+        for user in accounts.list_users():
+            print(f"{user['name']:24s} {user['role']:8s} {'active' if user['active'] else 'inactive'}")
+        return 0
+    if not args.name:
+        raise InputError(f"users {args.action} needs a user name")
+    if args.action == "add":
+        if not args.role:
+            raise InputError("users add needs --role junior|senior|admin")
+        accounts.add_user(args.name, args.role)
+        print(accounts.issue_token(args.name))
+    elif args.action == "token":
+        print(accounts.issue_token(args.name))
+    elif args.action == "revoke":
+        print(f"revoked {accounts.revoke_tokens(args.name)} token(s)")
+    elif args.action == "deactivate":
+        accounts.set_active(args.name, False)
+        print(f"{args.name} deactivated")
+    return 0
+
+
+def _case_history(args) -> int:
+    from review.auth import Principal
+    from review.queries import history
+
+    service = _review_service(args.studies, args.database)
+    events = history(service.workflow, args.case_id, Principal(0, "cli", "admin"))
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return 0
+    for e in events:
+        moved = f"{e['from']} -> {e['to']}" if e["from"] != e["to"] else (e["to"] or "")
+        print(f"{e['at'][:19]}  {e['actor']:16s} {e['action']:14s} {moved:32s} {e['reason'] or ''}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m amoslabel", description="AMOS Label commands")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +153,19 @@ def main(argv=None) -> int:
     syn.add_argument("--spacing", type=float, default=3.0, help="voxel size of the cases, mm")
     syn.add_argument("--seed", type=int, default=0)
 
+    users = sub.add_parser("users", help="review workflow users and their API tokens")
+    users.add_argument("action", choices=["add", "token", "revoke", "list", "deactivate"])
+    users.add_argument("name", nargs="?", help="user name (not for list)")
+    users.add_argument("--role", choices=["junior", "senior", "admin"], help="for add")
+    users.add_argument("--studies", type=Path, required=True, help="the studies folder the server runs on")
+    users.add_argument("--database", default=None, help="review store URL (default: SQLite in the studies folder)")
+
+    hist = sub.add_parser("case-history", help="print a case's workflow history (the audit log)")
+    hist.add_argument("case_id")
+    hist.add_argument("--studies", type=Path, required=True)
+    hist.add_argument("--database", default=None)
+    hist.add_argument("--json", action="store_true")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     try:
@@ -141,6 +199,10 @@ def main(argv=None) -> int:
             )
             print(f"{len(made['training'])} training and {len(made['validation'])} test cases in {args.out}")
             return 0
+        if args.command == "users":
+            return _users(args)
+        if args.command == "case-history":
+            return _case_history(args)
         if args.command == "check-config":
             config = load_config(args.config, _conf_pairs(args.conf))
             print(json.dumps(config.model_dump(mode="json"), indent=2))

@@ -150,6 +150,37 @@ class PriorConfig(_Strict):
         return [(base / p).resolve() if not Path(p).is_absolute() else Path(p) for p in self.label_maps]
 
 
+class ConsensusRule(_Strict):
+    """``unanimous``, or ``k_of_n`` with at least ``k`` approvals."""
+
+    kind: Literal["unanimous", "k_of_n"] = "unanimous"
+    k: int = Field(default=0, ge=0)
+
+
+class ReviewSettings(_Strict):
+    """The review workflow: readers per case, rounds, leases, routing, consensus rules and the store."""
+
+    reviewers_per_case: int = Field(default=3, ge=1, le=10)
+    max_rounds: int = Field(default=3, ge=1)
+    annotate_lease_minutes: float = Field(default=240, gt=0)
+    review_lease_minutes: float = Field(default=120, gt=0)
+    routing: Literal["least_loaded", "pool"] = "least_loaded"
+    consensus: ConsensusRule = Field(default_factory=ConsensusRule)
+    organ_rules: Dict[str, ConsensusRule] = Field(default_factory=dict)
+    database: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _rules_fit(self) -> "ReviewSettings":
+        names = set(label_table())
+        unknown = sorted(set(self.organ_rules) - names)
+        if unknown:
+            raise ValueError(f"organ_rules names unknown organs {unknown}")
+        for name, rule in [("consensus", self.consensus)] + list(self.organ_rules.items()):
+            if rule.kind == "k_of_n" and not 1 <= rule.k <= self.reviewers_per_case:
+                raise ValueError(f"{name}: k_of_n needs 1 <= k <= reviewers_per_case ({self.reviewers_per_case})")
+        return self
+
+
 class AppConfig(_Strict):
     """The whole parsed configuration. ``preset`` names the active entry of ``presets``."""
 
@@ -161,6 +192,7 @@ class AppConfig(_Strict):
     modalities: Dict[Modality, ModalitySettings]
     storage: StorageSettings
     prior: PriorConfig = Field(default_factory=PriorConfig)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     presets: Dict[str, PresetConfig]
     source_dir: str = ""  # folder of the apps.yaml read; filled in by load_config, not written in the file
 
@@ -214,6 +246,8 @@ _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "max_epochs": ("presets.{preset}.train.max_epochs", str),
     "iterations_per_epoch": ("presets.{preset}.train.iterations_per_epoch", str),
     "augment": ("presets.{preset}.train.augment", str),
+    "review_database": ("review.database", str),
+    "reviewers_per_case": ("review.reviewers_per_case", str),
 }
 # Keys that MONAI Label itself reads from --conf; accepted and left to it.
 _MONAILABEL_KEYS = {"server_mode"}

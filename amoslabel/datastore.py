@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
@@ -57,6 +57,9 @@ class AmosDatastore(LocalDatastore):
     ):
         self.max_voxels = max_voxels
         self.max_upload_bytes = max_upload_bytes
+        # set by the app when the review workflow runs: (image id, checked label file, tag, info) -> taken?
+        self.label_saver: Optional[Callable[[str, str, str, Dict[str, Any]], Optional[str]]] = None
+        self.working_tag = "working"
         self.records = CaseRecords(studies)
         self.scratch = Path(studies) / WORKSPACE_DIR / "tmp"
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -106,7 +109,19 @@ class AmosDatastore(LocalDatastore):
         return image_id
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
-        """Check and store a label map for an existing image as ``labels/<tag>/<id>.nii.gz`` (uint8)."""
+        """Check and store a label map for an existing image as ``labels/<tag>/<id>.nii.gz`` (uint8).
+
+        With a :attr:`label_saver` attached (the review workflow), a checked label goes to it first; a save it
+        takes is kept here under :attr:`working_tag` instead of the tag asked for, so that ``final`` only ever
+        holds what the workflow publishes.
+        """
+        return self._save_label(image_id, label_filename, label_tag, label_info, through_workflow=True)
+
+    def publish_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        """Store a label the workflow has decided on (its consensus ``final``), bypassing :attr:`label_saver`."""
+        return self._save_label(image_id, label_filename, label_tag, label_info, through_workflow=False)
+
+    def _save_label(self, image_id, label_filename, label_tag, label_info, through_workflow: bool) -> str:
         check_id(image_id)
         check_tag(label_tag)
         obj = self._datastore.objects.get(image_id)
@@ -119,6 +134,15 @@ class AmosDatastore(LocalDatastore):
         if reason:
             raise InputError(f"label for {image_id}: {reason}; a label must be on its image's grid", status=422)
         image_geometry.apply_to(label)  # within tolerance: store it on the image's exact grid
+        if through_workflow and self.label_saver is not None:
+            staged = self.scratch / f"checked-{image_id}-{os.getpid()}-{time.monotonic_ns()}.nii.gz"
+            write_atomic(label, staged, self.scratch)
+            try:
+                taken = self.label_saver(image_id, str(staged), label_tag, dict(label_info or {}))
+            finally:
+                staged.unlink(missing_ok=True)
+            if taken:
+                label_tag = self.working_tag
         label_dir = Path(self._datastore.label_path(label_tag))
         dest = label_dir / f"{image_id}.nii.gz"
         with FileLock(self._lock_file):

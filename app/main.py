@@ -27,6 +27,8 @@ from amoslabel.errors import NotFound  # noqa: E402
 from amoslabel.organs import label_table  # noqa: E402
 from models.infer_task import SegmentationInferTask  # noqa: E402
 from models.prior_task import PRIOR_MODEL, AtlasCache, PriorInferTask  # noqa: E402
+from review.api import create_review_api  # noqa: E402
+from review.service import ReviewQueueStrategy, ReviewService  # noqa: E402
 from models.train_task import SegmentationTrainTask  # noqa: E402
 from models.versions import ModelStore  # noqa: E402
 
@@ -39,6 +41,8 @@ class AmosLabelApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]):
         self.config: AppConfig = load_config(conf.get("config"), conf)
         self.models_dir = self._models_dir(app_dir, studies)
+        review_root = app_dir if studies.startswith(("http://", "https://")) else studies
+        self.review = ReviewService(self.config, review_root, self._publish_final)
         logger.info(
             f"AMOS Label: preset {self.config.preset!r}, models {self.config.models}, "
             f"model versions in {self.models_dir}"
@@ -66,13 +70,15 @@ class AmosLabelApp(MONAILabelApp):
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
             return super().init_datastore()
-        return AmosDatastore(
+        store = AmosDatastore(
             self.studies,
             max_voxels=self.config.storage.max_image_voxels,
             max_upload_bytes=self.config.storage.max_upload_mb * 2**20,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
+        store.label_saver = self.review.save_from_viewer
+        return store
 
     def init_infers(self):
         infers = {name: SegmentationInferTask(name, self.config, self._store(name)) for name in self.config.models}
@@ -82,12 +88,14 @@ class AmosLabelApp(MONAILabelApp):
 
     def init_trainers(self):
         return {
-            name: SegmentationTrainTask(name, self.config, self._store(name), self.studies)
+            name: SegmentationTrainTask(
+                name, self.config, self._store(name), self.studies, self.review.workflow.final_labels
+            )
             for name in self.config.models
         }
 
     def init_strategies(self):
-        return {"random": Random(), "first": First()}
+        return {"review_queue": ReviewQueueStrategy(self.review), "random": Random(), "first": First()}
 
     def _store(self, name: str) -> ModelStore:
         return ModelStore(self.models_dir, name)
@@ -113,7 +121,15 @@ class AmosLabelApp(MONAILabelApp):
             # Before the first training the prior pre-labels, and the result says so (requested_model, fallback).
             logger.info(f"model {model!r} has no trained version: pre-labelling with the atlas prior")
             request["requested_model"], request["model"] = model, PRIOR_MODEL
-        return super().infer(request, datastore)
+        result = super().infer(request, datastore)
+        case_id = request.get("case_id")
+        if case_id and result.get("file") and self.review.workflow.register_case(case_id) == "new":
+            # the first pre-label of a case starts its workflow (Slicer's auto-segmentation, or the server's own)
+            params = result.get("params") or {}
+            self.review.workflow.record_prelabel(
+                case_id, result["file"], f"{params.get('model')}:v{params.get('model_version')}", {"params": params}
+            )
+        return result
 
     def bundle_path(self, model):
         # MONAI Label's /train/{model} queues a training subprocess without checking the name; this lookup is the one
@@ -122,8 +138,39 @@ class AmosLabelApp(MONAILabelApp):
             raise NotFound(f"no model {model!r}; models: {sorted(self._trainers)}")
         return super().bundle_path(model)
 
+    def _publish_final(self, case_id: str, label_path: Path, info: Dict[str, Any]) -> None:
+        store = self.datastore()
+        if isinstance(store, AmosDatastore) and store.has_image(case_id):
+            store.publish_label(case_id, str(label_path), "final", info)
+
+    def _sync_cases(self) -> None:
+        """Every datastore image is a case; a label imported as final with its scan makes the case final."""
+        store = self.datastore()
+        if not isinstance(store, AmosDatastore):
+            return
+        workflow = self.review.workflow
+        for image_id in store.list_images():
+            if workflow.register_case(image_id) == "new":
+                final = store.get_label_uri(image_id, "final")
+                if final and Path(final).is_file():
+                    workflow.import_final(image_id, final, "the datastore's final label at start-up")
+        recovered = workflow.recover()
+        if recovered:
+            logger.info(f"review: finalised {recovered} case(s) left in consensus by a previous run")
+
+    def _mount_review_api(self) -> None:
+        import monailabel.app as server  # the FastAPI app this process serves (absent in training subprocesses)
+        from a2wsgi import WSGIMiddleware
+
+        server.app.router.routes[:] = [r for r in server.app.router.routes if getattr(r, "path", "") != "/review"]
+        server.app.mount("/review", WSGIMiddleware(create_review_api(self.review), workers=16))
+        logger.info("review API mounted at /review/api (OpenAPI: /review/api/openapi.json)")
+
     def on_init_complete(self):
         super().on_init_complete()
+        self._sync_cases()
+        if "monailabel.app" in sys.modules:
+            self._mount_review_api()
         trained = {
             k: (v.store.latest().number if v.store.latest() else None)
             for k, v in self._infers.items()

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
@@ -65,8 +65,16 @@ class SegmentationTrainTask(BasicTrainTask):
     modality (force one), cache (disk|memory|none), device, multi_gpu, gpus.
     """
 
-    def __init__(self, name: str, config: AppConfig, store: ModelStore, studies: str):
+    def __init__(
+        self,
+        name: str,
+        config: AppConfig,
+        store: ModelStore,
+        studies: str,
+        final_labels: Optional[Callable[[], List[Dict[str, Any]]]] = None,
+    ):
         preset = config.active
+        self.final_labels = final_labels
         self.model_name = name
         self.app_config = config
         self.store = store
@@ -114,7 +122,7 @@ class SegmentationTrainTask(BasicTrainTask):
         """The datastore's final labels, each with its case id and import record."""
         records = CaseRecords(self.studies) if os.path.isdir(self.studies) else None
         items = []
-        for item in datastore.datalist():
+        for item in self._labelled(datastore):
             case_id = strip_volume_suffix(Path(item["image"]).name)
             entry = {
                 "image": item["image"],
@@ -133,6 +141,18 @@ class SegmentationTrainTask(BasicTrainTask):
         items.sort(key=lambda d: d["case_id"])
         logger.info(f"{self.model_name}: {len(items)} case(s) with a final label")
         return items
+
+    def _labelled(self, datastore) -> List[Dict[str, str]]:
+        """(image, label) pairs to train on: the workflow's consensus-final labels when it runs, else the
+        datastore's ``final`` labels."""
+        if self.final_labels is None:
+            return list(datastore.datalist())
+        pairs = []
+        for entry in self.final_labels():
+            image = datastore.get_image_uri(entry["case_id"])
+            if image:
+                pairs.append({"image": image, "label": entry["label"]})
+        return pairs
 
     def partition_datalist(self, context: Context, shuffle: bool = False):
         """A fixed split by hashed case id, so a case stays on its side across runs and machines."""

@@ -202,10 +202,13 @@ def test_unknown_ids_paths_and_models(client, server):
     assert server.alive()
 
 
-def test_a_good_label_save_is_accepted_and_listed(client, sample_studies, shared):
-    client.save_label("ts_abdomen_ct_small", str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"), tag="final")
-    listing = client.datastore()
-    assert "final" in listing["objects"]["ts_abdomen_ct_small"]["labels"]
-    saved = sitk.ReadImage(str(sample_studies / "labels" / "final" / "ts_abdomen_ct_small.nii.gz"))
-    original = sitk.ReadImage(str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"))
-    assert np.array_equal(sitk.GetArrayViewFromImage(saved), sitk.GetArrayViewFromImage(original))
+def test_a_viewer_save_that_names_no_user_is_refused_and_stores_nothing(client, server, sample_studies, shared):
+    stored = sample_studies / "labels" / "final" / "ts_abdomen_ct_small.nii.gz"
+    before = stored.read_bytes()
+    client._client_id = ""  # the Slicer plugin sends whatever its "client id" setting holds; here: nothing
+    with pytest.raises(MONAILabelClientException) as err:
+        client.save_label("ts_abdomen_ct_small", str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"), tag="final")
+    assert status_of(err.value) == 403 and "client id" in err.value.msg
+    assert stored.read_bytes() == before
+    assert not (sample_studies / "labels" / "working" / "ts_abdomen_ct_small.nii.gz").exists()
+    assert server.alive()

@@ -1,0 +1,151 @@
+"""The review JSON API (Flask), mounted in the MONAI Label server under ``/review`` (see app/main.py).
+
+Every call but the OpenAPI description needs ``Authorization: Bearer <token>``: none or an unknown token is 401, a
+role or ownership that does not allow the call is 403, an illegal transition is 409, bad input is 400/422. The
+description of every route is ``review/openapi.yaml``, served at ``/review/api/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+import yaml
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
+
+from amoslabel.errors import InputError
+from amoslabel.volume import read_label
+from review.auth import Principal
+from review.queries import agreement_stats, case_detail, history, queue
+from review.service import ReviewService
+
+log = logging.getLogger(__name__)
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+MAX_JSON_BYTES = 1 << 20
+MAX_LABEL_BYTES = 512 << 20
+
+
+def create_review_api(service: ReviewService) -> Flask:
+    """The Flask app of the review API."""
+    app = Flask("amoslabel-review")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_LABEL_BYTES
+    workflow, accounts = service.workflow, service.accounts
+
+    def principal() -> Principal:
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Api-Token")
+        return accounts.authenticate(token)
+
+    def body() -> Dict[str, Any]:
+        if request.content_length and request.content_length > MAX_JSON_BYTES:
+            raise InputError(f"a JSON body may be at most {MAX_JSON_BYTES} bytes", status=413)
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise InputError("the body must be a JSON object")
+        return data
+
+    @app.errorhandler(InputError)
+    def _input_error(error: InputError):
+        return jsonify(detail=error.message), error.status
+
+    @app.errorhandler(WerkzeugHTTPException)
+    def _http_error(error: WerkzeugHTTPException):
+        return jsonify(detail=error.description), error.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        log.exception("review API error")
+        return jsonify(detail="internal error; the server log has the details"), 500
+
+    @app.get("/api/openapi.json")
+    def openapi():
+        return jsonify(yaml.safe_load(OPENAPI.read_text()))
+
+    @app.get("/api/me")
+    def me():
+        who = principal()
+        return jsonify(name=who.name, role=who.role)
+
+    @app.get("/api/queue")
+    def my_queue():
+        return jsonify(cases=queue(workflow, principal()))
+
+    @app.post("/api/cases/<case_id>/claim")
+    def claim(case_id: str):
+        return jsonify(workflow.claim(principal(), case_id))
+
+    @app.post("/api/cases/<case_id>/submit")
+    def submit(case_id: str):
+        return jsonify(workflow.submit(principal(), case_id))
+
+    @app.post("/api/cases/<case_id>/label")
+    def save_label(case_id: str):
+        who = principal()
+        upload = request.files.get("label")
+        if upload is None:
+            raise InputError("send the label file as multipart field 'label'")
+        submit_now = str(request.form.get("submit", "false")).lower() in ("1", "true", "yes")
+        with tempfile.TemporaryDirectory(prefix="review-label-") as tmp:
+            path = Path(tmp) / "label.nii.gz"
+            upload.save(path)
+            read_label(path, name="label")  # refuse a corrupt or out-of-range file before it becomes a version
+            version = workflow.save_version(who, case_id, path, submit=submit_now)
+        return jsonify(version=version, case=case_detail(workflow, case_id, who)["state"])
+
+    @app.post("/api/cases/<case_id>/reviews")
+    def review(case_id: str):
+        data = body()
+        votes = data.get("votes", [])
+        if not isinstance(votes, list):
+            raise InputError("votes must be a list")
+        summary = workflow.review(principal(), case_id, votes, data.get("default"))
+        return jsonify(service.after_review(summary))
+
+    @app.post("/api/cases/<case_id>/resolve")
+    def resolve(case_id: str):
+        return jsonify(service.after_review(workflow.resolve(principal(), case_id, str(body().get("action")))))
+
+    @app.get("/api/cases/<case_id>")
+    def detail(case_id: str):
+        return jsonify(case_detail(workflow, case_id, principal()))
+
+    @app.get("/api/cases/<case_id>/history")
+    def case_history(case_id: str):
+        return jsonify(events=history(workflow, case_id, principal()))
+
+    @app.get("/api/stats/agreement")
+    def agreement():
+        principal().require("senior", "admin")
+        return jsonify(agreement_stats(workflow))
+
+    @app.get("/api/users")
+    def users():
+        principal().require("admin")
+        return jsonify(users=accounts.list_users())
+
+    @app.post("/api/users")
+    def add_user():
+        principal().require("admin")
+        data = body()
+        user = accounts.add_user(data.get("name"), data.get("role"))
+        return jsonify(name=user.name, role=user.role, token=accounts.issue_token(user.name)), 201
+
+    @app.post("/api/users/<name>/tokens")
+    def new_token(name: str):
+        principal().require("admin")
+        return jsonify(token=accounts.issue_token(name)), 201
+
+    @app.delete("/api/users/<name>/tokens")
+    def revoke(name: str):
+        principal().require("admin")
+        return jsonify(revoked=accounts.revoke_tokens(name))
+
+    @app.after_request
+    def _no_store(response: Response) -> Response:
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    return app

@@ -1,0 +1,214 @@
+"""Read-only views of the review store: queues, a case's detail and history, agreement statistics."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Dict, List
+
+from sqlalchemy import and_, exists, func, or_, select
+
+from amoslabel.errors import NotFound
+from amoslabel.organs import ORGAN_BY_ID
+from review.auth import Forbidden, Principal
+from review.consensus import aggregate_comments
+from review.schema import Assignment, AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
+from review.store import ReviewStore, utcnow
+from review.workflow import Workflow, case_summary
+
+
+def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str, Any]]:
+    """The user's cases, highest priority first, then oldest first: their own leases, then what they may claim."""
+    workflow.expire_leases()
+    store = workflow.store
+    now = utcnow()
+    live = and_(Assignment.case_id == Case.id, Assignment.status == "active", Assignment.expires >= now)
+    with store.read() as s:
+        if who.role == "junior":
+            mine = exists().where(live, Assignment.user_id == who.id, Assignment.duty == "annotate")
+            taken = exists().where(live, Assignment.duty == "annotate")
+            query = select(Case).where(
+                or_(
+                    and_(Case.state == "with_junior", mine),
+                    and_(Case.state.in_(("prelabelled", "with_junior")), ~taken),
+                )
+            )
+        elif who.role == "senior":
+            mine = exists().where(
+                live, Assignment.user_id == who.id, Assignment.duty == "review", Assignment.round == Case.round
+            )
+            voted_all = (
+                select(func.count())
+                .where(Review.case_id == Case.id, Review.round == Case.round, Review.user_id == who.id)
+                .scalar_subquery()
+            )
+            readers = (
+                select(func.count(func.distinct(Assignment.user_id)))
+                .where(
+                    Assignment.case_id == Case.id,
+                    Assignment.duty == "review",
+                    Assignment.round == Case.round,
+                    Assignment.status.in_(("active", "done")),
+                )
+                .scalar_subquery()
+            )
+            authored = exists().where(
+                LabelVersion.case_id == Case.id,
+                LabelVersion.author_user_id == who.id,
+                LabelVersion.kind.in_(("junior", "imported")),
+            )
+            query = select(Case).where(
+                Case.state == "in_review",
+                ~authored,
+                or_(
+                    and_(mine, voted_all < len(ORGAN_BY_ID)),
+                    and_(~mine, readers < workflow.settings.reviewers_per_case),
+                ),
+            )
+        else:
+            query = select(Case).where(Case.state.in_(("escalated", "submitted")))
+        cases = s.execute(query.order_by(Case.priority.desc(), Case.created, Case.id).limit(limit)).scalars().all()
+        return [case_summary(s, c) for c in cases]
+
+
+def next_case(workflow: Workflow, who: Principal) -> Dict[str, Any] | None:
+    """The first case of the user's queue, claimed (Slicer's Next Sample)."""
+    for item in queue(workflow, who, limit=5):
+        try:
+            return workflow.claim(who, item["case_id"])
+        except Exception:  # taken by someone else between the read and the claim: try the next one
+            continue
+    return None
+
+
+def case_detail(workflow: Workflow, case_id: str, who: Principal) -> Dict[str, Any]:
+    """State, versions, this round's votes, every comment grouped by organ, decisions and agreement."""
+    store: ReviewStore = workflow.store
+    with store.read() as s:
+        case = s.get(Case, case_id)
+        if case is None:
+            raise NotFound(f"no case {case_id!r}")
+        _check_visible(s, case, who)
+        names = dict(s.execute(select(User.id, User.name)).all())
+        versions = (
+            s.execute(select(LabelVersion).where(LabelVersion.case_id == case.id).order_by(LabelVersion.id))
+            .scalars()
+            .all()
+        )
+        reviews = s.execute(select(Review).where(Review.case_id == case.id).order_by(Review.id)).scalars().all()
+        comments = s.execute(select(Comment).where(Comment.case_id == case.id).order_by(Comment.id)).scalars().all()
+        decisions = s.execute(select(Decision).where(Decision.case_id == case.id).order_by(Decision.id)).scalars().all()
+        votes: Dict[str, Dict[str, str]] = defaultdict(dict)
+        for r in reviews:
+            if r.round == case.round:
+                votes[ORGAN_BY_ID[r.organ].name][names[r.user_id]] = r.decision
+        comment_items = [
+            {
+                "round": c.round,
+                "reviewer": names[c.user_id],
+                "organ": c.organ,
+                "organ_name": ORGAN_BY_ID[c.organ].name,
+                "text": c.text,
+                "point_world": c.point_world,
+                "point_voxel": c.point_voxel,
+                "created": c.created.isoformat() + "Z",
+            }
+            for c in comments
+        ]
+        last_round = case.round - 1 if case.state == "with_junior" and case.round > 0 else case.round
+        return {
+            **case_summary(s, case),
+            "current_version": case.current_version,
+            "final_version": case.final_version,
+            "versions": [
+                {
+                    "id": v.id,
+                    "kind": v.kind,
+                    "round": v.round,
+                    "sha256": v.sha256,
+                    "author": names.get(v.author_user_id) or v.author_model,
+                    "parent": v.parent_id,
+                    "created": v.created.isoformat() + "Z",
+                }
+                for v in versions
+            ],
+            "votes": votes,
+            "comments": comment_items,
+            "feedback": aggregate_comments([c for c in comment_items if c["round"] == last_round]),
+            "decisions": [
+                {
+                    "round": d.round,
+                    "outcome": d.outcome,
+                    "organs": d.organs,
+                    "agreement": d.agreement,
+                    "created": d.created.isoformat() + "Z",
+                }
+                for d in decisions
+            ],
+        }
+
+
+def history(workflow: Workflow, case_id: str, who: Principal) -> List[Dict[str, Any]]:
+    """Every audit event of a case, oldest first."""
+    with workflow.store.read() as s:
+        case = s.get(Case, case_id)
+        if case is None:
+            raise NotFound(f"no case {case_id!r}")
+        _check_visible(s, case, who)
+        events = (
+            s.execute(select(AuditEvent).where(AuditEvent.case_id == case_id).order_by(AuditEvent.id)).scalars().all()
+        )
+        return [
+            {
+                "at": e.at.isoformat() + "Z",
+                "actor": e.actor,
+                "action": e.action,
+                "from": e.from_state,
+                "to": e.to_state,
+                "reason": e.reason,
+            }
+            for e in events
+        ]
+
+
+def agreement_stats(workflow: Workflow) -> Dict[str, Any]:
+    """Per reader: cases read, mean Dice/NSD against consensus; per organ: how often it was sent back."""
+    with workflow.store.read() as s:
+        decisions = s.execute(select(Decision)).scalars().all()
+    readers: Dict[str, Dict[str, list]] = defaultdict(lambda: {"dice": [], "nsd": []})
+    sent_back: Dict[str, int] = defaultdict(int)
+    for d in decisions:
+        for organ, state in (d.organs or {}).items():
+            if state == "changes":
+                sent_back[organ] += 1
+        for reader, scores in (d.agreement or {}).get("against_consensus", {}).items():
+            for metric in ("dice", "nsd"):
+                if scores.get(metric) is not None:
+                    readers[reader][metric].append(scores[metric])
+    return {
+        "readers": {
+            name: {
+                "cases": len(v["dice"]),
+                "mean_dice": round(sum(v["dice"]) / len(v["dice"]), 4) if v["dice"] else None,
+                "mean_nsd": round(sum(v["nsd"]) / len(v["nsd"]), 4) if v["nsd"] else None,
+            }
+            for name, v in sorted(readers.items())
+        },
+        "organs_sent_back": dict(sorted(sent_back.items(), key=lambda kv: -kv[1])),
+        "rounds_decided": len(decisions),
+    }
+
+
+def _check_visible(s, case: Case, who: Principal) -> None:
+    """Admins see every case; others see cases they hold or held an assignment on, or could claim now."""
+    if who.role == "admin":
+        return
+    involved = s.execute(
+        select(Assignment.id).where(Assignment.case_id == case.id, Assignment.user_id == who.id).limit(1)
+    ).first()
+    if involved:
+        return
+    claimable = (who.role == "junior" and case.state == "prelabelled") or (
+        who.role == "senior" and case.state == "in_review"
+    )
+    if not claimable:
+        raise Forbidden(f"case {case.id!r} is not in {who.name}'s queue")

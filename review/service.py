@@ -1,0 +1,106 @@
+"""The review service the app runs: store, accounts, workflow, background finalising, and the viewer bridge.
+
+The bridge is how 3D Slicer and OHIF take part without a plugin change:
+
+* **Next Sample** (``POST /activelearning/review_queue`` with the plugin's ``client_id``) returns that user's next
+  case, claimed for them (:class:`ReviewQueueStrategy`).
+* **Saving a label** (``PUT /datastore/label``) becomes a label version by the user named by ``client_id``:
+  a junior's save with tag ``final`` (Slicer's "Submit Label") records the version and submits it; any other tag
+  (e.g. ``draft``) records a version only; a reviewer's save records their edited label for fusion. A save by
+  anyone without an active assignment on that case is refused (403) and nothing is stored.
+* A pre-label saved by ``/infer`` (tag ``original``) is recorded as the case's model pre-label.
+* Only consensus-final labels are published to the datastore as ``final`` (with provenance), so the datastore's
+  ``final`` never holds an unreviewed label; the newest working version is kept under the tag ``working``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from monailabel.interfaces.tasks.strategy import Strategy
+
+from amoslabel.config import AppConfig
+from amoslabel.errors import InputError
+from review.auth import Accounts, Forbidden, Principal
+from review.queries import next_case
+from review.store import ReviewStore, database_url
+from review.workflow import Workflow
+
+log = logging.getLogger(__name__)
+
+WORKING_TAG = "working"
+ORIGINAL_TAG = "original"
+FINAL_TAG = "final"
+
+
+class ReviewService:
+    """Everything the review workflow needs, built once per app."""
+
+    def __init__(self, config: AppConfig, studies: str, publisher: Optional[Callable[[str, Path, Dict], None]] = None):
+        url = config.review.database or database_url(studies)
+        self.store = ReviewStore(url, Path(studies) / ".amoslabel" / "label-versions")
+        self.accounts = Accounts(self.store)
+        self.workflow = Workflow(self.store, config.review, publisher)
+        self._finaliser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finalise")
+        self._lock = threading.Lock()
+
+    def after_review(self, summary: Dict[str, Any]) -> Dict[str, Any]:
+        """Queue finalising when a review brought the case to consensus (the vote answers at once)."""
+        if summary.get("state") == "consensus":
+            self._finaliser.submit(self._finalise, summary["case_id"])
+        return summary
+
+    def _finalise(self, case_id: str) -> None:
+        try:
+            self.workflow.finalise(case_id)
+        except Exception:  # logged; the case stays in consensus and recover() retries at start-up
+            log.exception("finalising %s failed", case_id)
+
+    def wait_idle(self) -> None:
+        """Block until queued finalising is done (tests, shutdown)."""
+        self._finaliser.submit(lambda: None).result()
+
+    def principal_for_client(self, client_id: Any) -> Principal:
+        """The user a viewer request names in ``client_id`` (see the README on what that identifies)."""
+        if not isinstance(client_id, str) or not client_id:
+            raise Forbidden("this request names no user: set the client id in the viewer to your AMOS Label user")
+        principal = self.accounts.by_name(client_id)
+        if principal is None:
+            raise Forbidden(f"client id {client_id[:64]!r} is not an AMOS Label user")
+        return principal
+
+    def save_from_viewer(self, image_id: str, label_file: str, tag: str, info: Dict[str, Any]) -> Optional[str]:
+        """The datastore's save hook. Returns the label id when the workflow took the save, None to let it pass."""
+        if tag == ORIGINAL_TAG:
+            model = str(info.get("model") or "model")
+            state = self.workflow.register_case(image_id)
+            if state in ("new", "prelabelled"):
+                self.workflow.record_prelabel(image_id, label_file, model, {"params": info.get("params")})
+            return None  # the pre-label is also kept under 'original', as MONAI Label does
+        if tag == WORKING_TAG:
+            raise InputError(f"the tag {WORKING_TAG!r} is written by the workflow only", status=403)
+        who = self.principal_for_client(info.get("client_id") or info.get("user"))
+        self.workflow.register_case(image_id)
+        if tag == FINAL_TAG and who.role == "admin":
+            raise Forbidden("a final label comes from consensus, not from a save: admins resolve escalated cases")
+        self.workflow.save_version(who, image_id, label_file, submit=(tag == FINAL_TAG and who.role == "junior"))
+        return image_id
+
+
+class ReviewQueueStrategy(Strategy):
+    """Next Sample from the review queues: the user's next case as their role sees it, claimed for them."""
+
+    def __init__(self, service: ReviewService):
+        super().__init__("The next case of your review queue (junior or senior), claimed for you")
+        self.service = service
+
+    def __call__(self, request: Dict[str, Any], datastore) -> Optional[Dict[str, Any]]:
+        who = self.service.principal_for_client(request.get("client_id"))
+        claimed = next_case(self.service.workflow, who)
+        if claimed is None:
+            return None
+        return {"id": claimed["case_id"], "state": claimed["state"], "round": claimed["round"]}

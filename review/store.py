@@ -1,0 +1,140 @@
+"""Where the review workflow keeps its state: a SQL database and a folder of immutable label files.
+
+SQLite (the embedded default, a file in the studies folder) runs in WAL mode, and every write transaction starts with
+``BEGIN IMMEDIATE``: writers are serialised at the start of a transaction, so a read-modify-write can never lose an
+update and a crash leaves either the whole transition or none of it. A PostgreSQL URL works too; there, the case row
+is locked with ``SELECT ... FOR UPDATE`` instead.
+
+Label files are content-addressed (``<root>/<case>/<sha256>.nii.gz``), written atomically and fsynced *before* the
+database row that names them is committed, and never overwritten or deleted by the workflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from amoslabel.cases import check_id
+from amoslabel.volume import fsync_dir, fsync_file
+from review.schema import Base, Case
+
+DB_NAME = "review.db"
+
+
+def utcnow() -> datetime:
+    """Timestamps are stored as naive UTC (SQLite keeps no time zone)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def database_url(studies: str | Path) -> str:
+    """The default store: a SQLite file in the studies folder's workspace."""
+    folder = Path(studies) / ".amoslabel"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / DB_NAME}"
+
+
+class ReviewStore:
+    """Sessions on the review database, with one transaction per workflow transition."""
+
+    def __init__(self, url: str, versions_dir: str | Path):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            # two engines on one file: writes begin IMMEDIATE (take the write lock first), reads begin deferred
+            self.engine = _sqlite_engine(url, "BEGIN IMMEDIATE")
+            self._read_engine = _sqlite_engine(url, "BEGIN")
+        else:
+            self.engine = create_engine(url, pool_size=20, max_overflow=10, pool_pre_ping=True)
+            self._read_engine = self.engine
+        Base.metadata.create_all(self.engine)
+        self._writes = sessionmaker(self.engine, expire_on_commit=False)
+        self._reads = sessionmaker(self._read_engine, expire_on_commit=False)
+        self.versions = VersionFiles(versions_dir)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction: committed when the block ends, rolled back entirely if it raises."""
+        with self._writes() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._reads() as session:
+            yield session
+
+    def lock_case(self, session: Session, case_id: str) -> Case | None:
+        """The case row, locked for this transaction (SQLite: already serialised by BEGIN IMMEDIATE)."""
+        query = select(Case).where(Case.id == case_id)
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        return session.execute(query).scalar_one_or_none()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        self._read_engine.dispose()
+
+
+def _sqlite_engine(url: str, begin: str) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20, max_overflow=10)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # take transaction control from pysqlite (its own BEGIN is deferred, which lets two writers read the same
+        # row before either writes: a lost update)
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged transition survives a power cut, not only a crash
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        connection.exec_driver_sql(begin)
+
+    return engine
+
+
+class VersionFiles:
+    """Immutable label files, named by their content hash."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, case_id: str, source: str | Path) -> tuple[str, Path]:
+        """Copy ``source`` in (atomically, fsynced) unless the same content is already there; return (sha, path)."""
+        digest = _sha256(source)
+        folder = self.root / check_id(case_id, "case id")
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{digest}.nii.gz"
+        if not target.exists():
+            tmp = folder / f".{digest}.{os.getpid()}.tmp"
+            shutil.copyfile(source, tmp)
+            fsync_file(tmp)
+            os.replace(tmp, target)
+            fsync_dir(folder)
+        return digest, target
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,669 @@
+"""The AMOS review workflow: pre-label, junior correction, independent senior review per organ, rounds, consensus.
+
+Every operation is one database transaction that checks the state machine (:mod:`review.states`), the actor's
+role and ownership, writes its rows and an audit event, or changes nothing. Label files enter the content-addressed
+version store before the transaction that names them.
+
+Finalising is two steps, so that fusing labels (seconds) never holds the write lock: the last vote moves a case to
+``consensus``; :meth:`Workflow.finalise` then fuses the readers' labels, measures their agreement, and moves it to
+``final`` with a new consensus version. A crash in between leaves a ``consensus`` case, which
+:meth:`Workflow.recover` finalises at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import SimpleITK as sitk
+from sqlalchemy import func, select
+
+from amoslabel.cases import check_id
+from amoslabel.config import ReviewSettings
+from amoslabel.errors import Conflict, NotFound, Unprocessable
+from amoslabel.organs import MAX_LABEL_ID, ORGAN_BY_ID, ORGANS
+from review.auth import Forbidden, Principal
+from review.consensus import DECISIONS, OrganRule, agreement, decide_round, fuse_staple, rules_from_config
+from review.schema import Assignment, AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
+from review.states import check_transition
+from review.store import ReviewStore, utcnow
+
+log = logging.getLogger(__name__)
+
+Publisher = Callable[[str, Path, Dict[str, Any]], None]
+_ORGAN_BY_NAME = {o.name: o.id for o in ORGANS}
+MAX_COMMENT = 2000
+
+
+class Workflow:
+    """All workflow operations over one :class:`ReviewStore`."""
+
+    def __init__(self, store: ReviewStore, settings: ReviewSettings, publisher: Optional[Publisher] = None):
+        self.store = store
+        self.settings = settings
+        self.publisher = publisher
+        self.rules: Dict[int, OrganRule] = rules_from_config(
+            OrganRule(settings.consensus.kind, settings.consensus.k),
+            {name: OrganRule(r.kind, r.k) for name, r in settings.organ_rules.items()},
+        )
+
+    # -- cases and versions -------------------------------------------------------------------------------------
+    def register_case(self, case_id: str, actor: str = "system") -> str:
+        """Create the case (state ``new``) if it does not exist; returns its state."""
+        check_id(case_id, "case id")
+        with self.store.write() as s:
+            case = s.get(Case, case_id)
+            if case is None:
+                now = utcnow()
+                s.add(Case(id=case_id, state="new", round=1, created=now, updated=now))
+                self._audit(s, case_id, actor, "register", None, "new", "case registered")
+                return "new"
+            return case.state
+
+    def record_prelabel(self, case_id: str, label_file: str | Path, model: str, info: Dict[str, Any]) -> int:
+        """A model's pre-label: a new version; a ``new`` case becomes ``prelabelled`` and goes to a junior."""
+        self.register_case(case_id)
+        sha, path = self.store.versions.put(case_id, label_file)
+        with self.store.write() as s:
+            case = self._case(s, case_id)
+            if case.state not in ("new", "prelabelled"):
+                raise Conflict(f"case {case_id!r} is {case.state}: a pre-label no longer replaces its label")
+            version = self._add_version(s, case, sha, path, "prelabel", None, model, info)
+            if case.state == "new":
+                self._move(s, case, "prelabelled", f"model:{model}", "pre-label", f"pre-labelled by {model}")
+            if self.settings.routing == "least_loaded":
+                junior = self._least_loaded(s, "junior", "annotate", exclude=set())
+                if junior is not None:
+                    self._assign(s, case, junior, "annotate", "system", "routed to the least loaded junior")
+                    self._move(s, case, "with_junior", "system", "route", f"assigned to {junior.name}")
+            return version.id
+
+    def import_final(self, case_id: str, label_file: str | Path, source: str) -> int:
+        """A label that came with the scan (e.g. AMOS ground truth): the case is final from the start."""
+        self.register_case(case_id)
+        sha, path = self.store.versions.put(case_id, label_file)
+        with self.store.write() as s:
+            case = self._case(s, case_id)
+            if case.state == "final":
+                return case.final_version
+            version = self._add_version(s, case, sha, path, "imported", None, None, {"source": source})
+            self._move(s, case, "final", "import", "import", f"imported as final from {source}")
+            case.final_version = version.id
+            return version.id
+
+    # -- junior ----------------------------------------------------------------------------------------------------
+    def claim(self, who: Principal, case_id: str) -> Dict[str, Any]:
+        """Take (or renew) the lease on a case in the user's queue."""
+        self.expire_leases()
+        with self.store.write() as s:
+            case = self._case(s, case_id)
+            if who.role == "junior":
+                if case.state not in ("prelabelled", "with_junior"):
+                    raise Conflict(f"case {case_id!r} is {case.state}: juniors claim pre-labelled cases")
+                holder = self._active(s, case.id, "annotate")
+                if holder and holder.user_id != who.id:
+                    raise Conflict(f"case {case_id!r} is assigned to another junior")
+                if holder:
+                    holder.expires = utcnow() + self._lease("annotate")
+                else:
+                    self._assign(s, case, self._user(s, who.id), "annotate", who.name, "claimed")
+                if case.state == "prelabelled":
+                    self._move(s, case, "with_junior", who.name, "claim", "claimed by a junior")
+            elif who.role == "senior":
+                if case.state != "in_review":
+                    raise Conflict(f"case {case_id!r} is {case.state}: seniors claim cases in review")
+                self._check_not_author(s, case, who)
+                mine = self._active(s, case.id, "review", user_id=who.id)
+                if mine:
+                    mine.expires = utcnow() + self._lease("review")
+                elif self._review_slots(s, case) <= 0:
+                    raise Conflict(f"case {case_id!r} already has {self.settings.reviewers_per_case} reviewers")
+                else:
+                    self._assign(s, case, self._user(s, who.id), "review", who.name, "claimed a review slot")
+            else:
+                raise Forbidden("admins do not claim cases; they resolve escalated ones")
+            return self._summary(s, case, who)
+
+    def save_version(self, who: Principal, case_id: str, label_file: str | Path, submit: bool = False) -> int:
+        """A label saved by a user: a junior's correction (``submit`` also submits it) or a senior's edit."""
+        if who.role not in ("junior", "senior"):
+            raise Forbidden(f"{who.name} is an {who.role}: only the case's junior or reviewers save labels")
+        sha, path = self.store.versions.put(check_id(case_id, "case id"), label_file)
+        with self.store.write() as s:
+            case = self._case(s, case_id)
+            if who.role == "junior":
+                self._require_assignment(s, case, who, "annotate", "with_junior")
+                version = self._add_version(s, case, sha, path, "junior", who.id, None, {})
+                case.current_version = version.id
+                if submit:
+                    self._submit(s, case, who)
+            else:
+                self._require_assignment(s, case, who, "review", "in_review")
+                self._check_not_author(s, case, who)
+                version = self._add_version(s, case, sha, path, "senior_edit", who.id, None, {})
+            return version.id
+
+    def submit(self, who: Principal, case_id: str) -> Dict[str, Any]:
+        """The junior hands the current label to review."""
+        with self.store.write() as s:
+            case = self._case(s, case_id)
+            self._require_assignment(s, case, who.require("junior"), "annotate", "with_junior")
+            self._submit(s, case, who)
+            return self._summary(s, case, who)
+
+    def _submit(self, s, case: Case, who: Principal) -> None:
+        if case.current_version is None:
+            raise Conflict(f"case {case.id!r} has no label to submit")
+        current = s.get(LabelVersion, case.current_version)
+        if current.kind == "prelabel":
+            # the junior vouches for the pre-label unchanged: record that as their own version
+            current = self._add_version(
+                s, case, current.sha256, Path(current.path), "junior", who.id, None, {"unchanged_from": current.id}
+            )
+            case.current_version = current.id
+        self._move(s, case, "submitted", who.name, "submit", f"round {case.round} submitted")
+        for assignment in self._actives(s, case.id, "annotate"):
+            assignment.status = "done"
+        seniors = self._pick_seniors(s, case)
+        for senior in seniors:
+            self._assign(s, case, senior, "review", "system", "routed for review")
+        if seniors:
+            self._move(s, case, "in_review", "system", "route", "to " + ", ".join(u.name for u in seniors))
+
+    # -- seniors -------------------------------------------------------------------------------------------------
+    def review(
+        self, who: Principal, case_id: str, votes: Sequence[Dict[str, Any]], default: Optional[str] = None
+    ) -> Dict[str, Any]:
+        """Record a senior's per-organ decisions (and comments); decide the round when every vote is in.
+
+        Args:
+            votes: ``{"organ": id or name, "decision": ..., "comment": text, "point_world": [x, y, z] (mm),
+                "point_voxel": [i, j, k]}`` items.
+            default: a decision for every organ this reviewer has not decided yet in this round.
+        """
+        parsed = [_parse_vote(v) for v in votes]
+        if default is not None and default not in DECISIONS:
+            raise Unprocessable(f"default decision must be one of {', '.join(DECISIONS)}")
+        with self.store.write() as s:
+            case = self._case(s, case_id)
+            assignment = self._require_assignment(s, case, who.require("senior"), "review", "in_review")
+            self._check_not_author(s, case, who)
+            done = set(
+                s.execute(
+                    select(Review.organ).where(
+                        Review.case_id == case.id, Review.round == case.round, Review.user_id == who.id
+                    )
+                ).scalars()
+            )
+            now = utcnow()
+            seen = set()
+            for vote in parsed:
+                if vote["organ"] in done or vote["organ"] in seen:
+                    raise Conflict(f"{who.name} already decided {ORGAN_BY_ID[vote['organ']].name} in this round")
+                seen.add(vote["organ"])
+            if default is not None:
+                parsed += [{"organ": o.id, "decision": default} for o in ORGANS if o.id not in done | seen]
+            for vote in parsed:
+                s.add(
+                    Review(
+                        case_id=case.id,
+                        round=case.round,
+                        user_id=who.id,
+                        organ=vote["organ"],
+                        decision=vote["decision"],
+                        version_id=case.current_version,
+                        created=now,
+                    )
+                )
+                if vote.get("comment") or vote.get("point_world") or vote.get("point_voxel"):
+                    s.add(
+                        Comment(
+                            case_id=case.id,
+                            round=case.round,
+                            user_id=who.id,
+                            organ=vote["organ"],
+                            text=vote.get("comment") or "",
+                            point_world=vote.get("point_world"),
+                            point_voxel=vote.get("point_voxel"),
+                            created=now,
+                        )
+                    )
+            s.flush()
+            self._audit(
+                s,
+                case.id,
+                who.name,
+                "review",
+                case.state,
+                case.state,
+                f"{len(parsed)} organ decisions",
+                {"votes": parsed},
+            )
+            if len(done) + len(parsed) >= len(ORGANS):
+                assignment.status = "done"
+            self._decide(s, case)
+            return self._summary(s, case, who)
+
+    def _decide(self, s, case: Case) -> None:
+        readers = self._readers(s, case)
+        votes: Dict[int, Dict[int, str]] = {}
+        for review in s.execute(select(Review).where(Review.case_id == case.id, Review.round == case.round)).scalars():
+            votes.setdefault(review.organ, {})[review.user_id] = review.decision
+        outcome, organs = decide_round(votes, len(readers), self.rules)
+        if outcome == "pending":
+            return
+        names = {o.id: o.name for o in ORGANS}
+        s.add(
+            Decision(
+                case_id=case.id,
+                round=case.round,
+                outcome=outcome,
+                organs={names[k]: v for k, v in organs.items()},
+                created=utcnow(),
+            )
+        )
+        if outcome == "consensus":
+            self._move(s, case, "consensus", "system", "consensus", f"round {case.round}: every organ approved")
+            return
+        sent_back = [names[k] for k, v in organs.items() if v == "changes"]
+        if case.round >= self.settings.max_rounds:
+            self._move(
+                s,
+                case,
+                "escalated",
+                "system",
+                "escalate",
+                f"round {case.round} of at most {self.settings.max_rounds}: changes on {', '.join(sent_back)}",
+            )
+            return
+        self._move(s, case, "changes_requested", "system", "changes", "changes requested on " + ", ".join(sent_back))
+        self._back_to_junior(s, case, "system")
+
+    def _back_to_junior(self, s, case: Case, actor: str) -> None:
+        case.round += 1
+        self._move(s, case, "with_junior", actor, "return", f"round {case.round} with the junior")
+        junior = s.get(User, case.junior_id) if case.junior_id else None
+        if junior is not None and junior.active:
+            self._assign(s, case, junior, "annotate", actor, "returned with the reviewers' comments")
+
+    def resolve(self, who: Principal, case_id: str, action: str) -> Dict[str, Any]:
+        """An admin settles an escalated case: ``reopen`` (another round) or ``accept`` (current label final)."""
+        who.require("admin")
+        with self.store.write() as s:
+            case = self._case(s, case_id)
+            if case.state != "escalated":
+                raise Conflict(f"case {case_id!r} is {case.state}: only escalated cases are resolved")
+            if action == "reopen":
+                self._back_to_junior(s, case, who.name)
+            elif action == "accept":
+                self._move(s, case, "consensus", who.name, "accept", "accepted by an admin")
+            else:
+                raise Unprocessable("action must be 'reopen' or 'accept'")
+            return self._summary(s, case, who)
+
+    # -- finalising ----------------------------------------------------------------------------------------------
+    def finalise(self, case_id: str) -> Optional[int]:
+        """Fuse and publish a ``consensus`` case (no-op for other states); returns the final version id."""
+        with self.store.read() as s:
+            case = self._case(s, case_id)
+            if case.state != "consensus":
+                return None
+            current = s.get(LabelVersion, case.current_version)
+            edits = s.execute(
+                select(LabelVersion, User.name)
+                .join(User, User.id == LabelVersion.author_user_id)
+                .where(
+                    LabelVersion.case_id == case.id,
+                    LabelVersion.round == case.round,
+                    LabelVersion.kind == "senior_edit",
+                )
+                .order_by(LabelVersion.id)
+            ).all()
+            junior = s.get(User, current.author_user_id) if current.author_user_id else None
+            round_, current_id, current_path = case.round, current.id, current.path
+        junior_label = sitk.ReadImage(current_path)
+        readers = {f"junior:{junior.name if junior else 'model'}": junior_label}
+        latest_edit: Dict[str, str] = {}
+        for version, name in edits:
+            latest_edit[name] = version.path  # a reviewer's newest edit of the round speaks for them
+        for name, path in latest_edit.items():
+            readers[f"senior:{name}"] = sitk.ReadImage(path)
+        fused = fuse_staple(list(readers.values())) if latest_edit else junior_label
+        figures = {
+            "readers": list(readers),
+            "fusion": "multi-label STAPLE" if latest_edit else "none (no reviewer edits)",
+            "against_consensus": agreement(readers, fused),
+            "against_junior": agreement({k: v for k, v in readers.items() if k.startswith("senior:")}, junior_label),
+        }
+        staging = self.store.versions.root / f".fused-{case_id}.nii.gz"
+        sitk.WriteImage(fused, str(staging), useCompression=True)
+        sha, path = self.store.versions.put(case_id, staging)
+        staging.unlink(missing_ok=True)
+        with self.store.write() as s:
+            case = self._case(s, case_id)
+            if case.state != "consensus" or case.round != round_:
+                return case.final_version  # another process finished it first
+            version = self._add_version(
+                s, case, sha, path, "consensus", None, "consensus", {"parent": current_id, "readers": list(readers)}
+            )
+            case.final_version = version.id
+            decision = (
+                s.execute(
+                    select(Decision)
+                    .where(Decision.case_id == case.id, Decision.round == case.round)
+                    .order_by(Decision.id.desc())
+                )
+                .scalars()
+                .first()
+            )
+            if decision is not None:
+                decision.agreement = figures
+            self._move(s, case, "final", "system", "finalise", f"consensus label v{version.id} ({figures['fusion']})")
+            info = self._provenance(s, case, version)
+        if self.publisher is not None:
+            self.publisher(case_id, path, info)
+        return version.id
+
+    def recover(self) -> int:
+        """Finalise every case left in ``consensus`` (a crash between the last vote and finalising)."""
+        with self.store.read() as s:
+            pending = list(s.execute(select(Case.id).where(Case.state == "consensus")).scalars())
+        for case_id in pending:
+            self.finalise(case_id)
+        return len(pending)
+
+    def final_labels(self) -> List[Dict[str, Any]]:
+        """Every final case with its final label file: the only labels training may use."""
+        with self.store.read() as s:
+            rows = s.execute(
+                select(Case.id, LabelVersion.path, LabelVersion.id, LabelVersion.kind)
+                .join(LabelVersion, LabelVersion.id == Case.final_version)
+                .where(Case.state == "final")
+                .order_by(Case.id)
+            ).all()
+        return [{"case_id": r[0], "label": r[1], "version": r[2], "kind": r[3]} for r in rows]
+
+    # -- leases and priorities -----------------------------------------------------------------------------------
+    def expire_leases(self) -> int:
+        """Expired leases return their case to the pool; each expiry is logged. Returns how many expired."""
+        now = utcnow()
+        with self.store.read() as s:
+            due = (
+                s.execute(select(Assignment.id).where(Assignment.status == "active", Assignment.expires < now))
+                .scalars()
+                .all()
+            )
+        if not due:
+            return 0
+        with self.store.write() as s:
+            for assignment in s.execute(select(Assignment).where(Assignment.id.in_(due))).scalars():
+                if assignment.status != "active" or assignment.expires >= now:
+                    continue
+                assignment.status = "expired"
+                user = s.get(User, assignment.user_id)
+                case = s.get(Case, assignment.case_id)
+                self._audit(
+                    s,
+                    case.id,
+                    "system",
+                    "lease_expired",
+                    case.state,
+                    case.state,
+                    f"{user.name}'s {assignment.duty} lease expired; the case is back in the pool",
+                )
+        return len(due)
+
+    def set_priority(self, case_id: str, score: float, reason: str) -> None:
+        """Queue order hook for active learning: a higher score comes first (FIFO among equal scores)."""
+        if not math.isfinite(score):
+            raise Unprocessable("priority must be a finite number")
+        with self.store.write() as s:
+            case = self._case(s, case_id)
+            case.priority, case.priority_reason = float(score), reason[:500]
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def _case(self, s, case_id: str) -> Case:
+        check_id(case_id, "case id")
+        case = self.store.lock_case(s, case_id) if s.in_transaction() else s.get(Case, case_id)
+        if case is None:
+            raise NotFound(f"no case {case_id!r}")
+        return case
+
+    @staticmethod
+    def _user(s, user_id: int) -> User:
+        return s.get(User, user_id)
+
+    def _lease(self, duty: str) -> timedelta:
+        minutes = self.settings.annotate_lease_minutes if duty == "annotate" else self.settings.review_lease_minutes
+        return timedelta(minutes=minutes)
+
+    def _assign(self, s, case: Case, user: User, duty: str, actor: str, why: str) -> Assignment:
+        now = utcnow()
+        assignment = Assignment(
+            case_id=case.id,
+            user_id=user.id,
+            duty=duty,
+            round=case.round,
+            status="active",
+            assigned=now,
+            expires=now + self._lease(duty),
+        )
+        s.add(assignment)
+        if duty == "annotate":
+            case.junior_id = user.id
+        self._audit(s, case.id, actor, "assign", case.state, case.state, f"{duty}: {user.name} ({why})")
+        return assignment
+
+    @staticmethod
+    def _actives(s, case_id: str, duty: str) -> List[Assignment]:
+        return list(
+            s.execute(
+                select(Assignment).where(
+                    Assignment.case_id == case_id, Assignment.duty == duty, Assignment.status == "active"
+                )
+            ).scalars()
+        )
+
+    def _active(self, s, case_id: str, duty: str, user_id: Optional[int] = None) -> Optional[Assignment]:
+        now = utcnow()
+        for a in self._actives(s, case_id, duty):
+            if a.expires >= now and (user_id is None or a.user_id == user_id):
+                return a
+        return None
+
+    def _require_assignment(self, s, case: Case, who: Principal, duty: str, state: str) -> Assignment:
+        # someone with no part in the case is refused for that (403) before its state is discussed (409)
+        ever = s.execute(
+            select(Assignment.id).where(Assignment.case_id == case.id, Assignment.user_id == who.id,
+                                        Assignment.duty == duty).limit(1)
+        ).first()
+        if ever is None:
+            raise Forbidden(f"{who.name} holds no {duty} assignment on case {case.id!r}")
+        if case.state != state:
+            raise Conflict(f"case {case.id!r} is {case.state}, not {state}")
+        assignment = self._active(s, case.id, duty, user_id=who.id)
+        if assignment is None or (duty == "review" and assignment.round != case.round):
+            raise Forbidden(f"{who.name} holds no active {duty} assignment on case {case.id!r}")
+        return assignment
+
+    def _check_not_author(self, s, case: Case, who: Principal) -> None:
+        authors = set(
+            s.execute(
+                select(LabelVersion.author_user_id).where(
+                    LabelVersion.case_id == case.id, LabelVersion.kind.in_(("junior", "imported"))
+                )
+            ).scalars()
+        )
+        if who.id in authors:
+            raise Forbidden(f"{who.name} wrote a label of case {case.id!r} and cannot review it")
+
+    def _readers(self, s, case: Case) -> List[int]:
+        return sorted(
+            set(
+                s.execute(
+                    select(Assignment.user_id).where(
+                        Assignment.case_id == case.id,
+                        Assignment.duty == "review",
+                        Assignment.round == case.round,
+                        Assignment.status.in_(("active", "done")),
+                    )
+                ).scalars()
+            )
+        )
+
+    def _review_slots(self, s, case: Case) -> int:
+        return self.settings.reviewers_per_case - len(self._readers(s, case))
+
+    def _pick_seniors(self, s, case: Case) -> List[User]:
+        authors = set(
+            s.execute(select(LabelVersion.author_user_id).where(LabelVersion.case_id == case.id)).scalars()
+        ) - {None}
+        chosen: List[User] = []
+        for _ in range(self.settings.reviewers_per_case):
+            senior = self._least_loaded(s, "senior", "review", exclude=authors | {u.id for u in chosen})
+            if senior is None:
+                break
+            chosen.append(senior)
+        return chosen
+
+    @staticmethod
+    def _least_loaded(s, role: str, duty: str, exclude: set) -> Optional[User]:
+        load = (
+            select(Assignment.user_id, func.count().label("n"))
+            .where(Assignment.duty == duty, Assignment.status == "active")
+            .group_by(Assignment.user_id)
+            .subquery()
+        )
+        query = (
+            select(User)
+            .outerjoin(load, load.c.user_id == User.id)
+            .where(User.role == role, User.active.is_(True))
+            .order_by(func.coalesce(load.c.n, 0), User.id)
+        )
+        if exclude:
+            query = query.where(User.id.not_in(exclude))
+        return s.execute(query.limit(1)).scalars().first()
+
+    def _add_version(self, s, case, sha, path, kind, user_id, model, info) -> LabelVersion:
+        version = LabelVersion(
+            case_id=case.id,
+            sha256=sha,
+            path=str(path),
+            kind=kind,
+            author_user_id=user_id,
+            author_model=model,
+            parent_id=case.current_version,
+            round=case.round,
+            created=utcnow(),
+            info=info,
+        )
+        s.add(version)
+        s.flush()
+        if kind in ("prelabel", "junior", "imported"):
+            case.current_version = version.id
+        self._audit(
+            s,
+            case.id,
+            model or (s.get(User, user_id).name if user_id else "system"),
+            "version",
+            case.state,
+            case.state,
+            f"{kind} label v{version.id}",
+            {"sha256": sha},
+        )
+        return version
+
+    def _move(self, s, case: Case, target: str, actor: str, action: str, reason: str) -> None:
+        check_transition(case.id, case.state, target)
+        self._audit(s, case.id, actor, action, case.state, target, reason)
+        case.state = target
+        case.updated = utcnow()
+
+    @staticmethod
+    def _audit(s, case_id, actor, action, from_state, to_state, reason, details=None) -> None:
+        s.add(
+            AuditEvent(
+                case_id=case_id,
+                actor=str(actor)[:96],
+                action=action,
+                from_state=from_state,
+                to_state=to_state,
+                reason=reason,
+                at=utcnow(),
+                details=details or {},
+            )
+        )
+
+    def _provenance(self, s, case: Case, version: LabelVersion) -> Dict[str, Any]:
+        reviewers = [s.get(User, uid).name for uid in self._readers(s, case)]
+        return {
+            "workflow": "amos-label consensus",
+            "version": version.id,
+            "sha256": version.sha256,
+            "round": case.round,
+            "reviewers": reviewers,
+            "segmentationMeta": {
+                "status": "approved",
+                "approvedBy": ", ".join(reviewers),
+                "editTime": int(version.created.timestamp()),
+                "comment": "consensus",
+            },
+        }
+
+    def _summary(self, s, case: Case, who: Optional[Principal] = None) -> Dict[str, Any]:
+        return case_summary(s, case)
+
+
+def case_summary(s, case: Case) -> Dict[str, Any]:
+    """A case's queue line: state, round, priority, waiting time and its active assignees."""
+    names = dict(s.execute(select(User.id, User.name)).all())
+    active = (
+        s.execute(select(Assignment).where(Assignment.case_id == case.id, Assignment.status == "active"))
+        .scalars()
+        .all()
+    )
+    return {
+        "case_id": case.id,
+        "state": case.state,
+        "round": case.round,
+        "priority": case.priority,
+        "priority_reason": case.priority_reason,
+        "waiting_seconds": round((utcnow() - case.updated).total_seconds(), 1),
+        "assignees": [
+            {"user": names.get(a.user_id), "duty": a.duty, "expires": a.expires.isoformat() + "Z"} for a in active
+        ],
+    }
+
+
+def _parse_vote(vote: Any) -> Dict[str, Any]:
+    if not isinstance(vote, dict):
+        raise Unprocessable("each vote must be an object with organ and decision")
+    organ = vote.get("organ")
+    organ_id = _ORGAN_BY_NAME.get(organ) if isinstance(organ, str) else organ
+    if not isinstance(organ_id, int) or isinstance(organ_id, bool) or not 1 <= organ_id <= MAX_LABEL_ID:
+        raise Unprocessable(f"organ {str(organ)[:40]!r} is not an AMOS organ (ids 1-15 or names)")
+    decision = vote.get("decision")
+    if decision not in DECISIONS:
+        raise Unprocessable(f"decision must be one of {', '.join(DECISIONS)}")
+    out: Dict[str, Any] = {"organ": organ_id, "decision": decision}
+    comment = vote.get("comment")
+    if comment is not None:
+        if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
+            raise Unprocessable(f"comment must be text of at most {MAX_COMMENT} characters")
+        out["comment"] = comment
+    for key, kind in (("point_world", float), ("point_voxel", int)):
+        value = vote.get(key)
+        if value is None:
+            continue
+        if (
+            not isinstance(value, list)
+            or len(value) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            or (kind is int and not all(float(v).is_integer() and v >= 0 for v in value))
+        ):
+            raise Unprocessable(f"{key} must be three finite numbers" + (" (whole, >= 0)" if kind is int else ""))
+        out[key] = [kind(v) for v in value]
+    return out

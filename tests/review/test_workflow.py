@@ -1,0 +1,250 @@
+"""The review workflow on a real SQLite file: the AMOS round trip, consensus rules, leases, illegal transitions,
+roles, escalation and STAPLE fusion."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+from sqlalchemy import select
+
+from amoslabel.errors import Conflict
+from review.auth import Forbidden
+from review.consensus import OrganRule
+from review.queries import case_detail, history, queue
+from review.schema import Assignment, LabelVersion
+from review.states import STATES, TRANSITIONS, check_transition
+from tests.review.conftest import LABEL, make_team
+
+PANCREAS = 10
+
+
+def submitted_case(team, case_id="c1", edit=None):
+    """A pre-labelled case, edited and submitted by j1, now in review by s1-s3."""
+    wf, u = team.workflow, team.users
+    wf.record_prelabel(case_id, LABEL, "prior", {})
+    wf.save_version(u["j1"], case_id, edit or team.edited(f"{case_id}-j1", PANCREAS), submit=True)
+    return case_id
+
+
+def test_amos_round_trip(team):
+    wf, u = team.workflow, team.users
+    wf.record_prelabel("c1", LABEL, "prior:v1", {"params": {"model": "prior"}})
+    assert [c["case_id"] for c in queue(wf, u["j1"])] == ["c1"]  # routed to the least loaded junior
+    assert queue(wf, u["j2"]) == []
+    wf.save_version(u["j1"], "c1", team.edited("junior-r1", PANCREAS), submit=True)
+    detail = case_detail(wf, "c1", u["admin"])
+    assert detail["state"] == "in_review"
+    assert sorted(a["user"] for a in detail["assignees"]) == ["s1", "s2", "s3"]  # K = 3 distinct, not the author
+
+    point = {"point_world": [-12.5, 40.0, 101.0], "point_voxel": [60, 48, 12]}
+    wf.review(
+        u["s1"],
+        "c1",
+        [{"organ": "pancreas", "decision": "changes_requested", "comment": "pancreatic tail missing", **point}],
+        default="approve",
+    )
+    assert case_detail(wf, "c1", u["admin"])["state"] == "in_review"  # waits for every reader
+    wf.review(u["s2"], "c1", [], default="approve")
+    wf.review(u["s3"], "c1", [], default="approve")
+    back = case_detail(wf, "c1", u["j1"])
+    assert back["state"] == "with_junior" and back["round"] == 2
+    feedback = back["feedback"]["pancreas"]
+    assert feedback[0]["text"] == "pancreatic tail missing" and feedback[0]["reviewer"] == "s1"
+    assert feedback[0]["point_world"] == point["point_world"] and feedback[0]["point_voxel"] == point["point_voxel"]
+
+    wf.save_version(u["j1"], "c1", LABEL, submit=True)
+    for senior in ("s1", "s2", "s3"):
+        wf.review(u[senior], "c1", [], default="approve")
+    assert case_detail(wf, "c1", u["admin"])["state"] == "consensus"
+    final_id = wf.finalise("c1")
+    detail = case_detail(wf, "c1", u["admin"])
+    assert detail["state"] == "final" and detail["final_version"] == final_id
+    assert [v["kind"] for v in detail["versions"]] == ["prelabel", "junior", "junior", "consensus"]
+    assert [(e["case_id"], e["kind"]) for e in wf.final_labels()] == [("c1", "consensus")]
+    ((case_id, path, info),) = team.published
+    assert case_id == "c1" and info["reviewers"] == ["s1", "s2", "s3"]
+    assert info["segmentationMeta"]["status"] == "approved"
+    moves = [(e["from"], e["to"]) for e in history(wf, "c1", u["admin"]) if e["from"] != e["to"]]
+    assert moves == [
+        (None, "new"),
+        ("new", "prelabelled"),
+        ("prelabelled", "with_junior"),
+        ("with_junior", "submitted"),
+        ("submitted", "in_review"),
+        ("in_review", "changes_requested"),
+        ("changes_requested", "with_junior"),
+        ("with_junior", "submitted"),
+        ("submitted", "in_review"),
+        ("in_review", "consensus"),
+        ("consensus", "final"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "rule, liver_votes, expected",
+    [
+        ({"kind": "unanimous"}, ["approve", "approve", "changes_requested"], "with_junior"),
+        ({"kind": "unanimous"}, ["approve", "not_assessable", "approve"], "consensus"),
+        ({"kind": "unanimous"}, ["not_assessable"] * 3, "consensus"),
+        ({"kind": "k_of_n", "k": 2}, ["approve", "approve", "changes_requested"], "consensus"),
+        ({"kind": "k_of_n", "k": 2}, ["approve", "changes_requested", "changes_requested"], "with_junior"),
+        ({"kind": "k_of_n", "k": 3}, ["approve", "approve", "changes_requested"], "with_junior"),
+        ({"kind": "k_of_n", "k": 2}, ["approve", "not_assessable", "changes_requested"], "with_junior"),
+        ({"kind": "k_of_n", "k": 2}, ["approve", "not_assessable", "not_assessable"], "consensus"),
+    ],
+)
+def test_conflicting_votes_under_each_rule(tmp_path, rule, liver_votes, expected):
+    team = make_team(tmp_path, organ_rules={"liver": rule})
+    submitted_case(team)
+    for senior, vote in zip(("s1", "s2", "s3"), liver_votes):
+        team.workflow.review(team.users[senior], "c1", [{"organ": "liver", "decision": vote}], default="approve")
+    assert case_detail(team.workflow, "c1", team.users["admin"])["state"] == expected
+
+
+def test_organ_rule_unit_cases():
+    assert OrganRule("unanimous").decide(["changes_requested"], 3) == "changes"  # known early
+    assert OrganRule("unanimous").decide(["approve"], 3) == "pending"
+    assert OrganRule("k_of_n", 2).decide(["approve", "approve"], 3) == "pending"  # the round waits for everyone
+
+
+def test_an_expired_lease_returns_the_case_to_the_pool(tmp_path):
+    team = make_team(tmp_path, annotate_lease_minutes=0.002)  # 0.12 s
+    wf, u = team.workflow, team.users
+    wf.record_prelabel("c1", LABEL, "prior", {})
+    assert [c["case_id"] for c in queue(wf, u["j1"])] == ["c1"] and queue(wf, u["j2"]) == []
+    time.sleep(0.3)
+    assert [c["case_id"] for c in queue(wf, u["j2"])] == ["c1"]  # back in the pool
+    wf.claim(u["j2"], "c1")
+    with pytest.raises(Forbidden):
+        wf.submit(u["j1"], "c1")
+    events = history(wf, "c1", u["admin"])
+    assert any(e["action"] == "lease_expired" and "j1" in e["reason"] for e in events)
+    with team.store.read() as s:
+        leases = s.execute(select(Assignment.status).where(Assignment.case_id == "c1")).scalars().all()
+    assert sorted(leases) == ["active", "expired"]  # never two live assignments
+
+
+def _dump(team) -> list:
+    path = team.store.url.split("///", 1)[1]
+    with sqlite3.connect(path) as db:
+        return list(db.iterdump())
+
+
+def test_every_illegal_transition_is_refused():
+    for current in STATES:
+        for target in STATES:
+            if target in TRANSITIONS[current]:
+                check_transition("c", current, target)
+            else:
+                with pytest.raises(Conflict):
+                    check_transition("c", current, target)
+
+
+@pytest.mark.parametrize("state", ["new", "prelabelled", "with_junior", "in_review", "final", "escalated"])
+def test_operations_in_the_wrong_state_get_409_and_change_nothing(tmp_path, state):
+    team = make_team(tmp_path, routing="pool", max_rounds=1)
+    wf, u = team.workflow, team.users
+    wf.register_case("c1")
+    if state != "new":
+        wf.record_prelabel("c1", LABEL, "prior", {})
+    if state in ("with_junior", "in_review", "final", "escalated"):
+        wf.claim(u["j1"], "c1")
+    if state in ("in_review", "final", "escalated"):
+        wf.save_version(u["j1"], "c1", LABEL, submit=True)
+    if state in ("final", "escalated"):
+        decision = "approve" if state == "final" else "changes_requested"
+        for senior in ("s1", "s2", "s3"):
+            wf.review(u[senior], "c1", [], default=decision)
+        wf.finalise("c1")
+    assert case_detail(wf, "c1", u["admin"])["state"] == state
+    operations = {
+        "junior claims": lambda: wf.claim(u["j2"], "c1"),
+        "junior submits": lambda: wf.submit(u["j1"], "c1"),
+        "senior claims": lambda: wf.claim(u["s4"], "c1"),
+        "senior reviews": lambda: wf.review(u["s1"], "c1", [], default="approve"),
+        "admin resolves": lambda: wf.resolve(u["admin"], "c1", "accept"),
+        "model pre-labels": lambda: wf.record_prelabel("c1", LABEL, "prior", {}),
+    }
+    allowed = {
+        "new": {"model pre-labels"},
+        "prelabelled": {"junior claims", "model pre-labels"},
+        "with_junior": {"junior submits"},
+        "in_review": {"senior claims", "senior reviews"},
+        "final": set(),
+        "escalated": {"admin resolves"},
+    }[state]
+    for name, operation in operations.items():
+        if name in allowed:
+            continue
+        before = _dump(team)
+        with pytest.raises((Conflict, Forbidden)) as err:
+            operation()
+        assert err.value.status in (403, 409), name
+        assert _dump(team) == before, f"{name} in {state} changed the store"
+
+
+def test_role_violations_get_403(team):
+    wf, u = team.workflow, team.users
+    submitted_case(team)
+    refused = [
+        lambda: wf.review(u["j1"], "c1", [], default="approve"),  # a junior cannot review
+        lambda: wf.review(u["s4"], "c1", [], default="approve"),  # a senior not assigned to it
+        lambda: wf.review(u["admin"], "c1", [], default="approve"),
+        lambda: wf.submit(u["s1"], "c1"),  # a senior cannot submit
+        lambda: wf.claim(u["admin"], "c1"),
+        lambda: wf.save_version(u["j2"], "c1", LABEL),  # another junior's case
+        lambda: wf.resolve(u["s1"], "c1", "accept"),  # only an admin resolves
+        lambda: case_detail(wf, "c1", u["j2"]),  # not in j2's queue
+    ]
+    for call in refused:
+        with pytest.raises(Forbidden):
+            call()
+    # a senior cannot review a label they wrote
+    with team.store.write() as s:
+        version = s.execute(select(LabelVersion).where(LabelVersion.kind == "junior")).scalars().first()
+        version.author_user_id = u["s2"].id
+    with pytest.raises(Forbidden, match="cannot review"):
+        wf.review(u["s2"], "c1", [], default="approve")
+    # and one decision per organ per round
+    wf.review(u["s1"], "c1", [{"organ": 1, "decision": "approve"}])
+    with pytest.raises(Conflict, match="already decided spleen"):
+        wf.review(u["s1"], "c1", [{"organ": "spleen", "decision": "changes_requested"}])
+
+
+def test_too_many_rounds_escalate_to_an_admin(tmp_path):
+    team = make_team(tmp_path, max_rounds=2)
+    wf, u = team.workflow, team.users
+    submitted_case(team)
+    for _ in range(2):
+        wf.review(
+            u["s1"], "c1", [{"organ": "liver", "decision": "changes_requested", "comment": "again"}], default="approve"
+        )
+        wf.review(u["s2"], "c1", [], default="approve")
+        wf.review(u["s3"], "c1", [], default="approve")
+        if case_detail(wf, "c1", u["admin"])["state"] == "with_junior":
+            wf.submit(u["j1"], "c1")
+    assert case_detail(wf, "c1", u["admin"])["state"] == "escalated"
+    assert [c["case_id"] for c in queue(wf, u["admin"])] == ["c1"]
+    wf.resolve(u["admin"], "c1", "accept")
+    wf.finalise("c1")
+    assert case_detail(wf, "c1", u["admin"])["state"] == "final"
+
+
+def test_reviewer_edits_are_fused_with_staple_and_agreement_is_recorded(team):
+    wf, u = team.workflow, team.users
+    submitted_case(team, edit=LABEL)
+    wf.save_version(u["s1"], "c1", team.edited("s1-edit", 6))  # s1 erases the liver
+    wf.save_version(u["s2"], "c1", team.edited("s2-edit", 1))  # s2 erases the spleen
+    for senior in ("s1", "s2", "s3"):
+        wf.review(u[senior], "c1", [], default="approve")
+    wf.finalise("c1")
+    decision = case_detail(wf, "c1", u["admin"])["decisions"][-1]
+    figures = decision["agreement"]
+    assert figures["fusion"] == "multi-label STAPLE"
+    assert set(figures["against_consensus"]) == {"junior:j1", "senior:s1", "senior:s2"}
+    # two of three readers keep each organ, so the fused label keeps both: the junior agrees fully
+    assert figures["against_consensus"]["junior:j1"]["dice"] == 1.0
+    assert figures["against_junior"]["senior:s1"]["dice_per_organ"]["liver"] == 0.0
+    assert figures["against_junior"]["senior:s2"]["dice_per_organ"]["spleen"] == 0.0
