@@ -64,6 +64,7 @@ class ReviewStore:
     def write(self) -> Iterator[Session]:
         """A write transaction: committed when the block ends, rolled back entirely if it raises."""
         with self._writes() as session:
+            session.info["write"] = True  # workflow reads of a case row in this session lock it
             try:
                 yield session
                 session.commit()

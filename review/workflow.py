@@ -148,9 +148,10 @@ class Workflow:
 
     def submit(self, who: Principal, case_id: str) -> Dict[str, Any]:
         """The junior hands the current label to review."""
+        who.require("junior")
         with self.store.write() as s:
             case = self._case(s, case_id)
-            self._require_assignment(s, case, who.require("junior"), "annotate", "with_junior")
+            self._require_assignment(s, case, who, "annotate", "with_junior")
             self._submit(s, case, who)
             return self._summary(s, case, who)
 
@@ -184,6 +185,7 @@ class Workflow:
                 "point_voxel": [i, j, k]}`` items.
             default: a decision for every organ this reviewer has not decided yet in this round.
         """
+        who.require("senior")
         parsed = [_parse_vote(v) for v in votes]
         if default is not None and default not in DECISIONS:
             raise Unprocessable(f"default decision must be one of {', '.join(DECISIONS)}")
@@ -427,7 +429,7 @@ class Workflow:
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _case(self, s, case_id: str) -> Case:
         check_id(case_id, "case id")
-        case = self.store.lock_case(s, case_id) if s.in_transaction() else s.get(Case, case_id)
+        case = self.store.lock_case(s, case_id) if s.info.get("write") else s.get(Case, case_id)
         if case is None:
             raise NotFound(f"no case {case_id!r}")
         return case
@@ -477,8 +479,9 @@ class Workflow:
     def _require_assignment(self, s, case: Case, who: Principal, duty: str, state: str) -> Assignment:
         # someone with no part in the case is refused for that (403) before its state is discussed (409)
         ever = s.execute(
-            select(Assignment.id).where(Assignment.case_id == case.id, Assignment.user_id == who.id,
-                                        Assignment.duty == duty).limit(1)
+            select(Assignment.id)
+            .where(Assignment.case_id == case.id, Assignment.user_id == who.id, Assignment.duty == duty)
+            .limit(1)
         ).first()
         if ever is None:
             raise Forbidden(f"{who.name} holds no {duty} assignment on case {case.id!r}")

@@ -1,0 +1,165 @@
+"""20 parallel clients claim, submit and vote on the same cases: on SQLite, and on a real PostgreSQL.
+
+Each client has its own store object (its own connection pool), as separate server workers would. Every call a
+client saw succeed is counted, and the store must hold exactly those effects: no lost update, no double assignment.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from amoslabel.config import ReviewSettings
+from amoslabel.errors import InputError
+from review.queries import queue
+from review.schema import Assignment, AuditEvent, Case, Review
+from review.store import ReviewStore
+from review.workflow import Workflow
+from tests.review.conftest import LABEL, make_team
+
+CASES = 8
+CLIENTS = 20
+
+
+def _storm(team, url: str, seconds: float = 90.0) -> Counter:
+    wf = team.workflow
+    for i in range(CASES):
+        wf.record_prelabel(f"case{i}", LABEL, "prior", {})
+    # 20 clients: the 2 juniors and 4 seniors of the team, each several times over
+    people = [team.users[n] for n in ("j1", "j2", "s1", "s2", "s3", "s4")]
+    clients = [people[i % len(people)] for i in range(CLIENTS)]
+    acknowledged: Counter = Counter()
+    lock = threading.Lock()
+    deadline = time.time() + seconds
+
+    def client(who, seed: int) -> None:
+        rng = random.Random(seed)
+        own = Workflow(ReviewStore(url, team.tmp / "versions"), team.workflow.settings)
+        while time.time() < deadline:
+            items = queue(own, who)
+            if not items:
+                if _all_decided(own):
+                    return
+                time.sleep(0.01)
+                continue
+            case_id = rng.choice(items)["case_id"]
+            try:
+                if who.role == "junior":
+                    own.claim(who, case_id)
+                    own.submit(who, case_id)
+                    key = "submit"
+                else:
+                    own.claim(who, case_id)
+                    own.review(who, case_id, [], default="approve")
+                    key = "review"
+            except InputError:
+                continue  # someone else got there first: a 403/409 is the right answer
+            with lock:
+                acknowledged[key] += 1
+                acknowledged[(key, case_id, who.name)] += 1
+        own.store.dispose()
+
+    threads = [threading.Thread(target=client, args=(who, i)) for i, who in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return acknowledged
+
+
+def _all_decided(wf: Workflow) -> bool:
+    with wf.store.read() as s:
+        open_cases = s.execute(
+            select(func.count()).select_from(Case).where(Case.state.not_in(("consensus", "final")))
+        ).scalar_one()
+    return open_cases == 0
+
+
+def _check(team, acknowledged: Counter) -> None:
+    wf = team.workflow
+    with wf.store.read() as s:
+        states = Counter(s.execute(select(Case.state)).scalars())
+        assert states == {"consensus": CASES}, states
+        submits = s.execute(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "submit"))
+        assert submits.scalar_one() == acknowledged["submit"] == CASES  # one submission per case, none lost
+        # every acknowledged review is stored, 15 organs each, and no reviewer decided an organ twice
+        reviews = s.execute(select(func.count()).select_from(Review)).scalar_one()
+        assert reviews == 15 * acknowledged["review"] == 15 * 3 * CASES
+        for case_id in (f"case{i}" for i in range(CASES)):
+            annotate = s.execute(
+                select(func.count())
+                .select_from(Assignment)
+                .where(Assignment.case_id == case_id, Assignment.duty == "annotate")
+            ).scalar_one()
+            assert annotate == 1, f"{case_id} was assigned to {annotate} juniors"
+            readers = (
+                s.execute(select(Assignment.user_id).where(Assignment.case_id == case_id, Assignment.duty == "review"))
+                .scalars()
+                .all()
+            )
+            assert len(readers) == len(set(readers)) == 3, f"{case_id}: review assignments {readers}"
+
+
+def test_twenty_parallel_clients_on_sqlite(tmp_path):
+    team = make_team(tmp_path, routing="pool")
+    acknowledged = _storm(team, team.store.url)
+    _check(team, acknowledged)
+
+
+@pytest.fixture
+def postgres_url():
+    """A private PostgreSQL 15 from Debian's package, on a Unix socket only, as the postgres user."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        pytest.fail("PostgreSQL is not installed: `make test` installs Debian's postgresql package; see README")
+    bindir = bins[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="amos-pg-"))
+    data, sock = root / "data", root / "sock"
+    data.mkdir()
+    sock.mkdir()
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(root, "postgres")
+        shutil.chown(data, "postgres")
+        shutil.chown(sock, "postgres")
+    subprocess.run(
+        as_postgres + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "amos"],
+        check=True,
+        capture_output=True,
+    )
+    ctl = as_postgres + [str(bindir / "pg_ctl"), "-D", str(data)]
+    subprocess.run(
+        ctl
+        + ["-o", f"-k {sock} -c listen_addresses='' -c max_connections=200", "-l", str(root / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://amos@/postgres?host={sock}"
+    finally:
+        subprocess.run(ctl + ["-m", "immediate", "-w", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_workflow_on_a_real_postgresql(tmp_path, postgres_url):
+    team = make_team(tmp_path, url=postgres_url, routing="pool")
+    assert team.store.engine.dialect.name == "postgresql"
+    acknowledged = _storm(team, postgres_url)
+    _check(team, acknowledged)
+    team.workflow.finalise("case0")
+    assert team.workflow.final_labels()[0]["case_id"] == "case0"
+    team.store.dispose()
+
+
+def test_settings_default_is_three_readers():
+    assert ReviewSettings().reviewers_per_case == 3
