@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -54,12 +55,17 @@ class AmosDatastore(LocalDatastore):
         auto_reload: bool = False,
         read_only: bool = False,
         extensions=("*.nii.gz", "*.nii"),
+        index_delay_s: float = 0.0,
     ):
         self.max_voxels = max_voxels
         self.max_upload_bytes = max_upload_bytes
         # set by the app when the review workflow runs: (image id, checked label file, tag, info) -> taken?
         self.label_saver: Optional[Callable[[str, str, str, Dict[str, Any]], Optional[str]]] = None
         self.working_tag = "working"
+        self.index_delay_s = index_delay_s
+        self._index_timer: Optional[threading.Timer] = None
+        self._index_timer_lock = threading.Lock()
+        self._status_cache: Optional[tuple] = None
         self.records = CaseRecords(studies)
         self.scratch = Path(studies) / WORKSPACE_DIR / "tmp"
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -68,6 +74,36 @@ class AmosDatastore(LocalDatastore):
 
     # -- the index ---------------------------------------------------------------------------------------------
     def _update_datastore_file(self, lock: bool = True) -> None:
+        """Write the index soon, not now: many saves within ``index_delay_s`` cost one write.
+
+        MONAI Label rewrites the whole index (2.75 MB at 10,000 images) on every save, which made each save cost
+        0.2-0.5 s of CPU. Label and image files are written (atomically) before this is called, and start-up
+        reconciles the index with the files on disk, so a crash inside the delay loses no file; the workflow's
+        own records are in its database.
+        """
+        if self.index_delay_s <= 0:
+            self._write_index(lock)
+            return
+        with self._index_timer_lock:
+            if self._index_timer is None:
+                self._index_timer = threading.Timer(self.index_delay_s, self._flush_scheduled)
+                self._index_timer.daemon = True
+                self._index_timer.start()
+
+    def _flush_scheduled(self) -> None:
+        with self._index_timer_lock:
+            self._index_timer = None
+        self._write_index(lock=True)
+
+    def flush_index(self) -> None:
+        """Write the index now (and cancel a pending delayed write)."""
+        with self._index_timer_lock:
+            if self._index_timer is not None:
+                self._index_timer.cancel()
+                self._index_timer = None
+        self._write_index(lock=True)
+
+    def _write_index(self, lock: bool = True) -> None:
         def write() -> None:
             self._ignore_event_config = True
             text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
@@ -161,6 +197,38 @@ class AmosDatastore(LocalDatastore):
             raise TooLarge(
                 f"upload of {size / 2**20:.0f} MB exceeds the limit of {self.max_upload_bytes / 2**20:.0f} MB"
             )
+
+    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+        """Update an image's info in memory and in its own small record file.
+
+        MONAI Label calls this on every Next Sample (to note the strategy); its own version rewrites the whole index
+        each time (2.75 MB at 10,000 images), which made Next Sample cost a second. The index picks the info up
+        at its next rewrite; the case record keeps it across restarts meanwhile.
+        """
+        obj = self._datastore.objects.get(check_id(image_id))
+        if obj is None:
+            raise NotFound(f"image {image_id!r} is not in the datastore")
+        obj.image.info.update(info)
+        self.records.update(image_id, {"image_info": {**self.records.get(image_id).get("image_info", {}), **info}})
+
+    def get_image_info(self, image_id: str) -> Dict[str, Any]:
+        info = super().get_image_info(image_id)
+        if info:
+            info = {**self.records.get(image_id).get("image_info", {}), **info}
+        return info
+
+    def status(self) -> Dict[str, Any]:
+        """MONAI Label's datastore statistics, cached for a few seconds.
+
+        MONAI Label asks for them on every Next Sample (through ``info()``), and they cost a pass over every image
+        (90 ms at 10,000 images).
+        """
+        now = time.monotonic()
+        cached = self._status_cache
+        if cached is None or now - cached[0] > 5.0:
+            cached = (now, super().status())
+            self._status_cache = cached
+        return dict(cached[1])
 
     def has_image(self, image_id: str) -> bool:
         return image_id in self._datastore.objects

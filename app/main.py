@@ -76,6 +76,7 @@ class AmosLabelApp(MONAILabelApp):
             max_upload_bytes=self.config.storage.max_upload_mb * 2**20,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            index_delay_s=10.0,
         )
         store.label_saver = self.review.save_from_viewer
         return store
@@ -149,11 +150,10 @@ class AmosLabelApp(MONAILabelApp):
         if not isinstance(store, AmosDatastore):
             return
         workflow = self.review.workflow
-        for image_id in store.list_images():
-            if workflow.register_case(image_id) == "new":
-                final = store.get_label_uri(image_id, "final")
-                if final and Path(final).is_file():
-                    workflow.import_final(image_id, final, "the datastore's final label at start-up")
+        for image_id in workflow.register_cases(store.list_images()):
+            final = store.get_label_uri(image_id, "final") if store.has_image(image_id) else None
+            if final and Path(final).is_file():
+                workflow.import_final(image_id, final, "the datastore's final label at start-up")
         recovered = workflow.recover()
         if recovered:
             logger.info(f"review: finalised {recovered} case(s) left in consensus by a previous run")
@@ -164,6 +164,7 @@ class AmosLabelApp(MONAILabelApp):
 
         server.app.router.routes[:] = [r for r in server.app.router.routes if getattr(r, "path", "") != "/review"]
         server.app.mount("/review", WSGIMiddleware(create_review_api(self.review), workers=16))
+        _next_sample_off_the_event_loop(server.app)
         logger.info("review API mounted at /review/api (OpenAPI: /review/api/openapi.json)")
 
     def on_init_complete(self):
@@ -183,6 +184,40 @@ class AmosLabelApp(MONAILabelApp):
                     f"Model {name!r} has no trained version: the atlas prior pre-labels in its place until it is "
                     f"trained (POST /train/{name})."
                 )
+
+
+def _next_sample_off_the_event_loop(fastapi_app) -> None:
+    """Serve ``POST /activelearning/{strategy}`` from the thread pool.
+
+    MONAI Label declares that endpoint ``async`` but does blocking work in it (the strategy, the datastore), which
+    stalls every other request of the server while it runs. Same path, parameters and answer; only where it runs
+    changes.
+    """
+    from typing import Optional
+
+    from fastapi import Depends
+    from monailabel.endpoints.activelearning import sample
+    from monailabel.endpoints.user.auth import RBAC, User
+
+    path = settings.MONAI_LABEL_API_STR + "/activelearning/{strategy}"
+    fastapi_app.router.routes[:] = [
+        r for r in fastapi_app.router.routes if not (getattr(r, "path", "") == path and "POST" in r.methods)
+    ]
+
+    def api_sample(
+        strategy: str,
+        params: Optional[dict] = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ):
+        return sample(strategy, params, user.username)
+
+    fastapi_app.add_api_route(
+        path,
+        api_sample,
+        methods=["POST"],
+        tags=["ActiveLearning"],
+        summary="Run Active Learning strategy to get next sample",
+    )
 
 
 def _is_uploaded_file(path: str) -> bool:

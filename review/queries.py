@@ -13,7 +13,7 @@ from review.auth import Forbidden, Principal
 from review.consensus import aggregate_comments
 from review.schema import Assignment, AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
 from review.store import ReviewStore, utcnow
-from review.workflow import Workflow, case_summary
+from review.workflow import Workflow, case_summaries, case_summary
 
 
 def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str, Any]]:
@@ -26,12 +26,10 @@ def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str,
         if who.role == "junior":
             mine = exists().where(live, Assignment.user_id == who.id, Assignment.duty == "annotate")
             taken = exists().where(live, Assignment.duty == "annotate")
-            query = select(Case).where(
-                or_(
-                    and_(Case.state == "with_junior", mine),
-                    and_(Case.state.in_(("prelabelled", "with_junior")), ~taken),
-                )
-            )
+            per_state = {
+                "with_junior": select(Case).where(Case.state == "with_junior", or_(mine, ~taken)),
+                "prelabelled": select(Case).where(Case.state == "prelabelled", ~taken),
+            }
         elif who.role == "senior":
             mine = exists().where(
                 live, Assignment.user_id == who.id, Assignment.duty == "review", Assignment.round == Case.round
@@ -56,18 +54,24 @@ def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str,
                 LabelVersion.author_user_id == who.id,
                 LabelVersion.kind.in_(("junior", "imported")),
             )
-            query = select(Case).where(
-                Case.state == "in_review",
-                ~authored,
-                or_(
-                    and_(mine, voted_all < len(ORGAN_BY_ID)),
-                    and_(~mine, readers < workflow.settings.reviewers_per_case),
-                ),
-            )
+            per_state = {
+                "in_review": select(Case).where(
+                    Case.state == "in_review",
+                    ~authored,
+                    or_(
+                        and_(mine, voted_all < len(ORGAN_BY_ID)),
+                        and_(~mine, readers < workflow.settings.reviewers_per_case),
+                    ),
+                )
+            }
         else:
-            query = select(Case).where(Case.state.in_(("escalated", "submitted")))
-        cases = s.execute(query.order_by(Case.priority.desc(), Case.created, Case.id).limit(limit)).scalars().all()
-        return [case_summary(s, c) for c in cases]
+            per_state = {state: select(Case).where(Case.state == state) for state in ("escalated", "submitted")}
+        # one ordered, early-stopping scan per state (see the index on cases), merged here
+        cases = []
+        for query in per_state.values():
+            cases += s.execute(query.order_by(Case.priority.desc(), Case.created, Case.id).limit(limit)).scalars().all()
+        cases = sorted(cases, key=lambda c: (-c.priority, c.created, c.id))[:limit]
+        return case_summaries(s, cases)
 
 
 def next_case(workflow: Workflow, who: Principal) -> Dict[str, Any] | None:

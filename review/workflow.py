@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from amoslabel.cases import check_id
 from amoslabel.config import ReviewSettings
-from amoslabel.errors import Conflict, NotFound, Unprocessable
+from amoslabel.errors import Conflict, InputError, NotFound, Unprocessable
 from amoslabel.organs import MAX_LABEL_ID, ORGAN_BY_ID, ORGANS
 from review.auth import Forbidden, Principal
 from review.consensus import DECISIONS, OrganRule, agreement, decide_round, fuse_staple, rules_from_config
@@ -63,6 +63,39 @@ class Workflow:
                 return "new"
             return case.state
 
+    def register_cases(self, case_ids: Sequence[str], actor: str = "system") -> List[str]:
+        """Register many cases in one transaction (start-up on a large datastore); returns the ones that are new."""
+        ids = []
+        for case_id in case_ids:
+            try:
+                ids.append(check_id(case_id, "case id"))
+            except InputError as e:  # one oddly named file must not stop the server: skip it and say so
+                log.warning("not a case: %s", e)
+        with self.store.read() as s:
+            known = set(s.execute(select(Case.id)).scalars())
+        missing = [c for c in dict.fromkeys(ids) if c not in known]
+        if missing:
+            now = utcnow()
+            with self.store.write() as s:
+                s.add_all([Case(id=c, state="new", round=1, created=now, updated=now) for c in missing])
+                s.add_all(
+                    [
+                        AuditEvent(
+                            case_id=c,
+                            actor=actor,
+                            action="register",
+                            from_state=None,
+                            to_state="new",
+                            reason="case registered",
+                            at=now,
+                            details={},
+                        )
+                        for c in missing
+                    ]
+                )
+        with self.store.read() as s:
+            return list(s.execute(select(Case.id).where(Case.state == "new")).scalars())
+
     def record_prelabel(self, case_id: str, label_file: str | Path, model: str, info: Dict[str, Any]) -> int:
         """A model's pre-label: a new version; a ``new`` case becomes ``prelabelled`` and goes to a junior."""
         self.register_case(case_id)
@@ -96,8 +129,7 @@ class Workflow:
 
     # -- junior ----------------------------------------------------------------------------------------------------
     def claim(self, who: Principal, case_id: str) -> Dict[str, Any]:
-        """Take (or renew) the lease on a case in the user's queue."""
-        self.expire_leases()
+        """Take (or renew) the lease on a case in the user's queue (an expired lease counts as none)."""
         with self.store.write() as s:
             case = self._case(s, case_id)
             if who.role == "junior":
@@ -622,23 +654,33 @@ class Workflow:
 
 def case_summary(s, case: Case) -> Dict[str, Any]:
     """A case's queue line: state, round, priority, waiting time and its active assignees."""
-    names = dict(s.execute(select(User.id, User.name)).all())
-    active = (
-        s.execute(select(Assignment).where(Assignment.case_id == case.id, Assignment.status == "active"))
-        .scalars()
-        .all()
-    )
-    return {
-        "case_id": case.id,
-        "state": case.state,
-        "round": case.round,
-        "priority": case.priority,
-        "priority_reason": case.priority_reason,
-        "waiting_seconds": round((utcnow() - case.updated).total_seconds(), 1),
-        "assignees": [
-            {"user": names.get(a.user_id), "duty": a.duty, "expires": a.expires.isoformat() + "Z"} for a in active
-        ],
-    }
+    return case_summaries(s, [case])[0]
+
+
+def case_summaries(s, cases: Sequence[Case]) -> List[Dict[str, Any]]:
+    """Queue lines for several cases, with one query for all their assignees."""
+    ids = [c.id for c in cases]
+    by_case: Dict[str, List[Dict[str, Any]]] = {}
+    if ids:
+        rows = s.execute(
+            select(Assignment.case_id, User.name, Assignment.duty, Assignment.expires)
+            .join(User, User.id == Assignment.user_id)
+            .where(Assignment.case_id.in_(ids), Assignment.status == "active")
+        ).all()
+        for case_id, name, duty, expires in rows:
+            by_case.setdefault(case_id, []).append({"user": name, "duty": duty, "expires": expires.isoformat() + "Z"})
+    return [
+        {
+            "case_id": case.id,
+            "state": case.state,
+            "round": case.round,
+            "priority": case.priority,
+            "priority_reason": case.priority_reason,
+            "waiting_seconds": round((utcnow() - case.updated).total_seconds(), 1),
+            "assignees": by_case.get(case.id, []),
+        }
+        for case in cases
+    ]
 
 
 def _parse_vote(vote: Any) -> Dict[str, Any]:
