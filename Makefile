@@ -10,7 +10,7 @@ PORT    ?= 8000
 PRESET  ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: run test env bench bench-metrics baselines prior-check learning-check lint clean
+.PHONY: run test env bench bench-metrics bench-review baselines prior-check learning-check lint clean
 
 env:
 	@scripts/bootstrap.sh
@@ -19,7 +19,8 @@ run: env
 	$(PY) -m amoslabel serve $(STUDIES) --host $(HOST) --port $(PORT) --conf preset $(PRESET)
 
 test: env
-	.venv/bin/ruff check amoslabel models app bench evaluation tests
+	@scripts/system-packages.sh
+	.venv/bin/ruff check amoslabel models app bench evaluation review tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Times pre-labelling end to end against MONAI Label's radiology SegResNet on the same volumes (about 20 min).
@@ -36,6 +37,10 @@ BASELINE_ARGS ?= --steps 150
 baselines: env
 	$(PY) -m bench.baselines $(BASELINE_ARGS)
 
+# The review workflow under load: 10,000 cases, 20 concurrent clients, against MONAI Label's datastore listing.
+bench-review: env
+	$(PY) -m bench.review_load
+
 # The atlas prior on the real CT and MRI, from an atlas built without them (per-organ Dice).
 prior-check: env
 	$(PY) -m bench.prior_check
@@ -47,8 +52,8 @@ learning-check: env
 	$(PY) -m bench.learning_check $(LEARNING_ARGS)
 
 lint: env
-	.venv/bin/ruff check amoslabel models app bench evaluation tests
-	.venv/bin/ruff format --check amoslabel models app bench evaluation tests
+	.venv/bin/ruff check amoslabel models app bench evaluation review tests
+	.venv/bin/ruff format --check amoslabel models app bench evaluation review tests
 
 clean:
 	rm -rf .workspace .bench test-output

@@ -66,11 +66,13 @@ class AmosDatastore(LocalDatastore):
         self._index_timer: Optional[threading.Timer] = None
         self._index_timer_lock = threading.Lock()
         self._status_cache: Optional[tuple] = None
+        self._started = False
         self.records = CaseRecords(studies)
         self.scratch = Path(studies) / WORKSPACE_DIR / "tmp"
         self.scratch.mkdir(parents=True, exist_ok=True)
         _set_aside_unreadable_index(Path(studies) / INDEX_FILE)
         super().__init__(studies, extensions=extensions, auto_reload=auto_reload, read_only=read_only)
+        self._started = True
 
     # -- the index ---------------------------------------------------------------------------------------------
     def _update_datastore_file(self, lock: bool = True) -> None:
@@ -81,8 +83,8 @@ class AmosDatastore(LocalDatastore):
         reconciles the index with the files on disk, so a crash inside the delay loses no file; the workflow's
         own records are in its database.
         """
-        if self.index_delay_s <= 0:
-            self._write_index(lock)
+        if self.index_delay_s <= 0 or not self._started:
+            self._write_index(lock)  # start-up's reconciled index is written at once
             return
         with self._index_timer_lock:
             if self._index_timer is None:

@@ -43,6 +43,7 @@ class AmosLabelApp(MONAILabelApp):
         self.models_dir = self._models_dir(app_dir, studies)
         review_root = app_dir if studies.startswith(("http://", "https://")) else studies
         self.review = ReviewService(self.config, review_root, self._publish_final)
+        self.review.on_flagged = self._flag_working_label
         logger.info(
             f"AMOS Label: preset {self.config.preset!r}, models {self.config.models}, "
             f"model versions in {self.models_dir}"
@@ -143,6 +144,11 @@ class AmosLabelApp(MONAILabelApp):
         store = self.datastore()
         if isinstance(store, AmosDatastore) and store.has_image(case_id):
             store.publish_label(case_id, str(label_path), "final", info)
+
+    def _flag_working_label(self, case_id: str, meta: Dict[str, Any]) -> None:
+        store = self.datastore()
+        if isinstance(store, AmosDatastore) and store.get_label_uri(case_id, store.working_tag):
+            store.update_label_info(case_id, store.working_tag, {"segmentationMeta": meta})
 
     def _sync_cases(self) -> None:
         """Every datastore image is a case; a label imported as final with its scan makes the case final."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -26,7 +27,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from amoslabel.config import AppConfig
 from amoslabel.errors import InputError
 from review.auth import Accounts, Forbidden, Principal
-from review.queries import next_case
+from review.queries import case_detail, next_case
 from review.store import ReviewStore, database_url
 from review.workflow import Workflow
 
@@ -47,11 +48,29 @@ class ReviewService:
         self.workflow = Workflow(self.store, config.review, publisher)
         self._finaliser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finalise")
         self._lock = threading.Lock()
+        # called with (case id, segmentationMeta) when reviewers send a case back: the app puts it in the
+        # datastore label info that MONAI Label's Slicer Reviewer module reads
+        self.on_flagged: Optional[Callable[[str, Dict[str, Any]], None]] = None
 
     def after_review(self, summary: Dict[str, Any]) -> Dict[str, Any]:
-        """Queue finalising when a review brought the case to consensus (the vote answers at once)."""
+        """Queue finalising when a review brought the case to consensus (the vote answers at once); tell the
+        viewers' label info when it went back to the junior."""
         if summary.get("state") == "consensus":
             self._finaliser.submit(self._finalise, summary["case_id"])
+        elif summary.get("state") in ("with_junior", "escalated") and self.on_flagged is not None:
+            detail = case_detail(self.workflow, summary["case_id"], Principal(0, "system", "admin"))
+            lines = [
+                f"{organ}: {c['reviewer']}: {c['text']}" for organ, items in detail["feedback"].items() for c in items
+            ]
+            self.on_flagged(
+                summary["case_id"],
+                {
+                    "status": "flagged",
+                    "level": "changes requested" if summary["state"] == "with_junior" else "escalated",
+                    "comment": "\n".join(lines) or "changes requested",
+                    "editTime": int(time.time()),
+                },
+            )
         return summary
 
     def _finalise(self, case_id: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import os
 import shutil
 
@@ -45,10 +46,32 @@ def test_index_writes_are_atomic(studies, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("amoslabel.datastore.write_text_atomic", crash)
+    store.update_image_info("ts_abdomen_ct_small", {"note": "x"})
     with pytest.raises(OSError):
-        store.update_image_info("ts_abdomen_ct_small", {"note": "x"})
+        store.flush_index()
     assert (studies / INDEX_FILE).read_text() == before
     json.loads(before)
+
+
+def test_image_info_survives_a_restart_without_an_index_rewrite(studies):
+    store = _store(studies)
+    before = (studies / INDEX_FILE).read_text()
+    store.update_image_info("ts_abdomen_ct_small", {"strategy": {"review_queue": {"client_id": "jun"}}})
+    assert (studies / INDEX_FILE).read_text() == before  # Next Sample no longer rewrites the whole index
+    again = _store(studies)
+    assert again.get_image_info("ts_abdomen_ct_small")["strategy"]["review_queue"]["client_id"] == "jun"
+
+
+def test_delayed_index_writes_coalesce(studies, shared):
+    store = AmosDatastore(str(studies), 2**31, 2**31, index_delay_s=0.3)
+    label = shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"
+    before = (studies / INDEX_FILE).read_text()
+    store.save_label("ts_abdomen_ct_small", str(label), "draft", {})
+    store.save_label("ts_abdomen_ct_small", str(label), "other", {})
+    assert (studies / INDEX_FILE).read_text() == before  # not yet
+    time.sleep(1.0)
+    index = json.loads((studies / INDEX_FILE).read_text())
+    assert {"draft", "other"} <= set(index["objects"]["ts_abdomen_ct_small"]["labels"])
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_IMAGES))

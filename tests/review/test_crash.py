@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import threading
+import time
 
 import requests
 from sqlalchemy import func, select
@@ -30,7 +31,7 @@ def _service(studies):
 def test_kill_9_during_submissions_loses_nothing_acknowledged(sample_studies, tmp_path_factory):
     studies = tmp_path_factory.mktemp("crash-studies")
     for item in sample_studies.iterdir():  # the sample scans (symlinked images), without the session's review state
-        if item.name not in (".amoslabel", "labels", "datastore_v2.json"):
+        if item.name.endswith(".nii.gz") and not item.name.startswith("."):
             os.symlink(item.resolve(), studies / item.name)
     service = _service(studies)
     accounts = Accounts(service.store)
@@ -53,8 +54,16 @@ def test_kill_9_during_submissions_loses_nothing_acknowledged(sample_studies, tm
         server.wait_ready()
         killer = None
         if cycle < KILLS:
-            delay = rng.uniform(0.5, 2.0)
-            killer = threading.Timer(delay, lambda p=server.process: os.kill(p.pid, signal.SIGKILL))
+            # kill after a random number of further acknowledged submissions: always in the middle of the stream
+            target = len(acknowledged) + rng.randint(5, 12)
+
+            def kill_when_due(process=server.process, target=target):
+                while len(acknowledged) < target and process.poll() is None:
+                    time.sleep(0.005)
+                time.sleep(rng.uniform(0.0, 0.05))
+                os.kill(process.pid, signal.SIGKILL)
+
+            killer = threading.Thread(target=kill_when_due)
             killer.start()
         while pending:
             case_id = pending[0]

@@ -115,6 +115,9 @@ def test_amos_review_run_on_the_real_ct(server, sample_studies, shared, people, 
     (comment,) = case["feedback"]["pancreas"]
     assert comment["text"] == "pancreas missing entirely" and comment["reviewer"] == "sen1"
     assert comment["point_voxel"] == vote["point_voxel"] and comment["point_world"] == pytest.approx(point_world)
+    # MONAI Label's Slicer Reviewer module reads this from the label info
+    meta = admin.datastore()["objects"][CASE]["labels"]["working"]["info"]["segmentationMeta"]
+    assert meta["status"] == "flagged" and "pancreas missing entirely" in meta["comment"]
     assert junior.next_sample("review_queue", {})["id"] == CASE
     junior.save_label(CASE, str(shared / "ct" / "ts_abdomen_ct_label.nii.gz"), tag="final")
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian packages that some tests run for real (PostgreSQL for the review store's PostgreSQL test).
+# Installs what is missing when this runs as root with apt-get; otherwise says what is missing and goes on
+# (the tests that need a package then fail with a message that names it).
+set -euo pipefail
+
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "system packages: installing ${missing[*]} ..."
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "system packages: missing ${missing[*]} (install them with apt-get as root); their tests will fail" >&2
+fi
