@@ -13,7 +13,8 @@ from review.auth import Forbidden, Principal
 from review.consensus import aggregate_comments
 from review.schema import Assignment, AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
 from review.store import ReviewStore, utcnow
-from review.workflow import Workflow, case_summaries, case_summary
+from review.summaries import case_summaries, case_summary
+from review.workflow import Workflow
 
 
 def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str, Any]]:

@@ -24,11 +24,13 @@ from sqlalchemy import func, select
 from amoslabel.cases import check_id
 from amoslabel.config import ReviewSettings
 from amoslabel.errors import Conflict, InputError, NotFound, Unprocessable
-from amoslabel.organs import MAX_LABEL_ID, ORGAN_BY_ID, ORGANS
+from amoslabel.organs import ORGAN_BY_ID, ORGANS
 from review.auth import Forbidden, Principal
 from review.consensus import DECISIONS, OrganRule, agreement, decide_round, fuse_staple, rules_from_config
 from review.schema import Assignment, AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
 from review.states import check_transition
+from review.summaries import case_summary
+from review.votes import parse_vote
 from review.store import ReviewStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -218,7 +220,7 @@ class Workflow:
             default: a decision for every organ this reviewer has not decided yet in this round.
         """
         who.require("senior")
-        parsed = [_parse_vote(v) for v in votes]
+        parsed = [parse_vote(v) for v in votes]
         if default is not None and default not in DECISIONS:
             raise Unprocessable(f"default decision must be one of {', '.join(DECISIONS)}")
         with self.store.write() as s:
@@ -650,65 +652,3 @@ class Workflow:
 
     def _summary(self, s, case: Case, who: Optional[Principal] = None) -> Dict[str, Any]:
         return case_summary(s, case)
-
-
-def case_summary(s, case: Case) -> Dict[str, Any]:
-    """A case's queue line: state, round, priority, waiting time and its active assignees."""
-    return case_summaries(s, [case])[0]
-
-
-def case_summaries(s, cases: Sequence[Case]) -> List[Dict[str, Any]]:
-    """Queue lines for several cases, with one query for all their assignees."""
-    ids = [c.id for c in cases]
-    by_case: Dict[str, List[Dict[str, Any]]] = {}
-    if ids:
-        rows = s.execute(
-            select(Assignment.case_id, User.name, Assignment.duty, Assignment.expires)
-            .join(User, User.id == Assignment.user_id)
-            .where(Assignment.case_id.in_(ids), Assignment.status == "active")
-        ).all()
-        for case_id, name, duty, expires in rows:
-            by_case.setdefault(case_id, []).append({"user": name, "duty": duty, "expires": expires.isoformat() + "Z"})
-    return [
-        {
-            "case_id": case.id,
-            "state": case.state,
-            "round": case.round,
-            "priority": case.priority,
-            "priority_reason": case.priority_reason,
-            "waiting_seconds": round((utcnow() - case.updated).total_seconds(), 1),
-            "assignees": by_case.get(case.id, []),
-        }
-        for case in cases
-    ]
-
-
-def _parse_vote(vote: Any) -> Dict[str, Any]:
-    if not isinstance(vote, dict):
-        raise Unprocessable("each vote must be an object with organ and decision")
-    organ = vote.get("organ")
-    organ_id = _ORGAN_BY_NAME.get(organ) if isinstance(organ, str) else organ
-    if not isinstance(organ_id, int) or isinstance(organ_id, bool) or not 1 <= organ_id <= MAX_LABEL_ID:
-        raise Unprocessable(f"organ {str(organ)[:40]!r} is not an AMOS organ (ids 1-15 or names)")
-    decision = vote.get("decision")
-    if decision not in DECISIONS:
-        raise Unprocessable(f"decision must be one of {', '.join(DECISIONS)}")
-    out: Dict[str, Any] = {"organ": organ_id, "decision": decision}
-    comment = vote.get("comment")
-    if comment is not None:
-        if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
-            raise Unprocessable(f"comment must be text of at most {MAX_COMMENT} characters")
-        out["comment"] = comment
-    for key, kind in (("point_world", float), ("point_voxel", int)):
-        value = vote.get(key)
-        if value is None:
-            continue
-        if (
-            not isinstance(value, list)
-            or len(value) != 3
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-            or (kind is int and not all(float(v).is_integer() and v >= 0 for v in value))
-        ):
-            raise Unprocessable(f"{key} must be three finite numbers" + (" (whole, >= 0)" if kind is int else ""))
-        out[key] = [kind(v) for v in value]
-    return out

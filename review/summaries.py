@@ -1,0 +1,41 @@
+"""Queue lines of cases: state, round, priority, waiting time and active assignees."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence
+
+from sqlalchemy import select
+
+from review.schema import Assignment, Case, User
+from review.store import utcnow
+
+
+def case_summary(s, case: Case) -> Dict[str, Any]:
+    """A case's queue line: state, round, priority, waiting time and its active assignees."""
+    return case_summaries(s, [case])[0]
+
+
+def case_summaries(s, cases: Sequence[Case]) -> List[Dict[str, Any]]:
+    """Queue lines for several cases, with one query for all their assignees."""
+    ids = [c.id for c in cases]
+    by_case: Dict[str, List[Dict[str, Any]]] = {}
+    if ids:
+        rows = s.execute(
+            select(Assignment.case_id, User.name, Assignment.duty, Assignment.expires)
+            .join(User, User.id == Assignment.user_id)
+            .where(Assignment.case_id.in_(ids), Assignment.status == "active")
+        ).all()
+        for case_id, name, duty, expires in rows:
+            by_case.setdefault(case_id, []).append({"user": name, "duty": duty, "expires": expires.isoformat() + "Z"})
+    return [
+        {
+            "case_id": case.id,
+            "state": case.state,
+            "round": case.round,
+            "priority": case.priority,
+            "priority_reason": case.priority_reason,
+            "waiting_seconds": round((utcnow() - case.updated).total_seconds(), 1),
+            "assignees": by_case.get(case.id, []),
+        }
+        for case in cases
+    ]
