@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 # MONAI Label loads this file by path and puts only app/ on sys.path; the project packages sit one level up.
 _ROOT = str(Path(__file__).resolve().parent.parent)
@@ -32,6 +32,8 @@ from review.service import ReviewQueueStrategy, ReviewService  # noqa: E402
 from models.train_task import SegmentationTrainTask  # noqa: E402
 from models.versions import ModelStore  # noqa: E402
 
+ATTENTION_TAG = "attention"  # the label tag of a case's attention map (active learning), shown on the review pages
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,6 +46,9 @@ class AmosLabelApp(MONAILabelApp):
         review_root = app_dir if studies.startswith(("http://", "https://")) else studies
         self.review = ReviewService(self.config, review_root, self._publish_final)
         self.review.on_flagged = self._flag_working_label
+        self.review.locate_image = self._image_file
+        self.review.locate_attention = self._attention_file
+        self.review.modality_of = self._modality_of
         logger.info(
             f"AMOS Label: preset {self.config.preset!r}, models {self.config.models}, "
             f"model versions in {self.models_dir}"
@@ -97,7 +102,7 @@ class AmosLabelApp(MONAILabelApp):
         }
 
     def init_strategies(self):
-        return {"review_queue": ReviewQueueStrategy(self.review), "random": Random(), "first": First()}
+        return {ReviewQueueStrategy.NAME: ReviewQueueStrategy(self.review), "random": Random(), "first": First()}
 
     def _store(self, name: str) -> ModelStore:
         return ModelStore(self.models_dir, name)
@@ -150,6 +155,24 @@ class AmosLabelApp(MONAILabelApp):
         if isinstance(store, AmosDatastore) and store.get_label_uri(case_id, store.working_tag):
             store.update_label_info(case_id, store.working_tag, {"segmentationMeta": meta})
 
+    # -- what the review pages read from the datastore -------------------------------------------------------------
+    def _image_file(self, case_id: str) -> Optional[str]:
+        store = self.datastore()
+        uri = store.get_image_uri(case_id) if isinstance(store, AmosDatastore) and store.has_image(case_id) else None
+        return uri if uri and Path(uri).is_file() else None
+
+    def _attention_file(self, case_id: str) -> Optional[str]:
+        store = self.datastore()
+        if not isinstance(store, AmosDatastore) or not store.has_image(case_id):
+            return None
+        uri = store.get_label_uri(case_id, ATTENTION_TAG)
+        return uri if uri and Path(uri).is_file() else None
+
+    def _modality_of(self, case_id: str) -> str:
+        store = self.datastore()
+        modality = store.records.modality(case_id) if isinstance(store, AmosDatastore) else None
+        return "MR" if modality == "mri" else "CT"
+
     def _sync_cases(self) -> None:
         """Every datastore image is a case; a label imported as final with its scan makes the case final."""
         store = self.datastore()
@@ -199,7 +222,6 @@ def _next_sample_off_the_event_loop(fastapi_app) -> None:
     stalls every other request of the server while it runs. Same path, parameters and answer; only where it runs
     changes.
     """
-    from typing import Optional
 
     from fastapi import Depends
     from monailabel.endpoints.activelearning import sample
@@ -215,6 +237,8 @@ def _next_sample_off_the_event_loop(fastapi_app) -> None:
         params: Optional[dict] = None,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
     ):
+        if strategy == ReviewQueueStrategy.NAME:
+            return _review_sample(params or {})
         return sample(strategy, params, user.username)
 
     fastapi_app.add_api_route(
@@ -224,6 +248,22 @@ def _next_sample_off_the_event_loop(fastapi_app) -> None:
         tags=["ActiveLearning"],
         summary="Run Active Learning strategy to get next sample",
     )
+
+
+def _review_sample(params: dict) -> dict:
+    """Next Sample from the review queue, answered as MONAI Label's ``sample`` answers (id, path, image info).
+
+    It skips what ``sample`` adds for its own strategies: the whole app ``info()`` (for strategy settings this one
+    has none of) and a note of the strategy in the image's info (the claim is in the case's audit log). Both cost
+    more than finding and claiming the case.
+    """
+    from monailabel.interfaces.utils.app import app_instance
+
+    instance = app_instance()
+    result = instance.next_sample({**params, "strategy": ReviewQueueStrategy.NAME})
+    if not result:
+        return {}
+    return {**instance.datastore().get_image_info(result["id"]), **result}
 
 
 def _is_uploaded_file(path: str) -> bool:

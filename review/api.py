@@ -21,6 +21,7 @@ from amoslabel.volume import read_label
 from review.auth import Principal
 from review.queries import agreement_stats, case_detail, history, queue
 from review.service import ReviewService
+from review.web.pages import install_pages
 
 log = logging.getLogger(__name__)
 OPENAPI = Path(__file__).with_name("openapi.yaml")
@@ -144,8 +145,14 @@ def create_review_api(service: ReviewService) -> Flask:
         return jsonify(revoked=accounts.revoke_tokens(name))
 
     @app.after_request
-    def _no_store(response: Response) -> Response:
-        response.headers["Cache-Control"] = "no-store"
+    def _headers(response: Response) -> Response:
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        # no inline script runs on our pages: a comment that smuggles markup in cannot execute even if unescaped
+        response.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self' data:; object-src 'none'"
         return response
+
+    install_pages(app, service, service.workspace / "web-secret")
 
     return app

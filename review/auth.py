@@ -59,6 +59,14 @@ class Principal:
         return self
 
 
+def token_id_of(token: str) -> str:
+    """The public id part of a well-formed token."""
+    match = _TOKEN.match(token or "")
+    if not match:
+        raise Unauthorized("the token is not valid")
+    return match.group(1)
+
+
 class Accounts:
     """User and token management on the review store."""
 
@@ -148,6 +156,15 @@ class Accounts:
         with self._lock:
             self._verified[key] = (principal, row.id, time.monotonic())
         return principal
+
+    def session_principal(self, token_id: str) -> Principal:
+        """The user of a web session opened with token ``token_id``, while that token and user are still valid."""
+        with self.store.read() as session:
+            row = session.get(Token, str(token_id))
+            user = session.get(User, row.user_id) if row else None
+            if row is None or row.revoked is not None or user is None or not user.active:
+                raise Unauthorized("the session's token was revoked or its user deactivated: log in again")
+            return Principal(user.id, user.name, user.role)
 
     def _forget(self, user_id: int) -> None:
         with self._lock:

@@ -19,7 +19,14 @@ from review.workflow import Workflow
 
 def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str, Any]]:
     """The user's cases, highest priority first, then oldest first: their own leases, then what they may claim."""
-    workflow.expire_leases()
+    cases = queue_cases(workflow, who, limit)
+    with workflow.store.read() as s:
+        return case_summaries(s, cases)
+
+
+def queue_cases(workflow: Workflow, who: Principal, limit: int = 50) -> List[Case]:
+    """The cases of :func:`queue`, without their queue lines (a lapsed lease counts as none here already)."""
+    workflow.sweep_leases()
     store = workflow.store
     now = utcnow()
     live = and_(Assignment.case_id == Case.id, Assignment.status == "active", Assignment.expires >= now)
@@ -34,6 +41,13 @@ def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str,
         elif who.role == "senior":
             mine = exists().where(
                 live, Assignment.user_id == who.id, Assignment.duty == "review", Assignment.round == Case.round
+            )
+            took_part = exists().where(
+                Assignment.case_id == Case.id,
+                Assignment.user_id == who.id,
+                Assignment.duty == "review",
+                Assignment.round == Case.round,
+                Assignment.status.in_(("active", "done")),
             )
             voted_all = (
                 select(func.count())
@@ -61,7 +75,7 @@ def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str,
                     ~authored,
                     or_(
                         and_(mine, voted_all < len(ORGAN_BY_ID)),
-                        and_(~mine, readers < workflow.settings.reviewers_per_case),
+                        and_(~took_part, readers < workflow.settings.reviewers_per_case),
                     ),
                 )
             }
@@ -71,15 +85,14 @@ def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str,
         cases = []
         for query in per_state.values():
             cases += s.execute(query.order_by(Case.priority.desc(), Case.created, Case.id).limit(limit)).scalars().all()
-        cases = sorted(cases, key=lambda c: (-c.priority, c.created, c.id))[:limit]
-        return case_summaries(s, cases)
+        return sorted(cases, key=lambda c: (-c.priority, c.created, c.id))[:limit]
 
 
 def next_case(workflow: Workflow, who: Principal) -> Dict[str, Any] | None:
     """The first case of the user's queue, claimed (Slicer's Next Sample)."""
-    for item in queue(workflow, who, limit=5):
+    for case in queue_cases(workflow, who, limit=5):
         try:
-            return workflow.claim(who, item["case_id"])
+            return workflow.claim(who, case.id)
         except Exception:  # taken by someone else between the read and the claim: try the next one
             continue
     return None

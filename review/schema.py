@@ -80,9 +80,15 @@ class Assignment(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     duty: Mapped[str] = mapped_column(String(8))  # annotate | review
     round: Mapped[int]
-    status: Mapped[str] = mapped_column(String(12), index=True)  # active | done | expired | released
+    status: Mapped[str] = mapped_column(String(12))  # active | done | expired | released
     assigned: Mapped[datetime]
     expires: Mapped[datetime]
+    # a case's live leases (every transition), and each user's load (routing): without these SQLite's planner
+    # walks every active assignment of the store
+    __table_args__ = (
+        Index("ix_assignments_case_live", "case_id", "status", "duty"),
+        Index("ix_assignments_load", "status", "duty", "user_id"),
+    )
 
 
 class Review(Base):

@@ -51,6 +51,18 @@ class ReviewService:
         # called with (case id, segmentationMeta) when reviewers send a case back: the app puts it in the
         # datastore label info that MONAI Label's Slicer Reviewer module reads
         self.on_flagged: Optional[Callable[[str, Dict[str, Any]], None]] = None
+        self.workspace = Path(studies) / ".amoslabel"
+        # what the web pages need from the app's datastore (set by the app; None where it has none)
+        self.locate_image: Optional[Callable[[str], Optional[str]]] = None
+        self.locate_attention: Optional[Callable[[str], Optional[str]]] = None
+        self.modality_of: Optional[Callable[[str], str]] = None
+        self.ohif_viewer: Optional[str] = None  # the OHIF viewer's URL when a DICOMweb datastore is in use
+
+    def ohif_link(self, case_id: str) -> Optional[str]:
+        """Where OHIF shows this case (a DICOMweb datastore names cases by SeriesInstanceUID), if it is in use."""
+        if not self.ohif_viewer:
+            return None
+        return f"{self.ohif_viewer.rstrip('/')}/viewer?SeriesInstanceUIDs={case_id}"
 
     def after_review(self, summary: Dict[str, Any]) -> Dict[str, Any]:
         """Queue finalising when a review brought the case to consensus (the vote answers at once); tell the
@@ -112,6 +124,8 @@ class ReviewService:
 
 class ReviewQueueStrategy(Strategy):
     """Next Sample from the review queues: the user's next case as their role sees it, claimed for them."""
+
+    NAME = "review_queue"
 
     def __init__(self, service: ReviewService):
         super().__init__("The next case of your review queue (junior or senior), claimed for you")

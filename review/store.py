@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -56,14 +57,21 @@ class ReviewStore:
             self.engine = create_engine(url, pool_size=20, max_overflow=10, pool_pre_ping=True)
             self._read_engine = self.engine
         Base.metadata.create_all(self.engine)
+        with self.engine.begin() as connection:  # indexes added since a store was created
+            for table in Base.metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(connection, checkfirst=True)
         self._writes = sessionmaker(self.engine, expire_on_commit=False)
         self._reads = sessionmaker(self._read_engine, expire_on_commit=False)
         self.versions = VersionFiles(versions_dir)
+        self._write_turn = threading.Lock() if self.is_sqlite else nullcontext()
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A write transaction: committed when the block ends, rolled back entirely if it raises."""
-        with self._writes() as session:
+        # SQLite has one writer at a time; threads of this process queue here rather than in SQLite's busy handler,
+        # whose sleeps (1 to 100 ms, growing) would otherwise set the latency tail. Other processes still wait there.
+        with self._write_turn, self._writes() as session:
             session.info["write"] = True  # workflow reads of a case row in this session lock it
             try:
                 yield session

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import SimpleITK as sitk
-from sqlalchemy import func, select
+from sqlalchemy import insert, select
 
 from amoslabel.cases import check_id
 from amoslabel.config import ReviewSettings
 from amoslabel.errors import Conflict, InputError, NotFound, Unprocessable
 from amoslabel.organs import ORGAN_BY_ID, ORGANS
+from review import assignments
 from review.auth import Forbidden, Principal
 from review.consensus import DECISIONS, OrganRule, agreement, decide_round, fuse_staple, rules_from_config
 from review.schema import Assignment, AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
@@ -51,6 +54,8 @@ class Workflow:
             OrganRule(settings.consensus.kind, settings.consensus.k),
             {name: OrganRule(r.kind, r.k) for name, r in settings.organ_rules.items()},
         )
+        self._sweep_lock = threading.Lock()
+        self._last_sweep = float("-inf")
 
     # -- cases and versions -------------------------------------------------------------------------------------
     def register_case(self, case_id: str, actor: str = "system") -> str:
@@ -110,7 +115,7 @@ class Workflow:
             if case.state == "new":
                 self._move(s, case, "prelabelled", f"model:{model}", "pre-label", f"pre-labelled by {model}")
             if self.settings.routing == "least_loaded":
-                junior = self._least_loaded(s, "junior", "annotate", exclude=set())
+                junior = next(iter(assignments.least_loaded(s, "junior", "annotate", exclude=set())), None)
                 if junior is not None:
                     self._assign(s, case, junior, "annotate", "system", "routed to the least loaded junior")
                     self._move(s, case, "with_junior", "system", "route", f"assigned to {junior.name}")
@@ -134,10 +139,11 @@ class Workflow:
         """Take (or renew) the lease on a case in the user's queue (an expired lease counts as none)."""
         with self.store.write() as s:
             case = self._case(s, case_id)
+            self._expire_stale(s, case)
             if who.role == "junior":
                 if case.state not in ("prelabelled", "with_junior"):
                     raise Conflict(f"case {case_id!r} is {case.state}: juniors claim pre-labelled cases")
-                holder = self._active(s, case.id, "annotate")
+                holder = assignments.live(s, case.id, "annotate")
                 if holder and holder.user_id != who.id:
                     raise Conflict(f"case {case_id!r} is assigned to another junior")
                 if holder:
@@ -150,9 +156,11 @@ class Workflow:
                 if case.state != "in_review":
                     raise Conflict(f"case {case_id!r} is {case.state}: seniors claim cases in review")
                 self._check_not_author(s, case, who)
-                mine = self._active(s, case.id, "review", user_id=who.id)
+                mine = assignments.live(s, case.id, "review", user_id=who.id)
                 if mine:
                     mine.expires = utcnow() + self._lease("review")
+                elif assignments.reviewed_this_round(s, case, who):
+                    raise Conflict(f"{who.name} has already reviewed round {case.round} of case {case_id!r}")
                 elif self._review_slots(s, case) <= 0:
                     raise Conflict(f"case {case_id!r} already has {self.settings.reviewers_per_case} reviewers")
                 else:
@@ -200,7 +208,7 @@ class Workflow:
             )
             case.current_version = current.id
         self._move(s, case, "submitted", who.name, "submit", f"round {case.round} submitted")
-        for assignment in self._actives(s, case.id, "annotate"):
+        for assignment in assignments.actives(s, case.id, "annotate"):
             assignment.status = "done"
         seniors = self._pick_seniors(s, case)
         for senior in seniors:
@@ -242,32 +250,32 @@ class Workflow:
                 seen.add(vote["organ"])
             if default is not None:
                 parsed += [{"organ": o.id, "decision": default} for o in ORGANS if o.id not in done | seen]
-            for vote in parsed:
-                s.add(
-                    Review(
-                        case_id=case.id,
-                        round=case.round,
-                        user_id=who.id,
-                        organ=vote["organ"],
-                        decision=vote["decision"],
-                        version_id=case.current_version,
-                        created=now,
-                    )
+            if not parsed:
+                raise Unprocessable("no organ decision to record: send votes, or a default for the organs left")
+            # one executemany per table: a vote carries 15 organs, and ORM units of work cost ~1 ms a row
+            where = {"case_id": case.id, "round": case.round, "user_id": who.id, "created": now}
+            s.execute(
+                insert(Review),
+                [
+                    {**where, "organ": v["organ"], "decision": v["decision"], "version_id": case.current_version}
+                    for v in parsed
+                ],
+            )
+            notes = [v for v in parsed if v.get("comment") or v.get("point_world") or v.get("point_voxel")]
+            if notes:
+                s.execute(
+                    insert(Comment),
+                    [
+                        {
+                            **where,
+                            "organ": v["organ"],
+                            "text": v.get("comment") or "",
+                            "point_world": v.get("point_world"),
+                            "point_voxel": v.get("point_voxel"),
+                        }
+                        for v in notes
+                    ],
                 )
-                if vote.get("comment") or vote.get("point_world") or vote.get("point_voxel"):
-                    s.add(
-                        Comment(
-                            case_id=case.id,
-                            round=case.round,
-                            user_id=who.id,
-                            organ=vote["organ"],
-                            text=vote.get("comment") or "",
-                            point_world=vote.get("point_world"),
-                            point_voxel=vote.get("point_voxel"),
-                            created=now,
-                        )
-                    )
-            s.flush()
             self._audit(
                 s,
                 case.id,
@@ -284,7 +292,9 @@ class Workflow:
             return self._summary(s, case, who)
 
     def _decide(self, s, case: Case) -> None:
-        readers = self._readers(s, case)
+        readers = assignments.readers(s, case)
+        if len(readers) < assignments.readers_needed(s, case, self.settings.reviewers_per_case):
+            return  # review slots are still open: a round is never decided by fewer readers than it should have
         votes: Dict[int, Dict[int, str]] = {}
         for review in s.execute(select(Review).where(Review.case_id == case.id, Review.round == case.round)).scalars():
             votes.setdefault(review.organ, {})[review.user_id] = review.decision
@@ -438,19 +448,32 @@ class Workflow:
             for assignment in s.execute(select(Assignment).where(Assignment.id.in_(due))).scalars():
                 if assignment.status != "active" or assignment.expires >= now:
                     continue
-                assignment.status = "expired"
-                user = s.get(User, assignment.user_id)
-                case = s.get(Case, assignment.case_id)
-                self._audit(
-                    s,
-                    case.id,
-                    "system",
-                    "lease_expired",
-                    case.state,
-                    case.state,
-                    f"{user.name}'s {assignment.duty} lease expired; the case is back in the pool",
-                )
+                self._expire(s, assignment, s.get(Case, assignment.case_id))
         return len(due)
+
+    def sweep_leases(self, every_s: float = 10.0) -> int:
+        """``expire_leases`` at most every ``every_s`` seconds (queues call this; a claim expires its own case's)."""
+        now = time.monotonic()
+        with self._sweep_lock:
+            if now - self._last_sweep < every_s:
+                return 0
+            self._last_sweep = now
+        return self.expire_leases()
+
+    def _expire_stale(self, s, case: Case) -> None:
+        """Log the expiry of the case's lapsed leases in the claim's own transaction (before the sweep sees them)."""
+        now = utcnow()
+        stale = select(Assignment).where(
+            Assignment.case_id == case.id, Assignment.status == "active", Assignment.expires < now
+        )
+        for assignment in s.execute(stale).scalars().all():
+            self._expire(s, assignment, case)
+
+    def _expire(self, s, assignment: Assignment, case: Case) -> None:
+        assignment.status = "expired"
+        user = s.get(User, assignment.user_id)
+        reason = f"{user.name}'s {assignment.duty} lease expired; the case is back in the pool"
+        self._audit(s, case.id, "system", "lease_expired", case.state, case.state, reason)
 
     def set_priority(self, case_id: str, score: float, reason: str) -> None:
         """Queue order hook for active learning: a higher score comes first (FIFO among equal scores)."""
@@ -493,23 +516,6 @@ class Workflow:
         self._audit(s, case.id, actor, "assign", case.state, case.state, f"{duty}: {user.name} ({why})")
         return assignment
 
-    @staticmethod
-    def _actives(s, case_id: str, duty: str) -> List[Assignment]:
-        return list(
-            s.execute(
-                select(Assignment).where(
-                    Assignment.case_id == case_id, Assignment.duty == duty, Assignment.status == "active"
-                )
-            ).scalars()
-        )
-
-    def _active(self, s, case_id: str, duty: str, user_id: Optional[int] = None) -> Optional[Assignment]:
-        now = utcnow()
-        for a in self._actives(s, case_id, duty):
-            if a.expires >= now and (user_id is None or a.user_id == user_id):
-                return a
-        return None
-
     def _require_assignment(self, s, case: Case, who: Principal, duty: str, state: str) -> Assignment:
         # someone with no part in the case is refused for that (403) before its state is discussed (409)
         ever = s.execute(
@@ -521,7 +527,7 @@ class Workflow:
             raise Forbidden(f"{who.name} holds no {duty} assignment on case {case.id!r}")
         if case.state != state:
             raise Conflict(f"case {case.id!r} is {case.state}, not {state}")
-        assignment = self._active(s, case.id, duty, user_id=who.id)
+        assignment = assignments.live(s, case.id, duty, user_id=who.id)
         if assignment is None or (duty == "review" and assignment.round != case.round):
             raise Forbidden(f"{who.name} holds no active {duty} assignment on case {case.id!r}")
         return assignment
@@ -537,52 +543,14 @@ class Workflow:
         if who.id in authors:
             raise Forbidden(f"{who.name} wrote a label of case {case.id!r} and cannot review it")
 
-    def _readers(self, s, case: Case) -> List[int]:
-        return sorted(
-            set(
-                s.execute(
-                    select(Assignment.user_id).where(
-                        Assignment.case_id == case.id,
-                        Assignment.duty == "review",
-                        Assignment.round == case.round,
-                        Assignment.status.in_(("active", "done")),
-                    )
-                ).scalars()
-            )
-        )
-
     def _review_slots(self, s, case: Case) -> int:
-        return self.settings.reviewers_per_case - len(self._readers(s, case))
+        return self.settings.reviewers_per_case - len(assignments.readers(s, case))
 
     def _pick_seniors(self, s, case: Case) -> List[User]:
         authors = set(
             s.execute(select(LabelVersion.author_user_id).where(LabelVersion.case_id == case.id)).scalars()
         ) - {None}
-        chosen: List[User] = []
-        for _ in range(self.settings.reviewers_per_case):
-            senior = self._least_loaded(s, "senior", "review", exclude=authors | {u.id for u in chosen})
-            if senior is None:
-                break
-            chosen.append(senior)
-        return chosen
-
-    @staticmethod
-    def _least_loaded(s, role: str, duty: str, exclude: set) -> Optional[User]:
-        load = (
-            select(Assignment.user_id, func.count().label("n"))
-            .where(Assignment.duty == duty, Assignment.status == "active")
-            .group_by(Assignment.user_id)
-            .subquery()
-        )
-        query = (
-            select(User)
-            .outerjoin(load, load.c.user_id == User.id)
-            .where(User.role == role, User.active.is_(True))
-            .order_by(func.coalesce(load.c.n, 0), User.id)
-        )
-        if exclude:
-            query = query.where(User.id.not_in(exclude))
-        return s.execute(query.limit(1)).scalars().first()
+        return assignments.least_loaded(s, "senior", "review", authors, self.settings.reviewers_per_case)
 
     def _add_version(self, s, case, sha, path, kind, user_id, model, info) -> LabelVersion:
         version = LabelVersion(
@@ -635,7 +603,7 @@ class Workflow:
         )
 
     def _provenance(self, s, case: Case, version: LabelVersion) -> Dict[str, Any]:
-        reviewers = [s.get(User, uid).name for uid in self._readers(s, case)]
+        reviewers = [s.get(User, uid).name for uid in assignments.readers(s, case)]
         return {
             "workflow": "amos-label consensus",
             "version": version.id,

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages that some tests run for real (PostgreSQL for the review store's PostgreSQL test).
+# Debian packages that some tests run for real: PostgreSQL (the review store's PostgreSQL test) and chromium
+# (the web pages' browser tests).
 # Installs what is missing when this runs as root with apt-get; otherwise says what is missing and goes on
 # (the tests that need a package then fail with a message that names it).
 set -euo pipefail
 
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v chromium >/dev/null || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

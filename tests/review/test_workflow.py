@@ -13,7 +13,7 @@ from amoslabel.errors import Conflict
 from review.auth import Forbidden
 from review.consensus import OrganRule
 from review.queries import case_detail, history, queue
-from review.schema import Assignment, LabelVersion
+from review.schema import Assignment, LabelVersion, User
 from review.states import STATES, TRANSITIONS, check_transition
 from tests.review.conftest import LABEL, make_team
 
@@ -248,3 +248,35 @@ def test_reviewer_edits_are_fused_with_staple_and_agreement_is_recorded(team):
     assert figures["against_consensus"]["junior:j1"]["dice"] == 1.0
     assert figures["against_junior"]["senior:s1"]["dice_per_organ"]["liver"] == 0.0
     assert figures["against_junior"]["senior:s2"]["dice_per_organ"]["spleen"] == 0.0
+
+
+def test_a_round_waits_for_every_review_slot_to_be_filled(tmp_path):
+    """Readers who claim a case one by one: the first reader's approval does not decide the round alone."""
+    team = make_team(tmp_path, reviewers_per_case=3, routing="pool")
+    wf, u = team.workflow, team.users
+    wf.record_prelabel("c1", LABEL, "prior", {})
+    wf.claim(u["j1"], "c1")
+    with team.store.write() as s:  # submitted while one senior was active: routed to s1 alone
+        s.query(User).filter(User.role == "senior", User.name != "s1").update({"active": False})
+    wf.submit(u["j1"], "c1")
+    with team.store.write() as s:
+        s.query(User).filter(User.role == "senior").update({"active": True})
+    assert wf.claim(u["s1"], "c1")["state"] == "in_review"
+    assert wf.review(u["s1"], "c1", [], "approve")["state"] == "in_review"  # two slots still open
+    wf.claim(u["s2"], "c1")
+    assert wf.review(u["s2"], "c1", [], "approve")["state"] == "in_review"
+    wf.claim(u["s3"], "c1")
+    assert wf.review(u["s3"], "c1", [], "approve")["state"] == "consensus"
+    # a reader who has voted is neither offered the case again nor given a second slot while slots stay open
+    wf.record_prelabel("c2", LABEL, "prior", {})
+    wf.claim(u["j1"], "c2")
+    with team.store.write() as s:
+        s.query(User).filter(User.role == "senior", User.name != "s1").update({"active": False})
+    wf.submit(u["j1"], "c2")
+    with team.store.write() as s:
+        s.query(User).filter(User.role == "senior").update({"active": True})
+    wf.review(u["s1"], "c2", [], "approve")
+    assert "c2" not in [c["case_id"] for c in queue(wf, u["s1"])]
+    with pytest.raises(Conflict):
+        wf.claim(u["s1"], "c2")
+    assert "c2" in [c["case_id"] for c in queue(wf, u["s2"])]
