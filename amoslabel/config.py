@@ -181,6 +181,19 @@ class ReviewSettings(_Strict):
         return self
 
 
+class ActiveLearningSettings(_Strict):
+    """Scoring for active learning: how often, on what grid, and how the queue priority combines the scores."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=60.0, gt=0)  # how often the scorer looks for new images and model versions
+    grid_mm: float = Field(default=4.0, gt=0)  # the shared grid when no network is trained yet
+    std_threshold: float = Field(default=0.1, gt=0, lt=1)
+    entropy_threshold: float = Field(default=0.05, gt=0, lt=1)
+    weights: Dict[Literal["attention", "uncertainty", "diversity"], float] = Field(
+        default_factory=lambda: {"attention": 1.0, "uncertainty": 0.0, "diversity": 0.0}
+    )
+
+
 class AppConfig(_Strict):
     """The whole parsed configuration. ``preset`` names the active entry of ``presets``."""
 
@@ -193,6 +206,7 @@ class AppConfig(_Strict):
     storage: StorageSettings
     prior: PriorConfig = Field(default_factory=PriorConfig)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    active_learning: ActiveLearningSettings = Field(default_factory=ActiveLearningSettings)
     presets: Dict[str, PresetConfig]
     source_dir: str = ""  # folder of the apps.yaml read; filled in by load_config, not written in the file
 

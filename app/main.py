@@ -31,8 +31,10 @@ from review.api import create_review_api  # noqa: E402
 from review.service import ReviewQueueStrategy, ReviewService  # noqa: E402
 from models.train_task import SegmentationTrainTask  # noqa: E402
 from models.versions import ModelStore  # noqa: E402
+from strategies.baselines import ForegroundRandom  # noqa: E402
+from strategies.selection import score_strategies  # noqa: E402
+from strategies.service import ATTENTION_TAG, ActiveLearningService  # noqa: E402
 
-ATTENTION_TAG = "attention"  # the label tag of a case's attention map (active learning), shown on the review pages
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +91,10 @@ class AmosLabelApp(MONAILabelApp):
 
     def init_infers(self):
         infers = {name: SegmentationInferTask(name, self.config, self._store(name)) for name in self.config.models}
-        atlas = AtlasCache(self.config, lambda: getattr(self, "_datastore", None), self.models_dir.parent / "prior")
-        infers[PRIOR_MODEL] = PriorInferTask(self.config, atlas)
+        self.atlas = AtlasCache(
+            self.config, lambda: getattr(self, "_datastore", None), self.models_dir.parent / "prior"
+        )
+        infers[PRIOR_MODEL] = PriorInferTask(self.config, self.atlas)
         return infers
 
     def init_trainers(self):
@@ -102,7 +106,13 @@ class AmosLabelApp(MONAILabelApp):
         }
 
     def init_strategies(self):
-        return {ReviewQueueStrategy.NAME: ReviewQueueStrategy(self.review), "random": Random(), "first": First()}
+        return {
+            ReviewQueueStrategy.NAME: ReviewQueueStrategy(self.review),
+            "random": Random(),
+            "first": First(),
+            "foreground_random": ForegroundRandom(),
+            **score_strategies(self.review.store),
+        }
 
     def _store(self, name: str) -> ModelStore:
         return ModelStore(self.models_dir, name)
@@ -196,11 +206,21 @@ class AmosLabelApp(MONAILabelApp):
         _next_sample_off_the_event_loop(server.app)
         logger.info("review API mounted at /review/api (OpenAPI: /review/api/openapi.json)")
 
+    def _start_scoring(self) -> None:
+        networks = {k: v for k, v in self._infers.items() if isinstance(v, SegmentationInferTask)}
+        self.active_learning = ActiveLearningService(
+            self.config, self.review, lambda: networks, self.atlas, self.datastore
+        )
+        self.active_learning.worker.start()
+        logger.info(f"active learning: scoring in the background every {self.config.active_learning.interval_s} s")
+
     def on_init_complete(self):
         super().on_init_complete()
         self._sync_cases()
         if "monailabel.app" in sys.modules:
             self._mount_review_api()
+            if self.config.active_learning.enabled:
+                self._start_scoring()
         trained = {
             k: (v.store.latest().number if v.store.latest() else None)
             for k, v in self._infers.items()

@@ -147,3 +147,17 @@ class AuditEvent(Base):
     reason: Mapped[Optional[str]] = mapped_column(Text)
     at: Mapped[datetime]
     details: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class CaseScore(Base):
+    """A case's active-learning scores, with what they were computed from (kept across restarts)."""
+
+    __tablename__ = "case_scores"
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), primary_key=True)
+    computed: Mapped[datetime]
+    members: Mapped[dict] = mapped_column(JSON, default=dict)  # member name -> model version (None: the prior)
+    attention_ml: Mapped[float] = mapped_column(Float, default=0.0)
+    uncertainty: Mapped[float] = mapped_column(Float, default=0.0)
+    foreground_ml: Mapped[float] = mapped_column(Float, default=0.0)
+    descriptor: Mapped[list] = mapped_column(JSON, default=list)
+    components: Mapped[dict] = mapped_column(JSON, default=dict)

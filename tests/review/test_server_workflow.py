@@ -18,6 +18,7 @@ from monailabel.client.client import MONAILabelClientException
 
 from tests.app.test_server import status_of, train
 from tests.conftest import ROOT
+from tests.review.conftest import add_users
 
 CASE = "review_ct"
 PANCREAS = 10
@@ -31,17 +32,10 @@ def cli(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def people(sample_studies):
-    tokens = {}
-    for name, role in [
-        ("jun", "junior"),
-        ("sen1", "senior"),
-        ("sen2", "senior"),
-        ("sen3", "senior"),
-        ("boss", "admin"),
-    ]:
-        tokens[name] = cli("users", "add", name, "--role", role, "--studies", str(sample_studies))
-        assert tokens[name].startswith("amos_")
-    return tokens
+    return add_users(
+        sample_studies,
+        [("jun", "junior"), ("sen1", "senior"), ("sen2", "senior"), ("sen3", "senior"), ("boss", "admin")],
+    )
 
 
 def api(server, token, method, path, **kwargs):

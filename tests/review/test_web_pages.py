@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,8 @@ import requests
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
-from tests.conftest import OUTPUT, ROOT, ServerProcess
+from tests.conftest import OUTPUT, ServerProcess
+from tests.review.conftest import add_users
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-test.txt")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -39,16 +38,9 @@ def web(shared, tmp_path_factory):
     """A server of its own (one scan, routing to its one junior), its users and a browser."""
     studies = tmp_path_factory.mktemp("web-studies")
     (studies / f"{CASE}.nii.gz").symlink_to(shared / "ct" / "ts_abdomen_ct_small.nii.gz")
-    tokens = {}
-    for name, role in [("ana", "junior"), ("sam", "senior"), ("sol", "senior"), ("sue", "senior"), ("ada", "admin")]:
-        done = subprocess.run(
-            [sys.executable, "-m", "amoslabel", "users", "add", name, "--role", role, "--studies", str(studies)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, done.stderr
-        tokens[name] = done.stdout.strip()
+    tokens = add_users(
+        studies, [("ana", "junior"), ("sam", "senior"), ("sol", "senior"), ("sue", "senior"), ("ada", "admin")]
+    )
     server = ServerProcess(studies, tmp_path_factory.mktemp("web-server"), {"preset": "cpu-fast"})
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (scripts/system-packages.sh)")
@@ -169,6 +161,24 @@ def test_review_round_trip_in_the_browser(web, shared, tmp_path):
     admin.wait_for_function("[...document.querySelectorAll('.overview img')].every(i => i.naturalWidth > 0)")
     assert "final" in admin.locator("table").first.inner_text()
     shot(admin, "overview")
+
+    # the background scorer (atlas prior as its member: no network is trained here) saved the case's attention map
+    # and gave the case a priority with its reason: the toggle overlays it
+    for _ in range(90):
+        admin.goto(f"{server.url}/review/cases/{CASE}")
+        if admin.locator("#attention-toggle").count():
+            break
+        admin.wait_for_timeout(2000)
+    admin.check("#attention-toggle")
+    admin.wait_for_function(
+        "[...document.querySelectorAll('img.preview')].every(i => i.src.includes('overlay=attention') && i.complete"
+        " && i.naturalWidth > 0)"
+    )
+    shot(admin, "case-attention")
+    detail = requests.get(
+        f"{server.url}/review/api/cases/{CASE}", headers={"Authorization": f"Bearer {tokens['ada']}"}, timeout=30
+    ).json()
+    assert "attention" in detail["priority_reason"]  # scored (the prior alone flags little: no network to disagree)
 
     # a junior's session cannot open the overview
     refused = junior.goto(f"{server.url}/review/overview")

@@ -1,0 +1,92 @@
+"""Active learning wired to the app: scoring members from the served models, attention maps into the datastore."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import SimpleITK as sitk
+
+from amoslabel.config import AppConfig
+from amoslabel.errors import InputError
+from models.infer_task import SegmentationInferTask
+from models.prior_task import AtlasCache
+from review.service import ReviewService
+from strategies.anatomy import AnatomyPrior
+from strategies.members import case_members
+from strategies.scoring import CaseScorer, ScoringWorker, learn_anatomy
+
+log = logging.getLogger(__name__)
+ATTENTION_TAG = "attention"
+
+
+class ActiveLearningService:
+    """Builds the scorer and its background worker from the app's models, atlas and datastore."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        review: ReviewService,
+        networks: Callable[[], Dict[str, SegmentationInferTask]],
+        atlas: AtlasCache,
+        datastore: Callable[[], object],
+    ):
+        self.config, self.review, self.networks, self.atlas, self.datastore = config, review, networks, atlas, datastore
+        self._anatomy: Tuple[tuple, Optional[AnatomyPrior]] = ((), None)
+        self._lock = threading.Lock()
+        self.scorer = CaseScorer(
+            review.store,
+            config.active_learning,
+            self.members,
+            review.locate_image,
+            review.modality_of,
+            self.save_attention,
+            self.anatomy,
+        )
+        self.worker = ScoringWorker(self.scorer, review.workflow, config.active_learning, self.member_versions)
+
+    def trained(self) -> Dict[str, SegmentationInferTask]:
+        return {name: task for name, task in self.networks().items() if task.store.latest() is not None}
+
+    def member_versions(self) -> Dict[str, Optional[int]]:
+        return {name: task.store.latest().number for name, task in self.trained().items()}
+
+    def members(self, scan_path: str, modality: str) -> tuple:
+        try:
+            atlas = self.atlas.get()
+        except InputError as error:  # no label maps for the prior yet: score with the networks alone
+            log.info("active learning: no atlas prior (%s)", error.message)
+            atlas = None
+        short = "ct" if modality == "CT" else "mri"
+        return case_members(scan_path, short, self.trained(), atlas, self.config.active_learning.grid_mm)
+
+    def anatomy(self) -> Optional[AnatomyPrior]:
+        """The anatomical prior of the current final labels, relearned when they change."""
+        finals = self.review.workflow.final_labels()
+        key = tuple((f["case_id"], f["version"]) for f in finals)
+        with self._lock:
+            if key != self._anatomy[0]:
+                self._anatomy = (key, learn_anatomy([f["label"] for f in finals]))
+            return self._anatomy[1]
+
+    def save_attention(self, case_id: str, heat: sitk.Image) -> None:
+        """The heat map, on the scan's own grid, as the case's label tagged ``attention``."""
+        store = self.datastore()
+        path = self.review.locate_image(case_id) if self.review.locate_image else None
+        if store is None or not path or not hasattr(store, "publish_label"):
+            return
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+        reference = sitk.Image([int(v) for v in reader.GetSize()[:3]], sitk.sitkUInt8)
+        reference.SetSpacing(reader.GetSpacing()[:3])
+        reference.SetOrigin(reader.GetOrigin()[:3])
+        reference.SetDirection(reader.GetDirection()[:9])
+        on_scan = sitk.Resample(heat, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        with tempfile.TemporaryDirectory(prefix="attention-") as tmp:
+            file = Path(tmp) / "attention.nii.gz"
+            sitk.WriteImage(on_scan, str(file), useCompression=True)
+            store.publish_label(case_id, str(file), ATTENTION_TAG, {"source": "active learning"})

@@ -1,0 +1,97 @@
+"""Background scoring on the real small CT and MRI: a (random-weight) UNet version and the atlas prior as members,
+scores kept in the review store, stale after a new model version, queue priorities with their reasons, and the
+score-reading Next Sample strategies."""
+
+from __future__ import annotations
+
+import pytest
+import SimpleITK as sitk
+
+from amoslabel.config import load_config
+from models.infer_task import SegmentationInferTask
+from models.networks import build_network
+from models.prior_task import AtlasCache
+from models.versions import ModelStore
+from review.queries import queue
+from review.schema import CaseScore
+from strategies.members import case_members
+from strategies.scoring import CaseScorer, ScoringWorker, apply_priorities, scores
+from strategies.selection import score_strategies
+from tests.review.conftest import LABEL, make_team
+
+CASES = {"ct_small": ("ct/ts_abdomen_ct_small.nii.gz", "CT"), "mr_small": ("mr/ts_abdomen_mr_small.nii.gz", "MR")}
+
+
+class FakeDatastore:
+    """Only what the strategies ask of a datastore: which images have no final label (a stand-in, not a mock of
+    behaviour under test: the strategies' choice among these ids is what is tested)."""
+
+    def __init__(self, ids):
+        self.ids = list(ids)
+
+    def get_unlabeled_images(self):
+        return list(self.ids)
+
+
+@pytest.fixture(scope="module")
+def setup(shared, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("scoring")
+    config = load_config(overrides={"preset": "cpu-fast"})
+    task = SegmentationInferTask("unet", config, ModelStore(tmp / "models", "unet"))
+    settings = config.active.networks["unet"]
+    task.store.publish(build_network(settings.network, settings.params).state_dict(), {"parent_version": None})
+    atlas = AtlasCache(config, lambda: None, tmp / "prior")
+    team = make_team(tmp)
+    for case_id in CASES:
+        team.workflow.register_case(case_id)
+    saved = {}
+    scorer = CaseScorer(
+        team.store,
+        config.active_learning,
+        lambda path, modality: case_members(path, modality.lower().replace("mr", "mri"), {"unet": task}, atlas.get()),
+        lambda case_id: str(shared / CASES[case_id][0]),
+        lambda case_id: CASES[case_id][1],
+        lambda case_id, image: saved.__setitem__(case_id, image),
+    )
+    return config, task, team, scorer, saved
+
+
+def test_scores_are_computed_stored_and_explained(setup):
+    config, task, team, scorer, saved = setup
+    row = scorer.score("ct_small")
+    assert row["members"] == {"unet": 1, "prior": None}
+    assert row["attention_ml"] > 0 and row["uncertainty"] > 0 and row["foreground_ml"] > 0
+    assert set(row["components"]["per_criterion_ml"]) == {"disagreement", "entropy", "overlap", "prior"}
+    assert row["components"]["per_criterion_ml"]["disagreement"] > 0  # a random UNet and the prior disagree
+    assert "attention" in row["components"]["reason"]
+    heat = saved["ct_small"]
+    assert heat.GetPixelID() == sitk.sitkUInt8 and sitk.GetArrayViewFromImage(heat).max() >= 1
+    stored = scores(team.store)["ct_small"]
+    assert isinstance(stored, CaseScore) and stored.attention_ml == pytest.approx(row["attention_ml"])
+
+
+def test_a_new_model_version_makes_scores_stale_and_priorities_follow(setup):
+    config, task, team, scorer, _ = setup
+    worker = ScoringWorker(scorer, team.workflow, config.active_learning, lambda: {"unet": task.store.latest().number})
+    assert worker.run_once() == 1  # mr_small had no score yet; ct_small is fresh
+    assert worker.stale() == []
+    settings = config.active.networks["unet"]
+    task.store.publish(build_network(settings.network, settings.params).state_dict(), {"parent_version": 1})
+    assert sorted(worker.stale()) == ["ct_small", "mr_small"]  # a training ended: every score is stale
+    assert worker.run_once() == 2 and worker.stale() == []
+
+    assert apply_priorities(team.workflow, {"attention": 1.0}) == 2
+    table = scores(team.store)
+    top = max(table, key=lambda c: table[c].attention_ml)
+    picked = score_strategies(team.store)["attention"]({}, FakeDatastore(CASES))
+    assert picked == {"id": top}
+    weighted = score_strategies(team.store)["attention_diversity"]({}, FakeDatastore(CASES))
+    assert weighted["id"] in CASES and "attention" in weighted["reason"]
+    # the review queue is ordered by these priorities, each with its reason
+    for case_id in CASES:
+        team.workflow.record_prelabel(case_id, LABEL, "prior", {})
+    lines = queue(team.workflow, team.users["j1"]) + queue(team.workflow, team.users["j2"])
+    assert sorted(line["case_id"] for line in lines) == sorted(CASES)
+    assert all(line["priority"] > 0 and "attention" in line["priority_reason"] for line in lines)
+    priority = {line["case_id"]: line["priority"] for line in lines}
+    assert priority[top] == pytest.approx(1.0)  # the highest-attention case, normalised to 1
