@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -82,6 +83,34 @@ def _case_history(args) -> int:
     for e in events:
         moved = f"{e['from']} -> {e['to']}" if e["from"] != e["to"] else (e["to"] or "")
         print(f"{e['at'][:19]}  {e['actor']:16s} {e['action']:14s} {moved:32s} {e['reason'] or ''}")
+    return 0
+
+
+def _models(args) -> int:
+    """List a model's versions (metrics, parent, promotion, which serves), or roll back to an earlier one."""
+    from amoslabel.cases import WORKSPACE_DIR
+    from models.versions import ModelStore
+
+    config = load_config()
+    root = Path(config.storage.models_dir) if config.storage.models_dir else args.studies / WORKSPACE_DIR / "models"
+    store = ModelStore(root, args.model)
+    if args.action == "rollback":
+        if args.version is None:
+            raise InputError("rollback needs the version to serve, e.g. `models rollback unet 3`")
+        version = store.set_champion(args.version, args.reason or "rollback", os.environ.get("USER", "operator"))
+        print(f"{args.model}: version {version.number} serves now")
+        return 0
+    champion = store.champion()
+    for number in store.numbers():
+        meta = store.get(number).meta
+        promotion = meta.get("promotion") or {}
+        print(
+            f"{'*' if champion and champion.number == number else ' '} v{number}  parent {meta.get('parent_version')}"
+            f"  mDice {meta.get('val_mean_dice')}  mNSD {meta.get('val_mean_nsd')}"
+            f"  cases {len(meta.get('training_cases', []))}  {promotion.get('reason', '')}"
+        )
+    for entry in store.champion_history():
+        print(f"  {entry['at']}  v{entry['previous']} -> v{entry['version']} by {entry['by']}: {entry['reason']}")
     return 0
 
 
@@ -166,6 +195,13 @@ def main(argv=None) -> int:
     hist.add_argument("--database", default=None)
     hist.add_argument("--json", action="store_true")
 
+    mod = sub.add_parser("models", help="a model's versions and which one serves; roll back to an earlier one")
+    mod.add_argument("action", choices=["list", "rollback"])
+    mod.add_argument("model", help="a served model, e.g. unet")
+    mod.add_argument("version", nargs="?", type=int, help="for rollback: the version to serve")
+    mod.add_argument("--studies", type=Path, required=True, help="the studies folder the server runs on")
+    mod.add_argument("--reason", default=None, help="for rollback: why (kept in the history)")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     try:
@@ -203,6 +239,8 @@ def main(argv=None) -> int:
             return _users(args)
         if args.command == "case-history":
             return _case_history(args)
+        if args.command == "models":
+            return _models(args)
         if args.command == "check-config":
             config = load_config(args.config, _conf_pairs(args.conf))
             print(json.dumps(config.model_dump(mode="json"), indent=2))

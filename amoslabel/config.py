@@ -194,6 +194,13 @@ class ActiveLearningSettings(_Strict):
     )
 
 
+class RetrainingSettings(_Strict):
+    """Iterative retraining: when it starts by itself, and when a challenger replaces the champion."""
+
+    after_new_finals: int = Field(default=0, ge=0)  # train each model after this many new consensus finals; 0: off
+    promotion_epsilon: float = Field(default=0.005, ge=0, lt=1)  # mDice a challenger may lose if its mNSD gains
+
+
 class AppConfig(_Strict):
     """The whole parsed configuration. ``preset`` names the active entry of ``presets``."""
 
@@ -207,6 +214,7 @@ class AppConfig(_Strict):
     prior: PriorConfig = Field(default_factory=PriorConfig)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     active_learning: ActiveLearningSettings = Field(default_factory=ActiveLearningSettings)
+    retraining: RetrainingSettings = Field(default_factory=RetrainingSettings)
     presets: Dict[str, PresetConfig]
     source_dir: str = ""  # folder of the apps.yaml read; filled in by load_config, not written in the file
 

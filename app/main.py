@@ -27,6 +27,7 @@ from amoslabel.errors import NotFound  # noqa: E402
 from amoslabel.organs import label_table  # noqa: E402
 from models.infer_task import SegmentationInferTask  # noqa: E402
 from models.prior_task import PRIOR_MODEL, AtlasCache, PriorInferTask  # noqa: E402
+from models.promotion import due_for_training  # noqa: E402
 from review.api import create_review_api  # noqa: E402
 from review.service import ReviewQueueStrategy, ReviewService  # noqa: E402
 from models.train_task import SegmentationTrainTask  # noqa: E402
@@ -134,7 +135,7 @@ class AmosLabelApp(MONAILabelApp):
             raise NotFound(f"no model {model!r}; models: {sorted(self._infers)}")
         task = self._infers.get(model)
         pinned = str(request.get("model_version") or "latest").strip().lower() != "latest"
-        if isinstance(task, SegmentationInferTask) and not pinned and task.store.latest() is None:
+        if isinstance(task, SegmentationInferTask) and not pinned and task.store.champion() is None:
             # Before the first training the prior pre-labels, and the result says so (requested_model, fallback).
             logger.info(f"model {model!r} has no trained version: pre-labelling with the atlas prior")
             request["requested_model"], request["model"] = model, PRIOR_MODEL
@@ -159,6 +160,22 @@ class AmosLabelApp(MONAILabelApp):
         store = self.datastore()
         if isinstance(store, AmosDatastore) and store.has_image(case_id):
             store.publish_label(case_id, str(label_path), "final", info)
+        self._retrain_if_due()
+
+    def _retrain_if_due(self) -> None:
+        """Start training a model (queued behind any running one) once enough new consensus finals arrived."""
+        every = self.config.retraining.after_new_finals
+        if every <= 0 or "monailabel.app" not in sys.modules:
+            return
+        finals = [f["case_id"] for f in self.review.workflow.final_labels()]
+        for name, task in self._infers.items():
+            if not isinstance(task, SegmentationInferTask):
+                continue
+            champion = task.store.champion()
+            trained_on = champion.meta.get("training_cases", []) if champion else []
+            if due_for_training(finals, trained_on, every):
+                logger.info(f"{name}: {every}+ new final labels since version {champion.number if champion else '-'}")
+                self.async_training(name, enqueue=True)
 
     def _flag_working_label(self, case_id: str, meta: Dict[str, Any]) -> None:
         store = self.datastore()
@@ -222,7 +239,7 @@ class AmosLabelApp(MONAILabelApp):
             if self.config.active_learning.enabled:
                 self._start_scoring()
         trained = {
-            k: (v.store.latest().number if v.store.latest() else None)
+            k: (v.store.champion().number if v.store.champion() else None)
             for k, v in self._infers.items()
             if isinstance(v, SegmentationInferTask)
         }

@@ -112,12 +112,14 @@ class SegmentationInferTask(BasicInferTask):
     def info(self) -> Dict[str, Any]:
         info = super().info()
         latest = self.store.latest()
+        champion = self.store.champion()
         info.update(
             {
                 "network": self.network_settings.network,
                 "preset": self.app_config.preset,
                 "versions": self.store.numbers(),
                 "latest_version": latest.number if latest else None,
+                "serving_version": champion.number if champion else None,
                 "trained": latest is not None,
             }
         )

@@ -230,7 +230,7 @@ class SegmentationTrainTask(BasicTrainTask):
     # -- model and optimisation --------------------------------------------------------------------------------
     def network(self, context: Context) -> torch.nn.Module:
         network = build_network(self.network_settings.network, self.network_settings.params)
-        parent = self.store.latest() if _as_bool(context.request.get("pretrained", True)) else None
+        parent = self.store.champion() if _as_bool(context.request.get("pretrained", True)) else None
         same_spec = parent is not None and parent.meta.get("network") == self._network_spec()
         if same_spec:
             network.load_state_dict(self.store.load_weights(parent))
@@ -307,11 +307,23 @@ class SegmentationTrainTask(BasicTrainTask):
             network=context.network,
             device=context.device,
             interval=int(request["val_interval"]),
+            spacing_for=lambda modality: plan_settings.plans[modality].spacing,
+            reference=self._champion_network(context),
         )
         validate.attach(context.trainer)
         if context.local_rank == 0:
             ProgressLogger(self.model_name, every=self.app_config.active.train.log_every).attach(context.trainer)
-            PublishVersion(self.store, self._version_meta(context), validate).attach(context.trainer)
+            epsilon = self.app_config.retraining.promotion_epsilon
+            PublishVersion(self.store, self._version_meta(context), validate, epsilon).attach(context.trainer)
+
+    def _champion_network(self, context: Context) -> Optional[torch.nn.Module]:
+        """The serving version, to measure on the same validation cases (None if none, or another architecture)."""
+        champion = self.store.champion()
+        if champion is None or champion.meta.get("network") != self._network_spec():
+            return None
+        network = build_network(self.network_settings.network, self.network_settings.params)
+        network.load_state_dict(self.store.load_weights(champion))
+        return network.to(context.device).eval()
 
     def _version_meta(self, context: Context) -> Dict[str, Any]:
         request = context.request
@@ -350,8 +362,11 @@ class SegmentationTrainTask(BasicTrainTask):
         if latest is None:
             return {}
         meta = latest.meta
+        champion = self.store.champion()
         return {
             "version": latest.number,
+            "serving_version": champion.number if champion else None,
+            "promotion": meta.get("promotion"),
             "published_at": meta.get("published_at"),
             "epochs": meta.get("epochs_completed"),
             "val_mean_dice": meta.get("val_mean_dice"),

@@ -22,6 +22,16 @@ def dice_per_organ(prediction: np.ndarray | torch.Tensor, reference: np.ndarray 
     return evaluate_case(pred, ref, spacing=(1.0, 1.0, 1.0), surface=False).per_organ["dice"]
 
 
+def scores_per_organ(
+    prediction: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, spacing_zyx
+) -> Dict[str, Dict[str, float]]:
+    """Dice and NSD per organ name at the real voxel spacing (z, y, x mm); NaN where both are empty."""
+    pred = torch.as_tensor(prediction).detach().cpu().numpy()
+    ref = torch.as_tensor(reference).detach().cpu().numpy()
+    per_organ = evaluate_case(pred, ref, spacing=tuple(float(v) for v in spacing_zyx)).per_organ
+    return {"dice": per_organ["dice"], "nsd": per_organ["nsd"]}
+
+
 def mean_over_cases(per_case: Iterable[Mapping[str, float]]) -> Dict[str, float]:
     """Average each organ's score over the cases where it is defined (NaN where it never is)."""
     collected: Dict[str, List[float]] = {}

@@ -3,6 +3,9 @@
 A version is published by writing it into a staging folder and renaming that folder into place, so a version is
 either complete or absent, and a crash mid-publish leaves only a staging folder that is ignored. Numbers are never
 reused and a published version is never overwritten.
+
+Which version serves is the **champion**: ``champion.json`` names it, with the history of every change (a promotion
+after training, or a rollback by a person). Until a champion has been named, the newest version serves.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
+CHAMPION_FILE = "champion.json"
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,44 @@ class ModelStore:
         numbers = self.numbers()
         return self.get(numbers[-1]) if numbers else None
 
+    def champion(self) -> Optional[ModelVersion]:
+        """The version that serves: the named champion, else the newest."""
+        record = self._champion_record()
+        if record and (self.root / f"v{int(record['version']):04d}" / META_FILE).is_file():
+            return self.get(int(record["version"]))
+        return self.latest()
+
+    def champion_history(self) -> List[Dict[str, Any]]:
+        """Every change of champion, oldest first: version, previous, why, by whom, when."""
+        record = self._champion_record()
+        return list(record.get("history", [])) if record else []
+
+    def set_champion(self, number: int, reason: str, actor: str) -> ModelVersion:
+        """Name ``number`` the serving version (a promotion or a rollback); atomic, and logged in the history."""
+        version = self.get(number)  # 404 for a version that does not exist
+        with self._lock():
+            record = self._champion_record() or {"history": []}
+            previous = self.champion()
+            entry = {
+                "version": number,
+                "previous": previous.number if previous else None,
+                "reason": reason,
+                "by": actor,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            record = {"version": number, "history": record.get("history", []) + [entry]}
+            tmp = self.root / f".{CHAMPION_FILE}.{uuid.uuid4().hex}"
+            tmp.write_text(json.dumps(record, indent=2))
+            fsync_file(tmp)
+            os.replace(tmp, self.root / CHAMPION_FILE)
+            fsync_dir(self.root)
+        logger.info(f"{self.model}: version {number} serves now ({reason})")
+        return version
+
+    def _champion_record(self) -> Optional[Dict[str, Any]]:
+        path = self.root / CHAMPION_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def get(self, number: int) -> ModelVersion:
         path = self.root / f"v{int(number):04d}"
         if not (path / META_FILE).is_file():
@@ -76,14 +118,14 @@ class ModelStore:
         return ModelVersion(self.model, int(number), path, json.loads((path / META_FILE).read_text()))
 
     def resolve(self, requested: Any = None) -> ModelVersion:
-        """The version a request asks for (a number, 'v3', or None/'latest' for the newest).
+        """The version a request asks for (a number, 'v3', or None/'latest'/'champion' for the serving one).
 
         Raises:
             Conflict: no version has been trained yet.
             NotFound: the requested version does not exist.
         """
-        if requested in (None, "", "latest"):
-            latest = self.latest()
+        if requested in (None, "", "latest", "champion"):
+            latest = self.champion()
             if latest is None:
                 raise Conflict(
                     f"model {self.model!r} has no trained version yet, so it cannot pre-label: random weights are "

@@ -34,7 +34,7 @@ class MemberOutput:
 
 def network_probabilities(task: SegmentationInferTask, image_path: str, modality: str) -> tuple:
     """(probabilities (C, z, y, x) float32, network grid Geometry, version number) from a task's newest version."""
-    version = task.store.latest()
+    version = task.store.champion()
     data = {"image": image_path, "model_version": version.number, "modality": modality}
     for transform in task.pre_transforms(data):
         data = transform(data)
@@ -94,7 +94,7 @@ def case_members(
     outputs: List[MemberOutput] = []
     reference: Optional[sitk.Image] = None
     for name, task in networks.items():
-        if task.store.latest() is None:
+        if task.store.champion() is None:
             continue
         probabilities, grid, version = network_probabilities(task, scan_path, modality)
         source = grid_image(grid)

@@ -49,10 +49,10 @@ class ActiveLearningService:
         self.worker = ScoringWorker(self.scorer, review.workflow, config.active_learning, self.member_versions)
 
     def trained(self) -> Dict[str, SegmentationInferTask]:
-        return {name: task for name, task in self.networks().items() if task.store.latest() is not None}
+        return {name: task for name, task in self.networks().items() if task.store.champion() is not None}
 
     def member_versions(self) -> Dict[str, Optional[int]]:
-        return {name: task.store.latest().number for name, task in self.trained().items()}
+        return {name: task.store.champion().number for name, task in self.trained().items()}
 
     def members(self, scan_path: str, modality: str) -> tuple:
         try:

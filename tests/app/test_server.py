@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from amoslabel.dicom import read_series
 from amoslabel.organs import label_table
 from amoslabel.volume import Geometry
 from tests.badfiles import BAD_IMAGES, BAD_LABELS, CT_LABEL
+from tests.conftest import ROOT
 
 
 def status_of(error: MONAILabelClientException) -> int:
@@ -137,15 +140,44 @@ def test_mri_sample_goes_through_mri_normalisation(client, shared):
     assert ct["preprocessing"]["normalisation"]["kind"] == "ct_window"
 
 
-def test_second_training_publishes_v2_and_a_request_can_name_v1(client, server, sample_studies):
+def test_second_training_is_a_challenger_promoted_only_if_better_and_a_request_can_name_v1(
+    client, server, sample_studies
+):
     status = train(client, "unet", {"max_epochs": 1, "iterations_per_epoch": 1})
     assert status["status"] == "DONE", server.tail()
     meta = json.loads((sample_studies / ".amoslabel" / "models" / "unet" / "v0002" / "meta.json").read_text())
-    assert meta["parent_version"] == 1
+    assert meta["parent_version"] == 1  # the challenger trained from the champion
     assert (sample_studies / ".amoslabel" / "models" / "unet" / "v0001" / "model.pt").exists()
+    # both measured on the same validation cases, with Dice and NSD, and the rule applied to those figures
+    champion, promotion = meta["champion"], meta["promotion"]
+    assert champion["val_mean_dice"] is not None and meta["val_mean_nsd"] is not None
+    better = meta["val_mean_dice"] > champion["val_mean_dice"] or (
+        meta["val_mean_dice"] >= champion["val_mean_dice"] - promotion["epsilon"]
+        and meta["val_mean_nsd"] > champion["val_mean_nsd"]
+    )
+    assert promotion["champion"] == 1 and promotion["promoted"] == better, promotion
+    serving = 2 if better else 1
     _, newest = client.infer("unet", "ts_abdomen_ct_small", {})
     _, pinned = client.infer("unet", "ts_abdomen_ct_small", {"model_version": 1})
-    assert newest["model_version"] == 2 and pinned["model_version"] == 1
+    assert newest["model_version"] == serving and pinned["model_version"] == 1
+    assert client.info()["models"]["unet"]["serving_version"] == serving
+
+    # a person rolls back (or forward): the command names the version, and the server serves it from then on
+    other = 1 if serving == 2 else 2
+    cli = [sys.executable, "-m", "amoslabel", "models"]
+    done = subprocess.run(
+        cli + ["rollback", "unet", str(other), "--studies", str(sample_studies), "--reason", "test"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert client.infer("unet", "ts_abdomen_ct_small", {})[1]["model_version"] == other
+    listing = subprocess.run(
+        cli + ["list", "unet", "--studies", str(sample_studies)], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert f"* v{other}" in listing and "by " in listing and ": test" in listing
+    subprocess.run(cli + ["rollback", "unet", str(serving), "--studies", str(sample_studies)], cwd=ROOT, check=True)
     with pytest.raises(MONAILabelClientException) as err:
         client.infer("unet", "ts_abdomen_ct_small", {"model_version": 9})
     assert status_of(err.value) == 404
