@@ -10,7 +10,7 @@ PORT    ?= 8000
 PRESET  ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: run test env bench bench-metrics bench-review baselines prior-check learning-check lint clean
+.PHONY: run test env bench bench-metrics bench-review baselines prior-check learning-check al-simulation lint clean
 
 env:
 	@scripts/bootstrap.sh
@@ -40,6 +40,10 @@ baselines: env
 # The review workflow under load: 10,000 cases, 20 concurrent clients, against MONAI Label's datastore listing.
 bench-review: env
 	$(PY) -m bench.review_load
+
+# Active learning against random on synthetic volumes from the real label maps (about 25 min on 2 cores).
+al-simulation: env
+	$(PY) -m bench.al_simulation
 
 # The atlas prior on the real CT and MRI, from an atlas built without them (per-organ Dice).
 prior-check: env

@@ -107,7 +107,9 @@ class ReviewService:
     def save_from_viewer(self, image_id: str, label_file: str, tag: str, info: Dict[str, Any]) -> Optional[str]:
         """The datastore's save hook. Returns the label id when the workflow took the save, None to let it pass."""
         if tag == ORIGINAL_TAG:
-            model = str(info.get("model") or "model")
+            # the exact version that made it ("unet:v3"; the prior's tag names its atlas), so it can be replayed
+            params = info.get("params") if isinstance(info.get("params"), dict) else {}
+            model = str(params.get("model_tag") or info.get("model") or "model")
             state = self.workflow.register_case(image_id)
             if state in ("new", "prelabelled"):
                 self.workflow.record_prelabel(image_id, label_file, model, {"params": info.get("params")})

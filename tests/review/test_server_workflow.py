@@ -75,6 +75,8 @@ def test_amos_review_run_on_the_real_ct(server, sample_studies, shared, people, 
     assert sample["id"] == CASE
     case = api(server, people["jun"], "GET", f"/cases/{CASE}").json()
     assert case["state"] == "with_junior" and case["versions"][0]["kind"] == "prelabel"
+    author = case["versions"][0]["author"]  # the pre-label names the version (or the atlas) that made it
+    assert author == params["model_tag"] if "model_tag" in params else author.startswith("prior:")
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(shared / "ct" / "ts_abdomen_ct_label.nii.gz")))
 
     # 2. the junior corrects the label in Slicer (here: the real label without its pancreas) and submits it
