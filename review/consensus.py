@@ -73,6 +73,26 @@ def fuse_staple(labels: Sequence[sitk.Image]) -> sitk.Image:
     return out
 
 
+def fuse_readers(junior: str, junior_path: str, edits: Mapping[str, str]) -> Tuple[sitk.Image, Dict[str, object]]:
+    """The round's consensus label and its agreement figures.
+
+    Args:
+        junior: the junior reader's name (``junior:<user>``, or ``junior:model`` for an unchanged pre-label).
+        junior_path: the label the round reviewed.
+        edits: reviewer name -> their newest edited label of the round; none means the reviewed label is final.
+    """
+    junior_label = sitk.ReadImage(junior_path)
+    readers = {junior: junior_label} | {f"senior:{name}": sitk.ReadImage(path) for name, path in edits.items()}
+    fused = fuse_staple(list(readers.values())) if edits else junior_label
+    figures = {
+        "readers": list(readers),
+        "fusion": "multi-label STAPLE" if edits else "none (no reviewer edits)",
+        "against_consensus": agreement(readers, fused),
+        "against_junior": agreement({k: v for k, v in readers.items() if k.startswith("senior:")}, junior_label),
+    }
+    return fused, figures
+
+
 def agreement(readers: Mapping[str, sitk.Image], against: sitk.Image) -> Dict[str, Dict[str, Optional[float]]]:
     """Each reader's mean Dice and NSD (and per organ) against one label map."""
     ref = sitk.GetArrayViewFromImage(against)

@@ -1,4 +1,4 @@
-"""Queue lines of cases: state, round, priority, waiting time and active assignees."""
+"""Summaries of cases: queue lines (state, round, priority, waiting time, assignees) and a final label's provenance."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any, Dict, List, Sequence
 
 from sqlalchemy import select
 
-from review.schema import Assignment, Case, User
+from review import assignments
+from review.schema import Assignment, Case, LabelVersion, User
 from review.store import utcnow
 
 
@@ -39,3 +40,22 @@ def case_summaries(s, cases: Sequence[Case]) -> List[Dict[str, Any]]:
         }
         for case in cases
     ]
+
+
+def final_provenance(s, case: Case, version: LabelVersion) -> Dict[str, Any]:
+    """What the datastore's ``final`` label carries: the version, its hash and reviewers, and the Reviewer module's
+    ``segmentationMeta`` (approved)."""
+    reviewers = [s.get(User, uid).name for uid in assignments.readers(s, case)]
+    return {
+        "workflow": "amos-label consensus",
+        "version": version.id,
+        "sha256": version.sha256,
+        "round": case.round,
+        "reviewers": reviewers,
+        "segmentationMeta": {
+            "status": "approved",
+            "approvedBy": ", ".join(reviewers),
+            "editTime": int(version.created.timestamp()),
+            "comment": "consensus",
+        },
+    }

@@ -29,10 +29,10 @@ from amoslabel.errors import Conflict, InputError, NotFound, Unprocessable
 from amoslabel.organs import ORGAN_BY_ID, ORGANS
 from review import assignments
 from review.auth import Forbidden, Principal
-from review.consensus import DECISIONS, OrganRule, agreement, decide_round, fuse_staple, rules_from_config
+from review.consensus import DECISIONS, OrganRule, decide_round, fuse_readers, rules_from_config
 from review.schema import Assignment, AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
 from review.states import check_transition
-from review.summaries import case_summary
+from review.summaries import case_summary, final_provenance
 from review.votes import parse_vote
 from review.store import ReviewStore, utcnow
 
@@ -370,20 +370,8 @@ class Workflow:
             ).all()
             junior = s.get(User, current.author_user_id) if current.author_user_id else None
             round_, current_id, current_path = case.round, current.id, current.path
-        junior_label = sitk.ReadImage(current_path)
-        readers = {f"junior:{junior.name if junior else 'model'}": junior_label}
-        latest_edit: Dict[str, str] = {}
-        for version, name in edits:
-            latest_edit[name] = version.path  # a reviewer's newest edit of the round speaks for them
-        for name, path in latest_edit.items():
-            readers[f"senior:{name}"] = sitk.ReadImage(path)
-        fused = fuse_staple(list(readers.values())) if latest_edit else junior_label
-        figures = {
-            "readers": list(readers),
-            "fusion": "multi-label STAPLE" if latest_edit else "none (no reviewer edits)",
-            "against_consensus": agreement(readers, fused),
-            "against_junior": agreement({k: v for k, v in readers.items() if k.startswith("senior:")}, junior_label),
-        }
+        latest_edit = {name: version.path for version, name in edits}  # a reviewer's newest edit speaks for them
+        fused, figures = fuse_readers(f"junior:{junior.name if junior else 'model'}", current_path, latest_edit)
         staging = self.store.versions.root / f".fused-{case_id}.nii.gz"
         sitk.WriteImage(fused, str(staging), useCompression=True)
         sha, path = self.store.versions.put(case_id, staging)
@@ -393,7 +381,14 @@ class Workflow:
             if case.state != "consensus" or case.round != round_:
                 return case.final_version  # another process finished it first
             version = self._add_version(
-                s, case, sha, path, "consensus", None, "consensus", {"parent": current_id, "readers": list(readers)}
+                s,
+                case,
+                sha,
+                path,
+                "consensus",
+                None,
+                "consensus",
+                {"parent": current_id, "readers": figures["readers"]},
             )
             case.final_version = version.id
             decision = (
@@ -408,7 +403,7 @@ class Workflow:
             if decision is not None:
                 decision.agreement = figures
             self._move(s, case, "final", "system", "finalise", f"consensus label v{version.id} ({figures['fusion']})")
-            info = self._provenance(s, case, version)
+            info = final_provenance(s, case, version)
         if self.publisher is not None:
             self.publisher(case_id, path, info)
         return version.id
@@ -601,22 +596,6 @@ class Workflow:
                 details=details or {},
             )
         )
-
-    def _provenance(self, s, case: Case, version: LabelVersion) -> Dict[str, Any]:
-        reviewers = [s.get(User, uid).name for uid in assignments.readers(s, case)]
-        return {
-            "workflow": "amos-label consensus",
-            "version": version.id,
-            "sha256": version.sha256,
-            "round": case.round,
-            "reviewers": reviewers,
-            "segmentationMeta": {
-                "status": "approved",
-                "approvedBy": ", ".join(reviewers),
-                "editTime": int(version.created.timestamp()),
-                "comment": "consensus",
-            },
-        }
 
     def _summary(self, s, case: Case, who: Optional[Principal] = None) -> Dict[str, Any]:
         return case_summary(s, case)

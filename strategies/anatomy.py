@@ -79,12 +79,17 @@ class OrganMeasure:
     centroid_in_body: Tuple[float, float, float]
 
 
+def air_threshold(array: np.ndarray) -> float:
+    """Intensity below which a voxel is outside the body: -500 HU when the scan has air in HU (CT), else a
+    fraction of its typical tissue signal (MRI)."""
+    return -500.0 if float(np.percentile(array, 1)) < -500 else float(np.percentile(array, 60)) * 0.3
+
+
 def body_box(label: sitk.Image, scan: Optional[sitk.Image] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Physical (LPS) corners, low and high, of the body: the scan's body mask, or all labelled organs."""
     if scan is not None:
         array = sitk.GetArrayViewFromImage(scan)
-        threshold = -500 if float(np.percentile(array, 1)) < -500 else float(np.percentile(array, 60)) * 0.3
-        mask = sitk.GetImageFromArray((array > threshold).astype(np.uint8))
+        mask = sitk.GetImageFromArray((array > air_threshold(array)).astype(np.uint8))
         mask.CopyInformation(scan)
     else:
         mask = sitk.Cast(label > 0, sitk.sitkUInt8)

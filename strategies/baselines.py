@@ -15,6 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from strategies.anatomy import air_threshold
+
 log = logging.getLogger(__name__)
 
 
@@ -22,9 +24,7 @@ def foreground_ml(path: str) -> float:
     """Body volume of a scan in mL, from a subsampled read (air below -500 HU for CT; a relative cut for MRI)."""
     scan = sitk.ReadImage(path)
     array = sitk.GetArrayViewFromImage(scan)[::2, ::2, ::2]
-    low = float(np.percentile(array, 1))
-    threshold = -500.0 if low < -500 else float(np.percentile(array, 60)) * 0.3
-    return float((array > threshold).sum()) * float(np.prod(scan.GetSpacing())) * 8 / 1000.0
+    return float((array > air_threshold(array)).sum()) * float(np.prod(scan.GetSpacing())) * 8 / 1000.0
 
 
 class ForegroundRandom(Strategy):

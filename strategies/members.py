@@ -47,11 +47,7 @@ def network_probabilities(task: SegmentationInferTask, image_path: str, modality
 
 def grid_image(grid: Geometry) -> sitk.Image:
     """An empty image with a grid's geometry (a resampling reference)."""
-    image = sitk.Image([int(v) for v in grid.size], sitk.sitkUInt8)
-    image.SetSpacing([float(v) for v in grid.spacing])
-    image.SetOrigin([float(v) for v in grid.origin])
-    image.SetDirection([float(v) for v in grid.direction])
-    return image
+    return grid.apply_to(sitk.Image([int(v) for v in grid.size], sitk.sitkUInt8))
 
 
 def onto(probabilities: np.ndarray, source: sitk.Image, target: sitk.Image) -> np.ndarray:

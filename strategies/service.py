@@ -12,11 +12,12 @@ import SimpleITK as sitk
 
 from amoslabel.config import AppConfig
 from amoslabel.errors import InputError
+from amoslabel.volume import Geometry, read_header
 from models.infer_task import SegmentationInferTask
 from models.prior_task import AtlasCache
 from review.service import ReviewService
 from strategies.anatomy import AnatomyPrior
-from strategies.members import case_members
+from strategies.members import case_members, grid_image
 from strategies.scoring import CaseScorer, ScoringWorker, learn_anatomy
 
 log = logging.getLogger(__name__)
@@ -78,13 +79,7 @@ class ActiveLearningService:
         path = self.review.locate_image(case_id) if self.review.locate_image else None
         if store is None or not path or not hasattr(store, "publish_label"):
             return
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(path)
-        reader.ReadImageInformation()
-        reference = sitk.Image([int(v) for v in reader.GetSize()[:3]], sitk.sitkUInt8)
-        reference.SetSpacing(reader.GetSpacing()[:3])
-        reference.SetOrigin(reader.GetOrigin()[:3])
-        reference.SetDirection(reader.GetDirection()[:9])
+        reference = grid_image(Geometry.of(read_header(path)))
         on_scan = sitk.Resample(heat, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         with tempfile.TemporaryDirectory(prefix="attention-") as tmp:
             file = Path(tmp) / "attention.nii.gz"
