@@ -41,7 +41,7 @@ baselines: env
 bench-review: env
 	$(PY) -m bench.review_load
 
-# Active learning against random on synthetic volumes from the real label maps (about 25 min on 2 cores).
+# Active learning against random on synthetic volumes from the real label maps (3 seeds, about 30 min on 2 cores).
 al-simulation: env
 	$(PY) -m bench.al_simulation
 

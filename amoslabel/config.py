@@ -199,6 +199,10 @@ class RetrainingSettings(_Strict):
 
     after_new_finals: int = Field(default=0, ge=0)  # train each model after this many new consensus finals; 0: off
     promotion_epsilon: float = Field(default=0.005, ge=0, lt=1)  # mDice a challenger may lose if its mNSD gains
+    # Training waits between iterations while interactive inference runs (models/inference_gate.py):
+    # auto = when training runs on a GPU, which the server's inference shares; always; never.
+    pause_for_inference: Literal["auto", "always", "never"] = "auto"
+    max_pause_s: float = Field(default=300.0, gt=0)  # longest single wait, so a stream of requests cannot stall it
 
 
 class AppConfig(_Strict):
@@ -270,6 +274,8 @@ _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "augment": ("presets.{preset}.train.augment", str),
     "review_database": ("review.database", str),
     "reviewers_per_case": ("review.reviewers_per_case", str),
+    "retrain_after_finals": ("retraining.after_new_finals", str),
+    "pause_for_inference": ("retraining.pause_for_inference", str),
 }
 # Keys that MONAI Label itself reads from --conf; accepted and left to it.
 _MONAILABEL_KEYS = {"server_mode"}

@@ -61,6 +61,7 @@ class AmosDatastore(LocalDatastore):
         self.max_upload_bytes = max_upload_bytes
         # set by the app when the review workflow runs: (image id, checked label file, tag, info) -> taken?
         self.label_saver: Optional[Callable[[str, str, str, Dict[str, Any]], Optional[str]]] = None
+        self.image_added: Optional[Callable[[str], None]] = None  # told once a new scan is stored (the workflow)
         self.working_tag = "working"
         self.index_delay_s = index_delay_s
         self._index_timer: Optional[threading.Timer] = None
@@ -145,6 +146,8 @@ class AmosDatastore(LocalDatastore):
             record.update(modality=normalise_name(modality), modality_source="uploader")
         self.records.update(image_id, record)
         logger.info(f"Added image {image_id} ({'x'.join(map(str, image.GetSize()))})")
+        if self.image_added is not None:
+            self.image_added(image_id)
         return image_id
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:

@@ -88,6 +88,7 @@ class AmosLabelApp(MONAILabelApp):
             index_delay_s=10.0,
         )
         store.label_saver = self.review.save_from_viewer
+        store.image_added = self._image_added
         return store
 
     def init_infers(self):
@@ -176,6 +177,13 @@ class AmosLabelApp(MONAILabelApp):
             if due_for_training(finals, trained_on, every):
                 logger.info(f"{name}: {every}+ new final labels since version {champion.number if champion else '-'}")
                 self.async_training(name, enqueue=True)
+
+    def _image_added(self, case_id: str) -> None:
+        """A new scan is a new case at once: routable, and scored by the background worker without waiting."""
+        self.review.workflow.register_case(case_id)
+        worker = getattr(getattr(self, "active_learning", None), "worker", None)
+        if worker is not None:
+            worker.wake()
 
     def _flag_working_label(self, case_id: str, meta: Dict[str, Any]) -> None:
         store = self.datastore()

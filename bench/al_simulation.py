@@ -1,22 +1,25 @@
 """Does our selection beat random? An active-learning simulation on SYNTHETIC volumes made from real label maps.
 
 Pool: ``--per-source`` synthetic CT-like volumes (:mod:`amoslabel.synthetic`: deformed real anatomy, organ HU,
-noise) from each real label map below, at 8 mm on a 48^3 grid; two per source are held out for validation. Every
+noise) from each real label map below, at ``--spacing`` mm on a ``--grid``^3 grid (default 10 mm, 40^3); two per
+source are held out for validation. Every
 strategy starts from the same ``--start`` labelled cases; each round it picks ``--k`` more, the simulated junior
 "corrects" them by taking the true label, and its two models (a small 3D UNet and a second one with another seed and
 width, the disagreement members) train ``--steps`` more steps from where they were. After each round: validation
-mDice of the first model. Full-pool reference: the same training on every pool case.
+mDice of the first model (the second trains only where a strategy uses it). Full-pool reference: the same training
+on every pool case. Each seed draws its own pool, start set and weights; the report gives every seed and the mean.
 
 Strategies: random, foreground-aware random, uncertainty (flip-TTA predictive entropy over the predicted
 foreground), attention (:mod:`strategies.attention`: the two models' disagreement, entropy, overlap, plus
 anatomical-prior violations learned from the labelled cases), and attention + diversity (normalised attention plus
-the standardised descriptor distance to the labelled set, picked greedily). The live scorer also uses the atlas prior
-as a member; the simulation leaves it out for time.
+the standardised descriptor distance to the labelled set, picked greedily). As in the live scorer, the atlas prior
+(:mod:`models.atlas_prior`, placed on each scan by :mod:`models.atlas_placement`) is the third disagreement member;
+to keep the preset under 30 minutes it is built once per seed from the start set rather than after every round.
 
 Also reported: per organ, the voxels (mL) the simulated junior had to change starting from the model's pre-label,
 against drawing from empty.
 
-    python -m bench.al_simulation [--rounds 5 --k 4 --steps 25 --seeds 1]
+    python -m bench.al_simulation [--rounds 5 --k 4 --steps 25 --seeds 3 --grid 40 --spacing 10]
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ from amoslabel.organs import NUM_CLASSES, ORGANS  # noqa: E402
 from amoslabel.synthetic import draw_params, synthesise  # noqa: E402
 from models.losses import build_loss  # noqa: E402
 from models.networks import build_network  # noqa: E402
+from models.atlas_prior import build_atlas  # noqa: E402
 from strategies.anatomy import learn  # noqa: E402
 from strategies.attention import attention  # noqa: E402
 from strategies.diversity import diversity_scores  # noqa: E402
+from strategies.members import prior_probabilities  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SOURCES = {
@@ -53,7 +58,7 @@ SOURCES = {
     "ts_mr": SHARED / "mr" / "ts_abdomen_mr_small_label.nii.gz",
     "ts_series": SHARED / "dicom" / "ts_ct_series_label.nii.gz",
 }
-GRID, SPACING = 48, 8.0
+GRID, SPACING = 40, 10.0  # set from the command line before any case is made
 STRATEGIES = ("random", "foreground_random", "uncertainty", "attention", "attention_diversity")
 
 
@@ -63,7 +68,8 @@ class Case:
     def __init__(self, name: str, image: sitk.Image, label: sitk.Image):
         self.name = name
         self.label_image = _fit(label, sitk.sitkNearestNeighbor, 0)
-        self.image_array = sitk.GetArrayFromImage(_fit(image, sitk.sitkLinear, -1000)).astype(np.float32)
+        self.image = _fit(image, sitk.sitkLinear, -1000)
+        self.image_array = sitk.GetArrayFromImage(self.image).astype(np.float32)
         self.label = sitk.GetArrayFromImage(self.label_image).astype(np.int64)
         self.input = np.clip((self.image_array + 200) / 500, 0, 1)[None].astype(np.float32)
         self.foreground = float((self.image_array > -500).sum())
@@ -148,8 +154,26 @@ def entropy(probabilities: np.ndarray) -> float:
     return float((-(p * np.log2(p)).sum(0)).mean())
 
 
+def prior_members(start: Sequence[Case], cases: Sequence[Case]) -> Dict[str, np.ndarray]:
+    """The atlas prior's probabilities for each case, from an atlas of the start set's labels."""
+    atlas = build_atlas([(c.name, c.label_image) for c in start], spacing_mm=SPACING, smoothing_mm=SPACING)
+    return {
+        c.name: prior_probabilities(atlas, c.image, "CT", c.label_image)
+        for c in tqdm(cases, desc="placing the atlas prior", unit="case")
+    }
+
+
+ATTENTION_STRATEGIES = ("attention", "attention_diversity")
+
+
 def select(
-    strategy: str, unlabelled: List[Case], labelled: List[Case], k: int, models, rng: random.Random
+    strategy: str,
+    unlabelled: List[Case],
+    labelled: List[Case],
+    k: int,
+    models,
+    rng: random.Random,
+    prior: Dict[str, np.ndarray],
 ) -> List[Case]:
     if strategy == "random":
         return rng.sample(unlabelled, k)
@@ -163,10 +187,11 @@ def select(
         return chosen
     if strategy == "uncertainty":
         return sorted(unlabelled, key=lambda c: -entropy(models[0].probabilities(c, flips=True)))[:k]
-    prior = learn([(c.label_image, None) for c in labelled])
+    anatomy = learn([(c.label_image, None) for c in labelled])
     score = {}
     for c in unlabelled:
-        result = attention([m.probabilities(c) for m in models], c.label_image, prior)
+        members = [m.probabilities(c) for m in models] + [prior[c.name]]
+        result = attention(members, c.label_image, anatomy, entropy_from=list(range(len(models))))
         score[c.name] = result.score_ml
     if strategy == "attention":
         return sorted(unlabelled, key=lambda c: -score[c.name])[:k]
@@ -195,12 +220,14 @@ def effort(models, cases: Sequence[Case]) -> Dict[str, Dict[str, float]]:
     return out
 
 
-def run_strategy(strategy, pool, validation, start, args, seed) -> Tuple[List[Tuple[int, float]], dict]:
+def run_strategy(strategy, pool, validation, start, args, seed, prior) -> Tuple[List[Tuple[int, float]], dict]:
     """The learning curve [(labelled cases, validation mDice)] and the correction effort of one strategy."""
     rng = random.Random(seed)
     labelled = list(start)
     unlabelled = [c for c in pool if c not in labelled]
-    models = [Learner(seed, (8, 16, 32)), Learner(seed + 7, (6, 12, 24))]
+    models = [Learner(seed, (8, 16, 32))]
+    if strategy in ATTENTION_STRATEGIES:
+        models.append(Learner(seed + 7, (6, 12, 24)))
     curve: List[Tuple[int, float]] = []
     total = {o.name: {"from_prelabel_ml": 0.0, "from_empty_ml": 0.0} for o in ORGANS}
     for round_ in range(args.rounds + 1):
@@ -209,7 +236,7 @@ def run_strategy(strategy, pool, validation, start, args, seed) -> Tuple[List[Tu
         curve.append((len(labelled), validate(models[0], validation)))
         if round_ == args.rounds or not unlabelled:
             break
-        picked = select(strategy, unlabelled, labelled, min(args.k, len(unlabelled)), models, rng)
+        picked = select(strategy, unlabelled, labelled, min(args.k, len(unlabelled)), models, rng, prior)
         for organ, v in effort(models, picked).items():
             for key, ml in v.items():
                 total[organ][key] += ml
@@ -232,7 +259,7 @@ def cases_to_reach(curve: Sequence[Tuple[int, float]], target: float):
     return None
 
 
-def plot(curves: Dict[str, List[Tuple[int, float]]], reference: float, out: Path) -> None:
+def plot(curves: Dict[str, List[Tuple[int, float]]], reference: float, out: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,24 +272,53 @@ def plot(curves: Dict[str, List[Tuple[int, float]]], reference: float, out: Path
     ax.axhline(0.9 * reference, color="grey", linestyle=":", label="90% of full pool")
     ax.set_xlabel("labelled cases")
     ax.set_ylabel("validation mDice")
-    ax.set_title("Active learning on synthetic volumes (8 mm)")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out)
     plt.close(figure)
 
 
+def mean_curves(seeds: Sequence[dict]) -> Dict[str, List[Tuple[int, float]]]:
+    """Per strategy, the validation mDice at each labelled-set size averaged over seeds."""
+    out = {}
+    for strategy in seeds[0]["curves"]:
+        points = zip(*(r["curves"][strategy] for r in seeds))
+        out[strategy] = [(p[0][0], float(np.mean([d for _, d in p]))) for p in points]
+    return out
+
+
+def table(seeds: Sequence[dict]) -> str:
+    """Markdown: mean curve per strategy, and the cases each seed needed to reach 90 % of its full-pool mDice."""
+    curves = mean_curves(seeds)
+    sizes = [n for n, _ in next(iter(curves.values()))]
+    lines = [
+        "| strategy | " + " | ".join(str(n) for n in sizes) + " | cases to 90 % (per seed) | vs random |",
+        "|---" * (len(sizes) + 3) + "|",
+    ]
+    random_needed = [r["cases_to_90pct"]["random"] for r in seeds]
+    for strategy, curve in curves.items():
+        needed = [r["cases_to_90pct"][strategy] for r in seeds]
+        ratios = [n / b for n, b in zip(needed, random_needed) if n is not None and b is not None]
+        ratio = f"{np.mean(ratios):.2f}x" if len(ratios) == len(seeds) else "n/a (a seed never reached it)"
+        lines.append(f"| {strategy} | " + " | ".join(f"{d:.3f}" for _, d in curve) + f" | {needed} | {ratio} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
+    global GRID, SPACING
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-source", type=int, default=10, help="synthetic volumes per real label map (2 held out)")
     parser.add_argument("--start", type=int, default=4)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=25, help="training steps per round")
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--grid", type=int, default=GRID, help="voxels per side of the simulation grid")
+    parser.add_argument("--spacing", type=float, default=SPACING, help="mm per voxel of the simulation grid")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "al_simulation")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    GRID, SPACING = args.grid, args.spacing
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results = {"settings": vars(args) | {"out": str(args.out)}, "seeds": []}
@@ -273,19 +329,26 @@ def main(argv=None) -> int:
         print(
             f"seed {seed}: pool {len(pool)}, validation {len(validation)}, full-pool mDice {reference:.3f}", flush=True
         )
+        prior = prior_members(start, [c for c in pool if c not in start])
         curves, efforts = {}, {}
         for strategy in tqdm(STRATEGIES, desc=f"seed {seed}", unit="strategy"):
-            curves[strategy], efforts[strategy] = run_strategy(strategy, pool, validation, start, args, seed)
+            curves[strategy], efforts[strategy] = run_strategy(strategy, pool, validation, start, args, seed, prior)
             print(f"  {strategy}: " + ", ".join(f"{n}:{d:.3f}" for n, d in curves[strategy]), flush=True)
         needed = {s: cases_to_reach(c, 0.9 * reference) for s, c in curves.items()}
         results["seeds"].append(
             {"seed": seed, "full_pool_mdice": reference, "curves": curves, "cases_to_90pct": needed, "effort": efforts}
         )
-        plot(curves, reference, args.out / f"learning_curves_seed{seed}.png")
+        title = f"Active learning on synthetic volumes ({SPACING:g} mm), seed {seed}"
+        plot(curves, reference, args.out / f"learning_curves_seed{seed}.png", title)
+    reference = float(np.mean([r["full_pool_mdice"] for r in results["seeds"]]))
+    title = f"Active learning on synthetic volumes ({SPACING:g} mm), mean of {args.seeds} seeds"
+    plot(mean_curves(results["seeds"]), reference, args.out / "learning_curves.png", title)
     results["minutes"] = round((time.time() - started) / 60, 1)
+    results["table"] = table(results["seeds"])
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    print(json.dumps([{k: v for k, v in r.items() if k != "effort"} for r in results["seeds"]], indent=1))
-    print(f"{results['minutes']} min; results and plots in {args.out}")
+    (args.out / "table.md").write_text(results["table"] + "\n")
+    print(results["table"])
+    print(f"{results['minutes']} min; results, table.md and plots in {args.out}")
     return 0
 
 

@@ -28,6 +28,7 @@ from models.preprocessing import (
     preprocessing_summary,
     zyx,
 )
+from models.inference_gate import InferenceGate
 from models.versions import ModelStore, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class SegmentationInferTask(BasicInferTask):
         self.app_config = config
         self.store = store
         self.network_settings = preset.networks[name]
+        self.gate = InferenceGate(store.root.parent)
         default_device = resolve_device(config.device)
         super().__init__(
             path=None,
@@ -132,7 +134,8 @@ class SegmentationInferTask(BasicInferTask):
         version = self.store.resolve(request.get("model_version"))  # 409 before any work if nothing is trained
         request["model_version"] = version.number
         request["device"] = resolve_device(_first(request.get("device")))
-        label_file, result = super().__call__(request, callbacks)
+        with self.gate.held():  # a training run on this device waits between iterations (inference_gate.py)
+            label_file, result = super().__call__(request, callbacks)
         return label_file, result
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:

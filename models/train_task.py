@@ -37,6 +37,7 @@ from models.losses import build_loss
 from models.networks import build_network, count_parameters
 from models.preprocessing import LoadVolumed, NormaliseIntensityd, ResampleToPland, ResolveModalityd, zyx
 from models.training_handlers import ProgressLogger, PublishVersion, ValidateOrgans
+from models.inference_gate import InferenceGate, PauseForInference, should_pause
 from models.versions import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ class SegmentationTrainTask(BasicTrainTask):
         records = CaseRecords(self.studies) if os.path.isdir(self.studies) else None
         items = []
         for item in self._labelled(datastore):
-            case_id = strip_volume_suffix(Path(item["image"]).name)
+            # the datastore's id: a linked image's file may be named otherwise, and retraining counts new finals by id
+            case_id = item.get("case_id") or strip_volume_suffix(Path(item["image"]).name)
             entry = {
                 "image": item["image"],
                 "label": item["label"],
@@ -151,7 +153,7 @@ class SegmentationTrainTask(BasicTrainTask):
         for entry in self.final_labels():
             image = datastore.get_image_uri(entry["case_id"])
             if image:
-                pairs.append({"image": image, "label": entry["label"]})
+                pairs.append({"image": image, "label": entry["label"], "case_id": entry["case_id"]})
         return pairs
 
     def partition_datalist(self, context: Context, shuffle: bool = False):
@@ -291,6 +293,9 @@ class SegmentationTrainTask(BasicTrainTask):
             amp=context.device.type == "cuda",
             train_handlers=handlers,
         )
+        retraining = self.app_config.retraining
+        if should_pause(retraining.pause_for_inference, context.device.type):
+            PauseForInference(InferenceGate(self.store.root.parent), retraining.max_pause_s).attach(trainer)
         return trainer
 
     def finalize(self, context: Context) -> None:

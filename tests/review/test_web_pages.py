@@ -6,8 +6,11 @@ without its CSRF token is refused and changes nothing, and a junior cannot open 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,8 @@ import requests
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
+from amoslabel.cases import WORKSPACE_DIR
+from models.versions import ModelStore
 from tests.conftest import OUTPUT, ServerProcess
 from tests.review.conftest import add_users
 
@@ -22,6 +27,7 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright i
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CASE = "web_ct"
 PANCREAS = 10
+NEW = "web_mr"  # uploaded at the end
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> pancreas tail cut off'
 FLAGS = [
     "--no-sandbox",
@@ -41,14 +47,16 @@ def web(shared, tmp_path_factory):
     tokens = add_users(
         studies, [("ana", "junior"), ("sam", "senior"), ("sol", "senior"), ("sue", "senior"), ("ada", "admin")]
     )
-    server = ServerProcess(studies, tmp_path_factory.mktemp("web-server"), {"preset": "cpu-fast"})
+    # retraining after every new consensus final, one short unet run (checked at the end of the round trip)
+    conf = {"preset": "cpu-fast", "models": "unet", "retrain_after_finals": "1", "max_epochs": "1"}
+    server = ServerProcess(studies, tmp_path_factory.mktemp("web-server"), conf | {"iterations_per_epoch": "2"})
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (scripts/system-packages.sh)")
     try:
         server.wait_ready()
         with playwright_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            yield server, tokens, browser
+            yield server, tokens, browser, studies
             browser.close()
     finally:
         server.stop()
@@ -87,7 +95,7 @@ def shot(page, name):
 
 
 def test_review_round_trip_in_the_browser(web, shared, tmp_path):
-    server, tokens, browser = web
+    server, tokens, browser, studies = web
     client = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="ada")
     client.infer("unet", CASE, {})  # no trained model yet: the atlas prior pre-labels, and the case goes to ana
 
@@ -183,3 +191,23 @@ def test_review_round_trip_in_the_browser(web, shared, tmp_path):
     # a junior's session cannot open the overview
     refused = junior.goto(f"{server.url}/review/overview")
     assert refused.status == 403
+
+    # retraining.after_new_finals = 1: the final label started a training run by itself; it published unet v1,
+    # trained on this case. A scan uploaded meanwhile is scored in the background, and scored again with v1 as a
+    # member once v1 exists (final cases are not scored: there is nothing left to choose them for)
+    MONAILabelClient(server.url, tmpdir=str(tmp_path)).upload_image(str(shared / "mr/ts_abdomen_mr_small.nii.gz"), NEW)
+    store = ModelStore(studies / WORKSPACE_DIR / "models", "unet")
+    database = studies / WORKSPACE_DIR / "review.db"
+    members = {}
+    for _ in range(150):
+        if store.champion() is not None:
+            with sqlite3.connect(database) as db:
+                row = db.execute("SELECT members FROM case_scores WHERE case_id = ?", (NEW,)).fetchone()
+            members = json.loads(row[0]) if row else {}
+            if "unet" in members:
+                break
+        time.sleep(2)
+    champion = store.champion()
+    assert champion is not None, "no training started after the final label:\n" + server.tail()
+    assert CASE in champion.meta["training_cases"]
+    assert members.get("unet") == champion.number, members
