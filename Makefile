@@ -10,13 +10,18 @@ PORT    ?= 8000
 PRESET  ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: run test env bench bench-metrics bench-review baselines prior-check learning-check al-simulation lint clean
+.PHONY: run run-dicomweb test env bench bench-metrics bench-review baselines prior-check learning-check al-simulation lint clean
 
 env:
 	@scripts/bootstrap.sh
 
 run: env
 	$(PY) -m amoslabel serve $(STUDIES) --host $(HOST) --port $(PORT) --conf preset $(PRESET)
+
+# The same server on a private Orthanc (DICOMweb) with the de-identified sample series, and OHIF on port 3000.
+run-dicomweb: env
+	@scripts/system-packages.sh
+	$(PY) -m amoslabel serve-dicomweb --host $(HOST) --port $(PORT) --conf preset $(PRESET)
 
 test: env
 	@scripts/system-packages.sh

@@ -1,4 +1,4 @@
-"""Command line: ``python -m amoslabel {serve,import,evaluate,check-config}``."""
+"""Command line: ``python -m amoslabel {serve,import,evaluate,users,models,backup,restore,check-config,...}``."""
 
 from __future__ import annotations
 
@@ -138,6 +138,20 @@ def main(argv=None) -> int:
     serve.add_argument("--workspace", type=Path, default=Path(__file__).resolve().parent.parent / ".workspace")
     serve.add_argument("--labels-as", choices=["final", "prelabel"], default="final")
 
+    web = sub.add_parser("serve-dicomweb", help="private Orthanc with the de-identified samples, OHIF, and the server")
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=8000)
+    web.add_argument("--orthanc-port", type=int, default=8042)
+    web.add_argument("--ohif-port", type=int, default=3000)
+    web.add_argument("--conf", nargs=2, action="append", metavar=("KEY", "VALUE"), help="apps.yaml override")
+    web.add_argument(
+        "--workspace", type=Path, default=Path(__file__).resolve().parent.parent / ".workspace" / "dicomweb"
+    )
+    dw = sub.add_parser("send-dicom", help="check, de-identify and send DICOM series to an Orthanc (its REST URL)")
+    dw.add_argument("source", type=Path, help="a series folder, or a folder of series folders")
+    dw.add_argument("orthanc", help="Orthanc's REST root, e.g. http://127.0.0.1:8042")
+    dw.add_argument("--workspace", type=Path, required=True, help="where the private UID mapping is kept")
+
     imp = sub.add_parser("import", help="import scans (and labels) into a studies folder")
     imp.add_argument("source", help="AMOS-layout dataset, NIfTI file or folder, DICOM series folder, or manifest YAML")
     imp.add_argument("--studies", required=True, type=Path, help="the studies folder to import into")
@@ -202,6 +216,13 @@ def main(argv=None) -> int:
     mod.add_argument("--studies", type=Path, required=True, help="the studies folder the server runs on")
     mod.add_argument("--reason", default=None, help="for rollback: why (kept in the history)")
 
+    snap = sub.add_parser("backup", help="a consistent snapshot of a studies folder, safe while the server runs")
+    snap.add_argument("studies", type=Path)
+    snap.add_argument("out", type=Path, help="a new folder for the snapshot")
+    rest = sub.add_parser("restore", help="restore a snapshot (hashes checked first) into a new studies folder")
+    rest.add_argument("snapshot", type=Path)
+    rest.add_argument("studies", type=Path, help="a new or empty folder")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     try:
@@ -209,6 +230,17 @@ def main(argv=None) -> int:
             from amoslabel.serve import run
 
             return run(args.studies, args.host, args.port, _conf_pairs(args.conf), args.workspace, args.labels_as)
+        if args.command == "serve-dicomweb":
+            from amoslabel.serve_dicomweb import serve_dicomweb
+
+            conf = _conf_pairs(args.conf)
+            return serve_dicomweb(args.workspace, args.host, args.port, conf, args.orthanc_port, args.ohif_port)
+        if args.command == "send-dicom":
+            from amoslabel.dicomweb_import import send_to_dicomweb
+
+            for sent in send_to_dicomweb(args.source, args.orthanc, args.workspace):
+                print(f"{sent.folder}: {sent.instances} instances as series {sent.series_uid}")
+            return 0
         if args.command == "import":
             from amoslabel.importer import import_source, report_json
 
@@ -241,6 +273,15 @@ def main(argv=None) -> int:
             return _case_history(args)
         if args.command == "models":
             return _models(args)
+        if args.command in ("backup", "restore"):
+            from amoslabel import backup
+
+            if args.command == "backup":
+                manifest = backup.snapshot(args.studies, args.out)
+            else:
+                manifest = backup.restore(args.snapshot, args.studies)
+            print(f"{args.command}: {len(manifest['files'])} files; review store {manifest['review_store']}")
+            return 0
         if args.command == "check-config":
             config = load_config(args.config, _conf_pairs(args.conf))
             print(json.dumps(config.model_dump(mode="json"), indent=2))

@@ -2,7 +2,8 @@
 
 GDCM (inside SimpleITK) sorts slices and decodes JPEG 2000; we add the checks it leaves out, each with a message
 that names the problem: several series in one folder, slices without position or orientation tags, and missing
-slices (uneven gaps along the slice normal).
+slices (uneven gaps along the slice normal), and uncompressed pixel data shorter than the image it claims to be (GDCM
+reads such a file without a word and pads the missing pixels).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def read_series(folder: str | Path, series_uid: Optional[str] = None) -> sitk.Im
         raise InputError(f"{name}: no series {series_uid}", status=404)
     headers = groups[series_uid]
     files = _sorted_checked(headers, name)
+    _check_pixel_lengths(headers, name)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -123,3 +125,23 @@ def _sorted_checked(headers: List[pydicom.Dataset], name: str) -> List[str]:
                 f"typically {typical:.3g} mm): slices are missing or duplicated"
             )
     return [headers[i].filename for i in order]
+
+
+def _check_pixel_lengths(headers: List[pydicom.Dataset], name: str) -> None:
+    """Refuse a file whose native (uncompressed) pixel data is shorter than Rows x Columns x samples x frames."""
+    for header in headers:
+        ds = pydicom.dcmread(header.filename, defer_size=256)  # the pixel element's length, not its bytes
+        element = ds.get_item("PixelData")
+        if element is None:
+            raise InputError(f"{name}: {Path(header.filename).name} has no pixel data")
+        length = element.length if hasattr(element, "length") else len(element.value)
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if length == 0xFFFFFFFF or (syntax is not None and syntax.is_compressed):
+            continue  # encapsulated (compressed): decoding checks it
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+        expected *= int(ds.get("NumberOfFrames", 1) or 1) * (int(ds.BitsAllocated) // 8)
+        if length < expected:
+            raise InputError(
+                f"{name}: {Path(header.filename).name} has {length} bytes of pixel data where its "
+                f"{ds.Rows}x{ds.Columns} image needs {expected}: the file is corrupt"
+            )

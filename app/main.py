@@ -23,6 +23,7 @@ from monailabel.tasks.activelearning.random import Random  # noqa: E402
 from amoslabel.cases import WORKSPACE_DIR, check_id  # noqa: E402
 from amoslabel.config import AppConfig, load_config  # noqa: E402
 from amoslabel.datastore import AmosDatastore  # noqa: E402
+from amoslabel.dicomweb_store import PRELABEL_PREFIX, AmosDicomWebDatastore, cache_root, seg_for_infer  # noqa: E402
 from amoslabel.errors import NotFound  # noqa: E402
 from amoslabel.organs import label_table  # noqa: E402
 from models.infer_task import SegmentationInferTask  # noqa: E402
@@ -45,8 +46,10 @@ class AmosLabelApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]):
         self.config: AppConfig = load_config(conf.get("config"), conf)
+        # a DICOMweb server's series are mirrored into a local working folder, which then plays the studies folder
+        self.local_root = cache_root(studies, settings.MONAI_LABEL_DICOMWEB_CACHE_PATH) if _is_url(studies) else None
         self.models_dir = self._models_dir(app_dir, studies)
-        review_root = app_dir if studies.startswith(("http://", "https://")) else studies
+        review_root = str(self.local_root or studies)
         self.review = ReviewService(self.config, review_root, self._publish_final)
         self.review.on_flagged = self._flag_working_label
         self.review.locate_image = self._image_file
@@ -69,24 +72,28 @@ class AmosLabelApp(MONAILabelApp):
     def _models_dir(self, app_dir: str, studies: str) -> Path:
         if self.config.storage.models_dir:
             path = Path(self.config.storage.models_dir)
-        elif studies.startswith(("http://", "https://")):
-            path = Path(app_dir) / "model"
+        elif self.local_root is not None:
+            path = self.local_root / WORKSPACE_DIR / "models"
         else:
             path = Path(studies) / WORKSPACE_DIR / "models"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def init_datastore(self) -> Datastore:
-        if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
-        store = AmosDatastore(
-            self.studies,
+        options = dict(
             max_voxels=self.config.storage.max_image_voxels,
             max_upload_bytes=self.config.storage.max_upload_mb * 2**20,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
             index_delay_s=10.0,
         )
+        if self.local_root is not None:
+            store = AmosDicomWebDatastore(self.studies, self.local_root, **options)
+            _dicom_seg_output_with_organ_codes()
+            self.review.ohif_viewer = os.environ.get("AMOSLABEL_OHIF_URL")  # set by the run command's OHIF
+            self.review.study_of = lambda case_id: store.records.get(case_id).get("study_uid")
+        else:
+            store = AmosDatastore(self.studies, **options)
         store.label_saver = self.review.save_from_viewer
         store.image_added = self._image_added
         return store
@@ -142,12 +149,16 @@ class AmosLabelApp(MONAILabelApp):
             request["requested_model"], request["model"] = model, PRIOR_MODEL
         result = super().infer(request, datastore)
         case_id = request.get("case_id")
+        if case_id and request.get("client_id"):  # a viewer (Slicer, OHIF) opened the scan to pre-label it
+            self.review.workflow.record_opened(str(request["client_id"]), case_id, f"viewer /infer/{model}")
         if case_id and result.get("file") and self.review.workflow.register_case(case_id) == "new":
             # the first pre-label of a case starts its workflow (Slicer's auto-segmentation, or the server's own)
             params = result.get("params") or {}
-            self.review.workflow.record_prelabel(
-                case_id, result["file"], f"{params.get('model')}:v{params.get('model_version')}", {"params": params}
-            )
+            tag = params.get("model_tag") or f"{params.get('model')}:v{params.get('model_version')}"
+            self.review.workflow.record_prelabel(case_id, result["file"], tag, {"params": params})
+            store = self.datastore()
+            if isinstance(store, AmosDicomWebDatastore):  # OHIF shows the pre-label from the DICOMweb server
+                store.send_seg(case_id, result["file"], f"{PRELABEL_PREFIX} {tag}", automatic=True)
         return result
 
     def bundle_path(self, model):
@@ -319,3 +330,20 @@ def _is_uploaded_file(path: str) -> bool:
         and os.path.dirname(real) == os.path.realpath(tempfile.gettempdir())
         and os.path.basename(real).startswith("tmp")
     )
+
+
+def _is_url(studies: str) -> bool:
+    return studies.startswith(("http://", "https://"))
+
+
+def _dicom_seg_output_with_organ_codes() -> None:
+    """``/infer?output=dicom_seg`` through our coded writer.
+
+    MONAI Label's endpoint converts the result with ``nifti_to_dicom_seg``, which codes every segment as spleen,
+    and only for its own DICOMweb datastore class; it looks both names up in its module at each call, so replacing
+    them there is enough.
+    """
+    import monailabel.endpoints.infer as infer_endpoint
+
+    infer_endpoint.nifti_to_dicom_seg = seg_for_infer
+    infer_endpoint.DICOMWebDatastore = (infer_endpoint.DICOMWebDatastore, AmosDicomWebDatastore)  # isinstance takes it

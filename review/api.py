@@ -111,7 +111,10 @@ def create_review_api(service: ReviewService) -> Flask:
 
     @app.get("/api/cases/<case_id>")
     def detail(case_id: str):
-        return jsonify(case_detail(workflow, case_id, principal()))
+        who = principal()
+        found = case_detail(workflow, case_id, who)
+        workflow.record_opened(who.name, case_id, "review API")
+        return jsonify(found)
 
     @app.get("/api/cases/<case_id>/history")
     def case_history(case_id: str):

@@ -57,12 +57,14 @@ class ReviewService:
         self.locate_attention: Optional[Callable[[str], Optional[str]]] = None
         self.modality_of: Optional[Callable[[str], str]] = None
         self.ohif_viewer: Optional[str] = None  # the OHIF viewer's URL when a DICOMweb datastore is in use
+        self.study_of: Optional[Callable[[str], Optional[str]]] = None  # a case's StudyInstanceUID (DICOMweb)
 
     def ohif_link(self, case_id: str) -> Optional[str]:
         """Where OHIF shows this case (a DICOMweb datastore names cases by SeriesInstanceUID), if it is in use."""
-        if not self.ohif_viewer:
+        study = self.study_of(case_id) if self.ohif_viewer and self.study_of else None
+        if not study:
             return None
-        return f"{self.ohif_viewer.rstrip('/')}/viewer?SeriesInstanceUIDs={case_id}"
+        return f"{self.ohif_viewer.rstrip('/')}/viewer?StudyInstanceUIDs={study}&SeriesInstanceUIDs={case_id}"
 
     def after_review(self, summary: Dict[str, Any]) -> Dict[str, Any]:
         """Queue finalising when a review brought the case to consensus (the vote answers at once); tell the

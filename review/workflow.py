@@ -134,6 +134,13 @@ class Workflow:
             case.final_version = version.id
             return version.id
 
+    def record_opened(self, who: str, case_id: str, where: str) -> None:
+        """Audit who opened which scan, and through what (the review page, the API, a viewer's request)."""
+        with self.store.write() as s:
+            case = s.get(Case, check_id(case_id, "case id"))
+            if case is not None:
+                self._audit(s, case.id, who, "open", case.state, case.state, where)
+
     # -- junior ----------------------------------------------------------------------------------------------------
     def claim(self, who: Principal, case_id: str) -> Dict[str, Any]:
         """Take (or renew) the lease on a case in the user's queue (an expired lease counts as none)."""

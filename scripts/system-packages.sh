@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Debian packages that some tests run for real: PostgreSQL (the review store's PostgreSQL test) and chromium
-# (the web pages' browser tests).
+# Debian packages that some tests run for real: PostgreSQL (the review store's PostgreSQL test), chromium
+# (the web pages' and the OHIF viewer's browser tests), Orthanc with its DICOMweb plugin (the DICOMweb datastore), and
+# iproute2 (brings up loopback inside the private network namespace those tests run in), and npm (fetches the
+# prebuilt OHIF viewer).
 # Installs what is missing when this runs as root with apt-get; otherwise says what is missing and goes on
 # (the tests that need a package then fail with a message that names it).
 set -euo pipefail
@@ -8,6 +10,11 @@ set -euo pipefail
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v Orthanc >/dev/null || missing+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v unshare >/dev/null || missing+=(util-linux)
+command -v npm >/dev/null || missing+=(npm)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

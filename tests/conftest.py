@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from amoslabel.processes import LoggedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -40,7 +41,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
+class ServerProcess(LoggedProcess):
     """A real ``monailabel start_server`` process running this app, with its log kept for failure messages."""
 
     def __init__(self, studies: Path, workdir: Path, conf: dict):
@@ -48,13 +49,9 @@ class ServerProcess:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"server-{self.port}.log"
-        self.log = open(self.log_path, "w")
         cmd = server_command(str(studies), "127.0.0.1", self.port, conf)
         # The app dir is shared by every test server; MONAI Label writes logs/ and model/ into it (gitignored).
-        self.process = subprocess.Popen(
-            cmd, env=server_environment(), cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT
-        )
+        super().__init__(cmd, workdir / f"server-{self.port}.log", env=server_environment(), cwd=workdir)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.time() + timeout
@@ -74,19 +71,6 @@ class ServerProcess:
             return self.process.poll() is None and requests.get(f"{self.url}/info/", timeout=10).ok
         except requests.RequestException:
             return False
-
-    def tail(self, lines: int = 60) -> str:
-        self.log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.log.close()
 
 
 @pytest.fixture(scope="session")
@@ -118,3 +102,15 @@ def client(server, tmp_path_factory):
     from monailabel.client import MONAILabelClient
 
     return MONAILabelClient(server.url, tmpdir=str(tmp_path_factory.mktemp("client")))
+
+
+# Debian's chromium for the browser tests (never `playwright install`: it downloads a browser). The background
+# networking flags matter: without them Chromium keeps trying to reach hosts this closed network refuses.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]

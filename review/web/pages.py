@@ -161,6 +161,7 @@ def _blueprint(service: ReviewService) -> Blueprint:
     @logged_in
     def case_page(who: Principal, case_id: str):
         panel = _panel(who, case_id)
+        workflow.record_opened(who.name, case_id, "review page")
         focus = _focus(request.args.get("at"))
         return render_template(
             "case.html",

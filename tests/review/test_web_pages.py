@@ -20,7 +20,7 @@ from monailabel.client import MONAILabelClient
 
 from amoslabel.cases import WORKSPACE_DIR
 from models.versions import ModelStore
-from tests.conftest import OUTPUT, ServerProcess
+from tests.conftest import CHROMIUM_FLAGS, OUTPUT, ServerProcess
 from tests.review.conftest import add_users
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-test.txt")
@@ -29,14 +29,7 @@ CASE = "web_ct"
 PANCREAS = 10
 NEW = "web_mr"  # uploaded at the end
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> pancreas tail cut off'
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+FLAGS = CHROMIUM_FLAGS
 
 
 @pytest.fixture(scope="module")
