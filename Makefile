@@ -25,7 +25,7 @@ run-dicomweb: env
 
 test: env
 	@scripts/system-packages.sh
-	.venv/bin/ruff check amoslabel models app bench evaluation review tests
+	.venv/bin/ruff check amoslabel models app bench evaluation review strategies tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Times pre-labelling end to end against MONAI Label's radiology SegResNet on the same volumes (about 20 min).
@@ -61,8 +61,8 @@ learning-check: env
 	$(PY) -m bench.learning_check $(LEARNING_ARGS)
 
 lint: env
-	.venv/bin/ruff check amoslabel models app bench evaluation review tests
-	.venv/bin/ruff format --check amoslabel models app bench evaluation review tests
+	.venv/bin/ruff check amoslabel models app bench evaluation review strategies tests
+	.venv/bin/ruff format --check amoslabel models app bench evaluation review strategies tests
 
 clean:
 	rm -rf .workspace .bench test-output

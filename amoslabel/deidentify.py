@@ -73,6 +73,16 @@ _UPSERT = (
 Tag = Tuple[int, ...]
 
 
+UID_MAP = "uid-map.sqlite"
+
+
+def private_folder(workspace: str | Path) -> Path:
+    """Where a workspace keeps its UID mapping: ``<workspace>/.amoslabel/private``, 0700, never served."""
+    folder = Path(workspace) / ".amoslabel" / "private"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
 class UidRecord(NamedTuple):
     original: str
     new: str

@@ -16,15 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-from amoslabel.cases import WORKSPACE_DIR
-from amoslabel.deidentify import UidMap, deidentify_series
+from amoslabel.deidentify import UID_MAP, UidMap, deidentify_series, private_folder
 from amoslabel.dicom import is_dicom_dir, read_series, series_headers
 from amoslabel.errors import InputError
 from amoslabel.orthanc import session, upload_file
 
 logger = logging.getLogger(__name__)
-
-UID_MAP = "uid-map.sqlite"
 
 
 @dataclass(frozen=True)
@@ -35,13 +32,6 @@ class SentSeries:
     series_uid: str
     study_uid: str
     instances: int
-
-
-def private_folder(workspace: Path) -> Path:
-    """Where the UID mapping lives: inside the workspace, 0700, never served."""
-    folder = Path(workspace) / WORKSPACE_DIR / "private"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return folder
 
 
 def series_folders(source: Path) -> List[Path]:

@@ -27,6 +27,7 @@ import yaml
 from tqdm import tqdm
 
 from amoslabel.cases import CaseRecords, check_id, check_tag
+from amoslabel.deidentify import UID_MAP, UidMap, private_folder
 from amoslabel.dicom import is_dicom_dir, read_series
 from amoslabel.errors import InputError
 from amoslabel.modality import normalise_name
@@ -250,10 +251,23 @@ class Importer:
                 "label_source": str(item.label) if item.label else None,
                 "label_tag": tag if item.label else None,
                 "label_note": label_note,
-                "series_uid": image.GetMetaData("0020|000e") if image.HasMetaDataKey("0020|000e") else None,
+                "series_uid": self._pseudonymous_series_uid(image) if is_dicom else None,
             },
         )
         return "imported"
+
+    def _pseudonymous_series_uid(self, image: sitk.Image) -> Optional[str]:
+        """The series' de-identified UID; the original stays in the workspace's private UID mapping only."""
+        if not image.HasMetaDataKey("0020|000e"):
+            return None
+        original = image.GetMetaData("0020|000e")
+        uids = UidMap(private_folder(self.studies) / UID_MAP)
+        try:
+            new = uids.new_uid(original)
+            uids.record({original: (new, "SeriesInstanceUID")}, patient_id="", pseudonym="")
+        finally:
+            uids.close()
+        return new
 
     def _checked_label(self, path: Path, image: sitk.Image):
         label = read_label(path, self.max_voxels)

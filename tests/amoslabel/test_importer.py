@@ -7,10 +7,12 @@ import os
 import shutil
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
 from amoslabel.cases import CaseRecords
+from amoslabel.deidentify import UID_MAP, UidMap, private_folder
 from amoslabel.importer import discover, import_source
 from amoslabel.volume import Geometry
 from tests.badfiles import corrupt, label_wrong_shape
@@ -99,6 +101,15 @@ def test_plain_folder_with_dicom_series_and_sibling_labels(shared, tmp_path):
     )
     record = CaseRecords(studies).get("series_a")
     assert record["modality"] == "ct" and record["modality_source"] == "dicom" and "resampled" in record["label_note"]
+    # de-identified: the record names the series by its new UID; only the private mapping knows the original
+    original_uid = str(pydicom.dcmread(next((src / "series_a").iterdir()), stop_before_pixels=True).SeriesInstanceUID)
+    assert (
+        record["series_uid"].startswith("2.25.")
+        and original_uid not in (studies / ".amoslabel").joinpath("cases").joinpath("series_a.json").read_text()
+    )
+    uids = UidMap(private_folder(studies) / UID_MAP)
+    assert uids.by_new(record["series_uid"]).original == original_uid
+    uids.close()
 
 
 def test_single_file_and_manifest(shared, tmp_path):

@@ -24,7 +24,8 @@ import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
 from amoslabel.dicom_seg import ORGAN_CODES, read_seg
-from amoslabel.dicomweb_import import UID_MAP, private_folder, send_to_dicomweb
+from amoslabel.deidentify import UID_MAP, private_folder
+from amoslabel.dicomweb_import import send_to_dicomweb
 from amoslabel.dicomweb_store import FINAL_PREFIX, PRELABEL_PREFIX, cache_root
 from amoslabel.errors import InputError
 from amoslabel.orthanc import OrthancProcess, count_instances, fetch_series, qido, value, write_config
