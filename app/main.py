@@ -158,7 +158,10 @@ class AmosLabelApp(MONAILabelApp):
             self.review.workflow.record_prelabel(case_id, result["file"], tag, {"params": params})
             store = self.datastore()
             if isinstance(store, AmosDicomWebDatastore):  # OHIF shows the pre-label from the DICOMweb server
-                store.send_seg(case_id, result["file"], f"{PRELABEL_PREFIX} {tag}", automatic=True)
+                try:
+                    store.send_seg(case_id, result["file"], f"{PRELABEL_PREFIX} {tag}", automatic=True)
+                except Exception:  # the viewer still gets its pre-label; only OHIF's copy is missing
+                    logger.exception(f"{case_id}: the pre-label could not be stored as DICOM SEG")
         return result
 
     def bundle_path(self, model):

@@ -305,6 +305,20 @@ def table(seeds: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def effort_table(seeds: Sequence[dict]) -> str:
+    """Markdown: per organ, litres the simulated junior changed over the picked cases, from the model's pre-label
+    against from empty (mean over seeds and strategies)."""
+    organs = [o.name for o in ORGANS]
+    runs = [r["effort"][strategy] for r in seeds for strategy in r["effort"]]
+    lines = ["| organ | from pre-label (L) | from empty (L) |", "|---|---|---|"]
+    for organ in organs + ["all organs"]:
+        pick = organs if organ == "all organs" else [organ]
+        pre = np.mean([sum(run[o]["from_prelabel_ml"] for o in pick) for run in runs]) / 1000
+        empty = np.mean([sum(run[o]["from_empty_ml"] for o in pick) for run in runs]) / 1000
+        lines.append(f"| {organ} | {pre:.2f} | {empty:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     global GRID, SPACING
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -317,7 +331,12 @@ def main(argv=None) -> int:
     parser.add_argument("--grid", type=int, default=GRID, help="voxels per side of the simulation grid")
     parser.add_argument("--spacing", type=float, default=SPACING, help="mm per voxel of the simulation grid")
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "al_simulation")
+    parser.add_argument("--report", type=Path, help="only print the tables of an earlier run's results.json")
     args = parser.parse_args(argv)
+    if args.report:
+        seeds = json.loads(args.report.read_text())["seeds"]
+        print(table(seeds) + "\n\n" + effort_table(seeds))
+        return 0
     GRID, SPACING = args.grid, args.spacing
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -344,7 +363,7 @@ def main(argv=None) -> int:
     title = f"Active learning on synthetic volumes ({SPACING:g} mm), mean of {args.seeds} seeds"
     plot(mean_curves(results["seeds"]), reference, args.out / "learning_curves.png", title)
     results["minutes"] = round((time.time() - started) / 60, 1)
-    results["table"] = table(results["seeds"])
+    results["table"] = table(results["seeds"]) + "\n\n" + effort_table(results["seeds"])
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "table.md").write_text(results["table"] + "\n")
     print(results["table"])

@@ -9,10 +9,8 @@ from bench.al_simulation import STRATEGIES, main
 
 
 def test_the_simulation_runs_every_strategy(tmp_path):
-    assert (
-        main(["--per-source", "3", "--rounds", "1", "--steps", "1", "--k", "1", "--start", "2", "--out", str(tmp_path)])
-        == 0
-    )
+    tiny = ["--per-source", "3", "--rounds", "1", "--steps", "1", "--k", "1", "--start", "2", "--seeds", "2"]
+    assert main(tiny + ["--grid", "32", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     run = results["seeds"][0]
     assert set(run["curves"]) == set(STRATEGIES) == set(run["cases_to_90pct"]) == set(run["effort"])
@@ -20,4 +18,8 @@ def test_the_simulation_runs_every_strategy(tmp_path):
         assert [n for n, _ in curve] == [2, 3] and all(0 <= d <= 1 for _, d in curve)
     liver = run["effort"]["random"]["liver"]
     assert liver["from_empty_ml"] > 0 and liver["from_prelabel_ml"] >= 0
-    assert (tmp_path / "learning_curves_seed0.png").stat().st_size > 1000
+    assert len(results["seeds"]) == 2
+    for plot in ("learning_curves_seed0.png", "learning_curves_seed1.png", "learning_curves.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
+    table = (tmp_path / "table.md").read_text()
+    assert all(f"| {s} |" in table for s in STRATEGIES) and "| all organs |" in table
