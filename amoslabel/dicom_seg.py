@@ -100,12 +100,13 @@ ORGAN_CODES: Tuple[OrganCoding, ...] = (
     OrganCoding(15, "uterus", Code("35039007", "SCT", "Uterus"), None, (255, 181, 158), sex="F"),
     # Only when the caller says so (patient_sex="unknown": the server, for series whose PatientSex is empty): the
     # region, which is true of either organ, rather than a guess between them.
-    OrganCoding(15, "prostate/uterus", Code("12921003", "SCT", "Pelvic structure"), None, (242, 170, 150), "unknown"),
+    OrganCoding(15, "prostate/uterus", Code("12921003", "SCT", "Pelvic structure"), None, (242, 170, 150), "UNKNOWN"),
 )
 
 
 def coding_for(organ_id: int, sex: Optional[str] = None) -> OrganCoding:
     """The coding of one AMOS label; ``sex`` ("M"/"F") is needed for label 15 only."""
+    sex = sex.strip().upper() if sex else None
     matches = [c for c in ORGAN_CODES if c.organ_id == organ_id and (c.sex is None or c.sex == sex)]
     if not matches:
         if organ_id == 15:
@@ -263,7 +264,8 @@ def write_seg(
         series_description: SeriesDescription of the SEG.
         algorithm_type: AUTOMATIC, SEMIAUTOMATIC or MANUAL.
         algorithm_name: SegmentAlgorithmName (left out for MANUAL).
-        patient_sex: "M"/"F" to code label 15; defaults to the series' PatientSex.
+        patient_sex: "M"/"F" to code label 15 as prostate/uterus, or "unknown" for its region (pelvic structure);
+            defaults to the series' PatientSex.
         series_number: SeriesNumber of the SEG.
 
     Returns:

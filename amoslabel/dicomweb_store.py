@@ -135,7 +135,10 @@ class AmosDicomWebDatastore(AmosDatastore):
         if label_tag == "final":
             # the label version (review history) and round it came from: the SEG names exactly what was approved
             described = f"{FINAL_PREFIX} v{label_info.get('version', '?')} round {label_info.get('round', '?')}"
-            self.send_seg(image_id, label_filename, described, False)
+            try:
+                self.send_seg(image_id, label_filename, described, False)
+            except Exception:  # the final stands (store, datastore, training); only Orthanc's copy is missing
+                logger.exception("DICOMweb: the final label of %s could not be written as DICOM SEG", image_id)
         return saved
 
     def send_seg(self, image_id: str, label_file: str, description: str, automatic: bool) -> Optional[Path]:

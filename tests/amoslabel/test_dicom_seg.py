@@ -245,6 +245,11 @@ def test_prostate_uterus_coded_by_sex(dicom_dir, label, tmp_path):
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == codes.SCT.Uterus.value
     back = sitk.GetArrayFromImage(read_seg(out, dicom_dir / "ts_ct_series_uncompressed"))
     assert 15 in back and 10 not in back
+    # asked for explicitly (the server, when PatientSex is empty): the region, which reads back as label 15 too
+    out = write_seg(relabelled, dicom_dir / "ts_ct_series_uncompressed", tmp_path / "u.dcm", "x", patient_sex="unknown")
+    segment = next(s for s in pydicom.dcmread(str(out)).SegmentSequence if s.SegmentLabel == "prostate/uterus")
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "12921003"  # SCT Pelvic structure
+    assert 15 in sitk.GetArrayFromImage(read_seg(out, dicom_dir / "ts_ct_series_uncompressed"))
 
 
 def test_read_dcmqi_liver_seg(dicom_dir):
