@@ -11,7 +11,6 @@ restore checks every hash before it writes anything, and writes into a fresh fol
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,20 +22,13 @@ from typing import Any, Dict, Iterator, List
 from tqdm import tqdm
 
 from amoslabel.cases import WORKSPACE_DIR
+from amoslabel.datastore import file_sha256
 from amoslabel.errors import InputError
 
 MANIFEST = "amoslabel-snapshot.json"
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _SKIPPED_SUFFIXES = ("-wal", "-shm", "-journal")  # live SQLite side files: the backup API already folded them in
 _SKIPPED_FOLDERS = {Path(WORKSPACE_DIR) / "tmp"}  # scratch space of running requests
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _files(root: Path) -> Iterator[Path]:
@@ -106,7 +98,7 @@ def snapshot(studies: Path, out: Path, progress: bool = True) -> Dict[str, Any]:
                 shutil.copy2(studies / relative, target)  # through links (stands alone), with its mode (0600 stays)
             except FileNotFoundError:  # removed while we copied (a scratch or superseded file): not part of it
                 continue
-        entries.append({"path": str(relative), "bytes": target.stat().st_size, "sha256": _sha256(target)})
+        entries.append({"path": str(relative), "bytes": target.stat().st_size, "sha256": file_sha256(target)})
     review_db = Path(WORKSPACE_DIR) / "review.db"
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -129,7 +121,7 @@ def verify(snapshot_dir: Path) -> Dict[str, Any]:
     manifest = json.loads(path.read_text())
     for entry in manifest["files"]:
         file = Path(snapshot_dir) / entry["path"]
-        if not file.is_file() or _sha256(file) != entry["sha256"]:
+        if not file.is_file() or file_sha256(file) != entry["sha256"]:
             raise InputError(f"{snapshot_dir}: {entry['path']} is missing or damaged; nothing was restored")
     return manifest
 

@@ -138,7 +138,7 @@ class AmosDatastore(LocalDatastore):
                 copy_atomic(image_filename, dest, self.scratch)
             else:
                 write_atomic(image, dest, self.scratch)
-            info.update({"ts": int(time.time()), "name": dest.name, "sha256": _sha256(dest)})
+            info.update({"ts": int(time.time()), "name": dest.name, "sha256": file_sha256(dest)})
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=".nii.gz"))
             self._update_datastore_file(lock=False)
         record = {"source": "upload", "uploaded_by": info.get("user"), "geometry": Geometry.of(image).to_json()}
@@ -191,7 +191,7 @@ class AmosDatastore(LocalDatastore):
             label_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(label, dest, self.scratch)
             info = dict(label_info or {})
-            info.update({"ts": int(time.time()), "name": dest.name, "sha256": _sha256(dest)})
+            info.update({"ts": int(time.time()), "name": dest.name, "sha256": file_sha256(dest)})
             obj.labels[label_tag] = DataModel(info=info, ext=".nii.gz")
             self._update_datastore_file(lock=False)
         logger.info(f"Saved label {label_tag!r} for {image_id}")
@@ -273,7 +273,8 @@ def _id_from_upload(filename: str) -> str:
     return name
 
 
-def _sha256(path: str | os.PathLike) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in 1 MB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
