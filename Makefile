@@ -10,7 +10,7 @@ PORT    ?= 8000
 PRESET  ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: run run-dicomweb test env bench bench-metrics bench-review baselines prior-check learning-check al-simulation lint clean
+.PHONY: run run-dicomweb test env reliability bench bench-metrics bench-review baselines prior-check learning-check al-simulation lint clean
 
 env:
 	@scripts/bootstrap.sh
@@ -27,6 +27,14 @@ test: env
 	@scripts/system-packages.sh
 	.venv/bin/ruff check amoslabel models app bench evaluation review strategies tests
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The reliability suite at full load (kill -9 x12 over 400 writes, 50 writers, the bad-input corpus, the role matrix,
+# schemathesis at 100 examples per operation, backup/restore), then the table of docs/reliability.md (about 15 min).
+# `make test` runs the same tests in their short form.
+reliability: env
+	@scripts/system-packages.sh
+	AMOS_RELIABILITY=full $(PY) -m pytest tests/reliability tests/review/test_concurrency.py tests/amoslabel/test_backup.py
+	$(PY) -m bench.reliability_report
 
 # Times pre-labelling end to end against MONAI Label's radiology SegResNet on the same volumes (about 20 min).
 bench: env

@@ -10,6 +10,10 @@ Differences from ``monailabel.datastore.local.LocalDatastore``, which this exten
   ids 0-15, and a label on exactly its image's grid. Bad input raises an :class:`~amoslabel.errors.InputError`,
   which MONAI Label's endpoints turn into a 4xx answer; nothing is half-written and nothing stored is touched.
 * Images and labels are copied in atomically, so a crash leaves either the old file or the new one.
+* Removal through the API (``DELETE /datastore/image``, ``DELETE /datastore/label``) cannot destroy work: a scan is a
+  review case, so its removal is refused, and so is removing a label the workflow owns (``final``, ``working``,
+  ``original``). MONAI Label's own removal deletes the *target* of a symlinked image, i.e. the team's source
+  dataset when the studies were imported with ``--link``; a label removed here unlinks only its own file.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from amoslabel.volume import (
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "datastore_v2.json"
+WORKFLOW_TAGS = ("final", "working", "original")  # written by the review workflow and /infer; never removed by API
 
 
 class AmosDatastore(LocalDatastore):
@@ -196,6 +201,46 @@ class AmosDatastore(LocalDatastore):
             self._update_datastore_file(lock=False)
         logger.info(f"Saved label {label_tag!r} for {image_id}")
         return image_id
+
+    # -- removals ----------------------------------------------------------------------------------------------
+    def remove_image(self, image_id: str) -> None:
+        """Refused (403): the scan is a review case; its versions, reviews and audit would be orphaned."""
+        check_id(image_id)
+        if image_id not in self._datastore.objects:
+            raise NotFound(f"image {image_id!r} is not in the datastore")
+        raise InputError(
+            f"image {image_id!r} is a review case: scans are not removed through the API (its label versions, "
+            "reviews and history would be orphaned)",
+            status=403,
+        )
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        """Remove a label the workflow does not own (e.g. a ``draft``); the workflow's tags are refused (403)."""
+        check_id(label_id)
+        check_tag(label_tag)
+        if label_tag in WORKFLOW_TAGS:
+            raise InputError(
+                f"the label tag {label_tag!r} is kept by the review workflow and is not removed through the API",
+                status=403,
+            )
+        obj = self._datastore.objects.get(label_id)
+        if obj is None or label_tag not in obj.labels:
+            raise NotFound(f"no label {label_tag!r} for image {label_id!r}")
+        path = Path(self._datastore.label_path(label_tag)) / f"{label_id}{obj.labels[label_tag].ext}"
+        with FileLock(self._lock_file):
+            path.unlink(missing_ok=True)  # the entry itself, never what a link points to
+            del obj.labels[label_tag]
+            self._update_datastore_file(lock=False)
+        logger.info(f"Removed label {label_tag!r} of {label_id}")
+
+    def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
+        """MONAI Label's update, with an unknown image or label answered 404 (it raised a 500)."""
+        check_id(label_id)
+        check_tag(label_tag)
+        obj = self._datastore.objects.get(label_id)
+        if obj is None or label_tag not in obj.labels:
+            raise NotFound(f"no label {label_tag!r} for image {label_id!r}")
+        super().update_label_info(label_id, label_tag, info)
 
     def _check_upload_size(self, path: str) -> None:
         size = os.path.getsize(path) if os.path.exists(path) else 0

@@ -27,6 +27,7 @@ from amoslabel.organs import MAX_LABEL_ID
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 DEFAULT_MAX_VOXELS = 1024**3
+MIN_EDGE_VOXELS = 2
 
 # Geometry is compared with these tolerances: label maps written by other tools round spacing and origin.
 _SPACING_RTOL = 1e-3
@@ -163,6 +164,8 @@ def _check_shape(size, spacing, max_voxels: int, name: str) -> None:
         raise Unprocessable(f"{name}: a {len(size)}D image of size {size}; a 3D volume is required")
     if len(size) > 3:
         raise Unprocessable(f"{name}: a {len(size)}D image of size {size}; a 3D volume is required, not a series")
+    if min(size) < MIN_EDGE_VOXELS:  # one voxel, or one slice: nothing a 3D segmentation can be drawn on
+        raise Unprocessable(f"{name}: size {size}; a 3D volume needs at least {MIN_EDGE_VOXELS} voxels along each axis")
     voxels = int(np.prod(size, dtype=np.int64))
     if voxels > max_voxels:
         raise TooLarge(f"{name}: {voxels:,} voxels is more than the limit of {max_voxels:,}")

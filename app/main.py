@@ -26,6 +26,7 @@ from amoslabel.datastore import AmosDatastore  # noqa: E402
 from amoslabel.dicomweb_store import PRELABEL_PREFIX, AmosDicomWebDatastore, cache_root, seg_for_infer  # noqa: E402
 from amoslabel.errors import NotFound  # noqa: E402
 from amoslabel.organs import label_table  # noqa: E402
+from amoslabel.server_routes import install_route_overrides  # noqa: E402
 from models.infer_task import SegmentationInferTask  # noqa: E402
 from models.prior_task import PRIOR_MODEL, AtlasCache, PriorInferTask  # noqa: E402
 from models.promotion import due_for_training  # noqa: E402
@@ -242,7 +243,7 @@ class AmosLabelApp(MONAILabelApp):
 
         server.app.router.routes[:] = [r for r in server.app.router.routes if getattr(r, "path", "") != "/review"]
         server.app.mount("/review", WSGIMiddleware(create_review_api(self.review), workers=16))
-        _next_sample_off_the_event_loop(server.app)
+        install_route_overrides(server.app, ReviewQueueStrategy.NAME, _review_sample)
         logger.info("review API mounted at /review/api (OpenAPI: /review/api/openapi.json)")
 
     def _start_scoring(self) -> None:
@@ -274,41 +275,6 @@ class AmosLabelApp(MONAILabelApp):
                 )
 
 
-def _next_sample_off_the_event_loop(fastapi_app) -> None:
-    """Serve ``POST /activelearning/{strategy}`` from the thread pool.
-
-    MONAI Label declares that endpoint ``async`` but does blocking work in it (the strategy, the datastore), which
-    stalls every other request of the server while it runs. Same path, parameters and answer; only where it runs
-    changes.
-    """
-
-    from fastapi import Depends
-    from monailabel.endpoints.activelearning import sample
-    from monailabel.endpoints.user.auth import RBAC, User
-
-    path = settings.MONAI_LABEL_API_STR + "/activelearning/{strategy}"
-    fastapi_app.router.routes[:] = [
-        r for r in fastapi_app.router.routes if not (getattr(r, "path", "") == path and "POST" in r.methods)
-    ]
-
-    def api_sample(
-        strategy: str,
-        params: Optional[dict] = None,
-        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
-    ):
-        if strategy == ReviewQueueStrategy.NAME:
-            return _review_sample(params or {})
-        return sample(strategy, params, user.username)
-
-    fastapi_app.add_api_route(
-        path,
-        api_sample,
-        methods=["POST"],
-        tags=["ActiveLearning"],
-        summary="Run Active Learning strategy to get next sample",
-    )
-
-
 def _review_sample(params: dict) -> dict:
     """Next Sample from the review queue, answered as MONAI Label's ``sample`` answers (id, path, image info).
 
@@ -327,6 +293,8 @@ def _review_sample(params: dict) -> dict:
 
 def _is_uploaded_file(path: str) -> bool:
     """True for the temporary file MONAI Label's /infer endpoint writes when a client uploads the scan itself."""
+    if "\x00" in path:
+        return False  # not a file name at all; the id check refuses it
     real = os.path.realpath(path)
     return (
         os.path.isfile(real)

@@ -43,7 +43,10 @@ def create_review_api(service: ReviewService) -> Flask:
     def body() -> Dict[str, Any]:
         if request.content_length and request.content_length > MAX_JSON_BYTES:
             raise InputError(f"a JSON body may be at most {MAX_JSON_BYTES} bytes", status=413)
-        data = request.get_json(silent=True)
+        try:
+            data = request.get_json(silent=True)
+        except RecursionError:  # thousands of nested brackets: Python's parser gives up
+            raise InputError("the JSON body is nested too deeply") from None
         if not isinstance(data, dict):
             raise InputError("the body must be a JSON object")
         return data
@@ -54,7 +57,12 @@ def create_review_api(service: ReviewService) -> Flask:
 
     @app.errorhandler(WerkzeugHTTPException)
     def _http_error(error: WerkzeugHTTPException):
-        return jsonify(detail=error.description), error.code
+        response = jsonify(detail=error.description)
+        response.status_code = error.code or 500
+        for name, value in error.get_headers():  # e.g. the Allow header of a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):
@@ -92,7 +100,8 @@ def create_review_api(service: ReviewService) -> Flask:
         with tempfile.TemporaryDirectory(prefix="review-label-") as tmp:
             path = Path(tmp) / "label.nii.gz"
             upload.save(path)
-            read_label(path, name="label")  # refuse a corrupt or out-of-range file before it becomes a version
+            label = read_label(path, name="label")  # refuse a corrupt or out-of-range file before it is a version
+            service.check_label_grid(case_id, label)
             version = workflow.save_version(who, case_id, path, submit=submit_now)
         return jsonify(version=version, case=case_detail(workflow, case_id, who)["state"])
 

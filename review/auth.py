@@ -2,8 +2,8 @@
 
 A token reads ``amos_<id>_<secret>``: the id finds the row, the secret is checked against its Argon2id hash
 (argon2-cffi). The secret is shown once, when made, and never stored. Argon2 is deliberately slow (tens of ms), so a
-verified token is remembered in this process for a few minutes, keyed by a SHA-256 of the whole token; revoking a
-token or deactivating a user clears that memory.
+verified secret is remembered in this process for a few minutes, keyed by a SHA-256 of the whole token; the token
+row and its user are still read on every call, so a revocation or deactivation by any process holds at once.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class Principal:
 
     def require(self, *roles: str) -> "Principal":
         if self.role not in roles:
-            raise Forbidden(f"{self.name} is a {self.role}; this needs the role {' or '.join(roles)}")
+            article = "an" if self.role[0] in "aeiou" else "a"
+            raise Forbidden(f"{self.name} is {article} {self.role}; this needs the role {' or '.join(roles)}")
         return self
 
 
@@ -135,26 +136,28 @@ class Accounts:
         """
         if not token:
             raise Unauthorized("an API token is required (header 'Authorization: Bearer amos_...')")
-        key = hashlib.sha256(token.encode()).hexdigest()
-        with self._lock:
-            hit = self._verified.get(key)
-        if hit and time.monotonic() - hit[2] < _CACHE_SECONDS:
-            return hit[0]
         match = _TOKEN.match(token)
         if not match:
             raise Unauthorized("the token is not valid")
+        key = hashlib.sha256(token.encode()).hexdigest()
+        # The token row and the user are read on every call, so a revocation or deactivation made by another
+        # process (the users command) holds at once; only the slow Argon2 check of the secret is remembered.
         with self.store.read() as session:
             row = session.get(Token, match.group(1))
             user = session.get(User, row.user_id) if row else None
             if row is None or row.revoked is not None or user is None or not user.active:
                 raise Unauthorized("the token is not valid")
+            principal = Principal(user.id, user.name, user.role)
+            secret_hash = row.secret_hash
+        with self._lock:
+            hit = self._verified.get(key)
+        if not (hit and hit[1] == row.id and time.monotonic() - hit[2] < _CACHE_SECONDS):
             try:
-                self._hasher.verify(row.secret_hash, match.group(2))
+                self._hasher.verify(secret_hash, match.group(2))
             except (VerificationError, InvalidHashError):
                 raise Unauthorized("the token is not valid") from None
-            principal = Principal(user.id, user.name, user.role)
-        with self._lock:
-            self._verified[key] = (principal, row.id, time.monotonic())
+            with self._lock:
+                self._verified[key] = (principal, row.id, time.monotonic())
         return principal
 
     def session_principal(self, token_id: str) -> Principal:

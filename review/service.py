@@ -25,7 +25,8 @@ from typing import Any, Callable, Dict, Optional
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from amoslabel.config import AppConfig
-from amoslabel.errors import InputError
+from amoslabel.errors import InputError, Unprocessable
+from amoslabel.volume import Geometry, read_header
 from review.auth import Accounts, Forbidden, Principal
 from review.queries import case_detail, next_case
 from review.store import ReviewStore, database_url
@@ -65,6 +66,14 @@ class ReviewService:
         if not study:
             return None
         return f"{self.ohif_viewer.rstrip('/')}/viewer?StudyInstanceUIDs={study}&SeriesInstanceUIDs={case_id}"
+
+    def check_label_grid(self, case_id: str, label) -> None:
+        """Refuse (422) a label that is not on its case's scan grid, when the app knows the scan."""
+        image = self.locate_image(case_id) if self.locate_image else None
+        if image:
+            reason = Geometry.of(read_header(image)).mismatch(Geometry.of(label))
+            if reason:
+                raise Unprocessable(f"label for {case_id}: {reason}; a label must be on its image's grid")
 
     def after_review(self, summary: Dict[str, Any]) -> Dict[str, Any]:
         """Queue finalising when a review brought the case to consensus (the vote answers at once); tell the

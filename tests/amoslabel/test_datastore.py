@@ -125,3 +125,31 @@ def test_good_upload_and_label_round_trip(studies, tmp_path):
     assert saved.GetOrigin() == sitk.ReadImage(str(CT)).GetOrigin()
     assert len(_store(studies).datalist()) == 2  # survives a restart
     shutil.rmtree(studies / ".amoslabel" / "tmp")
+
+
+def test_a_linked_scan_and_the_workflow_labels_are_never_removed(shared, tmp_path):
+    """MONAI Label's removal deletes the target of a linked scan (the source dataset); ours refuses, and removes
+    only a label the workflow does not own. The scan links to a private copy, never to ../shared/data."""
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(CT, source / "linked_ct.nii.gz")
+    studies = tmp_path / "linked-studies"
+    import_source(source / "linked_ct.nii.gz", studies, link_images=True, progress=False)
+    assert (studies / "linked_ct.nii.gz").is_symlink()
+    store = _store(studies)
+    for tag in ("final", "draft"):
+        store.save_label("linked_ct", str(CT_LABEL), tag, {})
+    with pytest.raises(InputError) as err:
+        store.remove_image("linked_ct")
+    assert err.value.status == 403 and "review case" in str(err.value)
+    for tag in ("final", "working", "original"):
+        with pytest.raises(InputError) as err:
+            store.remove_label("linked_ct", tag)
+        assert err.value.status == 403
+    with pytest.raises(InputError) as err:
+        store.remove_image("../linked_ct")
+    assert err.value.status == 400
+    store.remove_label("linked_ct", "draft")
+    assert (source / "linked_ct.nii.gz").is_file() and store.has_image("linked_ct")
+    assert store.get_label_uri("linked_ct", "final") and not store.get_label_uri("linked_ct", "draft")
+    assert not _store(studies).get_label_uri("linked_ct", "draft")  # the index forgot it too

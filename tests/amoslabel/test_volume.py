@@ -18,6 +18,9 @@ EXPECTED_IMAGE = {
     "nan": (422, "NaN or infinite"),
     "huge-header": (413, "1,000,000,000,000 voxels"),
     "zero-spacing": (422, "spacing"),
+    "negative-spacing": (422, "must be positive"),
+    "one-voxel": (422, "at least 2 voxels"),
+    "one-slice": (422, "at least 2 voxels"),
 }
 
 

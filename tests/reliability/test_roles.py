@@ -1,0 +1,327 @@
+"""R4: the role-by-operation matrix, through the review JSON API and the MONAI Label endpoints that change workflow
+state, on the real server.
+
+Each operation gets a case in the state it needs (made through the workflow in this process, on the server's own
+SQLite file). Every principal that must be refused tries first; then the allowed one must succeed. A refusal is a
+401 (no, unknown, revoked token or deactivated user), 403 (role or ownership) or 409 (a state the role cannot act
+on); nothing refused may change the case.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from amoslabel.config import load_config
+from review.service import ReviewService
+from tests.conftest import ROOT
+from tests.reliability.conftest import TeamServer, report
+from tests.review.conftest import LABEL
+
+REFUSED = (401, 403, 409)
+MR_LABEL = "mr/ts_abdomen_mr_small_label.nii.gz"
+CELLS: List[dict] = []
+
+
+@pytest.fixture(scope="module")
+def world(team_server: TeamServer):
+    """The server, an in-process workflow on its store, and tokens that must no longer work."""
+    service = ReviewService(load_config(team_server.extra["config"]), str(team_server.studies))
+    tokens = dict(team_server.tokens)
+    for name in ("gone", "ex"):
+        service.accounts.add_user(name, "junior")
+        tokens[name] = service.accounts.issue_token(name)
+        assert team_server.api(name, "GET", "/me", token=tokens[name]).status_code == 200  # the server now knows it
+    cli = [sys.executable, "-m", "amoslabel", "users"]
+    subprocess.run([*cli, "deactivate", "gone", "--studies", str(team_server.studies)], cwd=ROOT, check=True)
+    subprocess.run([*cli, "revoke", "ex", "--studies", str(team_server.studies)], cwd=ROOT, check=True)
+    tokens["bad"] = "amos_AAAAAAAAAAAA_" + "x" * 40
+    yield team_server, service, tokens
+    service.store.dispose()
+    rows = Counter((c["interface"], c["expected"], c["ok"]) for c in CELLS)
+    report(
+        "r4_roles",
+        {
+            "cells": len(CELLS),
+            "operations": len({(c["interface"], c["operation"]) for c in CELLS}),
+            "refused_as_expected": sum(1 for c in CELLS if c["expected"] == "refused" and c["ok"]),
+            "allowed_as_expected": sum(1 for c in CELLS if c["expected"] == "allowed" and c["ok"]),
+            "wrong": [c for c in CELLS if not c["ok"]],
+            "by_interface": {f"{k[0]} {k[1]} {'ok' if k[2] else 'WRONG'}": v for k, v in rows.items()},
+            "matrix": CELLS,
+        },
+    )
+
+
+ANONYMOUS = ["", "bad", "ex", "gone"]  # no token, an unknown one, a revoked one, a deactivated user's
+
+
+def check(world, operation: str, call: Callable[[Optional[str]], requests.Response], refused: List[str], allowed):
+    """Try every refused principal, then the allowed one(s); record each cell."""
+    server, service, tokens = world
+    for who in refused:
+        reply = call(who)
+        ok = reply.status_code in REFUSED
+        CELLS.append(_cell("review API", operation, who, reply, "refused", ok))
+        assert ok, f"{operation} by {who or 'nobody'}: {reply.status_code} {reply.text[:200]}"
+    for who in [allowed] if isinstance(allowed, str) else allowed:
+        reply = call(who)
+        ok = reply.status_code in (200, 201)
+        CELLS.append(_cell("review API", operation, who, reply, "allowed", ok))
+        assert ok, f"{operation} by {who}: {reply.status_code} {reply.text[:200]}"
+
+
+def _cell(interface, operation, who, reply, expected, ok) -> dict:
+    detail = reply.text[:120] if reply.status_code >= 400 else ""
+    return {
+        "interface": interface,
+        "operation": operation,
+        "principal": who or "(no token)",
+        "status": reply.status_code,
+        "expected": expected,
+        "ok": ok,
+        "detail": detail,
+    }
+
+
+def as_user(world, method: str, path: str, **kwargs) -> Callable[[Optional[str]], requests.Response]:
+    server, _, tokens = world
+
+    def call(who: Optional[str]) -> requests.Response:
+        token = tokens.get(who, "") if who else ""
+        return server.api(None, method, path, token=token, **{k: v() if callable(v) else v for k, v in kwargs.items()})
+
+    return call
+
+
+def principal(world, name: str):
+    return world[1].accounts.by_name(name)
+
+
+def prelabelled(world, case_id: str, label: Path = LABEL) -> str:
+    world[1].workflow.record_prelabel(case_id, label, "prior", {})
+    return case_id
+
+
+def with_junior(world, case_id: str, label: Path = LABEL, saved: bool = False) -> str:
+    wf = world[1].workflow
+    prelabelled(world, case_id, label)
+    wf.claim(principal(world, "j1"), case_id)
+    if saved:
+        wf.save_version(principal(world, "j1"), case_id, label)
+    return case_id
+
+
+def in_review(world, case_id: str, reader: Optional[str] = None) -> str:
+    wf = world[1].workflow
+    with_junior(world, case_id, saved=True)
+    wf.submit(principal(world, "j1"), case_id)
+    if reader:
+        wf.claim(principal(world, reader), case_id)
+    return case_id
+
+
+def escalated(world, case_id: str) -> str:
+    """Changes requested on the pancreas in every round, up to the last one."""
+    wf = world[1].workflow
+    with_junior(world, case_id, saved=True)
+    for round_ in range(wf.settings.max_rounds):
+        if round_:
+            wf.save_version(principal(world, "j1"), case_id, LABEL)  # returned to j1 with the comments
+        wf.submit(principal(world, "j1"), case_id)
+        for reader in _readers(world, case_id):
+            vote = {"organ": 10, "decision": "changes_requested", "comment": "pancreas tail"}
+            wf.review(principal(world, reader), case_id, [vote], default="approve")
+    assert _state(world[1], case_id) == "escalated"
+    return case_id
+
+
+def test_everyone_is_who_their_token_says(world):
+    check(world, "GET /me", as_user(world, "GET", "/me"), ANONYMOUS, ["j1", "s1", "boss"])
+    check(world, "GET /queue", as_user(world, "GET", "/queue"), ANONYMOUS, ["j1", "s1", "boss"])
+
+
+def test_claiming_a_prelabelled_case_is_a_juniors_job(world):
+    case = prelabelled(world, "role_claim")
+    check(
+        world,
+        "POST claim (pre-labelled)",
+        as_user(world, "POST", f"/cases/{case}/claim"),
+        ANONYMOUS + ["s1", "boss"],
+        "j1",
+    )
+    check(world, "POST claim (another junior's)", as_user(world, "POST", f"/cases/{case}/claim"), ["j2"], [])
+
+
+def test_only_the_holding_junior_saves_and_submits(world):
+    case = with_junior(world, "role_save")
+    label = lambda: {"label": ("label.nii.gz", LABEL.read_bytes())}  # noqa: E731
+    save = as_user(world, "POST", f"/cases/{case}/label", files=label)
+    check(world, "POST label", save, ANONYMOUS + ["j2", "s1", "boss"], "j1")
+    check(world, "POST submit", as_user(world, "POST", f"/cases/{case}/submit"), ANONYMOUS + ["j2", "s1", "boss"], "j1")
+
+
+def test_reviews_need_a_senior_holding_the_case_and_never_the_author(world):
+    case = in_review(world, "role_review_claim")
+    detail = world[0].api("boss", "GET", f"/cases/{case}").json()
+    readers = sorted(a["user"] for a in detail["assignees"] if a["duty"] == "review")
+    outsider = next(s for s in ("s1", "s2", "s3", "s4") if s not in readers)  # 4 seniors, 3 readers per case
+    claim = as_user(world, "POST", f"/cases/{case}/claim")
+    check(world, "POST claim (in review, full)", claim, ANONYMOUS + ["j1", "j2", "boss", outsider], readers[0])
+    vote = as_user(world, "POST", f"/cases/{case}/reviews", json={"votes": [], "default": "approve"})
+    # j1 wrote the label: a junior never approves their own work, nor does a senior the case was not given to
+    check(world, "POST reviews", vote, ANONYMOUS + ["j1", "j2", outsider, "boss"], readers[0])
+    check(world, "POST reviews (twice)", vote, [readers[0]], [])
+
+
+def test_only_an_admin_resolves_an_escalated_case(world):
+    case = escalated(world, "role_resolve")
+    resolve = as_user(world, "POST", f"/cases/{case}/resolve", json={"action": "accept"})
+    check(world, "POST resolve", resolve, ANONYMOUS + ["j1", "s1", "s4"], "boss")
+
+
+def test_case_pages_are_for_the_people_on_the_case(world):
+    case = with_junior(world, "role_view")
+    for path in (f"/cases/{case}", f"/cases/{case}/history"):
+        check(
+            world,
+            f"GET {path.replace(case, '{case}')}",
+            as_user(world, "GET", path),
+            ANONYMOUS + ["j2", "s4"],
+            ["j1", "boss"],
+        )
+    check(world, "GET /stats/agreement", as_user(world, "GET", "/stats/agreement"), ANONYMOUS + ["j1"], ["s1", "boss"])
+
+
+def test_only_an_admin_manages_users_and_tokens(world):
+    check(world, "GET /users", as_user(world, "GET", "/users"), ANONYMOUS + ["j1", "s1"], "boss")
+    add = as_user(world, "POST", "/users", json={"name": "newbie", "role": "senior"})
+    check(world, "POST /users", add, ANONYMOUS + ["j1", "s1"], "boss")
+    check(
+        world, "POST /users/{name}/tokens", as_user(world, "POST", "/users/j2/tokens"), ANONYMOUS + ["j1", "s1"], "boss"
+    )
+    check(
+        world,
+        "DELETE /users/{name}/tokens",
+        as_user(world, "DELETE", "/users/newbie/tokens"),
+        ANONYMOUS + ["j1", "s1"],
+        "boss",
+    )
+
+
+def monai(world, operation: str, expected: str, method: str, path: str, **kwargs) -> requests.Response:
+    server = world[0]
+    reply = requests.request(method, f"{server.url}{path}", timeout=120, **kwargs)
+    ok = reply.status_code in (REFUSED if expected == "refused" else (200,))
+    who = kwargs.get("data", {}).get("params") or kwargs.get("json") or kwargs.get("params", {}).get("client_id") or "-"
+    CELLS.append(_cell("MONAI Label", operation, str(who)[:60], reply, expected, ok))
+    assert ok, f"{operation} {who}: {reply.status_code} {reply.text[:200]}"
+    return reply
+
+
+def test_a_viewer_save_needs_the_user_holding_the_case(world, shared):
+    server, service, _ = world
+    case = "mr_small"  # a real scan of this server: its label must be on the scan's grid
+    with_junior(world, case, label=shared / MR_LABEL)
+    label = (shared / MR_LABEL).read_bytes()
+    for client_id, tag in [
+        (None, "final"),
+        ("mallory", "final"),
+        ("j2", "final"),
+        ("s1", "final"),
+        ("boss", "final"),
+        ("j1", "working"),
+    ]:
+        params = {"params": json.dumps({"client_id": client_id} if client_id else {})}
+        monai(
+            world,
+            f"PUT /datastore/label tag={tag}",
+            "refused",
+            "PUT",
+            "/datastore/label",
+            params={"image": case, "tag": tag},
+            data=params,
+            files={"label": ("l.nii.gz", label)},
+        )
+    assert _state(service, case) == "with_junior"  # nothing refused changed the case
+    params = {"params": json.dumps({"client_id": "j1"})}
+    monai(
+        world,
+        "PUT /datastore/label tag=final",
+        "allowed",
+        "PUT",
+        "/datastore/label",
+        params={"image": case, "tag": "final"},
+        data=params,
+        files={"label": ("l.nii.gz", label)},
+    )
+    assert _state(service, case) == "in_review"
+
+
+def test_next_sample_claims_only_for_a_known_user(world):
+    prelabelled(world, "role_next")
+    for body in ({}, {"client_id": "mallory"}, {"client_id": "gone"}):
+        monai(world, "POST /activelearning/review_queue", "refused", "POST", "/activelearning/review_queue", json=body)
+    reply = monai(
+        world,
+        "POST /activelearning/review_queue",
+        "allowed",
+        "POST",
+        "/activelearning/review_queue",
+        json={"client_id": "j2"},
+    )
+    assert reply.json().get("id") == "role_next"
+
+
+def test_nothing_removes_scans_final_labels_or_model_weights(world):
+    server = world[0]
+    final = server.studies / "labels" / "final" / "ct_small.nii.gz"
+    before = final.read_bytes()
+    monai(world, "DELETE /datastore/image", "refused", "DELETE", "/datastore/image", params={"id": "ct_small"})
+    monai(
+        world,
+        "DELETE /datastore/label final",
+        "refused",
+        "DELETE",
+        "/datastore/label",
+        params={"id": "ct_small", "tag": "final"},
+    )
+    monai(world, "PUT /model/{model}", "refused", "PUT", "/model/unet", files={"file": ("w.pt", b"not weights")})
+    monai(world, "DELETE /model/{model}", "refused", "DELETE", "/model/unet")
+    assert final.read_bytes() == before
+    assert (server.sources / "ts_abdomen_ct_small.nii.gz").is_file()  # the linked source of the scan
+    assert requests.head(f"{server.url}/datastore/image", params={"image": "ct_small"}, timeout=30).status_code == 200
+
+
+def _readers(world, case_id: str) -> List[str]:
+    """The seniors the case was given to in this round (routing assigns them at submission)."""
+    from review.schema import Assignment, User
+
+    with world[1].store.read() as s:
+        rows = s.execute(
+            select(User.name)
+            .join(Assignment, Assignment.user_id == User.id)
+            .where(Assignment.case_id == case_id, Assignment.duty == "review", Assignment.status == "active")
+        )
+        return sorted(rows.scalars())
+
+
+def _state(service: ReviewService, case_id: str) -> str:
+    from review.schema import Case
+
+    with service.store.read() as s:
+        return s.get(Case, case_id).state
+
+
+def test_the_matrix_has_no_wrong_cell(world):
+    wrong = [c for c in CELLS if not c["ok"]]
+    assert CELLS and not wrong, wrong
+    assert Counter(c["expected"] for c in CELLS)["refused"] > 80
