@@ -16,7 +16,7 @@ import requests
 from sqlalchemy import func, select
 
 from amoslabel.config import load_config
-from review.schema import Assignment, Case, LabelVersion, Review
+from review.schema import Assignment, Case, LabelVersion, Review, User
 from review.service import ReviewService
 from tests.conftest import ServerProcess
 from tests.reliability.conftest import private_studies, report, size
@@ -80,14 +80,13 @@ def test_kill_9_during_submissions_and_votes_loses_nothing_acknowledged(shared, 
     case_ids = [f"crash{i:03d}" for i in range(cases)]
     for case_id in case_ids:
         service.workflow.record_prelabel(case_id, LABEL, "prior", {})
-    service.store.dispose()
 
     junior = Stream("j1", tokens["j1"], list(case_ids))
     seniors = [Stream(s, tokens[s], list(case_ids)) for s in SENIORS]
     streams = [junior, *seniors]
     submitted = lambda case_id: case_id in junior.acknowledged or case_id not in junior.todo  # noqa: E731
     rng = random.Random(9)
-    kill_times, restart_s = [], []
+    kill_times, restart_s, after_kill = [], [], []
 
     for cycle in range(kills + 1):
         started = time.time()
@@ -112,12 +111,14 @@ def test_kill_9_during_submissions_and_votes_loses_nothing_acknowledged(shared, 
         for t in threads:
             t.join()
         server.stop()  # reaps the killed process, or stops the last one
+        found = check_store(service, junior, seniors, case_ids)  # the state the restart will start from
+        after_kill.append({k: len(v) for k, v in found.items()})
+        assert not any(found.values()), f"after kill {cycle + 1}: {found}"
     assert not any(s.todo for s in streams)
 
     server = ServerProcess(studies, root, {"preset": "cpu-fast"})  # a last start finalises what reached consensus
     server.wait_ready()
     deadline = time.time() + 120
-    service = ReviewService(load_config(), str(studies))
     while time.time() < deadline:
         with service.store.read() as s:
             states = Counter(s.execute(select(Case.state).where(Case.id.in_(case_ids))).scalars())
@@ -139,56 +140,64 @@ def test_kill_9_during_submissions_and_votes_loses_nothing_acknowledged(shared, 
             "cut_off_writes_found_stored": sum(s.landed_unacknowledged for s in streams),
             "restart_s_median": round(sorted(restart_s)[len(restart_s) // 2], 1),
             "final_states": dict(states),
-            **figures,
+            "checks_after_kills": after_kill,
+            "acknowledged_lost": len(figures["lost"]),
+            "lost": figures["lost"],
+            "damaged_versions": len(figures["damaged_versions"]),
+            "inconsistent_cases": figures["inconsistent_cases"],
         },
     )
     assert writes + sum(s.landed_unacknowledged for s in streams) == 4 * cases
-    assert figures["acknowledged_lost"] == 0 and figures["inconsistent_cases"] == []
+    assert not any(figures.values()), figures
     assert states == {"final": cases}, states
 
 
 def check_store(service: ReviewService, junior: Stream, seniors: list, case_ids: list) -> dict:
-    """Every acknowledged write present, every version file intact, every case's assignments matching its state."""
+    """Every write acknowledged so far present, every version file intact, every case's assignments and votes
+    matching its state. Run after each kill (before the restart) and at the end."""
     lost, bad_files, inconsistent = [], [], []
     with service.store.read() as s:
+        users = dict(s.execute(select(User.name, User.id)).all())
         for case_id, answer in junior.acknowledged.items():
             version = s.get(LabelVersion, answer["version"])
             if version is None or version.case_id != case_id:
                 lost.append(f"submit {case_id} v{answer['version']}")
         for stream in seniors:
             for case_id in stream.acknowledged:
-                count = s.execute(
-                    select(func.count())
-                    .select_from(Review)
-                    .where(Review.case_id == case_id, Review.user_id == _user_id(s, stream.who))
-                ).scalar_one()
+                count = _votes(s, case_id, users[stream.who])
                 if count != 15:
                     lost.append(f"vote {stream.who} {case_id} ({count} of 15 organs)")
         for version in s.execute(select(LabelVersion)).scalars():
             path = Path(version.path)
             if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != version.sha256:
                 bad_files.append(version.id)
-        for case_id, state in s.execute(select(Case.id, Case.state).where(Case.id.in_(case_ids))).all():
-            active = dict(
-                s.execute(
-                    select(Assignment.duty, func.count())
-                    .where(Assignment.case_id == case_id, Assignment.status == "active")
-                    .group_by(Assignment.duty)
-                ).all()
-            )
-            expected = {"in_review": {"review": 3}, "with_junior": {"annotate": 1}}.get(state, {})
-            if state in ("in_review", "with_junior", "final", "consensus") and active != expected:
-                inconsistent.append((case_id, state, active))
-    assert not bad_files, f"label versions whose file is missing or altered: {bad_files}"
-    return {
-        "acknowledged_lost": len(lost),
-        "lost": lost,
-        "damaged_versions": len(bad_files),
-        "inconsistent_cases": inconsistent,
-    }
+        for case in s.execute(select(Case).where(Case.id.in_(case_ids))).scalars():
+            problem = _inconsistency(s, case)
+            if problem:
+                inconsistent.append((case.id, case.state, problem))
+    return {"lost": lost, "damaged_versions": bad_files, "inconsistent_cases": inconsistent}
 
 
-def _user_id(session, name: str) -> int:
-    from review.schema import User
+def _votes(s, case_id: str, user_id: int) -> int:
+    query = select(func.count()).select_from(Review).where(Review.case_id == case_id, Review.user_id == user_id)
+    return s.execute(query).scalar_one()
 
-    return session.execute(select(User.id).where(User.name == name)).scalar_one()
+
+def _inconsistency(s, case: Case) -> str | None:
+    """Why the case's assignments and votes do not fit its state (None when they do)."""
+    rows = s.execute(
+        select(Assignment.duty, Assignment.status, Assignment.user_id).where(
+            Assignment.case_id == case.id, Assignment.round == case.round
+        )
+    ).all()
+    active = Counter(duty for duty, status, _ in rows if status == "active")
+    readers = {user for duty, status, user in rows if duty == "review" and status in ("active", "done")}
+    voted = {user for user in readers if _votes(s, case.id, user) == 15}
+    finished = {user for duty, status, user in rows if duty == "review" and status == "done"}
+    if case.state == "with_junior" and active != {"annotate": 1}:
+        return f"with the junior but active assignments {dict(active)}"
+    if case.state == "in_review" and (len(readers) != 3 or voted != finished or active.get("annotate")):
+        return f"in review with readers {sorted(readers)}, voted {sorted(voted)}, done {sorted(finished)}"
+    if case.state in ("consensus", "final") and (active or len(voted) != 3):
+        return f"{case.state} with active {dict(active)} and {len(voted)} complete votes"
+    return None
