@@ -18,8 +18,9 @@ def _crash(r: Dict) -> List[str]:
     return [
         "R1 crash (`tests/reliability/test_crash.py`)",
         f"{r['cases']} cases x (1 submission + 3 votes) = {4 * r['cases']} writes by 4 concurrent clients",
-        f"{r['kills']} x kill -9 at random moments ({min(r['kill_after_s'])}-{max(r['kill_after_s'])} s into a run), "
-        f"restart each time (median {r['restart_s_median']} s); {r['writes_cut_off_by_a_kill']} requests cut off",
+        f"{r['kills']} x kill -9 at random moments (after writes {', '.join(map(str, r['killed_after_write']))}, "
+        f"+0-50 ms), restart each time (median {r['restart_s_median']} s); {r['writes_cut_off_by_a_kill']} requests "
+        "cut off; store checked after every kill",
         f"{r['writes_acknowledged']} acknowledged, all stored; {r['cut_off_writes_found_stored']} cut-off writes had "
         f"landed; every case consistent ({len(r['inconsistent_cases'])} not); end states {r['final_states']}",
         f"**{r['acknowledged_lost']}** acknowledged writes, {r['damaged_versions']} label files",

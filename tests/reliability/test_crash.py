@@ -86,6 +86,8 @@ def test_kill_9_during_submissions_and_votes_loses_nothing_acknowledged(shared, 
     streams = [junior, *seniors]
     submitted = lambda case_id: case_id in junior.acknowledged or case_id not in junior.todo  # noqa: E731
     rng = random.Random(9)
+    kill_points = sorted(rng.sample(range(5, 4 * cases - 5), kills))  # which write each kill follows
+    done_writes = lambda: sum(len(s.acknowledged) + s.landed_unacknowledged for s in streams)  # noqa: E731
     kill_times, restart_s, after_kill = [], [], []
 
     for cycle in range(kills + 1):
@@ -101,13 +103,15 @@ def test_kill_9_during_submissions_and_votes_loses_nothing_acknowledged(shared, 
         for t in threads:
             t.start()
         if cycle < kills:
-            delay = rng.uniform(0.3, 2.5)  # a random moment while all four clients are writing
-            time.sleep(delay)
+            # a random moment while all four clients are writing: after a random number of writes, plus up to 50 ms
+            while done_writes() < kill_points[cycle] and any(t.is_alive() for t in threads):
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.05))
             if not any(s.todo for s in streams):
-                raise AssertionError("the writes ended before every kill: raise the case count")
+                raise AssertionError("the writes ended before every kill")
             os.kill(server.process.pid, signal.SIGKILL)
             killed.set()
-            kill_times.append(round(delay, 2))
+            kill_times.append(done_writes())
         for t in threads:
             t.join()
         server.stop()  # reaps the killed process, or stops the last one
@@ -134,7 +138,7 @@ def test_kill_9_during_submissions_and_votes_loses_nothing_acknowledged(shared, 
         {
             "cases": cases,
             "kills": kills,
-            "kill_after_s": kill_times,
+            "killed_after_write": kill_times,
             "writes_acknowledged": writes,
             "writes_cut_off_by_a_kill": sum(s.interrupted for s in streams),
             "cut_off_writes_found_stored": sum(s.landed_unacknowledged for s in streams),
