@@ -10,6 +10,7 @@ this app does not serve beyond MONAI Label's defaults.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -31,9 +32,8 @@ RUNS: List[Dict] = []
 def fuzz(server: TeamServer, name: str, schema: str, *args: str, token: str | None = None) -> Dict:
     """One schemathesis run; the status codes it saw and the failures of each check."""
     out = REPORTS / "schemathesis" / name
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.iterdir():
-        old.unlink()
+    shutil.rmtree(out, ignore_errors=True)  # the last run's reports and schemathesis' own cache folder
+    out.mkdir(parents=True)
     command = [
         str(SCHEMATHESIS),
         "run",
