@@ -16,12 +16,13 @@ from typing import Dict, List
 
 import pytest
 import requests
+import yaml
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from amoslabel.config import load_config
 from review.service import ReviewService
-from tests.badfiles import BAD_IDS, BAD_IMAGES, BAD_LABELS, CT_LABEL, dicom_truncated_file, dicom_without_positions
+from tests.badfiles import BAD_IDS, BAD_IMAGES, BAD_LABELS, CT, CT_LABEL, dicom_truncated_file, dicom_without_positions
 from tests.badfiles import oblique as oblique_scan
 from tests.app.test_server import status_of
 from tests.conftest import ROOT
@@ -172,6 +173,15 @@ def test_bad_label_through_the_viewer_and_the_review_api(bench, kind, tmp_path):
     assert record("POST /review/api/cases/{id}/label", kind, reply.status_code, reply.text), reply.text
     assert snapshot(server, service) == before
     assert server.process.alive()
+    # the import command, the bad label beside the real scan it belongs to (a manifest, as a dataset would be)
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump({"root": ".", "cases": [{"id": "case", "image": str(CT), "label": bad.name}]}))
+    done = import_command(manifest, tmp_path / "imported")
+    output = (done.stdout + done.stderr).strip()
+    refused = done.returncode != 0 or "skipped 1" in output
+    record("import command (scan + label)", kind, 400 if refused else 0, output[-300:])
+    assert refused, output
+    assert not list((tmp_path / "imported").glob("*.nii*")), "the import stored a case with a bad label"
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_IDS))
