@@ -29,7 +29,7 @@ test: env
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The reliability suite at full load (kill -9 x12 over 400 writes, 50 writers, the bad-input corpus, the role matrix,
-# schemathesis at 100 examples per operation, backup/restore), then the table of docs/reliability.md (about 10 min).
+# schemathesis at 100 examples per operation, backup/restore), then the table of docs/reliability.md (about 8 min).
 # `make test` runs the same tests in their short form.
 reliability: env
 	@scripts/system-packages.sh
