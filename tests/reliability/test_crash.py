@@ -102,34 +102,39 @@ def test_kill_9_during_submissions_and_votes_loses_nothing_acknowledged(shared, 
         ]
         for t in threads:
             t.start()
-        if cycle < kills:
-            # a random moment while all four clients are writing: after a random number of writes, plus up to 50 ms
-            while done_writes() < kill_points[cycle] and any(t.is_alive() for t in threads):
-                time.sleep(0.002)
-            time.sleep(rng.uniform(0.0, 0.05))
-            if not any(s.todo for s in streams):
-                raise AssertionError("the writes ended before every kill")
-            os.kill(server.process.pid, signal.SIGKILL)
-            killed.set()
-            kill_times.append(done_writes())
-        for t in threads:
-            t.join()
-        server.stop()  # reaps the killed process, or stops the last one
+        try:
+            if cycle < kills:
+                # a random moment while all four clients write: after a random number of writes, plus up to 50 ms
+                while done_writes() < kill_points[cycle] and any(t.is_alive() for t in threads):
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(0.0, 0.05))
+                if not any(s.todo for s in streams):
+                    raise AssertionError("the writes ended before every kill")
+                os.kill(server.process.pid, signal.SIGKILL)
+                kill_times.append(done_writes())
+        finally:
+            if cycle < kills:
+                killed.set()  # the clients stop at their next request, whether or not the kill happened
+            for t in threads:
+                t.join()
+            server.stop()  # reaps the killed process, or stops the last one (also when this cycle failed)
         found = check_store(service, junior, seniors, case_ids)  # the state the restart will start from
         after_kill.append({k: len(v) for k, v in found.items()})
         assert not any(found.values()), f"after kill {cycle + 1}: {found}"
     assert not any(s.todo for s in streams)
 
     server = ServerProcess(studies, root, {"preset": "cpu-fast"})  # a last start finalises what reached consensus
-    server.wait_ready()
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        with service.store.read() as s:
-            states = Counter(s.execute(select(Case.state).where(Case.id.in_(case_ids))).scalars())
-        if states == {"final": cases}:
-            break
-        time.sleep(1)
-    server.stop()
+    try:
+        server.wait_ready()
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with service.store.read() as s:
+                states = Counter(s.execute(select(Case.state).where(Case.id.in_(case_ids))).scalars())
+            if states == {"final": cases}:
+                break
+            time.sleep(1)
+    finally:
+        server.stop()
     figures = check_store(service, junior, seniors, case_ids)
     service.store.dispose()
     writes = sum(len(s.acknowledged) for s in streams)
