@@ -9,6 +9,8 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 PRESET  ?= cpu
 PYTEST_ARGS ?=
+# test modules run on this many workers (pytest-xdist; each module stays whole, in order, on one worker)
+TEST_WORKERS ?= 2
 
 .PHONY: run run-dicomweb test env reliability bench bench-metrics bench-review baselines prior-check learning-check al-simulation lint clean
 
@@ -25,15 +27,15 @@ run-dicomweb: env
 
 test: env
 	@scripts/system-packages.sh
-	.venv/bin/ruff check amoslabel models app bench evaluation review strategies tests
-	$(PY) -m pytest $(PYTEST_ARGS)
+	.venv/bin/ruff check amoslabel models app bench evaluation review strategies scripts tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The reliability suite at full load (kill -9 x12 over 400 writes, 50 writers, the bad-input corpus, the role matrix,
 # schemathesis at 100 examples per operation, backup/restore), then the table of docs/reliability.md (about 8 min).
 # `make test` runs the same tests in their short form.
 reliability: env
 	@scripts/system-packages.sh
-	AMOS_RELIABILITY=full $(PY) -m pytest tests/reliability tests/review/test_concurrency.py tests/amoslabel/test_backup.py
+	AMOS_RELIABILITY=full $(PY) -m pytest tests/reliability tests/review/test_concurrency.py tests/amoslabel/data/test_backup.py
 	$(PY) -m bench.reliability_report
 
 # Times pre-labelling end to end against MONAI Label's radiology SegResNet on the same volumes (about 20 min).
@@ -69,8 +71,8 @@ learning-check: env
 	$(PY) -m bench.learning_check $(LEARNING_ARGS)
 
 lint: env
-	.venv/bin/ruff check amoslabel models app bench evaluation review strategies tests
-	.venv/bin/ruff format --check amoslabel models app bench evaluation review strategies tests
+	.venv/bin/ruff check amoslabel models app bench evaluation review strategies scripts tests
+	.venv/bin/ruff format --check amoslabel models app bench evaluation review strategies scripts tests
 
 clean:
 	rm -rf .workspace .bench test-output

@@ -21,11 +21,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from amoslabel.organs import label_table
+from amoslabel.workspace import PROJECT_ROOT
 
 Modality = Literal["ct", "mri"]
 MODALITIES: Tuple[str, ...] = ("ct", "mri")
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "apps.yaml"
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "apps.yaml"
 
 
 class ConfigError(ValueError):

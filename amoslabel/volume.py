@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
-import uuid
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
 from amoslabel.errors import InputError, TooLarge, Unprocessable
+from amoslabel.files import atomic_destination
 from amoslabel.organs import MAX_LABEL_ID
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -130,6 +128,65 @@ def read_header(path: str | os.PathLike) -> sitk.ImageFileReader:
     return reader
 
 
+class OffGrid(Unprocessable):
+    """422: a label map that is not on its image's grid. ``reason`` says which part of the geometry differs."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}; a label must be on its image's grid")
+        self.reason = reason
+
+
+def check_on_grid(grid: Geometry | str | os.PathLike, label: sitk.Image, name: str) -> sitk.Image:
+    """``label`` stamped with ``grid``'s exact geometry, once it is on that grid within tolerance.
+
+    Args:
+        grid: the image's geometry, or the path of the image (only its header is read).
+        label: a label map read with :func:`read_label`.
+        name: how the label is named in the message, e.g. ``label for amos_0001``.
+
+    Raises:
+        OffGrid: the label's size, spacing, origin or direction differs from the grid's.
+    """
+    if not isinstance(grid, Geometry):
+        grid = Geometry.of(read_header(grid))
+    reason = grid.mismatch(Geometry.of(label))
+    if reason:
+        raise OffGrid(name, reason)
+    return grid.apply_to(label)
+
+
+def onto_grid(
+    grid: Geometry, label: sitk.Image, name: str, tolerance_mm: float = 1.0
+) -> Tuple[sitk.Image, Optional[str]]:
+    """Like :func:`check_on_grid`, but a label on another grid over the same physical region (corners within
+    ``tolerance_mm``, e.g. an axis stored flipped) is resampled onto ``grid`` by physical coordinates.
+
+    Returns:
+        The label on ``grid``, and a note of the resampling (None when none was needed).
+    """
+    try:
+        return check_on_grid(grid, label, name), None
+    except OffGrid as off:
+        if not np.allclose(_corners(grid), _corners(Geometry.of(label)), atol=tolerance_mm):
+            raise Unprocessable(f"{name}: {off.reason}, and it does not cover the same physical region") from None
+        reference = grid.apply_to(sitk.Image(list(grid.size), sitk.sitkUInt8))
+        moved = sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        return moved, f"resampled onto the image grid by physical coordinates ({off.reason})"
+
+
+def _corners(g: Geometry) -> np.ndarray:
+    """The 8 corner voxel centres of a grid in mm, rounded and sorted (so two grids over one region compare equal)."""
+    direction = np.asarray(g.direction).reshape(3, 3)
+    size = np.asarray(g.size) - 1
+    points = []
+    for i in (0, 1):
+        for j in (0, 1):
+            for k in (0, 1):
+                idx = np.array([i, j, k]) * size * np.asarray(g.spacing)
+                points.append(np.asarray(g.origin) + direction @ idx)
+    return np.array(sorted(map(tuple, np.round(points, 2))))
+
+
 def _read_checked(path: str | os.PathLike, max_voxels: int, name: str) -> sitk.Image:
     path = Path(path)
     if not path.is_file():
@@ -236,69 +293,14 @@ def _itk_reason(error: RuntimeError) -> str:
     return (lines[-1] if lines else "unknown error")[:200]
 
 
-@contextmanager
-def _atomic_destination(
-    dest: str | os.PathLike,
-    scratch_dir: str | os.PathLike | None,
-    suffix: str = "",
-) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it is fsynced and renamed onto ``dest``, else removed.
-
-    ``scratch_dir`` must be on the same filesystem as ``dest``; keep it outside folders that other processes scan
-    for images (MONAI Label's datastore would pick up a half-written ``*.nii.gz``).
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(scratch_dir) if scratch_dir else dest.parent
-    scratch.mkdir(parents=True, exist_ok=True)
-    tmp = scratch / f".tmp-{uuid.uuid4().hex}{suffix}"
-    try:
-        yield tmp
-        fsync_file(tmp)
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_atomic(
     image: sitk.Image, dest: str | os.PathLike, scratch_dir: str | os.PathLike | None = None, compress: bool = True
 ) -> Path:
     """Write ``image`` to ``dest`` so that ``dest`` is either absent or complete, never half-written."""
     suffix = next((s for s in VOLUME_SUFFIXES if Path(dest).name.endswith(s)), Path(dest).suffix)
-    with _atomic_destination(dest, scratch_dir, suffix) as tmp:  # the suffix tells ITK the file format
+    with atomic_destination(dest, scratch_dir, suffix) as tmp:  # the suffix tells ITK the file format
         sitk.WriteImage(image, str(tmp), useCompression=compress)
     return Path(dest)
-
-
-def copy_atomic(src: str | os.PathLike, dest: str | os.PathLike, scratch_dir: str | os.PathLike | None = None) -> Path:
-    """Copy a file so that ``dest`` is either absent or complete."""
-    with _atomic_destination(dest, scratch_dir) as tmp:
-        shutil.copyfile(src, tmp)
-    return Path(dest)
-
-
-def write_text_atomic(text: str, dest: str | os.PathLike) -> Path:
-    """Write a small text file (JSON metadata) atomically, its temporary file beside it."""
-    with _atomic_destination(dest, None, ".tmp") as tmp:
-        tmp.write_text(text)
-    return Path(dest)
-
-
-def fsync_file(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def strip_volume_suffix(filename: str) -> str:

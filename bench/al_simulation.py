@@ -1,6 +1,6 @@
 """Does our selection beat random? An active-learning simulation on SYNTHETIC volumes made from real label maps.
 
-Pool: ``--per-source`` synthetic CT-like volumes (:mod:`amoslabel.synthetic`: deformed real anatomy, organ HU,
+Pool: ``--per-source`` synthetic CT-like volumes (:mod:`amoslabel.data.synthetic`: deformed real anatomy, organ HU,
 noise) from each real label map below, at ``--spacing`` mm on a ``--grid``^3 grid (default 10 mm, 40^3); two per
 source are held out for validation. Every
 strategy starts from the same ``--start`` labelled cases; each round it picks ``--k`` more, the simulated junior
@@ -39,9 +39,10 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from amoslabel.workspace import BENCH_OUTPUT, SHARED_DATA  # noqa: E402
 
 from amoslabel.organs import NUM_CLASSES, ORGANS  # noqa: E402
-from amoslabel.synthetic import draw_params, synthesise  # noqa: E402
+from amoslabel.data.synthetic import draw_params, synthesise  # noqa: E402
 from models.losses import build_loss  # noqa: E402
 from models.networks import build_network  # noqa: E402
 from models.atlas_prior import build_atlas  # noqa: E402
@@ -50,7 +51,7 @@ from strategies.attention import attention  # noqa: E402
 from strategies.diversity import diversity_scores  # noqa: E402
 from strategies.members import prior_probabilities  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = SHARED_DATA
 SOURCES = {
     "amos_0013": SHARED / "labels" / "amos_0013_label.nii.gz",
     "amos_0024": SHARED / "labels" / "amos_0024_label.nii.gz",
@@ -330,7 +331,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--grid", type=int, default=GRID, help="voxels per side of the simulation grid")
     parser.add_argument("--spacing", type=float, default=SPACING, help="mm per voxel of the simulation grid")
-    parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "al_simulation")
+    parser.add_argument("--out", type=Path, default=BENCH_OUTPUT / "al_simulation")
     parser.add_argument("--report", type=Path, help="only print the tables of an earlier run's results.json")
     args = parser.parse_args(argv)
     if args.report:

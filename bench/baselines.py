@@ -35,12 +35,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from amoslabel.workspace import BENCH_OUTPUT, SHARED_DATA  # noqa: E402
 
 from amoslabel.config import AppConfig, load_config  # noqa: E402
-from amoslabel.datastore import AmosDatastore  # noqa: E402
-from amoslabel.importer import import_source  # noqa: E402
+from amoslabel.data.datastore import AmosDatastore  # noqa: E402
+from amoslabel.data.importer import import_source  # noqa: E402
 from amoslabel.organs import ORGANS  # noqa: E402
-from amoslabel.synthetic import write_split  # noqa: E402
+from amoslabel.data.synthetic import write_split  # noqa: E402
 from amoslabel.volume import read_label, strip_volume_suffix  # noqa: E402
 from bench.course_models import COURSE_MODELS, predict_volume, to_slices, train_course_model  # noqa: E402
 from evaluation.report import evaluate_folders, organ_means, summary, write_report  # noqa: E402
@@ -59,7 +60,7 @@ from models.train_task import SegmentationTrainTask  # noqa: E402
 from models.versions import ModelStore  # noqa: E402
 
 log = logging.getLogger("baselines")
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = SHARED_DATA
 NETWORKS_3D = ("unet", "vnet", "segresnet", "unetr", "swinunetr")
 ALL_ROWS = ("atlas_prior", *COURSE_MODELS, *NETWORKS_3D)
 
@@ -261,7 +262,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="cpu-fast", help="apps.yaml preset for the 3D networks")
     parser.add_argument("--train-cases", type=int, default=6, help="synthetic training cases")
     parser.add_argument("--test-cases", type=int, default=2, help="synthetic test cases")
-    parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "baselines")
+    parser.add_argument("--out", type=Path, default=BENCH_OUTPUT / "baselines")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     names = [n.strip() for n in args.models.split(",") if n.strip()]

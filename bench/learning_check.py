@@ -27,17 +27,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from amoslabel.workspace import BENCH_OUTPUT, SHARED_DATA  # noqa: E402
 
 from amoslabel.config import load_config  # noqa: E402
-from amoslabel.serve import reexec_with_malloc_tuning  # noqa: E402
-from amoslabel.datastore import AmosDatastore  # noqa: E402
-from amoslabel.importer import import_source  # noqa: E402
+from amoslabel.server.launch import reexec_with_malloc_tuning  # noqa: E402
+from amoslabel.data.datastore import AmosDatastore  # noqa: E402
+from amoslabel.data.importer import import_source  # noqa: E402
 from models.infer_task import SegmentationInferTask  # noqa: E402
 from models.train_task import SegmentationTrainTask  # noqa: E402
 from models.validation import dice_per_organ  # noqa: E402
 from models.versions import ModelStore  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = SHARED_DATA
 CHECKED = ("liver", "spleen", "right kidney", "left kidney")
 
 
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
         "passed": passed,
         "torch_threads": torch.get_num_threads(),
     }
-    args.out = args.out or ROOT / ".bench" / f"learning_check_{args.preset}.json"
+    args.out = args.out or BENCH_OUTPUT / f"learning_check_{args.preset}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -20,11 +20,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from amoslabel.workspace import BENCH_OUTPUT, SHARED_DATA  # noqa: E402
 
 from amoslabel.organs import ORGANS  # noqa: E402
 from evaluation.metrics import evaluate_case  # noqa: E402
 
-LABELS = ROOT.parent / "shared" / "data" / "labels"
+LABELS = SHARED_DATA / "labels"
 
 
 def _deepmind(pred: np.ndarray, ref: np.ndarray, spacing) -> None:
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
         f"\nDice+NSD (+HD95, IoU, accuracy), 15 organs, {ref.shape}: ours {figures['ours_dice_nsd_hd95_iou_acc_s']} s "
         f"(target <= 2 s), DeepMind surface-distance {figures['deepmind_dice_nsd_s']} s"
     )
-    out = ROOT / ".bench" / "metrics.json"
+    out = BENCH_OUTPUT / "metrics.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(figures, indent=2))
     return 0

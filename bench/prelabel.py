@@ -31,10 +31,11 @@ from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from amoslabel.serve import reexec_with_malloc_tuning  # noqa: E402
+from amoslabel.workspace import BENCH_OUTPUT, SHARED_DATA  # noqa: E402
+from amoslabel.server.launch import reexec_with_malloc_tuning  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
-OUT = ROOT / ".bench"
+SHARED = SHARED_DATA
+OUT = BENCH_OUTPUT
 VOLUMES = OUT / "volumes"
 
 
@@ -50,7 +51,7 @@ def prepare_volumes() -> Dict[str, Path]:
     import numpy as np
     import SimpleITK as sitk
 
-    from amoslabel.dicom import read_series
+    from amoslabel.dicom.series import read_series
 
     VOLUMES.mkdir(parents=True, exist_ok=True)
     volumes = {"ct": SHARED / "ct" / "ts_abdomen_ct.nii.gz"}
@@ -248,7 +249,7 @@ def one(args) -> None:
 
 
 def measure(kind: str, volume: Path, preset: str, model: str, threads: int) -> Dict:
-    from amoslabel.serve import MALLOC_TUNING
+    from amoslabel.server.launch import MALLOC_TUNING
 
     cmd = [
         sys.executable,

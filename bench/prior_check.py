@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from amoslabel.workspace import BENCH_OUTPUT, SHARED_DATA  # noqa: E402
 
 from amoslabel.config import load_config  # noqa: E402
 from amoslabel.organs import ORGANS  # noqa: E402
@@ -26,7 +27,7 @@ from evaluation.metrics import evaluate_case  # noqa: E402
 from models.atlas_placement import PriorSettings, label_with_prior  # noqa: E402
 from models.atlas_prior import build_atlas  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = SHARED_DATA
 CASES = {"ts_abdomen_ct": ("ct", "ct/ts_abdomen_ct"), "ts_abdomen_mr_small": ("mri", "mr/ts_abdomen_mr_small")}
 
 
@@ -58,7 +59,7 @@ def main() -> int:
             f"mNSD {scores.mean('nsd'):.3f}  ({seconds:.1f} s)"
         )
         print("  " + "  ".join(f"{o.code} {scores.per_organ['dice'][o.name]:.2f}" for o in ORGANS))
-    out = ROOT / ".bench" / "prior_check.json"
+    out = BENCH_OUTPUT / "prior_check.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"\nwritten: {out}")

@@ -40,9 +40,10 @@ import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from amoslabel.workspace import BENCH_OUTPUT  # noqa: E402
 
 from amoslabel.config import load_config  # noqa: E402
-from amoslabel.serve import server_command, server_environment  # noqa: E402
+from amoslabel.server.launch import server_command, server_environment  # noqa: E402
 from review.auth import Accounts  # noqa: E402
 from review.schema import AuditEvent, Case, LabelVersion  # noqa: E402
 from review.service import ReviewService  # noqa: E402
@@ -262,7 +263,7 @@ def main(argv=None) -> int:
         "errors": sum(r["errors"] for r in paced.values()),
         "speedup_vs_listing_p99": round(statistics.median(listing) / slowest_p99, 1),
     }
-    out = ROOT / ".bench" / "review_load.json"
+    out = BENCH_OUTPUT / "review_load.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

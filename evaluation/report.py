@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from amoslabel.cases import CaseRecords
+from amoslabel.data.records import CaseRecords
 from amoslabel.errors import InputError
 from amoslabel.modality import ModalityEvidence, resolve_modality
 from amoslabel.organs import ORGANS

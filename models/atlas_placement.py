@@ -62,7 +62,7 @@ def _resampled(image: sitk.Image, spacing: float) -> sitk.Image:
     )
 
 
-def _points(image: sitk.Image) -> np.ndarray:
+def world_points(image: sitk.Image) -> np.ndarray:
     """Physical (x, y, z) of every voxel, in array (z, y, x) order, for an LPS-oriented image."""
     zz, yy, xx = np.meshgrid(*[np.arange(n) for n in image.GetSize()[::-1]], indexing="ij")
     index = np.stack([xx, yy, zz], -1).reshape(-1, 3).astype(np.float64)
@@ -108,7 +108,7 @@ class AtlasPlacer:
         array = sitk.GetArrayFromImage(coarse)
         self.weights, _ = tissue_weights(array, modality)
         body = body_mask(array, modality)
-        self.points = _points(coarse)
+        self.points = world_points(coarse)
         self.voxel_litres = float(np.prod(coarse.GetSpacing())) / 1e6
         self.atlas = atlas
         self.evaluations = 0
@@ -174,7 +174,7 @@ def label_with_prior(
     work = _resampled(oriented(image), settings.label_spacing_mm)
     array = sitk.GetArrayFromImage(work)
     _, organ_like = tissue_weights(array, modality)
-    probabilities = atlas.sample(fit.apply(_points(work)), list(range(NUM_CLASSES)))
+    probabilities = atlas.sample(fit.apply(world_points(work)), list(range(NUM_CLASSES)))
     plausible = np.where(organ_like.ravel(), 1.0, settings.off_tissue_weight).astype(np.float32)
     organs = probabilities[1:] * plausible
     best = organs.argmax(0)

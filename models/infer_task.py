@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -16,7 +15,10 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from amoslabel.config import AppConfig, ModalityPlan, Normalisation
+from amoslabel.errors import Conflict
+from amoslabel.files import file_sha256
 from amoslabel.organs import NUM_CLASSES, label_table
+from amoslabel.volume import Geometry
 from models.inference import SlidingWindowPredictor
 from models.networks import build_network
 from models.preprocessing import (
@@ -104,6 +106,28 @@ class SegmentationInferTask(BasicInferTask):
                 "device": [default_device] + [d for d in ("cpu", "cuda") if d != default_device],
             },
         )
+
+    # -- for scoring ----------------------------------------------------------------------------------------------
+    def probabilities(self, image_path: str, modality: str) -> Tuple[np.ndarray, Geometry, int]:
+        """The serving version's soft prediction of a scan, without restoring it to the scan's grid.
+
+        Runs the same preprocessing and sliding window as a pre-label (so a version gets the spacing and
+        normalisation it was trained with), and stops before the argmax.
+
+        Returns:
+            (class probabilities (C, z, y, x) float32 on the network's grid, that grid, the version number).
+        """
+        version = self.store.champion()
+        if version is None:
+            raise Conflict(f"model {self.model_name!r} has no trained version yet")
+        data: Dict[str, Any] = {"image": image_path, "model_version": version.number, "modality": modality}
+        for transform in self.pre_transforms(data):
+            data = transform(data)
+        device = resolve_device(None)
+        network = self._get_network(device, data)
+        inputs = torch.as_tensor(data["image"])[None].to(device)
+        probabilities = self.inferer(data)(inputs, network)[0].float().cpu().numpy()
+        return probabilities, data["grid"], version.number
 
     # -- MONAI Label hooks --------------------------------------------------------------------------------------
     def is_valid(self) -> bool:
@@ -221,13 +245,10 @@ def labels_present(label: sitk.Image):
 
 
 def sha256_of(path: Any) -> str | None:
+    """The input file's SHA-256 for a pre-label's record (None when the input is not one file, e.g. a series)."""
     if not isinstance(path, str) or not Path(path).is_file():
         return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _first(value: Any) -> Any:

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from amoslabel.config import ModalityPlan, Normalisation
-from amoslabel.dicom import read_series, is_dicom_dir
+from amoslabel.dicom.series import read_series, is_dicom_dir
 from amoslabel.errors import InputError
 from amoslabel.modality import ModalityEvidence, resolve_modality
 from amoslabel.volume import Geometry, read_image, read_label

@@ -25,7 +25,7 @@ from monai.inferers import SimpleInferer
 from monai.transforms import Compose, SelectItemsd
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from amoslabel.cases import CaseRecords
+from amoslabel.data.records import CaseRecords
 from amoslabel.config import AppConfig
 from amoslabel.modality import ModalityEvidence, resolve_modality
 from amoslabel.organs import ORGANS

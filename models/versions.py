@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 import torch
 
 from amoslabel.errors import Conflict, NotFound
-from amoslabel.volume import fsync_dir, fsync_file
+from amoslabel.files import fsync_dir, fsync_file
 
 logger = logging.getLogger(__name__)
 

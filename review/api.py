@@ -19,8 +19,9 @@ from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
 from amoslabel.errors import InputError
 from amoslabel.volume import read_label
 from review.auth import Principal
-from review.queries import agreement_stats, case_detail, history, queue
+from review.queries import case_detail, history, queue
 from review.service import ReviewService
+from review.statistics import agreement_stats
 from review.web.pages import install_pages
 
 log = logging.getLogger(__name__)
@@ -30,26 +31,39 @@ MAX_LABEL_BYTES = 512 << 20
 
 
 def create_review_api(service: ReviewService) -> Flask:
-    """The Flask app of the review API."""
+    """The Flask app of the review API (and of the review pages, :mod:`review.web.pages`)."""
     app = Flask("amoslabel-review")
     app.config["MAX_CONTENT_LENGTH"] = MAX_LABEL_BYTES
-    workflow, accounts = service.workflow, service.accounts
+    _error_handlers(app)
+    _case_routes(app, service)
+    _team_routes(app, service)
+    app.after_request(_security_headers)
+    install_pages(app, service, service.workspace.web_secret)
+    return app
 
-    def principal() -> Principal:
-        header = request.headers.get("Authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Api-Token")
-        return accounts.authenticate(token)
 
-    def body() -> Dict[str, Any]:
-        if request.content_length and request.content_length > MAX_JSON_BYTES:
-            raise InputError(f"a JSON body may be at most {MAX_JSON_BYTES} bytes", status=413)
-        try:
-            data = request.get_json(silent=True)
-        except RecursionError:  # thousands of nested brackets: Python's parser gives up
-            raise InputError("the JSON body is nested too deeply") from None
-        if not isinstance(data, dict):
-            raise InputError("the body must be a JSON object")
-        return data
+def principal_of_request(service: ReviewService) -> Principal:
+    """The user of the request's token (``Authorization: Bearer`` or ``X-Api-Token``); 401 without one."""
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Api-Token")
+    return service.accounts.authenticate(token)
+
+
+def json_body() -> Dict[str, Any]:
+    """The request's JSON object; 400 for anything else, 413 when too large."""
+    if request.content_length and request.content_length > MAX_JSON_BYTES:
+        raise InputError(f"a JSON body may be at most {MAX_JSON_BYTES} bytes", status=413)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # thousands of nested brackets: Python's parser gives up
+        raise InputError("the JSON body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise InputError("the body must be a JSON object")
+    return data
+
+
+def _error_handlers(app: Flask) -> None:
+    """Every error as ``{"detail": ...}`` with its status; an unexpected one is logged and answered 500."""
 
     @app.errorhandler(InputError)
     def _input_error(error: InputError):
@@ -68,6 +82,14 @@ def create_review_api(service: ReviewService) -> Flask:
     def _unexpected(error: Exception):
         log.exception("review API error")
         return jsonify(detail="internal error; the server log has the details"), 500
+
+
+def _case_routes(app: Flask, service: ReviewService) -> None:
+    """The queue and a case: claim, label, submit, review, resolve, detail, history."""
+    workflow = service.workflow
+
+    def principal() -> Principal:
+        return principal_of_request(service)
 
     @app.get("/api/openapi.json")
     def openapi():
@@ -101,13 +123,13 @@ def create_review_api(service: ReviewService) -> Flask:
             path = Path(tmp) / "label.nii.gz"
             upload.save(path)
             label = read_label(path, name="label")  # refuse a corrupt or out-of-range file before it is a version
-            service.check_label_grid(case_id, label)
-            version = workflow.save_version(who, case_id, path, submit=submit_now)
+            label = service.check_label_grid(case_id, label)
+            version = workflow.save_version(who, case_id, label, submit=submit_now)
         return jsonify(version=version, case=case_detail(workflow, case_id, who)["state"])
 
     @app.post("/api/cases/<case_id>/reviews")
     def review(case_id: str):
-        data = body()
+        data = json_body()
         votes = data.get("votes", [])
         if not isinstance(votes, list):
             raise InputError("votes must be a list")
@@ -116,7 +138,7 @@ def create_review_api(service: ReviewService) -> Flask:
 
     @app.post("/api/cases/<case_id>/resolve")
     def resolve(case_id: str):
-        return jsonify(service.after_review(workflow.resolve(principal(), case_id, str(body().get("action")))))
+        return jsonify(service.after_review(workflow.resolve(principal(), case_id, str(json_body().get("action")))))
 
     @app.get("/api/cases/<case_id>")
     def detail(case_id: str):
@@ -129,10 +151,18 @@ def create_review_api(service: ReviewService) -> Flask:
     def case_history(case_id: str):
         return jsonify(events=history(workflow, case_id, principal()))
 
+
+def _team_routes(app: Flask, service: ReviewService) -> None:
+    """Agreement statistics (seniors, admins) and user management (admins)."""
+    accounts = service.accounts
+
+    def principal() -> Principal:
+        return principal_of_request(service)
+
     @app.get("/api/stats/agreement")
     def agreement():
         principal().require("senior", "admin")
-        return jsonify(agreement_stats(workflow))
+        return jsonify(agreement_stats(service.workflow))
 
     @app.get("/api/users")
     def users():
@@ -142,7 +172,7 @@ def create_review_api(service: ReviewService) -> Flask:
     @app.post("/api/users")
     def add_user():
         principal().require("admin")
-        data = body()
+        data = json_body()
         user = accounts.add_user(data.get("name"), data.get("role"))
         return jsonify(name=user.name, role=user.role, token=accounts.issue_token(user.name)), 201
 
@@ -156,15 +186,11 @@ def create_review_api(service: ReviewService) -> Flask:
         principal().require("admin")
         return jsonify(revoked=accounts.revoke_tokens(name))
 
-    @app.after_request
-    def _headers(response: Response) -> Response:
-        response.headers.setdefault("Cache-Control", "no-store")
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Frame-Options"] = "DENY"
-        # no inline script runs on our pages: a comment that smuggles markup in cannot execute even if unescaped
-        response.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self' data:; object-src 'none'"
-        return response
 
-    install_pages(app, service, service.workspace / "web-secret")
-
-    return app
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    # no inline script runs on our pages: a comment that smuggles markup in cannot execute even if unescaped
+    response.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self' data:; object-src 'none'"
+    return response

@@ -1,14 +1,23 @@
-"""Queries on who holds, held or could take a case: leases, readers of a round, and load-balanced routing."""
+"""Who holds, held or could take a case: leases, readers of a round, routing to the least loaded, and expiry.
+
+A lease (an active assignment) gives one user one duty on one case (``annotate`` for the junior, ``review`` for a
+senior) until it expires; an expired lease returns the case to the pool, and each expiry is in the audit log. These
+functions run inside the workflow's transactions (``s`` is its session); the workflow decides when to call them.
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import List, Optional
 
 from sqlalchemy import func, select
 
-from review.auth import Principal
+from amoslabel.config import ReviewSettings
+from amoslabel.errors import Conflict
+from review import audit
+from review.auth import Forbidden, Principal
 from review.schema import Assignment, Case, LabelVersion, User
-from review.store import utcnow
+from review.store import ReviewStore, utcnow
 
 
 def actives(s, case_id: str, duty: str) -> List[Assignment]:
@@ -80,3 +89,99 @@ def least_loaded(s, role: str, duty: str, exclude: set, count: int = 1) -> List[
     if exclude:
         query = query.where(User.id.not_in(exclude))
     return list(s.execute(query.limit(count)).scalars())
+
+
+def lease(settings: ReviewSettings, duty: str) -> timedelta:
+    """How long a lease of ``duty`` lasts."""
+    minutes = settings.annotate_lease_minutes if duty == "annotate" else settings.review_lease_minutes
+    return timedelta(minutes=minutes)
+
+
+def assign(s, case: Case, user: User, duty: str, actor: str, why: str, settings: ReviewSettings) -> Assignment:
+    """Give ``user`` a lease of ``duty`` on ``case`` (an ``annotate`` lease makes them the case's junior)."""
+    now = utcnow()
+    assignment = Assignment(
+        case_id=case.id,
+        user_id=user.id,
+        duty=duty,
+        round=case.round,
+        status="active",
+        assigned=now,
+        expires=now + lease(settings, duty),
+    )
+    s.add(assignment)
+    if duty == "annotate":
+        case.junior_id = user.id
+    audit.record(s, case.id, actor, "assign", case.state, case.state, f"{duty}: {user.name} ({why})")
+    return assignment
+
+
+def require(s, case: Case, who: Principal, duty: str, state: str) -> Assignment:
+    """``who``'s live lease of ``duty`` on ``case`` in ``state``.
+
+    Raises:
+        Forbidden: ``who`` never had a part in the case (checked first), or holds no live lease of this round.
+        Conflict: the case is not in ``state``.
+    """
+    ever = s.execute(
+        select(Assignment.id)
+        .where(Assignment.case_id == case.id, Assignment.user_id == who.id, Assignment.duty == duty)
+        .limit(1)
+    ).first()
+    if ever is None:
+        raise Forbidden(f"{who.name} holds no {duty} assignment on case {case.id!r}")
+    if case.state != state:
+        raise Conflict(f"case {case.id!r} is {case.state}, not {state}")
+    assignment = live(s, case.id, duty, user_id=who.id)
+    if assignment is None or (duty == "review" and assignment.round != case.round):
+        raise Forbidden(f"{who.name} holds no active {duty} assignment on case {case.id!r}")
+    return assignment
+
+
+def pick_seniors(s, case: Case, per_case: int) -> List[User]:
+    """The least loaded active seniors who wrote no label of the case, up to ``per_case``."""
+    authors = set(s.execute(select(LabelVersion.author_user_id).where(LabelVersion.case_id == case.id)).scalars()) - {
+        None
+    }
+    return least_loaded(s, "senior", "review", authors, per_case)
+
+
+def review_slots(s, case: Case, per_case: int) -> int:
+    """How many more seniors may take a review of the case's current round."""
+    return per_case - len(readers(s, case))
+
+
+def expire(s, assignment: Assignment, case: Case) -> None:
+    """End a lapsed lease and log it: the case is back in the pool."""
+    assignment.status = "expired"
+    user = s.get(User, assignment.user_id)
+    reason = f"{user.name}'s {assignment.duty} lease expired; the case is back in the pool"
+    audit.record(s, case.id, "system", "lease_expired", case.state, case.state, reason)
+
+
+def expire_stale(s, case: Case) -> None:
+    """Log the expiry of the case's lapsed leases in the caller's transaction (before the sweep sees them)."""
+    stale = select(Assignment).where(
+        Assignment.case_id == case.id, Assignment.status == "active", Assignment.expires < utcnow()
+    )
+    for assignment in s.execute(stale).scalars().all():
+        expire(s, assignment, case)
+
+
+def expire_due(store: ReviewStore) -> int:
+    """Expire every lapsed lease in the store (one write transaction, only when there are some); how many."""
+    now = utcnow()
+    with store.read() as s:
+        due = (
+            s.execute(select(Assignment.id).where(Assignment.status == "active", Assignment.expires < now))
+            .scalars()
+            .all()
+        )
+    if not due:
+        return 0
+    with store.write() as s:
+        for assignment in s.execute(select(Assignment).where(Assignment.id.in_(due))).scalars():
+            if assignment.status != "active" or assignment.expires >= now:
+                continue
+            expire(s, assignment, s.get(Case, assignment.case_id))
+    return len(due)

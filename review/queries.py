@@ -1,9 +1,9 @@
-"""Read-only views of the review store: queues, a case's detail and history, agreement statistics."""
+"""Read-only views of the review store: queues, a case's detail and history, version files, the newest event."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from sqlalchemy import and_, exists, func, or_, select
 
@@ -188,32 +188,22 @@ def history(workflow: Workflow, case_id: str, who: Principal) -> List[Dict[str, 
         ]
 
 
-def agreement_stats(workflow: Workflow) -> Dict[str, Any]:
-    """Per reader: cases read, mean Dice/NSD against consensus; per organ: how often it was sent back."""
+def version_file(workflow: Workflow, version_id: Optional[int]) -> Optional[str]:
+    """The file of a label version (None for no version or an unknown one)."""
+    if version_id is None:
+        return None
     with workflow.store.read() as s:
-        decisions = s.execute(select(Decision)).scalars().all()
-    readers: Dict[str, Dict[str, list]] = defaultdict(lambda: {"dice": [], "nsd": []})
-    sent_back: Dict[str, int] = defaultdict(int)
-    for d in decisions:
-        for organ, state in (d.organs or {}).items():
-            if state == "changes":
-                sent_back[organ] += 1
-        for reader, scores in (d.agreement or {}).get("against_consensus", {}).items():
-            for metric in ("dice", "nsd"):
-                if scores.get(metric) is not None:
-                    readers[reader][metric].append(scores[metric])
-    return {
-        "readers": {
-            name: {
-                "cases": len(v["dice"]),
-                "mean_dice": round(sum(v["dice"]) / len(v["dice"]), 4) if v["dice"] else None,
-                "mean_nsd": round(sum(v["nsd"]) / len(v["nsd"]), 4) if v["nsd"] else None,
-            }
-            for name, v in sorted(readers.items())
-        },
-        "organs_sent_back": dict(sorted(sent_back.items(), key=lambda kv: -kv[1])),
-        "rounds_decided": len(decisions),
-    }
+        version = s.get(LabelVersion, version_id)
+        return version.path if version else None
+
+
+def audit_stamp(workflow: Workflow, case_id: Optional[str] = None) -> int:
+    """The newest audit event's id (of a case, or of the whole store): any transition changes it."""
+    with workflow.store.read() as s:
+        query = select(func.max(AuditEvent.id))
+        if case_id:
+            query = query.where(AuditEvent.case_id == case_id)
+        return s.execute(query).scalar() or 0
 
 
 def _check_visible(s, case: Case, who: Principal) -> None:

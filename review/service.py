@@ -8,25 +8,30 @@ The bridge is how 3D Slicer and OHIF take part without a plugin change:
   a junior's save with tag ``final`` (Slicer's "Submit Label") records the version and submits it; any other tag
   (e.g. ``draft``) records a version only; a reviewer's save records their edited label for fusion. A save by
   anyone without an active assignment on that case is refused (403) and nothing is stored.
-* A pre-label saved by ``/infer`` (tag ``original``) is recorded as the case's model pre-label.
+* A pre-label (``/infer`` on a case, or a save with tag ``original``) is recorded as the case's model pre-label.
 * Only consensus-final labels are published to the datastore as ``final`` (with provenance), so the datastore's
-  ``final`` never holds an unreviewed label; the newest working version is kept under the tag ``working``.
+  ``final`` never holds an unreviewed label; the newest working version is the datastore's ``working`` label.
+
+The service reads and tells the datastore through :class:`CaseFiles`, attached by the app; without one (the command
+line, tests on a bare store) the workflow runs alone.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
+import SimpleITK as sitk
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from amoslabel.config import AppConfig
-from amoslabel.errors import InputError, Unprocessable
-from amoslabel.volume import Geometry, read_header
+from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, ORIGINAL_TAG, WORKING_TAG
+from amoslabel.errors import InputError
+from amoslabel.volume import check_on_grid
+from amoslabel.workspace import Workspace
 from review.auth import Accounts, Forbidden, Principal
 from review.queries import case_detail, next_case
 from review.store import ReviewStore, database_url
@@ -34,58 +39,129 @@ from review.workflow import Workflow
 
 log = logging.getLogger(__name__)
 
-WORKING_TAG = "working"
-ORIGINAL_TAG = "original"
-FINAL_TAG = "final"
+
+class CaseFiles(Protocol):
+    """What the review workflow reads and tells of a case's files; the app's datastore implements it."""
+
+    label_saver: Any
+    image_added: Any
+
+    def list_images(self) -> List[str]: ...
+
+    def image_file(self, case_id: str) -> Optional[str]: ...
+
+    def label_file(self, case_id: str, tag: str) -> Optional[str]: ...
+
+    def modality_code(self, case_id: str) -> str: ...
+
+    def study_uid(self, case_id: str) -> Optional[str]: ...
+
+    def flag_working(self, case_id: str, meta: Dict[str, Any]) -> None: ...
+
+    def publish_final(self, case_id: str, version_file: Path, info: Dict[str, Any]) -> Optional[str]: ...
+
+    def prelabel_recorded(self, case_id: str, label_file: str, model_tag: str) -> None: ...
 
 
 class ReviewService:
     """Everything the review workflow needs, built once per app."""
 
-    def __init__(self, config: AppConfig, studies: str, publisher: Optional[Callable[[str, Path, Dict], None]] = None):
+    def __init__(self, config: AppConfig, studies: str):
+        self.workspace = Workspace(Path(studies))
         url = config.review.database or database_url(studies)
-        self.store = ReviewStore(url, Path(studies) / ".amoslabel" / "label-versions")
+        self.store = ReviewStore(url, self.workspace.label_versions)
         self.accounts = Accounts(self.store)
-        self.workflow = Workflow(self.store, config.review, publisher)
+        self.workflow = Workflow(self.store, config.review, self._published)
         self._finaliser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finalise")
-        self._lock = threading.Lock()
-        # called with (case id, segmentationMeta) when reviewers send a case back: the app puts it in the
-        # datastore label info that MONAI Label's Slicer Reviewer module reads
-        self.on_flagged: Optional[Callable[[str, Dict[str, Any]], None]] = None
-        self.workspace = Path(studies) / ".amoslabel"
-        # what the web pages need from the app's datastore (set by the app; None where it has none)
-        self.locate_image: Optional[Callable[[str], Optional[str]]] = None
-        self.locate_attention: Optional[Callable[[str], Optional[str]]] = None
-        self.modality_of: Optional[Callable[[str], str]] = None
+        self.files: Optional[CaseFiles] = None
         self.ohif_viewer: Optional[str] = None  # the OHIF viewer's URL when a DICOMweb datastore is in use
-        self.study_of: Optional[Callable[[str], Optional[str]]] = None  # a case's StudyInstanceUID (DICOMweb)
+        self.final_listeners: List[Callable[[], None]] = []  # told after each final is published (retraining)
+        self.new_case_listeners: List[Callable[[str], None]] = []  # told when a scan becomes a case (scoring)
+
+    # -- the datastore --------------------------------------------------------------------------------------------
+    def attach(self, files: CaseFiles, ohif_viewer: Optional[str] = None) -> None:
+        """Take part in the datastore's saves and uploads, and read case files from it."""
+        self.files = files
+        self.ohif_viewer = ohif_viewer
+        files.label_saver = self.save_from_viewer
+        files.image_added = self.image_added
+
+    def image_file(self, case_id: str) -> Optional[str]:
+        return self.files.image_file(case_id) if self.files else None
+
+    def attention_file(self, case_id: str) -> Optional[str]:
+        return self.files.label_file(case_id, ATTENTION_TAG) if self.files else None
+
+    def modality_of(self, case_id: str) -> str:
+        """The case's DICOM modality code (``CT`` or ``MR``); ``CT`` when nothing says otherwise."""
+        return self.files.modality_code(case_id) if self.files else "CT"
 
     def ohif_link(self, case_id: str) -> Optional[str]:
         """Where OHIF shows this case (a DICOMweb datastore names cases by SeriesInstanceUID), if it is in use."""
-        study = self.study_of(case_id) if self.ohif_viewer and self.study_of else None
+        study = self.files.study_uid(case_id) if self.ohif_viewer and self.files else None
         if not study:
             return None
         return f"{self.ohif_viewer.rstrip('/')}/viewer?StudyInstanceUIDs={study}&SeriesInstanceUIDs={case_id}"
 
-    def check_label_grid(self, case_id: str, label) -> None:
-        """Refuse (422) a label that is not on its case's scan grid, when the app knows the scan."""
-        image = self.locate_image(case_id) if self.locate_image else None
-        if image:
-            reason = Geometry.of(read_header(image)).mismatch(Geometry.of(label))
-            if reason:
-                raise Unprocessable(f"label for {case_id}: {reason}; a label must be on its image's grid")
+    def check_label_grid(self, case_id: str, label: sitk.Image) -> sitk.Image:
+        """``label`` on its case's exact scan grid; refused (422) when it is not on that grid. Unchecked when the
+        scan is not on this server."""
+        image = self.image_file(case_id)
+        return check_on_grid(image, label, f"label for {case_id}") if image else label
 
+    def sync_cases(self) -> None:
+        """Every datastore image is a case; a label imported as final with its scan makes the case final. Cases left
+        in consensus by a previous run are finalised."""
+        if self.files is None:
+            return
+        for image_id in self.workflow.register_cases(self.files.list_images()):
+            final = self.files.label_file(image_id, FINAL_TAG)
+            if final:
+                self.workflow.import_final(image_id, final, "the datastore's final label at start-up")
+        recovered = self.workflow.recover()
+        if recovered:
+            log.info(f"review: finalised {recovered} case(s) left in consensus by a previous run")
+
+    def image_added(self, case_id: str) -> None:
+        """A new scan is a new case at once: routable, and scored without waiting."""
+        self.workflow.register_case(case_id)
+        for listener in self.new_case_listeners:
+            listener(case_id)
+
+    def record_inference(self, request: Dict[str, Any], result: Dict[str, Any]) -> None:
+        """After ``/infer`` on a case: audit who opened the scan through a viewer; a case's first pre-label starts
+        its workflow (Slicer's auto-segmentation, or the server's own) and goes to the datastore's viewers."""
+        case_id = request.get("case_id")
+        if not case_id:
+            return
+        if request.get("client_id"):
+            model = request.get("requested_model") or request.get("model")
+            self.workflow.record_opened(str(request["client_id"]), case_id, f"viewer /infer/{model}")
+        if result.get("file") and self.workflow.register_case(case_id) == "new":
+            params = result.get("params") or {}
+            tag = params.get("model_tag") or f"{params.get('model')}:v{params.get('model_version')}"
+            self.workflow.record_prelabel(case_id, result["file"], tag, {"params": params})
+            if self.files is not None:
+                self.files.prelabel_recorded(case_id, result["file"], tag)
+
+    def _published(self, case_id: str, version_file: Path, info: Dict[str, Any]) -> None:
+        if self.files is not None:
+            self.files.publish_final(case_id, version_file, info)
+        for listener in self.final_listeners:
+            listener()
+
+    # -- after a review -------------------------------------------------------------------------------------------
     def after_review(self, summary: Dict[str, Any]) -> Dict[str, Any]:
         """Queue finalising when a review brought the case to consensus (the vote answers at once); tell the
         viewers' label info when it went back to the junior."""
         if summary.get("state") == "consensus":
             self._finaliser.submit(self._finalise, summary["case_id"])
-        elif summary.get("state") in ("with_junior", "escalated") and self.on_flagged is not None:
+        elif summary.get("state") in ("with_junior", "escalated") and self.files is not None:
             detail = case_detail(self.workflow, summary["case_id"], Principal(0, "system", "admin"))
             lines = [
                 f"{organ}: {c['reviewer']}: {c['text']}" for organ, items in detail["feedback"].items() for c in items
             ]
-            self.on_flagged(
+            self.files.flag_working(
                 summary["case_id"],
                 {
                     "status": "flagged",
@@ -106,6 +182,7 @@ class ReviewService:
         """Block until queued finalising is done (tests, shutdown)."""
         self._finaliser.submit(lambda: None).result()
 
+    # -- viewers ---------------------------------------------------------------------------------------------------
     def principal_for_client(self, client_id: Any) -> Principal:
         """The user a viewer request names in ``client_id`` (see the README on what that identifies)."""
         if not isinstance(client_id, str) or not client_id:
@@ -115,24 +192,27 @@ class ReviewService:
             raise Forbidden(f"client id {client_id[:64]!r} is not an AMOS Label user")
         return principal
 
-    def save_from_viewer(self, image_id: str, label_file: str, tag: str, info: Dict[str, Any]) -> Optional[str]:
-        """The datastore's save hook. Returns the label id when the workflow took the save, None to let it pass."""
+    def save_from_viewer(self, image_id: str, label: sitk.Image, tag: str, info: Dict[str, Any]) -> Optional[Path]:
+        """The datastore's save hook: a checked label, written once into the version store when the workflow takes
+        it. Returns that version's file, or None to let the datastore store the save as it is."""
         if tag == ORIGINAL_TAG:
             # the exact version that made it ("unet:v3"; the prior's tag names its atlas), so it can be replayed
             params = info.get("params") if isinstance(info.get("params"), dict) else {}
             model = str(params.get("model_tag") or info.get("model") or "model")
-            state = self.workflow.register_case(image_id)
-            if state in ("new", "prelabelled"):
-                self.workflow.record_prelabel(image_id, label_file, model, {"params": info.get("params")})
-            return None  # the pre-label is also kept under 'original', as MONAI Label does
+            if self.workflow.register_case(image_id) not in ("new", "prelabelled"):
+                return None  # a pre-label no longer replaces the case's label; MONAI Label keeps it as 'original'
+            stored = self.store.versions.put(image_id, label)
+            self.workflow.record_prelabel(image_id, stored.path, model, {"params": info.get("params")})
+            return stored.path
         if tag == WORKING_TAG:
             raise InputError(f"the tag {WORKING_TAG!r} is written by the workflow only", status=403)
         who = self.principal_for_client(info.get("client_id") or info.get("user"))
         self.workflow.register_case(image_id)
         if tag == FINAL_TAG and who.role == "admin":
             raise Forbidden("a final label comes from consensus, not from a save: admins resolve escalated cases")
-        self.workflow.save_version(who, image_id, label_file, submit=(tag == FINAL_TAG and who.role == "junior"))
-        return image_id
+        stored = self.store.versions.put(image_id, label)
+        self.workflow.save_version(who, image_id, stored.path, submit=(tag == FINAL_TAG and who.role == "junior"))
+        return stored.path
 
 
 class ReviewQueueStrategy(Strategy):

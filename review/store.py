@@ -11,24 +11,28 @@ database row that names them is committed, and never overwritten or deleted by t
 
 from __future__ import annotations
 
-import hashlib
 import os
+import re
 import shutil
 import threading
+import uuid
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
+
+import SimpleITK as sitk
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from amoslabel.cases import check_id
-from amoslabel.volume import fsync_dir, fsync_file
+from amoslabel.files import file_sha256, fsync_dir, fsync_file
+from amoslabel.ids import check_id
+from amoslabel.workspace import Workspace
 from review.schema import Base, Case
 
-DB_NAME = "review.db"
+_VERSION_NAME = re.compile(r"^[0-9a-f]{64}\.nii\.gz$")
 
 
 def utcnow() -> datetime:
@@ -38,9 +42,9 @@ def utcnow() -> datetime:
 
 def database_url(studies: str | Path) -> str:
     """The default store: a SQLite file in the studies folder's workspace."""
-    folder = Path(studies) / ".amoslabel"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / DB_NAME}"
+    path = Workspace(Path(studies)).review_db
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
 
 
 class ReviewStore:
@@ -119,6 +123,13 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
     return engine
 
 
+class StoredLabel(NamedTuple):
+    """A label file in the version store: its content hash, and its path (``<root>/<case>/<sha256>.nii.gz``)."""
+
+    sha256: str
+    path: Path
+
+
 class VersionFiles:
     """Immutable label files, named by their content hash."""
 
@@ -126,24 +137,38 @@ class VersionFiles:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def put(self, case_id: str, source: str | Path) -> tuple[str, Path]:
-        """Copy ``source`` in (atomically, fsynced) unless the same content is already there; return (sha, path)."""
-        digest = _sha256(source)
+    def put(self, case_id: str, source: str | Path | sitk.Image) -> StoredLabel:
+        """Store a label file (copied) or a label image (written) once, atomically and fsynced, unless the same
+        content is already there. A file already in this store is returned as it is."""
         folder = self.root / check_id(case_id, "case id")
         folder.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, sitk.Image):
+            tmp = folder / f".incoming-{uuid.uuid4().hex}.nii.gz"
+            try:
+                sitk.WriteImage(source, str(tmp), useCompression=True)
+                return self._keep(folder, tmp, file_sha256(tmp))
+            finally:
+                tmp.unlink(missing_ok=True)
+        source = Path(source)
+        if source.parent.resolve() == folder.resolve() and _VERSION_NAME.match(source.name):
+            return StoredLabel(source.name.split(".")[0], source)
+        digest = file_sha256(source)
+        target = folder / f"{digest}.nii.gz"
+        if target.exists():
+            return StoredLabel(digest, target)
+        tmp = folder / f".incoming-{uuid.uuid4().hex}.nii.gz"
+        try:
+            shutil.copyfile(source, tmp)
+            return self._keep(folder, tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _keep(folder: Path, tmp: Path, digest: str) -> StoredLabel:
+        """Rename a complete temporary file into place as ``<digest>.nii.gz`` (unless that content is there)."""
         target = folder / f"{digest}.nii.gz"
         if not target.exists():
-            tmp = folder / f".{digest}.{os.getpid()}.tmp"
-            shutil.copyfile(source, tmp)
             fsync_file(tmp)
             os.replace(tmp, target)
             fsync_dir(folder)
-        return digest, target
-
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return StoredLabel(digest, target)

@@ -16,29 +16,29 @@ import logging
 import math
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import SimpleITK as sitk
 from sqlalchemy import insert, select
 
-from amoslabel.cases import check_id
+from amoslabel.ids import check_id
 from amoslabel.config import ReviewSettings
 from amoslabel.errors import Conflict, InputError, NotFound, Unprocessable
 from amoslabel.organs import ORGAN_BY_ID, ORGANS
-from review import assignments
+from review import assignments, audit
+from review.assignments import assign
 from review.auth import Forbidden, Principal
 from review.consensus import DECISIONS, OrganRule, decide_round, fuse_readers, rules_from_config
-from review.schema import Assignment, AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
-from review.states import check_transition
+from review.schema import AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
+from review.store import ReviewStore, utcnow
 from review.summaries import case_summary, final_provenance
 from review.votes import parse_vote
-from review.store import ReviewStore, utcnow
 
 log = logging.getLogger(__name__)
 
 Publisher = Callable[[str, Path, Dict[str, Any]], None]
+LabelSource = Union[str, Path, sitk.Image]  # a label file (copied into the version store) or an image (written)
 _ORGAN_BY_NAME = {o.name: o.id for o in ORGANS}
 MAX_COMMENT = 2000
 
@@ -66,7 +66,7 @@ class Workflow:
             if case is None:
                 now = utcnow()
                 s.add(Case(id=case_id, state="new", round=1, created=now, updated=now))
-                self._audit(s, case_id, actor, "register", None, "new", "case registered")
+                audit.record(s, case_id, actor, "register", None, "new", "case registered")
                 return "new"
             return case.state
 
@@ -103,34 +103,34 @@ class Workflow:
         with self.store.read() as s:
             return list(s.execute(select(Case.id).where(Case.state == "new")).scalars())
 
-    def record_prelabel(self, case_id: str, label_file: str | Path, model: str, info: Dict[str, Any]) -> int:
+    def record_prelabel(self, case_id: str, label: LabelSource, model: str, info: Dict[str, Any]) -> int:
         """A model's pre-label: a new version; a ``new`` case becomes ``prelabelled`` and goes to a junior."""
         self.register_case(case_id)
-        sha, path = self.store.versions.put(case_id, label_file)
+        sha, path = self.store.versions.put(case_id, label)
         with self.store.write() as s:
             case = self._case(s, case_id)
             if case.state not in ("new", "prelabelled"):
                 raise Conflict(f"case {case_id!r} is {case.state}: a pre-label no longer replaces its label")
             version = self._add_version(s, case, sha, path, "prelabel", None, model, info)
             if case.state == "new":
-                self._move(s, case, "prelabelled", f"model:{model}", "pre-label", f"pre-labelled by {model}")
+                audit.move(s, case, "prelabelled", f"model:{model}", "pre-label", f"pre-labelled by {model}")
             if self.settings.routing == "least_loaded":
                 junior = next(iter(assignments.least_loaded(s, "junior", "annotate", exclude=set())), None)
                 if junior is not None:
-                    self._assign(s, case, junior, "annotate", "system", "routed to the least loaded junior")
-                    self._move(s, case, "with_junior", "system", "route", f"assigned to {junior.name}")
+                    assign(s, case, junior, "annotate", "system", "routed to the least loaded junior", self.settings)
+                    audit.move(s, case, "with_junior", "system", "route", f"assigned to {junior.name}")
             return version.id
 
-    def import_final(self, case_id: str, label_file: str | Path, source: str) -> int:
+    def import_final(self, case_id: str, label: LabelSource, source: str) -> int:
         """A label that came with the scan (e.g. AMOS ground truth): the case is final from the start."""
         self.register_case(case_id)
-        sha, path = self.store.versions.put(case_id, label_file)
+        sha, path = self.store.versions.put(case_id, label)
         with self.store.write() as s:
             case = self._case(s, case_id)
             if case.state == "final":
                 return case.final_version
             version = self._add_version(s, case, sha, path, "imported", None, None, {"source": source})
-            self._move(s, case, "final", "import", "import", f"imported as final from {source}")
+            audit.move(s, case, "final", "import", "import", f"imported as final from {source}")
             case.final_version = version.id
             return version.id
 
@@ -139,14 +139,14 @@ class Workflow:
         with self.store.write() as s:
             case = s.get(Case, check_id(case_id, "case id"))
             if case is not None:
-                self._audit(s, case.id, who, "open", case.state, case.state, where)
+                audit.record(s, case.id, who, "open", case.state, case.state, where)
 
     # -- junior ----------------------------------------------------------------------------------------------------
     def claim(self, who: Principal, case_id: str) -> Dict[str, Any]:
         """Take (or renew) the lease on a case in the user's queue (an expired lease counts as none)."""
         with self.store.write() as s:
             case = self._case(s, case_id)
-            self._expire_stale(s, case)
+            assignments.expire_stale(s, case)
             if who.role == "junior":
                 if case.state not in ("prelabelled", "with_junior"):
                     raise Conflict(f"case {case_id!r} is {case.state}: juniors claim pre-labelled cases")
@@ -154,43 +154,43 @@ class Workflow:
                 if holder and holder.user_id != who.id:
                     raise Conflict(f"case {case_id!r} is assigned to another junior")
                 if holder:
-                    holder.expires = utcnow() + self._lease("annotate")
+                    holder.expires = utcnow() + assignments.lease(self.settings, "annotate")
                 else:
-                    self._assign(s, case, self._user(s, who.id), "annotate", who.name, "claimed")
+                    assign(s, case, self._user(s, who.id), "annotate", who.name, "claimed", self.settings)
                 if case.state == "prelabelled":
-                    self._move(s, case, "with_junior", who.name, "claim", "claimed by a junior")
+                    audit.move(s, case, "with_junior", who.name, "claim", "claimed by a junior")
             elif who.role == "senior":
                 if case.state != "in_review":
                     raise Conflict(f"case {case_id!r} is {case.state}: seniors claim cases in review")
                 self._check_not_author(s, case, who)
                 mine = assignments.live(s, case.id, "review", user_id=who.id)
                 if mine:
-                    mine.expires = utcnow() + self._lease("review")
+                    mine.expires = utcnow() + assignments.lease(self.settings, "review")
                 elif assignments.reviewed_this_round(s, case, who):
                     raise Conflict(f"{who.name} has already reviewed round {case.round} of case {case_id!r}")
-                elif self._review_slots(s, case) <= 0:
+                elif assignments.review_slots(s, case, self.settings.reviewers_per_case) <= 0:
                     raise Conflict(f"case {case_id!r} already has {self.settings.reviewers_per_case} reviewers")
                 else:
-                    self._assign(s, case, self._user(s, who.id), "review", who.name, "claimed a review slot")
+                    assign(s, case, self._user(s, who.id), "review", who.name, "claimed a review slot", self.settings)
             else:
                 raise Forbidden("admins do not claim cases; they resolve escalated ones")
             return self._summary(s, case, who)
 
-    def save_version(self, who: Principal, case_id: str, label_file: str | Path, submit: bool = False) -> int:
+    def save_version(self, who: Principal, case_id: str, label: LabelSource, submit: bool = False) -> int:
         """A label saved by a user: a junior's correction (``submit`` also submits it) or a senior's edit."""
         if who.role not in ("junior", "senior"):
             raise Forbidden(f"{who.name} is an {who.role}: only the case's junior or reviewers save labels")
-        sha, path = self.store.versions.put(check_id(case_id, "case id"), label_file)
+        sha, path = self.store.versions.put(check_id(case_id, "case id"), label)
         with self.store.write() as s:
             case = self._case(s, case_id)
             if who.role == "junior":
-                self._require_assignment(s, case, who, "annotate", "with_junior")
+                assignments.require(s, case, who, "annotate", "with_junior")
                 version = self._add_version(s, case, sha, path, "junior", who.id, None, {})
                 case.current_version = version.id
                 if submit:
                     self._submit(s, case, who)
             else:
-                self._require_assignment(s, case, who, "review", "in_review")
+                assignments.require(s, case, who, "review", "in_review")
                 self._check_not_author(s, case, who)
                 version = self._add_version(s, case, sha, path, "senior_edit", who.id, None, {})
             return version.id
@@ -200,7 +200,7 @@ class Workflow:
         who.require("junior")
         with self.store.write() as s:
             case = self._case(s, case_id)
-            self._require_assignment(s, case, who, "annotate", "with_junior")
+            assignments.require(s, case, who, "annotate", "with_junior")
             self._submit(s, case, who)
             return self._summary(s, case, who)
 
@@ -214,14 +214,14 @@ class Workflow:
                 s, case, current.sha256, Path(current.path), "junior", who.id, None, {"unchanged_from": current.id}
             )
             case.current_version = current.id
-        self._move(s, case, "submitted", who.name, "submit", f"round {case.round} submitted")
+        audit.move(s, case, "submitted", who.name, "submit", f"round {case.round} submitted")
         for assignment in assignments.actives(s, case.id, "annotate"):
             assignment.status = "done"
-        seniors = self._pick_seniors(s, case)
+        seniors = assignments.pick_seniors(s, case, self.settings.reviewers_per_case)
         for senior in seniors:
-            self._assign(s, case, senior, "review", "system", "routed for review")
+            assign(s, case, senior, "review", "system", "routed for review", self.settings)
         if seniors:
-            self._move(s, case, "in_review", "system", "route", "to " + ", ".join(u.name for u in seniors))
+            audit.move(s, case, "in_review", "system", "route", "to " + ", ".join(u.name for u in seniors))
 
     # -- seniors -------------------------------------------------------------------------------------------------
     def review(
@@ -240,7 +240,7 @@ class Workflow:
             raise Unprocessable(f"default decision must be one of {', '.join(DECISIONS)}")
         with self.store.write() as s:
             case = self._case(s, case_id)
-            assignment = self._require_assignment(s, case, who.require("senior"), "review", "in_review")
+            assignment = assignments.require(s, case, who.require("senior"), "review", "in_review")
             self._check_not_author(s, case, who)
             done = set(
                 s.execute(
@@ -283,7 +283,7 @@ class Workflow:
                         for v in notes
                     ],
                 )
-            self._audit(
+            audit.record(
                 s,
                 case.id,
                 who.name,
@@ -319,11 +319,11 @@ class Workflow:
             )
         )
         if outcome == "consensus":
-            self._move(s, case, "consensus", "system", "consensus", f"round {case.round}: every organ approved")
+            audit.move(s, case, "consensus", "system", "consensus", f"round {case.round}: every organ approved")
             return
         sent_back = [names[k] for k, v in organs.items() if v == "changes"]
         if case.round >= self.settings.max_rounds:
-            self._move(
+            audit.move(
                 s,
                 case,
                 "escalated",
@@ -332,15 +332,15 @@ class Workflow:
                 f"round {case.round} of at most {self.settings.max_rounds}: changes on {', '.join(sent_back)}",
             )
             return
-        self._move(s, case, "changes_requested", "system", "changes", "changes requested on " + ", ".join(sent_back))
+        audit.move(s, case, "changes_requested", "system", "changes", "changes requested on " + ", ".join(sent_back))
         self._back_to_junior(s, case, "system")
 
     def _back_to_junior(self, s, case: Case, actor: str) -> None:
         case.round += 1
-        self._move(s, case, "with_junior", actor, "return", f"round {case.round} with the junior")
+        audit.move(s, case, "with_junior", actor, "return", f"round {case.round} with the junior")
         junior = s.get(User, case.junior_id) if case.junior_id else None
         if junior is not None and junior.active:
-            self._assign(s, case, junior, "annotate", actor, "returned with the reviewers' comments")
+            assign(s, case, junior, "annotate", actor, "returned with the reviewers' comments", self.settings)
 
     def resolve(self, who: Principal, case_id: str, action: str) -> Dict[str, Any]:
         """An admin settles an escalated case: ``reopen`` (another round) or ``accept`` (current label final)."""
@@ -352,7 +352,7 @@ class Workflow:
             if action == "reopen":
                 self._back_to_junior(s, case, who.name)
             elif action == "accept":
-                self._move(s, case, "consensus", who.name, "accept", "accepted by an admin")
+                audit.move(s, case, "consensus", who.name, "accept", "accepted by an admin")
             else:
                 raise Unprocessable("action must be 'reopen' or 'accept'")
             return self._summary(s, case, who)
@@ -379,10 +379,7 @@ class Workflow:
             round_, current_id, current_path = case.round, current.id, current.path
         latest_edit = {name: version.path for version, name in edits}  # a reviewer's newest edit speaks for them
         fused, figures = fuse_readers(f"junior:{junior.name if junior else 'model'}", current_path, latest_edit)
-        staging = self.store.versions.root / f".fused-{case_id}.nii.gz"
-        sitk.WriteImage(fused, str(staging), useCompression=True)
-        sha, path = self.store.versions.put(case_id, staging)
-        staging.unlink(missing_ok=True)
+        sha, path = self.store.versions.put(case_id, fused)
         with self.store.write() as s:
             case = self._case(s, case_id)
             if case.state != "consensus" or case.round != round_:
@@ -409,7 +406,7 @@ class Workflow:
             )
             if decision is not None:
                 decision.agreement = figures
-            self._move(s, case, "final", "system", "finalise", f"consensus label v{version.id} ({figures['fusion']})")
+            audit.move(s, case, "final", "system", "finalise", f"consensus label v{version.id} ({figures['fusion']})")
             info = final_provenance(s, case, version)
         if self.publisher is not None:
             self.publisher(case_id, path, info)
@@ -437,21 +434,7 @@ class Workflow:
     # -- leases and priorities -----------------------------------------------------------------------------------
     def expire_leases(self) -> int:
         """Expired leases return their case to the pool; each expiry is logged. Returns how many expired."""
-        now = utcnow()
-        with self.store.read() as s:
-            due = (
-                s.execute(select(Assignment.id).where(Assignment.status == "active", Assignment.expires < now))
-                .scalars()
-                .all()
-            )
-        if not due:
-            return 0
-        with self.store.write() as s:
-            for assignment in s.execute(select(Assignment).where(Assignment.id.in_(due))).scalars():
-                if assignment.status != "active" or assignment.expires >= now:
-                    continue
-                self._expire(s, assignment, s.get(Case, assignment.case_id))
-        return len(due)
+        return assignments.expire_due(self.store)
 
     def sweep_leases(self, every_s: float = 10.0) -> int:
         """``expire_leases`` at most every ``every_s`` seconds (queues call this; a claim expires its own case's)."""
@@ -461,21 +444,6 @@ class Workflow:
                 return 0
             self._last_sweep = now
         return self.expire_leases()
-
-    def _expire_stale(self, s, case: Case) -> None:
-        """Log the expiry of the case's lapsed leases in the claim's own transaction (before the sweep sees them)."""
-        now = utcnow()
-        stale = select(Assignment).where(
-            Assignment.case_id == case.id, Assignment.status == "active", Assignment.expires < now
-        )
-        for assignment in s.execute(stale).scalars().all():
-            self._expire(s, assignment, case)
-
-    def _expire(self, s, assignment: Assignment, case: Case) -> None:
-        assignment.status = "expired"
-        user = s.get(User, assignment.user_id)
-        reason = f"{user.name}'s {assignment.duty} lease expired; the case is back in the pool"
-        self._audit(s, case.id, "system", "lease_expired", case.state, case.state, reason)
 
     def set_priority(self, case_id: str, score: float, reason: str) -> None:
         """Queue order hook for active learning: a higher score comes first (FIFO among equal scores)."""
@@ -497,43 +465,6 @@ class Workflow:
     def _user(s, user_id: int) -> User:
         return s.get(User, user_id)
 
-    def _lease(self, duty: str) -> timedelta:
-        minutes = self.settings.annotate_lease_minutes if duty == "annotate" else self.settings.review_lease_minutes
-        return timedelta(minutes=minutes)
-
-    def _assign(self, s, case: Case, user: User, duty: str, actor: str, why: str) -> Assignment:
-        now = utcnow()
-        assignment = Assignment(
-            case_id=case.id,
-            user_id=user.id,
-            duty=duty,
-            round=case.round,
-            status="active",
-            assigned=now,
-            expires=now + self._lease(duty),
-        )
-        s.add(assignment)
-        if duty == "annotate":
-            case.junior_id = user.id
-        self._audit(s, case.id, actor, "assign", case.state, case.state, f"{duty}: {user.name} ({why})")
-        return assignment
-
-    def _require_assignment(self, s, case: Case, who: Principal, duty: str, state: str) -> Assignment:
-        # someone with no part in the case is refused for that (403) before its state is discussed (409)
-        ever = s.execute(
-            select(Assignment.id)
-            .where(Assignment.case_id == case.id, Assignment.user_id == who.id, Assignment.duty == duty)
-            .limit(1)
-        ).first()
-        if ever is None:
-            raise Forbidden(f"{who.name} holds no {duty} assignment on case {case.id!r}")
-        if case.state != state:
-            raise Conflict(f"case {case.id!r} is {case.state}, not {state}")
-        assignment = assignments.live(s, case.id, duty, user_id=who.id)
-        if assignment is None or (duty == "review" and assignment.round != case.round):
-            raise Forbidden(f"{who.name} holds no active {duty} assignment on case {case.id!r}")
-        return assignment
-
     def _check_not_author(self, s, case: Case, who: Principal) -> None:
         authors = set(
             s.execute(
@@ -544,15 +475,6 @@ class Workflow:
         )
         if who.id in authors:
             raise Forbidden(f"{who.name} wrote a label of case {case.id!r} and cannot review it")
-
-    def _review_slots(self, s, case: Case) -> int:
-        return self.settings.reviewers_per_case - len(assignments.readers(s, case))
-
-    def _pick_seniors(self, s, case: Case) -> List[User]:
-        authors = set(
-            s.execute(select(LabelVersion.author_user_id).where(LabelVersion.case_id == case.id)).scalars()
-        ) - {None}
-        return assignments.least_loaded(s, "senior", "review", authors, self.settings.reviewers_per_case)
 
     def _add_version(self, s, case, sha, path, kind, user_id, model, info) -> LabelVersion:
         version = LabelVersion(
@@ -571,7 +493,7 @@ class Workflow:
         s.flush()
         if kind in ("prelabel", "junior", "imported"):
             case.current_version = version.id
-        self._audit(
+        audit.record(
             s,
             case.id,
             model or (s.get(User, user_id).name if user_id else "system"),
@@ -582,27 +504,6 @@ class Workflow:
             {"sha256": sha},
         )
         return version
-
-    def _move(self, s, case: Case, target: str, actor: str, action: str, reason: str) -> None:
-        check_transition(case.id, case.state, target)
-        self._audit(s, case.id, actor, action, case.state, target, reason)
-        case.state = target
-        case.updated = utcnow()
-
-    @staticmethod
-    def _audit(s, case_id, actor, action, from_state, to_state, reason, details=None) -> None:
-        s.add(
-            AuditEvent(
-                case_id=case_id,
-                actor=str(actor)[:96],
-                action=action,
-                from_state=from_state,
-                to_state=to_state,
-                reason=reason,
-                at=utcnow(),
-                details=details or {},
-            )
-        )
 
     def _summary(self, s, case: Case, who: Optional[Principal] = None) -> Dict[str, Any]:
         return case_summary(s, case)

@@ -13,13 +13,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from amoslabel.organs import NUM_CLASSES
 from amoslabel.volume import Geometry
-from models.atlas_placement import AtlasPlacer, PriorSettings, _points, tissue_weights
+from models.atlas_placement import AtlasPlacer, PriorSettings, tissue_weights, world_points
 from models.atlas_prior import Atlas, oriented
-from models.infer_task import SegmentationInferTask, resolve_device
+from models.infer_task import SegmentationInferTask
 from models.preprocessing import CANONICAL_ORIENTATION, resample, target_grid
 
 log = logging.getLogger(__name__)
@@ -30,19 +29,6 @@ class MemberOutput:
     name: str
     probabilities: np.ndarray  # (C, z, y, x) on the shared grid
     version: Optional[int] = None
-
-
-def network_probabilities(task: SegmentationInferTask, image_path: str, modality: str) -> tuple:
-    """(probabilities (C, z, y, x) float32, network grid Geometry, version number) from a task's newest version."""
-    version = task.store.champion()
-    data = {"image": image_path, "model_version": version.number, "modality": modality}
-    for transform in task.pre_transforms(data):
-        data = transform(data)
-    device = resolve_device(None)
-    network = task._get_network(device, data)
-    inputs = torch.as_tensor(data["image"])[None].to(device)
-    probabilities = task.inferer(data)(inputs, network)[0].float().cpu().numpy()
-    return probabilities, data["grid"], version.number
 
 
 def grid_image(grid: Geometry) -> sitk.Image:
@@ -70,7 +56,7 @@ def prior_probabilities(atlas: Atlas, scan: sitk.Image, modality: str, target: s
     work = sitk.Resample(scan32, target, sitk.Transform(), sitk.sitkLinear, -1000.0)
     array = sitk.GetArrayFromImage(work)
     _, organ_like = tissue_weights(array, modality)
-    organs = atlas.sample(fit.apply(_points(work)), list(range(NUM_CLASSES)))[1:]
+    organs = atlas.sample(fit.apply(world_points(work)), list(range(NUM_CLASSES)))[1:]
     organs = organs * np.where(organ_like.ravel(), 1.0, settings.off_tissue_weight)[None]
     organs = np.clip(organs, 0.0, 1.0)
     total = organs.sum(axis=0)
@@ -92,7 +78,7 @@ def case_members(
     for name, task in networks.items():
         if task.store.champion() is None:
             continue
-        probabilities, grid, version = network_probabilities(task, scan_path, modality)
+        probabilities, grid, version = task.probabilities(scan_path, modality)
         source = grid_image(grid)
         if reference is None:
             reference = source

@@ -1,13 +1,17 @@
-"""Next Sample strategies that read the stored active-learning scores (MONAI Label strategies)."""
+"""The Next Sample strategies the app serves (MONAI Label strategies), most of them reading the stored scores."""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
 from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
 
 from review.schema import CaseScore
+from review.service import ReviewQueueStrategy, ReviewService
 from review.store import ReviewStore
+from strategies.baselines import ForegroundRandom
 from strategies.scoring import best_unlabelled, combined
 
 
@@ -50,4 +54,16 @@ def score_strategies(store: ReviewStore) -> Dict[str, Strategy]:
         "attention_diversity": WeightedStrategy(
             store, {"attention": 1.0, "diversity": 1.0}, "Attention plus distance from the final-labelled cases"
         ),
+    }
+
+
+def next_sample_strategies(review: ReviewService) -> Dict[str, Strategy]:
+    """Every strategy by name: the review queue, MONAI Label's random and first, foreground-aware random, and the
+    score-based ones."""
+    return {
+        ReviewQueueStrategy.NAME: ReviewQueueStrategy(review),
+        "random": Random(),
+        "first": First(),
+        "foreground_random": ForegroundRandom(),
+        **score_strategies(review.store),
     }

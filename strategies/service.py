@@ -1,4 +1,5 @@
-"""Active learning wired to the app: scoring members from the served models, attention maps into the datastore."""
+"""Active learning wired to the app: scoring members from the served models, attention maps into the datastore,
+and the background worker that keeps every open case scored."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable, Dict, Optional, Tuple
 import SimpleITK as sitk
 
 from amoslabel.config import AppConfig
+from amoslabel.data.tags import ATTENTION_TAG
 from amoslabel.errors import InputError
 from amoslabel.volume import Geometry, read_header
 from models.infer_task import SegmentationInferTask
@@ -21,7 +23,6 @@ from strategies.members import case_members, grid_image
 from strategies.scoring import CaseScorer, ScoringWorker, learn_anatomy
 
 log = logging.getLogger(__name__)
-ATTENTION_TAG = "attention"
 
 
 class ActiveLearningService:
@@ -42,12 +43,19 @@ class ActiveLearningService:
             review.store,
             config.active_learning,
             self.members,
-            review.locate_image,
+            review.image_file,
             review.modality_of,
             self.save_attention,
             self.anatomy,
         )
         self.worker = ScoringWorker(self.scorer, review.workflow, config.active_learning, self.member_versions)
+
+    def start(self) -> "ActiveLearningService":
+        """Score in the background from now on; a new case wakes the worker at once."""
+        self.review.new_case_listeners.append(lambda _case_id: self.worker.wake())
+        self.worker.start()
+        log.info(f"active learning: scoring in the background every {self.config.active_learning.interval_s} s")
+        return self
 
     def trained(self) -> Dict[str, SegmentationInferTask]:
         return {name: task for name, task in self.networks().items() if task.store.champion() is not None}
@@ -76,7 +84,7 @@ class ActiveLearningService:
     def save_attention(self, case_id: str, heat: sitk.Image) -> None:
         """The heat map, on the scan's own grid, as the case's label tagged ``attention``."""
         store = self.datastore()
-        path = self.review.locate_image(case_id) if self.review.locate_image else None
+        path = self.review.image_file(case_id)
         if store is None or not path or not hasattr(store, "publish_label"):
             return
         reference = grid_image(Geometry.of(read_header(path)))

@@ -1,13 +1,8 @@
-"""The team overview: where cases are, how fast they move, how often they go round, and how readers agree.
-
-Figures come from the store (cases, the audit log, decisions); plots are PNGs drawn with matplotlib (Agg).
-"""
+"""The team overview's plots: PNGs drawn with matplotlib (Agg) from :func:`review.statistics.team_figures`."""
 
 from __future__ import annotations
 
 import io
-from collections import Counter, defaultdict
-from datetime import datetime
 from typing import Any, Callable, Dict, List
 
 import matplotlib
@@ -15,42 +10,6 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
-
-from review.queries import agreement_stats  # noqa: E402
-from review.schema import AuditEvent, Case  # noqa: E402
-from review.states import STATES  # noqa: E402
-from review.workflow import Workflow  # noqa: E402
-
-
-def team_figures(workflow: Workflow) -> Dict[str, Any]:
-    """Cases per state, finals per day, mean hours per stage, rounds of final cases, agreement, organs sent back."""
-    with workflow.store.read() as s:
-        per_state = dict(s.execute(select(Case.state, func.count()).group_by(Case.state)).all())
-        rounds = Counter(s.execute(select(Case.round).where(Case.state == "final")).scalars())
-        moves = s.execute(
-            select(AuditEvent.case_id, AuditEvent.at, AuditEvent.from_state, AuditEvent.to_state)
-            .where(AuditEvent.from_state.is_not(None), AuditEvent.to_state != AuditEvent.from_state)
-            .order_by(AuditEvent.case_id, AuditEvent.id)
-        ).all()
-    finals_per_day: Counter = Counter()
-    stage_seconds: Dict[str, List[float]] = defaultdict(list)
-    entered: Dict[str, datetime] = {}
-    for case_id, at, _from, to in moves:
-        if case_id in entered:  # the time the case spent in the state it leaves now
-            stage_seconds[_from].append((at - entered[case_id]).total_seconds())
-        entered[case_id] = at
-        if to == "final":
-            finals_per_day[at.date().isoformat()] += 1
-    agreement = agreement_stats(workflow)
-    return {
-        "cases_per_state": {state: per_state.get(state, 0) for state in STATES},
-        "finals_per_day": dict(sorted(finals_per_day.items())),
-        "mean_hours_per_stage": {k: round(sum(v) / len(v) / 3600, 3) for k, v in stage_seconds.items() if v},
-        "rounds_of_final_cases": dict(sorted(rounds.items())),
-        "readers": agreement["readers"],
-        "organs_sent_back": agreement["organs_sent_back"],
-    }
 
 
 def _bar(ax, labels: List[str], values: List[float], title: str, colour: str, rotate: bool = True) -> None:

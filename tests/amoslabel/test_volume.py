@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from amoslabel.errors import InputError
-from amoslabel.volume import Geometry, copy_atomic, read_image, read_label, write_atomic
+from amoslabel.errors import InputError, Unprocessable
+from amoslabel.files import copy_atomic
+from amoslabel.volume import OffGrid, Geometry, check_on_grid, onto_grid, read_image, read_label, write_atomic
 from tests.badfiles import BAD_IMAGES, CT, CT_LABEL, label_wrong_shape
 
 EXPECTED_IMAGE = {
@@ -70,6 +71,32 @@ def test_geometry_mismatch_names_what_differs(tmp_path):
     moved = read_label(CT_LABEL)
     moved.SetOrigin((0.0, 0.0, 0.0))
     assert "origin" in image.mismatch(Geometry.of(moved))
+
+
+def test_the_one_grid_check_stamps_the_exact_grid_or_says_why_not(tmp_path):
+    grid = Geometry.of(read_image(CT))
+    label = read_label(CT_LABEL)
+    label.SetOrigin(tuple(o + 0.001 for o in label.GetOrigin()))  # within tolerance: stamped exactly
+    assert Geometry.of(check_on_grid(CT, label, "label for ct")) == grid  # the image's path: its header only
+    moved = read_label(CT_LABEL)
+    moved.SetOrigin((0.0, 0.0, 0.0))
+    with pytest.raises(OffGrid, match="label for ct: origin .* a label must be on its image's grid") as off:
+        check_on_grid(grid, moved, "label for ct")
+    assert off.value.status == 422 and off.value.reason.startswith("origin")
+    with pytest.raises(Unprocessable, match="does not cover the same physical region"):
+        onto_grid(grid, moved, "label x")
+
+
+def test_a_label_over_the_same_region_on_another_grid_is_resampled_with_a_note():
+    grid = Geometry.of(read_image(CT))
+    label = read_label(CT_LABEL)
+    flipped = sitk.Flip(label, [False, True, False])  # the same voxels in space, the y axis stored the other way
+    assert grid.mismatch(Geometry.of(flipped))
+    back, note = onto_grid(grid, flipped, "label x")
+    assert "resampled onto the image grid" in note and Geometry.of(back) == grid
+    assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(label))
+    same, none = onto_grid(grid, read_label(CT_LABEL), "label x")
+    assert none is None and Geometry.of(same) == grid
 
 
 def test_oblique_direction_is_accepted(tmp_path):

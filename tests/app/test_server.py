@@ -20,7 +20,7 @@ import requests
 import SimpleITK as sitk
 from monailabel.client.client import MONAILabelClientException
 
-from amoslabel.dicom import read_series
+from amoslabel.dicom.series import read_series
 from amoslabel.organs import label_table
 from amoslabel.volume import Geometry
 from tests.badfiles import CT_LABEL

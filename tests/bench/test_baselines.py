@@ -8,7 +8,7 @@ import sys
 
 import SimpleITK as sitk
 
-from amoslabel.synthetic import draw_params, synthesise
+from amoslabel.data.synthetic import draw_params, synthesise
 from tests.conftest import ROOT, SHARED
 
 # VNet, UNETR and SwinUNETR take minutes per step on 2 CPU cores; they are built and run forward in

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, TypeVar
 
 import pytest
 
-from amoslabel.orthanc import DICOMWEB_PLUGIN, OrthancProcess, write_config
+from amoslabel.dicom.orthanc import DICOMWEB_PLUGIN, OrthancProcess, write_config
 from tests.conftest import OUTPUT, free_port
 
 CLONE_NEWNET = 0x40000000

@@ -23,12 +23,12 @@ import requests
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
-from amoslabel.dicom_seg import ORGAN_CODES, read_seg
-from amoslabel.deidentify import UID_MAP, private_folder
-from amoslabel.dicomweb_import import send_to_dicomweb
-from amoslabel.dicomweb_store import FINAL_PREFIX, PRELABEL_PREFIX, cache_root
+from amoslabel.dicom.seg import ORGAN_CODES, read_seg
+from amoslabel.dicom.deidentify import UID_MAP, private_folder
+from amoslabel.dicom.send import send_to_dicomweb
+from amoslabel.data.dicomweb import FINAL_PREFIX, PRELABEL_PREFIX, cache_root
 from amoslabel.errors import InputError
-from amoslabel.orthanc import OrthancProcess, count_instances, fetch_series, qido, value, write_config
+from amoslabel.dicom.orthanc import OrthancProcess, count_instances, fetch_series, qido, value, write_config
 from tests.conftest import ServerProcess, free_port
 from tests.dicomweb.conftest import series_label_on
 from tests.review.conftest import add_users

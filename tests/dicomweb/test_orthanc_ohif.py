@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from amoslabel import orthanc as o
+from amoslabel.dicom import orthanc as o
 from tests.conftest import CHROMIUM_FLAGS, OUTPUT, free_port
 from tests.dicomweb.conftest import series_label_on
 
@@ -148,7 +148,7 @@ def test_upload_of_an_empty_folder_names_it(orthanc, tmp_path):
 
 def test_ohif_server_serves_the_app_and_proxies_dicomweb(orthanc, ohif_dist, shared):
     """Without a browser: app-config.js, the SPA fallback, and /dicom-web answered by Orthanc on the same origin."""
-    from amoslabel.ohif import OhifServer, app_config
+    from amoslabel.dicom.ohif import OhifServer, app_config
 
     assert "oidc" not in app_config() and "'/dicom-web'" in app_config()
     explicit = app_config(f"{orthanc.dicomweb}/")
@@ -179,7 +179,7 @@ def test_ohif_server_serves_the_app_and_proxies_dicomweb(orthanc, ohif_dist, sha
         server.stop()
 
 
-# ---- the real OHIF viewer, headless Chromium, reading this Orthanc through amoslabel.ohif's proxy ----
+# ---- the real OHIF viewer, headless Chromium, reading this Orthanc through amoslabel.dicom.ohif's proxy ----
 
 FLAGS = CHROMIUM_FLAGS  # WebGL still works: Chromium falls back to SwiftShader
 SHOTS = OUTPUT / "ohif"
@@ -189,7 +189,7 @@ SHOTS = OUTPUT / "ohif"
 def viewer(netns, ohif_dist, tmp_path_factory):
     """A fresh Orthanc of its own, OHIF served in front of it, and Debian's Chromium; console lines collected."""
     playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-test.txt")
-    from amoslabel.ohif import OhifServer
+    from amoslabel.dicom.ohif import OhifServer
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
@@ -294,9 +294,9 @@ def test_ohif_lists_and_shows_our_prelabel_seg(viewer, shared, tmp_path):
     """Our SEG writer's output (what the server stores for a pre-label) on a de-identified series, in real OHIF."""
     import SimpleITK as sitk
 
-    from amoslabel.dicom import read_series
-    from amoslabel.dicomweb_import import send_to_dicomweb
-    from amoslabel.dicomweb_store import PRELABEL_PREFIX, write_coded_seg
+    from amoslabel.dicom.series import read_series
+    from amoslabel.dicom.send import send_to_dicomweb
+    from amoslabel.data.dicomweb import PRELABEL_PREFIX, write_coded_seg
 
     store, server, browser, console = viewer
     (sent,) = send_to_dicomweb(shared / "dicom" / "ts_ct_series_uncompressed", store.url, tmp_path / "importer")

@@ -69,7 +69,7 @@ def private_studies(shared: Path, root: Path, final: Optional[str] = "ct_small")
         cases.append(entry)
     manifest = sources / "manifest.yaml"
     manifest.write_text(yaml.safe_dump({"root": ".", "cases": cases}))
-    from amoslabel.importer import import_source
+    from amoslabel.data.importer import import_source
 
     studies = root / "studies"
     result = import_source(manifest, studies, link_images=True, progress=False)

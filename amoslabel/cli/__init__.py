@@ -1,0 +1,1 @@
+"""The command line, ``python -m amoslabel COMMAND``: one module per group of commands, registered in main."""

@@ -1,0 +1,72 @@
+"""Commands that start servers or check what they would start with: ``serve``, ``serve-dicomweb``, ``check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from amoslabel.config import load_config
+from amoslabel.workspace import PROJECT_ROOT
+
+DEFAULT_WORKSPACE = PROJECT_ROOT / ".workspace"
+
+
+def conf_pairs(pairs: Optional[List[List[str]]]) -> Dict[str, str]:
+    """``--conf KEY VALUE`` pairs as a dict (later ones win)."""
+    return {k: v for k, v in (pairs or [])}
+
+
+def add_conf_option(parser: argparse.ArgumentParser, help_text: str = "apps.yaml override") -> None:
+    parser.add_argument("--conf", nargs=2, action="append", metavar=("KEY", "VALUE"), help=help_text)
+
+
+def register(sub) -> None:
+    serve = sub.add_parser("serve", help="import studies and start the MONAI Label server")
+    serve.add_argument(
+        "studies",
+        nargs="?",
+        default=None,
+        help="AMOS-layout dataset, folder of NIfTI files, DICOM series folder, manifest YAML or "
+        "DICOMweb URL (default: the real scans in ../shared/data)",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    add_conf_option(serve, "apps.yaml override, as in monailabel start_server (e.g. --conf preset cpu-fast)")
+    serve.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE)
+    serve.add_argument("--labels-as", choices=["final", "prelabel"], default="final")
+    serve.set_defaults(run=_serve)
+
+    web = sub.add_parser("serve-dicomweb", help="private Orthanc with the de-identified samples, OHIF, and the server")
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=8000)
+    web.add_argument("--orthanc-port", type=int, default=8042)
+    web.add_argument("--ohif-port", type=int, default=3000)
+    add_conf_option(web)
+    web.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE / "dicomweb")
+    web.set_defaults(run=_serve_dicomweb)
+
+    check = sub.add_parser("check-config", help="parse apps.yaml (with --conf overrides) and print the result")
+    check.add_argument("--config", type=Path, default=None)
+    add_conf_option(check)
+    check.set_defaults(run=_check_config)
+
+
+def _serve(args) -> int:
+    from amoslabel.server.launch import run
+
+    return run(args.studies, args.host, args.port, conf_pairs(args.conf), args.workspace, args.labels_as)
+
+
+def _serve_dicomweb(args) -> int:
+    from amoslabel.server.dicomweb_launch import serve_dicomweb
+
+    conf = conf_pairs(args.conf)
+    return serve_dicomweb(args.workspace, args.host, args.port, conf, args.orthanc_port, args.ohif_port)
+
+
+def _check_config(args) -> int:
+    config = load_config(args.config, conf_pairs(args.conf))
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    return 0

@@ -1,0 +1,71 @@
+"""The team and its audit: ``users`` (accounts and API tokens) and ``case-history``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from amoslabel.config import load_config
+from amoslabel.errors import InputError
+
+
+def register(sub) -> None:
+    users = sub.add_parser("users", help="review workflow users and their API tokens")
+    users.add_argument("action", choices=["add", "token", "revoke", "list", "deactivate"])
+    users.add_argument("name", nargs="?", help="user name (not for list)")
+    users.add_argument("--role", choices=["junior", "senior", "admin"], help="for add")
+    users.add_argument("--studies", type=Path, required=True, help="the studies folder the server runs on")
+    users.add_argument("--database", default=None, help="review store URL (default: SQLite in the studies folder)")
+    users.set_defaults(run=_users)
+
+    hist = sub.add_parser("case-history", help="print a case's workflow history (the audit log)")
+    hist.add_argument("case_id")
+    hist.add_argument("--studies", type=Path, required=True)
+    hist.add_argument("--database", default=None)
+    hist.add_argument("--json", action="store_true")
+    hist.set_defaults(run=_case_history)
+
+
+def _review_service(studies: Path, database):
+    from review.service import ReviewService
+
+    overrides = {"review_database": database} if database else {}
+    return ReviewService(load_config(overrides=overrides), str(studies))
+
+
+def _users(args) -> int:
+    accounts = _review_service(args.studies, args.database).accounts
+    if args.action == "list":
+        for user in accounts.list_users():
+            print(f"{user['name']:24s} {user['role']:8s} {'active' if user['active'] else 'inactive'}")
+        return 0
+    if not args.name:
+        raise InputError(f"users {args.action} needs a user name")
+    if args.action == "add":
+        if not args.role:
+            raise InputError("users add needs --role junior|senior|admin")
+        accounts.add_user(args.name, args.role)
+        print(accounts.issue_token(args.name))
+    elif args.action == "token":
+        print(accounts.issue_token(args.name))
+    elif args.action == "revoke":
+        print(f"revoked {accounts.revoke_tokens(args.name)} token(s)")
+    elif args.action == "deactivate":
+        accounts.set_active(args.name, False)
+        print(f"{args.name} deactivated")
+    return 0
+
+
+def _case_history(args) -> int:
+    from review.auth import Principal
+    from review.queries import history
+
+    service = _review_service(args.studies, args.database)
+    events = history(service.workflow, args.case_id, Principal(0, "cli", "admin"))
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return 0
+    for e in events:
+        moved = f"{e['from']} -> {e['to']}" if e["from"] != e["to"] else (e["to"] or "")
+        print(f"{e['at'][:19]}  {e['actor']:16s} {e['action']:14s} {moved:32s} {e['reason'] or ''}")
+    return 0

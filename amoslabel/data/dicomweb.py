@@ -1,0 +1,200 @@
+"""A DICOMweb server (Orthanc) as the studies source, with the review workflow unchanged.
+
+``--studies http://127.0.0.1:8042/dicom-web`` makes this the datastore. It is an :class:`AmosDatastore` over a local
+working folder that mirrors the server: each CT or MR series found over QIDO-RS is fetched once over WADO-RS, kept
+as its DICOM files (``<root>/<SeriesInstanceUID>/``) and converted to NIfTI with :func:`read_series` (the same
+geometry checks as an import), under the SeriesInstanceUID as case id. Everything the workflow does (saves,
+versions, routing, consensus) then runs exactly as on a folder of NIfTI files. What goes back to the server, as DICOM
+SEG with coded organs (:mod:`amoslabel.dicom.seg`): each case's first pre-label ("AMOS Label pre-label
+<model:version>", so OHIF lists it; sent by the app when it records the pre-label) and every consensus-final
+label ("AMOS Label final v<label version> round <n>"). A SEG that cannot be uploaded is kept in ``pending-seg/``
+and sent again at the next sync, never dropped.
+
+MONAI Label's own ``DICOMWebDatastore`` is not used: it codes every segment as spleen, counts any SEG on the server
+as a final label (so a pre-label would count as ground truth), and has no place for the workflow's checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pydicom
+import SimpleITK as sitk
+from dicomweb_client.api import DICOMwebClient
+
+from amoslabel.data.datastore import AmosDatastore
+from amoslabel.dicom.series import read_series, series_headers
+from amoslabel.dicom.seg import write_seg
+from amoslabel.errors import InputError
+from amoslabel.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+IMAGE_MODALITIES = ("CT", "MR")
+PRELABEL_PREFIX = "AMOS Label pre-label"
+FINAL_PREFIX = "AMOS Label final"
+_MODALITY, _STUDY_UID, _SERIES_UID, _DESCRIPTION = "00080060", "0020000D", "0020000E", "0008103E"
+
+
+def cache_root(url: str, base: Optional[str] = None) -> Path:
+    """The local working folder of one DICOMweb server (one per URL)."""
+    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+    root = Path(base) if base else Path.home() / ".cache" / "amoslabel" / "dicomweb"
+    return root / digest
+
+
+def _value(entry: Dict[str, Any], tag: str) -> Optional[str]:
+    values = entry.get(tag, {}).get("Value") or []
+    return str(values[0]) if values else None
+
+
+class AmosDicomWebDatastore(AmosDatastore):
+    """An :class:`AmosDatastore` mirroring the CT and MR series of a DICOMweb server; labels go back as DICOM SEG."""
+
+    def __init__(self, url: str, root: Path, sync_interval_s: float = 30.0, **kwargs):
+        self.url = url.rstrip("/")
+        self.client = DICOMwebClient(url=self.url)
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.pending = Workspace(self.root).pending_seg
+        self.sync_interval_s = sync_interval_s
+        self._synced_at = 0.0
+        self._sync_lock = threading.Lock()
+        self.studies_of: Dict[str, str] = {}  # series uid -> study uid
+        super().__init__(str(self.root), **kwargs)
+        self.sync(force=True)
+
+    def name(self) -> str:
+        return self.url
+
+    # -- mirroring the server -----------------------------------------------------------------------------------
+    def remote_series(self) -> List[Dict[str, str]]:
+        """CT and MR series on the server (QIDO-RS), with their study and modality."""
+        found = []
+        for entry in self.client.search_for_series():
+            modality = _value(entry, _MODALITY)
+            series, study = _value(entry, _SERIES_UID), _value(entry, _STUDY_UID)
+            if modality in IMAGE_MODALITIES and series and study:
+                found.append({"series": series, "study": study, "modality": modality})
+        return found
+
+    def sync(self, force: bool = False) -> int:
+        """Fetch series that are new on the server, and resend SEGs that could not be sent. Returns how many new."""
+        if not force and time.monotonic() - self._synced_at < self.sync_interval_s:
+            return 0
+        with self._sync_lock:
+            self._synced_at = time.monotonic()
+            added = 0
+            for entry in self.remote_series():
+                self.studies_of[entry["series"]] = entry["study"]
+                if self.has_image(entry["series"]):
+                    continue
+                try:
+                    self._fetch(entry)
+                    added += 1
+                except Exception as e:  # one bad series must not hide the others; it is tried again next sync
+                    logger.error("DICOMweb: series %s not imported: %s", entry["series"], e)
+            self._resend_pending()
+        if added:
+            logger.info("DICOMweb: %d new series from %s", added, self.url)
+        return added
+
+    def _fetch(self, entry: Dict[str, str]) -> None:
+        series = entry["series"]
+        folder = self.root / series
+        scratch = Workspace(self.root).scratch
+        staging = scratch / f"fetch-{series}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for ds in self.client.retrieve_series(entry["study"], series):
+            ds.save_as(staging / f"{ds.SOPInstanceUID}.dcm", write_like_original=False)
+        image = read_series(staging)  # the import's checks: missing slices, mixed series, missing positions
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+        nifti = scratch / f"{series}.nii.gz"
+        sitk.WriteImage(image, str(nifti), useCompression=True)
+        try:
+            self.add_image(series, str(nifti), {"modality": "mri" if entry["modality"] == "MR" else "ct"})
+        finally:
+            nifti.unlink(missing_ok=True)
+        self.records.update(series, {"source": "dicomweb", "study_uid": entry["study"], "server": self.url})
+
+    def list_images(self) -> List[str]:
+        self.sync()
+        return super().list_images()
+
+    def study_uid(self, image_id: str) -> Optional[str]:
+        return self.records.get(image_id).get("study_uid")
+
+    # -- labels back to the server --------------------------------------------------------------------------------
+    def publish_final(self, image_id: str, version_file, info: Dict[str, Any]) -> Optional[str]:
+        saved = super().publish_final(image_id, version_file, info)
+        # the label version (review history) and round it came from: the SEG names exactly what was approved
+        described = f"{FINAL_PREFIX} v{info.get('version', '?')} round {info.get('round', '?')}"
+        try:
+            self.send_seg(image_id, str(version_file), described, False)
+        except Exception:  # the final stands (store, datastore, training); only Orthanc's copy is missing
+            logger.exception("DICOMweb: the final label of %s could not be written as DICOM SEG", image_id)
+        return saved
+
+    def prelabel_recorded(self, image_id: str, label_file: str, model_tag: str) -> None:
+        """OHIF shows the case's first pre-label from the DICOMweb server: send it as a SEG there."""
+        try:
+            self.send_seg(image_id, label_file, f"{PRELABEL_PREFIX} {model_tag}", automatic=True)
+        except Exception:  # the viewer still gets its pre-label; only OHIF's copy is missing
+            logger.exception(f"{image_id}: the pre-label could not be stored as DICOM SEG")
+
+    def send_seg(self, image_id: str, label_file: str, description: str, automatic: bool) -> Optional[Path]:
+        """Write the label as DICOM SEG on its source series and store it on the server (STOW-RS)."""
+        series_dir = self.root / image_id
+        if not series_dir.is_dir():
+            raise InputError(f"{image_id}: not a series from {self.url}", status=404)
+        self.pending.mkdir(parents=True, exist_ok=True)
+        out = self.pending / f"{image_id}-{time.monotonic_ns()}.dcm"
+        write_coded_seg(label_file, series_dir, out, description, automatic)
+        try:
+            self.client.store_instances([pydicom.dcmread(out)])
+        except Exception as e:  # the server is down: keep the SEG and send it at the next sync
+            logger.error("DICOMweb: %s for %s kept in %s, not sent: %s", description, image_id, self.pending, e)
+            return out
+        out.unlink()
+        logger.info("DICOMweb: stored %r for %s", description, image_id)
+        return None
+
+    def _resend_pending(self) -> None:
+        for path in sorted(self.pending.glob("*.dcm")) if self.pending.is_dir() else []:
+            try:
+                self.client.store_instances([pydicom.dcmread(path)])
+                path.unlink()
+                logger.info("DICOMweb: sent kept SEG %s", path.name)
+            except Exception as e:
+                logger.warning("DICOMweb: kept SEG %s still not sent: %s", path.name, e)
+                return
+
+
+def write_coded_seg(label_file: str, series_dir: Path, out: Path, description: str, automatic: bool) -> Path:
+    """The label as a DICOM SEG on its series; label 15 coded from the series' PatientSex (its region if unknown)."""
+    sex = str(next(iter(series_headers(series_dir).values()))[0].get("PatientSex", "") or "").strip().upper()
+    return write_seg(
+        sitk.ReadImage(label_file),
+        series_dir,
+        out,
+        series_description=description[:64],
+        algorithm_type="AUTOMATIC" if automatic else "MANUAL",
+        patient_sex=sex if sex in ("M", "F") else "unknown",
+    )
+
+
+def seg_for_infer(
+    series_dir: str, label: str, label_info: Any = None, file_ext: str = "*", use_itk: bool = True
+) -> str:
+    """MONAI Label's ``nifti_to_dicom_seg`` signature: a pre-label as a coded DICOM SEG file on its source series."""
+    out = Path(tempfile.mkstemp(suffix=".dcm")[1])
+    return str(write_coded_seg(label, Path(series_dir), out, f"{PRELABEL_PREFIX} (infer)", automatic=True))

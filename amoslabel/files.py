@@ -1,0 +1,79 @@
+"""Files that are either complete or absent: atomic writes and copies, fsync, and the one SHA-256 of a file.
+
+Every file this project keeps (labels, versions, records, indexes, model weights) is written through here, so that a
+crash leaves the old file or the new one, never half of one, and every content hash is computed the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_destination(
+    dest: str | os.PathLike,
+    scratch_dir: str | os.PathLike | None,
+    suffix: str = "",
+) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is fsynced and renamed onto ``dest``, else removed.
+
+    ``scratch_dir`` must be on the same filesystem as ``dest``; keep it outside folders that other processes scan
+    for images (MONAI Label's datastore would pick up a half-written ``*.nii.gz``).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(scratch_dir) if scratch_dir else dest.parent
+    scratch.mkdir(parents=True, exist_ok=True)
+    tmp = scratch / f".tmp-{uuid.uuid4().hex}{suffix}"
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def copy_atomic(src: str | os.PathLike, dest: str | os.PathLike, scratch_dir: str | os.PathLike | None = None) -> Path:
+    """Copy a file so that ``dest`` is either absent or complete."""
+    with atomic_destination(dest, scratch_dir) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dest)
+
+
+def write_text_atomic(text: str, dest: str | os.PathLike) -> Path:
+    """Write a small text file (JSON metadata) atomically, its temporary file beside it."""
+    with atomic_destination(dest, None, ".tmp") as tmp:
+        tmp.write_text(text)
+    return Path(dest)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content (hex), read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

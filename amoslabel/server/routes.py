@@ -1,0 +1,202 @@
+"""What this app changes in the MONAI Label server it runs in: the review API mounted, and endpoints answered here.
+
+``install(fastapi_app, review, datastore)`` is called once, in the server process, when the app is ready. It mounts the
+review API and pages (Flask, through a2wsgi) at ``/review`` and puts the overrides below in front of MONAI Label's
+routes. Each override keeps the endpoint's path, parameters and answer, and changes one thing:
+
+* ``POST /activelearning/{strategy}`` runs in the thread pool (MONAI Label declares it ``async`` and blocks the event
+  loop), answers ``review_queue`` without the whole app ``info()``, and refuses an unknown strategy with 404.
+* ``PUT``/``DELETE /model/{model}`` are refused (403): served weights are versions with a record
+  (``models/versions.py``), and MONAI Label's upload copies any file over a path our tasks do not have (500).
+* The datastore writes and ``/infer`` check their JSON form fields (``params``, ``info``) first: MONAI Label parses them
+  unchecked, so a malformed field (or a JSON list) was an HTTP 500 instead of a 400.
+* ``/infer?output=dicom_seg`` on a DICOMweb datastore writes the SEG with coded organs (:mod:`amoslabel.dicom.seg`);
+  MONAI Label's converter codes every segment as spleen.
+
+FastAPI keeps each included router as one nested route, so MONAI Label's routes cannot be taken out of the app's
+list; an override is placed first in that list, where it is matched before them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+from a2wsgi import WSGIMiddleware
+from fastapi import BackgroundTasks, Depends, File, Form, UploadFile
+from fastapi.responses import JSONResponse
+from monailabel.config import settings
+from monailabel.endpoints import datastore as ds
+from monailabel.endpoints.activelearning import sample
+from monailabel.endpoints.infer import ResultType, run_inference
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.utils.app import app_instance
+
+from amoslabel.data.datastore import AmosDatastore
+from amoslabel.data.dicomweb import AmosDicomWebDatastore, seg_for_infer
+from amoslabel.errors import InputError, NotFound
+from review.api import create_review_api
+from review.service import ReviewQueueStrategy, ReviewService
+
+log = logging.getLogger(__name__)
+API = settings.MONAI_LABEL_API_STR
+REVIEW_PATH = "/review"
+REVIEW_WORKERS = 16  # threads of the review API's WSGI bridge
+ROLE_USER = settings.MONAI_LABEL_AUTH_ROLE_USER
+ROLE_ANNOTATOR = settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR
+MAX_FORM_JSON = 1 << 20
+
+
+def in_server_process() -> bool:
+    """True in the process that serves HTTP (MONAI Label's FastAPI app is loaded); False in a training subprocess,
+    which builds the app too."""
+    return "monailabel.app" in sys.modules
+
+
+def install(fastapi_app, review: ReviewService, datastore: AmosDatastore) -> None:
+    """Everything of this module, once, in the server process: the review API and the overrides."""
+    mount_review_api(fastapi_app, review)
+    install_route_overrides(fastapi_app, ReviewQueueStrategy.NAME, review_sample)
+    if isinstance(datastore, AmosDicomWebDatastore):
+        use_coded_seg_for_infer_output()
+
+
+def mount_review_api(fastapi_app, review: ReviewService) -> None:
+    """The review API and pages at ``/review`` (a mount made earlier in this process is replaced)."""
+    routes = fastapi_app.router.routes
+    routes[:] = [r for r in routes if getattr(r, "path", "") != REVIEW_PATH]
+    fastapi_app.mount(REVIEW_PATH, WSGIMiddleware(create_review_api(review), workers=REVIEW_WORKERS))
+    log.info("review API mounted at /review/api (OpenAPI: /review/api/openapi.json)")
+
+
+def review_sample(params: dict) -> dict:
+    """Next Sample from the review queue, answered as MONAI Label's ``sample`` answers (id, path, image info).
+
+    It skips what ``sample`` adds for its own strategies: the whole app ``info()`` (for strategy settings this one
+    has none of) and a note of the strategy in the image's info (the claim is in the case's audit log). Both cost
+    more than finding and claiming the case.
+    """
+    instance = app_instance()
+    result = instance.next_sample({**params, "strategy": ReviewQueueStrategy.NAME})
+    if not result:
+        return {}
+    return {**instance.datastore().get_image_info(result["id"]), **result}
+
+
+def use_coded_seg_for_infer_output() -> None:
+    """``/infer?output=dicom_seg`` through our coded writer.
+
+    MONAI Label's endpoint converts the result with ``nifti_to_dicom_seg``, which codes every segment as spleen,
+    and only for its own DICOMweb datastore class; it looks both names up in its module at each call, so replacing
+    them there is enough.
+    """
+    import monailabel.endpoints.infer as infer_endpoint
+
+    infer_endpoint.nifti_to_dicom_seg = seg_for_infer
+    infer_endpoint.DICOMWebDatastore = (infer_endpoint.DICOMWebDatastore, AmosDicomWebDatastore)  # isinstance takes it
+
+
+def install_route_overrides(fastapi_app, review_strategy: str, review_sample: Callable[[dict], dict]) -> None:
+    """Put every override of this module in front of MONAI Label's routes."""
+
+    def api_sample(strategy: str, params: Optional[dict] = None, user: User = Depends(RBAC(ROLE_USER))):
+        if strategy == review_strategy:
+            return review_sample(params or {})
+        strategies = getattr(app_instance(), "_strategies", {})
+        if strategy not in strategies:
+            raise NotFound(f"no strategy {strategy[:64]!r}; strategies: {sorted(strategies)}")
+        return sample(strategy, params, user.username)
+
+    def model_file_refused(model: str):
+        return JSONResponse(
+            {
+                "detail": f"model {model[:64]!r}: weights are not replaced or deleted through the API; new versions "
+                "come from training (POST /train/{model}), older ones are served with `python -m amoslabel "
+                "models rollback`"
+            },
+            status_code=403,
+        )
+
+    def add_image(
+        background_tasks: BackgroundTasks,
+        image: Optional[str] = None,
+        params: str = Form("{}"),
+        file: UploadFile = File(...),
+        user: User = Depends(RBAC(ROLE_ANNOTATOR)),
+    ):
+        return ds.add_image(background_tasks, image, json_object(params, "params"), file, user.username)
+
+    def save_label(
+        background_tasks: BackgroundTasks,
+        image: str,
+        params: str = Form("{}"),
+        tag: str = "final",
+        label: UploadFile = File(...),
+        user: User = Depends(RBAC(ROLE_ANNOTATOR)),
+    ):
+        return ds.save_label(background_tasks, image, json_object(params, "params"), tag, label, user.username)
+
+    def put_image_info(image: str, info: str = Form("{}"), user: User = Depends(RBAC(ROLE_ANNOTATOR))):
+        return ds.update_image_info(image, json_object(info, "info"), user.username)
+
+    def put_label_info(label: str, tag: str, info: str = Form("{}"), user: User = Depends(RBAC(ROLE_ANNOTATOR))):
+        return ds.update_label_info(label, tag, json_object(info, "info"), user.username)
+
+    def infer(
+        background_tasks: BackgroundTasks,
+        model: str,
+        image: str = "",
+        session_id: str = "",
+        params: str = Form("{}"),
+        file: UploadFile = File(None),
+        label: UploadFile = File(None),
+        output: Optional[ResultType] = None,
+        user: User = Depends(RBAC(ROLE_USER)),
+    ):
+        if not image and file is None and not session_id:
+            raise InputError("name an image (?image=ID), upload one (form field 'file') or give a session_id")
+        params = json_object(params, "params")
+        return run_inference(background_tasks, model, image, session_id, params, file, label, output)
+
+    overrides: List[tuple] = [
+        ("/activelearning/{strategy}", api_sample, ["POST"], "ActiveLearning"),
+        ("/model/{model}", model_file_refused, ["DELETE", "PUT"], "Model"),
+        ("/datastore/image", add_image, ["PUT"], "Datastore"),
+        ("/datastore/", add_image, ["PUT"], None),  # MONAI Label's deprecated alias
+        ("/datastore/label", save_label, ["PUT"], "Datastore"),
+        ("/datastore/image/info", put_image_info, ["PUT"], "Datastore"),
+        ("/datastore/label/info", put_label_info, ["PUT"], "Datastore"),
+        ("/datastore/updatelabelinfo", put_label_info, ["PUT"], None),  # deprecated alias
+        ("/infer/{model}", infer, ["POST"], "Infer"),
+    ]
+    for path, endpoint, methods, tag in overrides:
+        extra: Dict[str, Any] = {"tags": [tag]} if tag else {"include_in_schema": False}
+        override_route(fastapi_app, API + path, endpoint, methods, **extra)
+
+
+def json_object(text: Any, field: str) -> str:
+    """The form field ``text`` if it is a JSON object (re-serialised), else a 400 naming the field."""
+    if text in (None, ""):
+        return "{}"
+    if len(text) > MAX_FORM_JSON:
+        raise InputError(f"the form field {field!r} may be at most {MAX_FORM_JSON} bytes", status=413)
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        raise InputError(f"the form field {field!r} must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise InputError(f"the form field {field!r} must be a JSON object, not {type(value).__name__}")
+    return json.dumps(value)
+
+
+def override_route(fastapi_app, path: str, endpoint, methods: List[str], **kwargs) -> None:
+    """Serve ``methods`` on ``path`` with ``endpoint``, matched before MONAI Label's route; an override made earlier
+    in this process is replaced."""
+    routes = fastapi_app.router.routes
+    routes[:] = [
+        r for r in routes if not (getattr(r, "path", None) == path and set(methods) <= getattr(r, "methods", set()))
+    ]
+    fastapi_app.add_api_route(path, endpoint, methods=methods, **kwargs)
+    routes.insert(0, routes.pop())

@@ -1,0 +1,164 @@
+"""A case's page: one row per organ with each reader's vote and comments, agreement, history, and the actions the
+user's role allows (claim, submit, vote per organ, an admin's resolve)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from flask import Blueprint, redirect, render_template, request, url_for
+
+from amoslabel.errors import Unprocessable
+from amoslabel.ids import check_id
+from amoslabel.organs import ORGANS
+from review.auth import Principal
+from review.queries import case_detail, history
+from review.web.previews import VIEWS
+
+if TYPE_CHECKING:
+    from review.web.pages import PageContext
+
+
+def register(pages: Blueprint, context: "PageContext") -> None:
+    """The case page, its live fragment and stamp, and the action forms."""
+    workflow, service = context.workflow, context.service
+
+    @pages.get("/cases/<case_id>")
+    @context.logged_in
+    def case_page(who: Principal, case_id: str):
+        panel = case_panel_data(context, who, case_id)
+        workflow.record_opened(who.name, case_id, "review page")
+        return render_template(
+            "case.html",
+            who=who,
+            **panel,
+            focus=parse_point(request.args.get("at")),
+            views=VIEWS,
+            has_attention=service.attention_file(case_id) is not None,
+            server_url=request.host_url.rstrip("/"),
+            ohif_url=service.ohif_link(case_id),
+        )
+
+    @pages.get("/cases/<case_id>/panel")
+    @context.logged_in
+    def case_panel(who: Principal, case_id: str):
+        return render_template("_case_panel.html", who=who, **case_panel_data(context, who, case_id))
+
+    @pages.get("/cases/<case_id>/live")
+    @context.logged_in
+    def case_live(who: Principal, case_id: str):
+        detail = case_detail(workflow, check_id(case_id, "case id"), who)
+        return {"state": detail["state"], "round": detail["round"], "stamp": context.stamp(case_id)}
+
+    @pages.post("/cases/<case_id>/claim")
+    @context.logged_in
+    def claim(who: Principal, case_id: str):
+        workflow.claim(who, check_id(case_id, "case id"))
+        return redirect(url_for("pages.case_page", case_id=case_id), code=303)
+
+    @pages.post("/cases/<case_id>/submit")
+    @context.logged_in
+    def submit(who: Principal, case_id: str):
+        workflow.submit(who, check_id(case_id, "case id"))
+        return redirect(url_for("pages.my_queue"), code=303)
+
+    @pages.post("/cases/<case_id>/review")
+    @context.logged_in
+    def review(who: Principal, case_id: str):
+        check_id(case_id, "case id")
+        default = request.form.get("default") or None
+        service.after_review(workflow.review(who, case_id, votes_from_form(request.form), default))
+        return redirect(url_for("pages.case_page", case_id=case_id), code=303)
+
+    @pages.post("/cases/<case_id>/resolve")
+    @context.logged_in
+    def resolve(who: Principal, case_id: str):
+        summary = workflow.resolve(who, check_id(case_id, "case id"), request.form.get("action", ""))
+        service.after_review(summary)
+        return redirect(url_for("pages.case_page", case_id=case_id), code=303)
+
+
+def case_panel_data(context: "PageContext", who: Principal, case_id: str) -> Dict[str, Any]:
+    """What the case panel shows: the detail, one row per organ, readers, history, actions, agreement."""
+    workflow = context.workflow
+    detail = case_detail(workflow, check_id(case_id, "case id"), who)
+    readers = sorted({a["user"] for a in detail["assignees"] if a["duty"] == "review"} | _voters(detail))
+    organ_rows = []
+    for organ in ORGANS:
+        votes = detail["votes"].get(organ.name, {})
+        state = workflow.rules[organ.id].decide(list(votes.values()), max(len(readers), 1))
+        if detail["state"] in ("consensus", "final") and detail["decisions"]:
+            state = detail["decisions"][-1]["organs"].get(organ.name, state)
+        organ_rows.append(
+            {
+                "organ": organ,
+                "votes": votes,
+                "consensus": state,
+                "comments": [c for c in detail["comments"] if c["organ"] == organ.id],
+            }
+        )
+    return {
+        "case": detail,
+        "organ_rows": organ_rows,
+        "readers": readers,
+        "events": list(reversed(history(workflow, case_id, who))),
+        "actions": actions_for(who, detail),
+        "agreement": next((d["agreement"] for d in reversed(detail["decisions"]) if d.get("agreement")), None),
+    }
+
+
+def actions_for(who: Principal, detail: Dict[str, Any]) -> List[str]:
+    """The forms the case page offers this user now."""
+    state, mine = detail["state"], [a for a in detail["assignees"] if a["user"] == who.name]
+    if who.role == "junior":
+        if state == "prelabelled" or (
+            state == "with_junior" and not any(a["duty"] == "annotate" for a in detail["assignees"])
+        ):
+            return ["claim"]
+        if state == "with_junior" and any(a["duty"] == "annotate" for a in mine):
+            return ["submit"]
+    if who.role == "senior" and state == "in_review":
+        if any(a["duty"] == "review" for a in mine):
+            voted = {o for o, votes in detail["votes"].items() if who.name in votes}
+            return ["vote"] if len(voted) < len(ORGANS) else []
+        if who.name not in _voters(detail):
+            return ["claim"]
+    if who.role == "admin" and state == "escalated":
+        return ["resolve"]
+    return []
+
+
+def votes_from_form(form) -> List[Dict[str, Any]]:
+    """The review form's per-organ decision, comment and point (x,y,z in mm) as workflow votes."""
+    votes = []
+    for organ in ORGANS:
+        decision = form.get(f"vote_{organ.id}", "")
+        comment = form.get(f"comment_{organ.id}", "").strip()
+        point = form.get(f"point_{organ.id}", "").strip()
+        if not decision:
+            if comment or point:
+                raise Unprocessable(f"{organ.name}: choose a decision for the comment")
+            continue
+        vote: Dict[str, Any] = {"organ": organ.id, "decision": decision}
+        if comment:
+            vote["comment"] = comment
+        if point:
+            vote["point_world"] = parse_point(point)
+        votes.append(vote)
+    return votes
+
+
+def parse_point(value: Optional[str]) -> Optional[List[float]]:
+    """``"x,y,z"`` (mm) as three numbers; None for nothing; 422 for anything else."""
+    if not value:
+        return None
+    try:
+        point = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise Unprocessable("at must be three numbers: x,y,z in mm") from None
+    if len(point) != 3:
+        raise Unprocessable("at must be three numbers: x,y,z in mm")
+    return point
+
+
+def _voters(detail: Dict[str, Any]) -> set:
+    return {reader for votes in detail["votes"].values() for reader in votes}

@@ -1,0 +1,55 @@
+"""Which model answers a pre-label request, and the per-model setup the app delegates to (no server)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from amoslabel.config import load_config
+from amoslabel.errors import NotFound
+from models.infer_task import SegmentationInferTask
+from models.prior_task import PRIOR_MODEL, AtlasCache, PriorInferTask
+from models.serving import ServedModels, check_model_name, route_request
+from models.train_task import SegmentationTrainTask
+
+
+@pytest.fixture()
+def served(tmp_path):
+    config = load_config(overrides={"preset": "cpu-fast", "models": "unet,vnet"})
+    atlas = AtlasCache(config, lambda: None, tmp_path / "prior")
+    return ServedModels(config, tmp_path / "models", atlas)
+
+
+def test_each_model_sets_up_its_own_tasks_on_its_own_store(served, tmp_path):
+    infers = served.infers()
+    assert sorted(infers) == ["prior", "unet", "vnet"]
+    assert isinstance(infers["unet"], SegmentationInferTask) and isinstance(infers[PRIOR_MODEL], PriorInferTask)
+    assert infers["vnet"].store.root == tmp_path / "models" / "vnet"
+    trainers = served.trainers(str(tmp_path), lambda: [])
+    assert sorted(trainers) == ["unet", "vnet"] and isinstance(trainers["unet"], SegmentationTrainTask)
+    assert trainers["unet"].store.root == infers["unet"].store.root
+    assert served.serving_versions() == {"unet": None, "vnet": None}
+
+
+def test_an_untrained_network_hands_its_request_to_the_prior_unless_a_version_is_pinned(served):
+    infers = served.infers()
+    routed = route_request({"model": "unet", "image": "a"}, infers)
+    assert routed["model"] == PRIOR_MODEL and routed["requested_model"] == "unet"
+    pinned = {"model": "unet", "image": "a", "model_version": 2}
+    assert route_request(pinned, infers) == pinned  # the infer task answers it: 404/409, never the prior
+    assert route_request({"model": "prior"}, infers) == {"model": "prior"}
+
+    served.networks["unet"].store.publish({"w": torch.zeros(1)}, {})
+    assert route_request({"model": "unet", "image": "a"}, infers)["model"] == "unet"
+    assert served.serving_versions()["unet"] == 1
+
+
+def test_unknown_model_names_are_404(served):
+    infers = served.infers()
+    trainers = served.trainers("studies", lambda: [])
+    with pytest.raises(NotFound, match="no model 'segresnet'"):
+        route_request({"model": "segresnet"}, infers)
+    with pytest.raises(NotFound, match="no model"):
+        check_model_name("../unet", trainers, infers)
+    check_model_name("unet", trainers, infers)
+    check_model_name("prior", trainers, infers)  # served, not trainable: MONAI Label answers that itself

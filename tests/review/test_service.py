@@ -1,0 +1,122 @@
+"""The review service attached to a real folder datastore (no server): a viewer's save is written once, into the
+version store, and the datastore's ``working`` and ``final`` labels are links to version files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from amoslabel.config import load_config
+from amoslabel.data.backup import restore, snapshot
+from amoslabel.data.datastore import AmosDatastore
+from amoslabel.data.importer import import_source
+from amoslabel.errors import InputError
+from amoslabel.files import file_sha256
+from review.auth import Principal
+from review.service import ReviewService
+from tests.review.conftest import LABEL
+
+CASE = "ts_abdomen_ct_small"
+
+
+@pytest.fixture()
+def attached(shared, tmp_path):
+    """Studies with the real CT (no label), a review service on them and the datastore attached, as the app does."""
+    studies, source = tmp_path / "studies", tmp_path / "scan-only"
+    source.mkdir()
+    (source / f"{CASE}.nii.gz").symlink_to(shared / "ct" / f"{CASE}.nii.gz")  # the scan without its label
+    import_source(source, studies, link_images=True, progress=False)
+    service = ReviewService(load_config(overrides={"reviewers_per_case": "1"}), str(studies))
+    store = AmosDatastore(str(studies), max_voxels=10**9, max_upload_bytes=50 * 2**20)
+    service.attach(store)
+    service.sync_cases()
+    people = {}
+    for name, role in (("j1", "junior"), ("s1", "senior")):
+        people[name] = service.accounts.add_user(name, role)
+    return studies, service, store, people
+
+
+def _edited(tmp_path: Path, organ: int) -> Path:
+    label = sitk.ReadImage(str(LABEL))
+    array = sitk.GetArrayFromImage(label)
+    array[array == organ] = 0
+    out = sitk.GetImageFromArray(array.astype(np.int16))  # a viewer may send another integer type
+    out.CopyInformation(label)
+    path = tmp_path / f"edit-{organ}.nii.gz"
+    sitk.WriteImage(out, str(path))
+    return path
+
+
+def _files_under(folder: Path) -> set:
+    return {p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def test_a_viewer_save_is_written_once_and_working_links_to_its_version(attached, tmp_path):
+    studies, service, store, people = attached
+    service.workflow.record_prelabel(CASE, LABEL, "prior:test", {})
+    service.workflow.claim(people["j1"], CASE)
+    regular_before = _files_under(studies)
+
+    store.save_label(CASE, str(_edited(tmp_path, 6)), "draft", {"client_id": "j1"})
+
+    new_files = _files_under(studies) - regular_before
+    versions = service.workspace.label_versions / CASE
+    assert [f.parent for f in new_files] == [versions], new_files  # one new file: the version
+    version = next(iter(new_files))
+    assert version.name == f"{file_sha256(version)}.nii.gz"
+    assert not list(service.workspace.scratch.iterdir())  # no scratch copy left behind
+    working = studies / "labels" / "working" / f"{CASE}.nii.gz"
+    assert working.is_symlink() and not os.path.isabs(os.readlink(working))
+    assert working.resolve() == version.resolve()
+    assert store.get_label_info(CASE, "working")["sha256"] == file_sha256(version)
+    stored = sitk.ReadImage(str(working))
+    assert stored.GetPixelID() == sitk.sitkUInt8  # checked and stored as uint8 on the scan's grid
+    assert not (sitk.GetArrayViewFromImage(stored) == 6).any()
+    detail_version = service.workflow.store.versions.put(CASE, version)  # already in the store: no copy
+    assert detail_version.path == version and _files_under(studies) - regular_before == {version}
+
+
+def test_submit_review_and_final_link_to_the_consensus_version(attached, tmp_path):
+    studies, service, store, people = attached
+    service.workflow.record_prelabel(CASE, LABEL, "prior:test", {})
+    service.workflow.claim(people["j1"], CASE)
+    store.save_label(CASE, str(_edited(tmp_path, 1)), "final", {"client_id": "j1"})  # Slicer's Submit Label
+    senior: Principal = people["s1"]
+    service.after_review(service.workflow.review(senior, CASE, [], default="approve"))
+    service.wait_idle()
+    final = studies / "labels" / "final" / f"{CASE}.nii.gz"
+    assert final.is_symlink()
+    final_version = service.workflow.final_labels()[0]["label"]
+    assert final.resolve() == Path(final_version).resolve()
+    assert store.get_label_info(CASE, "final")["sha256"] == file_sha256(final_version)
+
+    # a snapshot keeps the datastore's links as links (their targets are in it); a restore brings them back
+    manifest = snapshot(studies, tmp_path / "snap", progress=False)
+    links = {e["path"]: e["link"] for e in manifest["files"] if "link" in e}
+    assert {f"labels/final/{CASE}.nii.gz", f"labels/working/{CASE}.nii.gz"} <= set(links)
+    restored = tmp_path / "restored"
+    restore(tmp_path / "snap", restored, progress=False)
+    copy = restored / "labels" / "final" / f"{CASE}.nii.gz"
+    assert copy.is_symlink() and copy.resolve().is_relative_to(restored.resolve())
+    assert file_sha256(copy) == file_sha256(final)
+    link = tmp_path / "snap" / "labels" / "final" / f"{CASE}.nii.gz"
+    link.unlink()
+    link.symlink_to("../../nowhere.nii.gz")
+    with pytest.raises(InputError, match="broken"):  # a link that leads elsewhere: nothing is restored
+        restore(tmp_path / "snap", tmp_path / "again", progress=False)
+    assert not (tmp_path / "again").exists()
+
+
+def test_a_refused_save_writes_nothing(attached, tmp_path):
+    studies, service, store, people = attached
+    service.workflow.record_prelabel(CASE, LABEL, "prior:test", {})
+    before = _files_under(studies)
+    with pytest.raises(InputError) as refused:  # j1 holds no assignment yet
+        store.save_label(CASE, str(_edited(tmp_path, 2)), "draft", {"client_id": "nobody"})
+    assert refused.value.status == 403
+    assert _files_under(studies) == before
+    assert not (studies / "labels" / "working").exists()

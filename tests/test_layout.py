@@ -1,0 +1,42 @@
+"""The layout's rules, checked on the source: no package imports a floor above it, and no file grows past 600 lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+PACKAGES = ("amoslabel", "app", "bench", "evaluation", "models", "review", "strategies", "scripts", "tests")
+MAX_LINES = 600
+
+
+def test_no_package_imports_a_floor_above_it():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "import_graph.py")], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0 and "no upward import" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_import_graph_sees_an_upward_import():
+    """The checker itself: a core module importing the review package is reported."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import import_graph
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    graph = import_graph.edges()
+    assert ("amoslabel.data", "amoslabel") in graph and not import_graph.upward(graph)
+    graph[("amoslabel", "review")] = {"amoslabel/volume.py"}
+    graph[("app", "amoslabel.cli")] = {"app/main.py"}  # top floor: only the listed edges
+    assert import_graph.upward(graph) == [("amoslabel", "review"), ("app", "amoslabel.cli")]
+
+
+def test_no_source_file_is_over_600_lines():
+    long = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            lines = len(path.read_text().splitlines())
+            if lines > MAX_LINES:
+                long[str(path.relative_to(ROOT))] = lines
+    assert not long, f"split these files by job: {long}"
