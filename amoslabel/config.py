@@ -206,6 +206,14 @@ class RetrainingSettings(_Strict):
     max_pause_s: float = Field(default=300.0, gt=0)  # longest single wait, so a stream of requests cannot stall it
 
 
+class AuthSettings(_Strict):
+    """Who may call the server: every request needs a user's token unless ``enabled`` is false, which start-up allows
+    only on a loopback address (and warns about at every start)."""
+
+    enabled: bool = True
+    access_token_hours: float = Field(default=12.0, gt=0, le=24 * 30)  # what a login (POST /auth/token) is good for
+
+
 class AppConfig(_Strict):
     """The whole parsed configuration. ``preset`` names the active entry of ``presets``."""
 
@@ -220,6 +228,7 @@ class AppConfig(_Strict):
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     active_learning: ActiveLearningSettings = Field(default_factory=ActiveLearningSettings)
     retraining: RetrainingSettings = Field(default_factory=RetrainingSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     presets: Dict[str, PresetConfig]
     source_dir: str = ""  # folder of the apps.yaml read; filled in by load_config, not written in the file
 
@@ -277,6 +286,8 @@ _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "reviewers_per_case": ("review.reviewers_per_case", str),
     "retrain_after_finals": ("retraining.after_new_finals", str),
     "pause_for_inference": ("retraining.pause_for_inference", str),
+    "auth": ("auth.enabled", str),
+    "access_token_hours": ("auth.access_token_hours", str),
 }
 # Keys that MONAI Label itself reads from --conf; accepted and left to it.
 _MONAILABEL_KEYS = {"server_mode"}

@@ -27,7 +27,7 @@ from monailabel.interfaces.datastore import Datastore  # noqa: E402
 from amoslabel.config import AppConfig, load_config  # noqa: E402
 from amoslabel.data.stores import open_datastore, working_folder  # noqa: E402
 from amoslabel.organs import label_table  # noqa: E402
-from amoslabel.server import routes  # noqa: E402
+from amoslabel.server import identity, routes  # noqa: E402
 from amoslabel.server.dicomweb_launch import OHIF_URL_ENV  # noqa: E402
 from amoslabel.workspace import Workspace  # noqa: E402
 from models.prior_task import AtlasCache  # noqa: E402
@@ -45,6 +45,8 @@ class AmosLabelApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]):
         self.config: AppConfig = load_config(conf.get("config"), conf)
+        if not self.config.auth.enabled and routes.in_server_process():
+            identity.check_auth_off(identity.bind_host())  # refuses to start beyond loopback
         self.workspace = Workspace(working_folder(studies, settings.MONAI_LABEL_DICOMWEB_CACHE_PATH))
         models_dir = self.workspace.models(self.config.storage.models_dir)
         models_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +116,7 @@ class AmosLabelApp(MONAILabelApp):
         if routes.in_server_process():
             import monailabel.app as server  # the FastAPI app this process serves (absent in training subprocesses)
 
-            routes.install(server.app, self.review, self.datastore())
+            routes.install(server.app, self.review, self.datastore(), auth=self.config.auth.enabled)
             if self.config.active_learning.enabled:
                 self.active_learning = ActiveLearningService(
                     self.config, self.review, self._network_tasks, self.atlas, self.datastore

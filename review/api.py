@@ -100,6 +100,12 @@ def _case_routes(app: Flask, service: ReviewService) -> None:
         who = principal()
         return jsonify(name=who.name, role=who.role)
 
+    @app.post("/api/me/password")
+    def my_password():
+        who = principal()
+        service.accounts.set_password(who.name, json_body().get("password"), actor=who.name)
+        return jsonify(name=who.name, password="set")
+
     @app.get("/api/queue")
     def my_queue():
         return jsonify(cases=queue(workflow, principal()))
@@ -171,20 +177,26 @@ def _team_routes(app: Flask, service: ReviewService) -> None:
 
     @app.post("/api/users")
     def add_user():
-        principal().require("admin")
+        who = principal().require("admin")
         data = json_body()
-        user = accounts.add_user(data.get("name"), data.get("role"))
-        return jsonify(name=user.name, role=user.role, token=accounts.issue_token(user.name)), 201
+        user = accounts.add_user(data.get("name"), data.get("role"), actor=who.name)
+        return jsonify(name=user.name, role=user.role, token=accounts.issue_token(user.name, actor=who.name)), 201
 
     @app.post("/api/users/<name>/tokens")
     def new_token(name: str):
-        principal().require("admin")
-        return jsonify(token=accounts.issue_token(name)), 201
+        who = principal().require("admin")
+        return jsonify(token=accounts.issue_token(name, actor=who.name)), 201
 
     @app.delete("/api/users/<name>/tokens")
     def revoke(name: str):
-        principal().require("admin")
-        return jsonify(revoked=accounts.revoke_tokens(name))
+        who = principal().require("admin")
+        return jsonify(revoked=accounts.revoke_tokens(name, actor=who.name))
+
+    @app.post("/api/users/<name>/password")
+    def set_password(name: str):
+        who = principal().require("admin")
+        accounts.set_password(name, json_body().get("password"), actor=who.name)
+        return jsonify(name=name, password="set")
 
 
 def _security_headers(response: Response) -> Response:

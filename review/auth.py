@@ -1,9 +1,17 @@
-"""Users, roles and API tokens.
+"""Users, roles, passwords and tokens: who a request acts for.
 
 A token reads ``amos_<id>_<secret>``: the id finds the row, the secret is checked against its Argon2id hash
-(argon2-cffi). The secret is shown once, when made, and never stored. Argon2 is deliberately slow (tens of ms), so a
-verified secret is remembered in this process for a few minutes, keyed by a SHA-256 of the whole token; the token
-row and its user are still read on every call, so a revocation or deactivation by any process holds at once.
+(argon2-cffi). The secret is shown once, when made, and never stored. Two kinds:
+
+* **API tokens**, made by an admin (``users add``, ``users token``), last until revoked;
+* **access tokens**, what a login returns (:meth:`Accounts.login`, MONAI Label's ``POST /auth/token``): they expire
+  after ``auth.access_token_hours``. A login takes the user's password, or one of the user's API tokens as the
+  secret (so a team that has only tokens can log in 3D Slicer).
+
+Argon2 is deliberately slow (tens of ms), so a verified secret is remembered in this process for a few minutes,
+keyed by a SHA-256 of the whole token; the token row and its user are still read on every call, so a revocation,
+an expiry or a deactivation by any process holds at once. Every change to users and tokens, and every login, is in
+the audit log (case-less events).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Dict, Optional, Tuple
 
 from argon2 import PasswordHasher
@@ -21,18 +30,22 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 
 from amoslabel.errors import Conflict, InputError, NotFound
+from review import audit
 from review.schema import Token, User
 from review.store import ReviewStore, utcnow
 
 ROLES = ("junior", "senior", "admin")
+API, ACCESS = "api", "access"
+MIN_PASSWORD = 10
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _TOKEN = re.compile(r"^amos_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{20,100})$")
 _CACHE_SECONDS = 300.0
 _TOKEN_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
+_WRONG_LOGIN = "the user name or the secret is wrong"  # one message: a login never says which names exist
 
 
 class Unauthorized(InputError):
-    """401: no token, or one that is unknown or revoked."""
+    """401: no token, or one that is unknown, revoked or expired."""
 
     def __init__(self, detail: str):
         super().__init__(detail, status=401)
@@ -60,6 +73,14 @@ class Principal:
         return self
 
 
+@dataclass(frozen=True)
+class AccessToken:
+    """What a login returns: the token (shown once) and when it expires (naive UTC)."""
+
+    token: str
+    expires: datetime
+
+
 def token_id_of(token: str) -> str:
     """The public id part of a well-formed token."""
     match = _TOKEN.match(token or "")
@@ -69,15 +90,18 @@ def token_id_of(token: str) -> str:
 
 
 class Accounts:
-    """User and token management on the review store."""
+    """User, password and token management on the review store."""
 
-    def __init__(self, store: ReviewStore):
+    def __init__(self, store: ReviewStore, access_token_hours: float = 12.0):
         self.store = store
+        self.access_token_lifetime = timedelta(hours=access_token_hours)
         self._hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)  # OWASP's Argon2id minimum
+        self._dummy_hash: Optional[str] = None  # made at the first login: an unknown user costs a login the same
         self._verified: Dict[str, Tuple[Principal, str, float]] = {}
         self._lock = threading.Lock()
 
-    def add_user(self, name: str, role: str) -> Principal:
+    # -- users ----------------------------------------------------------------------------------------------------
+    def add_user(self, name: str, role: str, actor: str = "cli") -> Principal:
         if not isinstance(name, str) or not _NAME.match(name):
             raise InputError("user name: 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit")
         if role not in ROLES:
@@ -88,38 +112,35 @@ class Accounts:
             user = User(name=name, role=role, active=True, created=utcnow())
             session.add(user)
             session.flush()
+            _record(session, actor, "user_added", f"{name} ({role})")
             return Principal(user.id, user.name, user.role)
 
-    def issue_token(self, name: str) -> str:
-        """A new token for ``name``; the only time its secret exists outside the holder's hands."""
-        token_id = "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(12))
-        secret = secrets.token_urlsafe(32)
+    def set_password(self, name: str, password: str, actor: str = "cli") -> None:
+        """Set (or replace) a user's password; at least :data:`MIN_PASSWORD` characters."""
+        if not isinstance(password, str) or len(password) < MIN_PASSWORD:
+            raise InputError(f"a password needs at least {MIN_PASSWORD} characters")
         with self.store.write() as session:
             user = self._user(session, name)
-            session.add(Token(id=token_id, user_id=user.id, secret_hash=self._hasher.hash(secret), created=utcnow()))
-        return f"amos_{token_id}_{secret}"
+            user.password_hash = self._hasher.hash(password)
+            _record(session, actor, "password_set", f"password of {name} set")
 
-    def revoke_tokens(self, name: str) -> int:
-        with self.store.write() as session:
-            user = self._user(session, name)
-            tokens = session.execute(select(Token).where(Token.user_id == user.id, Token.revoked.is_(None))).scalars()
-            count = 0
-            for token in tokens:
-                token.revoked = utcnow()
-                count += 1
-        self._forget(user_id=user.id)
-        return count
-
-    def set_active(self, name: str, active: bool) -> None:
+    def set_active(self, name: str, active: bool, actor: str = "cli") -> None:
         with self.store.write() as session:
             user = self._user(session, name)
             user.active = active
+            _record(session, actor, "user_activated" if active else "user_deactivated", name)
         self._forget(user_id=user.id)
 
     def list_users(self):
         with self.store.read() as session:
             return [
-                {"name": u.name, "role": u.role, "active": u.active, "created": u.created.isoformat() + "Z"}
+                {
+                    "name": u.name,
+                    "role": u.role,
+                    "active": u.active,
+                    "password": u.password_hash is not None,
+                    "created": u.created.isoformat() + "Z",
+                }
                 for u in session.execute(select(User).order_by(User.id)).scalars()
             ]
 
@@ -128,34 +149,78 @@ class Accounts:
             user = session.execute(select(User).where(User.name == name, User.active.is_(True))).scalar_one_or_none()
             return Principal(user.id, user.name, user.role) if user else None
 
-    def authenticate(self, token: Optional[str]) -> Principal:
+    # -- tokens ---------------------------------------------------------------------------------------------------
+    def issue_token(self, name: str, actor: str = "cli") -> str:
+        """A new API token for ``name``; the only time its secret exists outside the holder's hands."""
+        return self._issue(name, API, None, actor)
+
+    def revoke_tokens(self, name: str, actor: str = "cli") -> int:
+        """Revoke every token of ``name`` (API and access tokens alike); how many were live."""
+        with self.store.write() as session:
+            user = self._user(session, name)
+            tokens = session.execute(select(Token).where(Token.user_id == user.id, Token.revoked.is_(None))).scalars()
+            count = 0
+            for token in tokens:
+                token.revoked = utcnow()
+                count += 1
+            _record(session, actor, "tokens_revoked", f"{count} token(s) of {name}")
+        self._forget(user_id=user.id)
+        return count
+
+    def login(self, name: str, secret: str) -> AccessToken:
+        """An access token for ``name``, given the user's password or one of the user's API tokens.
+
+        Raises:
+            Unauthorized: an unknown or inactive user, or a wrong secret (one message for all three).
+        """
+        if not isinstance(name, str) or not isinstance(secret, str) or not name or not secret:
+            raise Unauthorized("a login needs a user name and a password (or an API token)")
+        with self.store.read() as session:
+            user = session.execute(select(User).where(User.name == name)).scalar_one_or_none()
+            password_hash = user.password_hash if user is not None else None
+            active = user is not None and user.active
+        how = None
+        if _TOKEN.match(secret):
+            try:
+                how = "api token" if self.authenticate(secret, kinds=(API,)).name == name else None
+            except Unauthorized:
+                how = None
+        elif self._verify(password_hash or self._dummy(), secret) and password_hash is not None:
+            how = "password"
+        if how is None or not active:
+            raise Unauthorized(_WRONG_LOGIN)
+        expires = utcnow() + self.access_token_lifetime
+        token = self._issue(name, ACCESS, expires, name, f"login with {how}")
+        return AccessToken(token, expires)
+
+    def authenticate(self, token: Optional[str], kinds: Tuple[str, ...] = (API, ACCESS)) -> Principal:
         """The principal a token belongs to.
 
         Raises:
-            Unauthorized: no token, a malformed or unknown one, a revoked one, or an inactive user.
+            Unauthorized: no token, a malformed or unknown one, a revoked or expired one, or an inactive user.
         """
         if not token:
-            raise Unauthorized("an API token is required (header 'Authorization: Bearer amos_...')")
+            raise Unauthorized("a token is required (header 'Authorization: Bearer amos_...'; log in at /auth/token)")
         match = _TOKEN.match(token)
         if not match:
             raise Unauthorized("the token is not valid")
         key = hashlib.sha256(token.encode()).hexdigest()
-        # The token row and the user are read on every call, so a revocation or deactivation made by another
+        # The token row and the user are read on every call, so a revocation, expiry or deactivation made by another
         # process (the users command) holds at once; only the slow Argon2 check of the secret is remembered.
         with self.store.read() as session:
             row = session.get(Token, match.group(1))
             user = session.get(User, row.user_id) if row else None
-            if row is None or row.revoked is not None or user is None or not user.active:
+            if row is None or row.kind not in kinds or row.revoked is not None or user is None or not user.active:
                 raise Unauthorized("the token is not valid")
+            if row.expires is not None and row.expires <= utcnow():
+                raise Unauthorized("the token has expired: log in again")
             principal = Principal(user.id, user.name, user.role)
             secret_hash = row.secret_hash
         with self._lock:
             hit = self._verified.get(key)
         if not (hit and hit[1] == row.id and time.monotonic() - hit[2] < _CACHE_SECONDS):
-            try:
-                self._hasher.verify(secret_hash, match.group(2))
-            except (VerificationError, InvalidHashError):
-                raise Unauthorized("the token is not valid") from None
+            if not self._verify(secret_hash, match.group(2)):
+                raise Unauthorized("the token is not valid")
             with self._lock:
                 self._verified[key] = (principal, row.id, time.monotonic())
         return principal
@@ -165,9 +230,37 @@ class Accounts:
         with self.store.read() as session:
             row = session.get(Token, str(token_id))
             user = session.get(User, row.user_id) if row else None
-            if row is None or row.revoked is not None or user is None or not user.active:
-                raise Unauthorized("the session's token was revoked or its user deactivated: log in again")
+            live = row is not None and row.revoked is None and (row.expires is None or row.expires > utcnow())
+            if not live or user is None or not user.active:
+                raise Unauthorized("the session's token was revoked or expired, or its user deactivated: log in again")
             return Principal(user.id, user.name, user.role)
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def _issue(self, name: str, kind: str, expires: Optional[datetime], actor: str, why: str = "") -> str:
+        token_id = "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(12))
+        secret = secrets.token_urlsafe(32)
+        with self.store.write() as session:
+            user = self._user(session, name)
+            if not user.active:
+                raise Unauthorized(_WRONG_LOGIN) if kind == ACCESS else Conflict(f"user {name!r} is deactivated")
+            hashed = self._hasher.hash(secret)
+            session.add(
+                Token(id=token_id, user_id=user.id, secret_hash=hashed, created=utcnow(), kind=kind, expires=expires)
+            )
+            action = "login" if kind == ACCESS else "token_issued"
+            _record(session, actor, action, why or f"{kind} token {token_id} for {name}", {"token": token_id})
+        return f"amos_{token_id}_{secret}"
+
+    def _dummy(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        return self._dummy_hash
+
+    def _verify(self, secret_hash: str, secret: str) -> bool:
+        try:
+            return self._hasher.verify(secret_hash, secret)
+        except (VerificationError, InvalidHashError):
+            return False
 
     def _forget(self, user_id: int) -> None:
         with self._lock:
@@ -180,3 +273,8 @@ class Accounts:
         if user is None:
             raise NotFound(f"no user {str(name)[:64]!r}")
         return user
+
+
+def _record(session, actor: str, action: str, reason: str, details: Optional[dict] = None) -> None:
+    """A user-management event in the audit log (no case)."""
+    audit.record(session, None, actor, action, None, None, reason, details)

@@ -14,7 +14,7 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
-    """A person with a role: junior, senior or admin."""
+    """A person with a role: junior, senior or admin; a password is optional (an Argon2id hash, never the password)."""
 
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -22,17 +22,24 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(default=True)
     created: Mapped[datetime]
+    password_hash: Mapped[Optional[str]] = mapped_column(String(200), default=None)
 
 
 class Token(Base):
-    """An API token: its public id and an Argon2 hash of its secret (the secret itself is never stored)."""
+    """A token: its public id and an Argon2 hash of its secret (the secret itself is never stored).
+
+    ``api`` tokens are made by an admin and last until revoked; ``access`` tokens are what a login returns
+    (``POST /auth/token``) and also expire.
+    """
 
     __tablename__ = "tokens"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     secret_hash: Mapped[str] = mapped_column(String(200))
     created: Mapped[datetime]
     revoked: Mapped[Optional[datetime]] = mapped_column(default=None)
+    kind: Mapped[str] = mapped_column(String(8), default="api", server_default="api")
+    expires: Mapped[Optional[datetime]] = mapped_column(default=None)
 
 
 class Case(Base):

@@ -32,6 +32,7 @@ from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, ORIGINAL_TAG, WORKING_
 from amoslabel.errors import InputError
 from amoslabel.volume import check_on_grid
 from amoslabel.workspace import Workspace
+from review import audit
 from review.auth import Accounts, Forbidden, Principal
 from review.queries import case_detail, next_case
 from review.store import ReviewStore, database_url
@@ -70,7 +71,7 @@ class ReviewService:
         self.workspace = Workspace(Path(studies))
         url = config.review.database or database_url(studies)
         self.store = ReviewStore(url, self.workspace.label_versions)
-        self.accounts = Accounts(self.store)
+        self.accounts = Accounts(self.store, config.auth.access_token_hours)
         self.workflow = Workflow(self.store, config.review, self._published)
         self._finaliser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finalise")
         self.files: Optional[CaseFiles] = None
@@ -143,6 +144,16 @@ class ReviewService:
             self.workflow.record_prelabel(case_id, result["file"], tag, {"params": params})
             if self.files is not None:
                 self.files.prelabel_recorded(case_id, result["file"], tag)
+
+    def record_download(self, who: str, case_id: str, what: str) -> None:
+        """Audit a download of a case's scan or label through the server (``what``: ``image``, ``label final``...)."""
+        self.workflow.record_opened(who, case_id, f"download {what}", action="download")
+
+    def record_dicomweb_read(self, who: str, uid: str) -> None:
+        """Audit a read through the DICOMweb proxy; ``uid`` is the series (a case id) or study it asked for."""
+        known = self.files is not None and self.files.image_file(uid) is not None
+        with self.store.write() as s:
+            audit.record(s, uid if known else None, who, "dicomweb_read", None, None, f"DICOMweb read of {uid}")
 
     def _published(self, case_id: str, version_file: Path, info: Dict[str, Any]) -> None:
         if self.files is not None:

@@ -23,7 +23,7 @@ from typing import Iterator, NamedTuple
 
 import SimpleITK as sitk
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -61,7 +61,8 @@ class ReviewStore:
             self.engine = create_engine(url, pool_size=20, max_overflow=10, pool_pre_ping=True)
             self._read_engine = self.engine
         Base.metadata.create_all(self.engine)
-        with self.engine.begin() as connection:  # indexes added since a store was created
+        with self.engine.begin() as connection:  # columns and indexes added since a store was created
+            _add_missing_columns(connection)
             for table in Base.metadata.sorted_tables:
                 for index in table.indexes:
                     index.create(connection, checkfirst=True)
@@ -99,6 +100,20 @@ class ReviewStore:
     def dispose(self) -> None:
         self.engine.dispose()
         self._read_engine.dispose()
+
+
+def _add_missing_columns(connection) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each column of the schema that an older store lacks (nullable, or with a
+    server default, so existing rows stay valid)."""
+    inspector = inspect(connection)
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(dialect=connection.dialect)
+            default = f" DEFAULT '{column.server_default.arg}'" if column.server_default is not None else ""
+            connection.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
 
 
 def _sqlite_engine(url: str, begin: str) -> Engine:

@@ -134,12 +134,12 @@ class Workflow:
             case.final_version = version.id
             return version.id
 
-    def record_opened(self, who: str, case_id: str, where: str) -> None:
-        """Audit who opened which scan, and through what (the review page, the API, a viewer's request)."""
+    def record_opened(self, who: str, case_id: str, where: str, action: str = "open") -> None:
+        """Audit who opened (or downloaded) which scan, and through what (the review page, the API, a viewer)."""
         with self.store.write() as s:
             case = s.get(Case, check_id(case_id, "case id"))
-            if case is not None:
-                audit.record(s, case.id, who, "open", case.state, case.state, where)
+            state = case.state if case is not None else None
+            audit.record(s, case_id, who, action, state, state, where)
 
     # -- junior ----------------------------------------------------------------------------------------------------
     def claim(self, who: Principal, case_id: str) -> Dict[str, Any]:

@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 # `make test` runs test modules on two workers (pytest-xdist, --dist loadfile: each module whole on one worker, in its
 # order). There, each worker and the servers it starts compute on one thread: two processes of two spinning OpenMP
@@ -50,17 +51,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess(LoggedProcess):
-    """A real ``monailabel start_server`` process running this app, with its log kept for failure messages."""
+# The admin every test server has (made in the server's store before it starts): tests log in as it, with its
+# password through POST /auth/token as 3D Slicer does, or with its API token.
+TESTER, TESTER_PASSWORD = "tester", "tester-password-1"
 
-    def __init__(self, studies: Path, workdir: Path, conf: dict):
+
+def provision_tester(studies, conf: dict) -> Optional[str]:
+    """Make the ``tester`` admin (with :data:`TESTER_PASSWORD`) in the store a server on ``studies`` with ``conf``
+    will use; returns a fresh API token of it (None when the configuration cannot load: a start-up that must fail)."""
+    from amoslabel.config import ConfigError, load_config
+    from amoslabel.data.stores import working_folder
+    from review.service import ReviewService
+
+    try:
+        config = load_config(conf.get("config"), conf)
+    except ConfigError:
+        return None
+    local = working_folder(str(studies), os.environ.get("MONAI_LABEL_DICOMWEB_CACHE_PATH"))
+    service = ReviewService(config, str(local))
+    try:
+        if service.accounts.by_name(TESTER) is None:
+            service.accounts.add_user(TESTER, "admin", actor="tests")
+            service.accounts.set_password(TESTER, TESTER_PASSWORD, actor="tests")
+        return service.accounts.issue_token(TESTER, actor="tests")
+    finally:
+        service.store.dispose()
+
+
+def bearer(token: Optional[str]) -> dict:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class ServerProcess(LoggedProcess):
+    """A real ``monailabel start_server`` process running this app, with its log kept for failure messages.
+
+    ``http`` is a requests session that carries the ``tester`` admin's token; ``requests`` itself carries none.
+    """
+
+    def __init__(self, studies: Path, workdir: Path, conf: dict, env: Optional[dict] = None):
         from amoslabel.server.launch import server_command, server_environment
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.token = provision_tester(studies, conf)
+        self.http = requests.Session()
+        self.http.headers.update(bearer(self.token))
         cmd = server_command(str(studies), "127.0.0.1", self.port, conf)
         # The app dir is shared by every test server; MONAI Label writes logs/ and model/ into it (gitignored).
-        super().__init__(cmd, workdir / f"server-{self.port}.log", env=server_environment(), cwd=workdir)
+        super().__init__(cmd, workdir / f"server-{self.port}.log", env=server_environment(env), cwd=workdir)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.time() + timeout
@@ -68,7 +106,7 @@ class ServerProcess(LoggedProcess):
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.tail()}")
             try:
-                if requests.get(f"{self.url}/info/", timeout=2).ok:
+                if self.http.get(f"{self.url}/info/", timeout=2).ok:
                     return
             except requests.RequestException:
                 pass
@@ -77,9 +115,24 @@ class ServerProcess(LoggedProcess):
 
     def alive(self) -> bool:
         try:
-            return self.process.poll() is None and requests.get(f"{self.url}/info/", timeout=10).ok
+            return self.process.poll() is None and self.http.get(f"{self.url}/info/", timeout=10).ok
         except requests.RequestException:
             return False
+
+    def client(self, tmpdir: Path, name: str = TESTER, secret: str = TESTER_PASSWORD, client_id: Optional[str] = None):
+        """``monailabel.client.MONAILabelClient`` logged in as 3D Slicer logs in (``POST /auth/token``)."""
+        return login(self.url, tmpdir, name, secret, client_id)
+
+
+def login(url: str, tmpdir: Path, name: str, secret: str, client_id: Optional[str] = None):
+    """The client class Slicer uses, logged in with a password or an API token as the secret."""
+    from monailabel.client import MONAILabelClient
+
+    client = MONAILabelClient(url, tmpdir=str(tmpdir), client_id=client_id)
+    assert client.auth_enabled()
+    client.update_auth(client.auth_token(name, secret))
+    assert client.auth_valid_token()
+    return client
 
 
 @pytest.fixture(scope="session")
@@ -108,9 +161,8 @@ def server(sample_studies, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def client(server, tmp_path_factory):
-    from monailabel.client import MONAILabelClient
-
-    return MONAILabelClient(server.url, tmpdir=str(tmp_path_factory.mktemp("client")))
+    """The client class Slicer uses, logged in as the ``tester`` admin with its password."""
+    return server.client(tmp_path_factory.mktemp("client"))
 
 
 # Debian's chromium for the browser tests (never `playwright install`: it downloads a browser). The background

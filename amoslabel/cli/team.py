@@ -1,8 +1,10 @@
-"""The team and its audit: ``users`` (accounts and API tokens) and ``case-history``."""
+"""The team and its audit: ``users`` (accounts, passwords and API tokens) and ``case-history``."""
 
 from __future__ import annotations
 
+import getpass
 import json
+import sys
 from pathlib import Path
 
 from amoslabel.config import load_config
@@ -10,10 +12,15 @@ from amoslabel.errors import InputError
 
 
 def register(sub) -> None:
-    users = sub.add_parser("users", help="review workflow users and their API tokens")
-    users.add_argument("action", choices=["add", "token", "revoke", "list", "deactivate"])
+    users = sub.add_parser("users", help="users, their passwords and API tokens")
+    users.add_argument("action", choices=["add", "token", "password", "revoke", "list", "deactivate", "activate"])
     users.add_argument("name", nargs="?", help="user name (not for list)")
     users.add_argument("--role", choices=["junior", "senior", "admin"], help="for add")
+    users.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="for add and password: read the password from standard input (else `password` asks for it)",
+    )
     users.add_argument("--studies", type=Path, required=True, help="the studies folder the server runs on")
     users.add_argument("--database", default=None, help="review store URL (default: SQLite in the studies folder)")
     users.set_defaults(run=_users)
@@ -35,25 +42,43 @@ def _review_service(studies: Path, database):
 
 def _users(args) -> int:
     accounts = _review_service(args.studies, args.database).accounts
+    actor = f"cli:{getpass.getuser()}"
     if args.action == "list":
         for user in accounts.list_users():
-            print(f"{user['name']:24s} {user['role']:8s} {'active' if user['active'] else 'inactive'}")
+            state = "active" if user["active"] else "inactive"
+            print(f"{user['name']:24s} {user['role']:8s} {state:8s} {'password' if user['password'] else ''}")
         return 0
     if not args.name:
         raise InputError(f"users {args.action} needs a user name")
     if args.action == "add":
         if not args.role:
             raise InputError("users add needs --role junior|senior|admin")
-        accounts.add_user(args.name, args.role)
-        print(accounts.issue_token(args.name))
+        accounts.add_user(args.name, args.role, actor)
+        if args.password_stdin:
+            accounts.set_password(args.name, _password(True), actor)
+        print(accounts.issue_token(args.name, actor))
     elif args.action == "token":
-        print(accounts.issue_token(args.name))
+        print(accounts.issue_token(args.name, actor))
+    elif args.action == "password":
+        accounts.set_password(args.name, _password(args.password_stdin), actor)
+        print(f"password of {args.name} set")
     elif args.action == "revoke":
-        print(f"revoked {accounts.revoke_tokens(args.name)} token(s)")
-    elif args.action == "deactivate":
-        accounts.set_active(args.name, False)
-        print(f"{args.name} deactivated")
+        print(f"revoked {accounts.revoke_tokens(args.name, actor)} token(s)")
+    elif args.action in ("deactivate", "activate"):
+        accounts.set_active(args.name, args.action == "activate", actor)
+        print(f"{args.name} {args.action}d")
     return 0
+
+
+def _password(from_stdin: bool) -> str:
+    """The new password: one line of standard input, or typed twice at a prompt (never an argument: it would show
+    in the process list and the shell history)."""
+    if from_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("new password: ")
+    if first != getpass.getpass("again: "):
+        raise InputError("the two passwords differ")
+    return first
 
 
 def _case_history(args) -> int:

@@ -100,10 +100,11 @@ def snapshot(studies: Path, out: Path, progress: bool = True) -> Dict[str, Any]:
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     started = time.time()
-    files = list(_files(studies))
-    databases = [f for f in files if _is_sqlite(studies / f)]
+    databases = [f for f in _files(studies) if _is_sqlite(studies / f)]
     for relative in databases:
         _backup_sqlite(studies / relative, staging / relative)
+    # listed after the databases were copied: a version written meanwhile is named by them and must be in the copy
+    files = list(_files(studies))
     entries: List[Dict[str, Any]] = []
     for relative in tqdm(files, desc="snapshot", unit="file", disable=not progress):
         target = staging / relative

@@ -1,15 +1,20 @@
 """What this app changes in the MONAI Label server it runs in: the review API mounted, and endpoints answered here.
 
-``install(fastapi_app, review, datastore)`` is called once, in the server process, when the app is ready. It mounts the
-review API and pages (Flask, through a2wsgi) at ``/review`` and puts the overrides below in front of MONAI Label's
-routes. Each override keeps the endpoint's path, parameters and answer, and changes one thing:
+``install(fastapi_app, review, datastore, auth)`` is called once, in the server process, when the app is ready. It
+mounts the review API and pages (Flask, through a2wsgi) at ``/review``, serves the auth contract
+(:mod:`amoslabel.server.identity`), puts the access gate in front of everything (:mod:`amoslabel.server.access`), and
+puts the overrides below in front of MONAI Label's routes. Each keeps the endpoint's path, parameters and answer:
 
 * ``POST /activelearning/{strategy}`` runs in the thread pool (MONAI Label declares it ``async`` and blocks the event
   loop), answers ``review_queue`` without the whole app ``info()``, and refuses an unknown strategy with 404.
 * ``PUT``/``DELETE /model/{model}`` are refused (403): served weights are versions with a record
   (``models/versions.py``), and MONAI Label's upload copies any file over a path our tasks do not have (500).
+  So is ``POST /reload``: it would build a second app in the process (a second review service and scorer).
 * The datastore writes and ``/infer`` check their JSON form fields (``params``, ``info``) first: MONAI Label parses them
-  unchecked, so a malformed field (or a JSON list) was an HTTP 500 instead of a 400.
+  unchecked, so a malformed field (or a JSON list) was an HTTP 500 instead of a 400. Their ``client_id`` is the
+  token's user (:func:`~amoslabel.server.identity.acting_for`).
+* ``GET /datastore/image`` and ``/datastore/label`` record who downloaded which scan or label in the case's audit
+  log, and read the file in the thread pool (MONAI Label's are ``async`` and read it on the event loop).
 * ``/infer?output=dicom_seg`` on a DICOMweb datastore writes the SEG with coded organs (:mod:`amoslabel.dicom.seg`);
   MONAI Label's converter codes every segment as spleen.
 
@@ -21,22 +26,27 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
 from a2wsgi import WSGIMiddleware
-from fastapi import BackgroundTasks, Depends, File, Form, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi import BackgroundTasks, Depends, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
 from monailabel.config import settings
 from monailabel.endpoints import datastore as ds
 from monailabel.endpoints.activelearning import sample
 from monailabel.endpoints.infer import ResultType, run_inference
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
+from monailabel.utils.others.generic import get_mime_type
 
 from amoslabel.data.datastore import AmosDatastore
 from amoslabel.data.dicomweb import AmosDicomWebDatastore, seg_for_infer
 from amoslabel.errors import InputError, NotFound
+from amoslabel.ids import check_id, check_tag
+from amoslabel.server.access import AccessGate
+from amoslabel.server.identity import acting_for, install_auth_routes, protect
 from review.api import create_review_api
 from review.service import ReviewQueueStrategy, ReviewService
 
@@ -55,12 +65,27 @@ def in_server_process() -> bool:
     return "monailabel.app" in sys.modules
 
 
-def install(fastapi_app, review: ReviewService, datastore: AmosDatastore) -> None:
-    """Everything of this module, once, in the server process: the review API and the overrides."""
+def install(fastapi_app, review: ReviewService, datastore: AmosDatastore, auth: bool = True) -> None:
+    """Everything of this module, once, in the server process: the review API, the auth contract and gate (unless
+    ``auth`` is off), and the overrides."""
     mount_review_api(fastapi_app, review)
-    install_route_overrides(fastapi_app, ReviewQueueStrategy.NAME, review_sample)
+    install_auth_routes(fastapi_app, review.accounts, auth, override_route)
+    install_route_overrides(fastapi_app, ReviewQueueStrategy.NAME, review_sample, review)
     if isinstance(datastore, AmosDicomWebDatastore):
         use_coded_seg_for_infer_output()
+    else:
+        override_route(
+            fastapi_app, API + "/proxy/dicom/{path:path}", no_dicomweb, ["GET", "POST"], include_in_schema=False
+        )
+    if auth:
+        protect(fastapi_app, AccessGate(review.accounts, API, on_dicomweb_read=review.record_dicomweb_read))
+        log.info("auth on: every request needs a user's token (POST /auth/token)")
+
+
+def no_dicomweb(path: str):
+    """MONAI Label's DICOMweb proxy on a folder of files: there is no DICOMweb server to forward to (its own proxy
+    answered 500)."""
+    raise NotFound("this server's studies are a folder, not a DICOMweb server: there is nothing to proxy")
 
 
 def mount_review_api(fastapi_app, review: ReviewService) -> None:
@@ -98,12 +123,22 @@ def use_coded_seg_for_infer_output() -> None:
     infer_endpoint.DICOMWebDatastore = (infer_endpoint.DICOMWebDatastore, AmosDicomWebDatastore)  # isinstance takes it
 
 
-def install_route_overrides(fastapi_app, review_strategy: str, review_sample: Callable[[dict], dict]) -> None:
+def install_route_overrides(
+    fastapi_app, review_strategy: str, review_sample: Callable[[dict], dict], review: ReviewService
+) -> None:
     """Put every override of this module in front of MONAI Label's routes."""
+    accounts = review.accounts
 
-    def api_sample(strategy: str, params: Optional[dict] = None, user: User = Depends(RBAC(ROLE_USER))):
+    def own(text: Any, field: str, request: Request) -> str:
+        """A JSON form field, checked, with its client id bound to the request's user."""
+        return json.dumps(acting_for(json.loads(json_object(text, field)), request, accounts))
+
+    def api_sample(
+        request: Request, strategy: str, params: Optional[dict] = None, user: User = Depends(RBAC(ROLE_USER))
+    ):
+        params = acting_for(params or {}, request, accounts)
         if strategy == review_strategy:
-            return review_sample(params or {})
+            return review_sample(params)
         strategies = getattr(app_instance(), "_strategies", {})
         if strategy not in strategies:
             raise NotFound(f"no strategy {strategy[:64]!r}; strategies: {sorted(strategies)}")
@@ -120,15 +155,17 @@ def install_route_overrides(fastapi_app, review_strategy: str, review_sample: Ca
         )
 
     def add_image(
+        request: Request,
         background_tasks: BackgroundTasks,
         image: Optional[str] = None,
         params: str = Form("{}"),
         file: UploadFile = File(...),
         user: User = Depends(RBAC(ROLE_ANNOTATOR)),
     ):
-        return ds.add_image(background_tasks, image, json_object(params, "params"), file, user.username)
+        return ds.add_image(background_tasks, image, own(params, "params", request), file, user.username)
 
     def save_label(
+        request: Request,
         background_tasks: BackgroundTasks,
         image: str,
         params: str = Form("{}"),
@@ -136,7 +173,17 @@ def install_route_overrides(fastapi_app, review_strategy: str, review_sample: Ca
         label: UploadFile = File(...),
         user: User = Depends(RBAC(ROLE_ANNOTATOR)),
     ):
-        return ds.save_label(background_tasks, image, json_object(params, "params"), tag, label, user.username)
+        return ds.save_label(background_tasks, image, own(params, "params", request), tag, label, user.username)
+
+    def download_image(request: Request, image: str, user: User = Depends(RBAC(ROLE_USER))):
+        path = _existing(app_instance().datastore().get_image_uri(check_id(image)), f"image {image!r}")
+        review.record_download(user.username, image, "image")
+        return FileResponse(path, media_type=get_mime_type(path), filename=os.path.basename(path))
+
+    def download_label(request: Request, label: str, tag: str, user: User = Depends(RBAC(ROLE_USER))):
+        path = _existing(app_instance().datastore().get_label_uri(check_id(label), check_tag(tag)), f"label {tag!r}")
+        review.record_download(user.username, label, f"label {tag}")
+        return FileResponse(path, media_type=get_mime_type(path), filename=os.path.basename(path))
 
     def put_image_info(image: str, info: str = Form("{}"), user: User = Depends(RBAC(ROLE_ANNOTATOR))):
         return ds.update_image_info(image, json_object(info, "info"), user.username)
@@ -145,6 +192,7 @@ def install_route_overrides(fastapi_app, review_strategy: str, review_sample: Ca
         return ds.update_label_info(label, tag, json_object(info, "info"), user.username)
 
     def infer(
+        request: Request,
         background_tasks: BackgroundTasks,
         model: str,
         image: str = "",
@@ -157,10 +205,20 @@ def install_route_overrides(fastapi_app, review_strategy: str, review_sample: Ca
     ):
         if not image and file is None and not session_id:
             raise InputError("name an image (?image=ID), upload one (form field 'file') or give a session_id")
-        params = json_object(params, "params")
+        params = own(params, "params", request)
         return run_inference(background_tasks, model, image, session_id, params, file, label, output)
 
+    def reload_refused():
+        return JSONResponse(
+            {
+                "detail": "the app is built once, at start-up (its review store, scorer and background work with "
+                "it): restart the server to reload it"
+            },
+            status_code=403,
+        )
+
     overrides: List[tuple] = [
+        ("/reload", reload_refused, ["POST"], None),
         ("/activelearning/{strategy}", api_sample, ["POST"], "ActiveLearning"),
         ("/model/{model}", model_file_refused, ["DELETE", "PUT"], "Model"),
         ("/datastore/image", add_image, ["PUT"], "Datastore"),
@@ -170,10 +228,18 @@ def install_route_overrides(fastapi_app, review_strategy: str, review_sample: Ca
         ("/datastore/label/info", put_label_info, ["PUT"], "Datastore"),
         ("/datastore/updatelabelinfo", put_label_info, ["PUT"], None),  # deprecated alias
         ("/infer/{model}", infer, ["POST"], "Infer"),
+        ("/datastore/image", download_image, ["GET"], "Datastore"),
+        ("/datastore/label", download_label, ["GET"], "Datastore"),
     ]
     for path, endpoint, methods, tag in overrides:
         extra: Dict[str, Any] = {"tags": [tag]} if tag else {"include_in_schema": False}
         override_route(fastapi_app, API + path, endpoint, methods, **extra)
+
+
+def _existing(path: Optional[str], what: str) -> str:
+    if not path or not os.path.isfile(path):
+        raise NotFound(f"{what} is not in the datastore")
+    return path
 
 
 def json_object(text: Any, field: str) -> str:

@@ -1,7 +1,8 @@
 """The reviewer consensus queue: server-rendered pages for juniors, seniors and admins (Flask + Jinja templates).
 
-* ``/review/login``: a user token in, a session cookie out (HttpOnly, SameSite=Lax, signed with a secret kept in
-  the studies workspace). Every form carries a per-session CSRF token, checked on every POST.
+* ``/review/login``: a user name and password (or API token), or a token alone, in; a session cookie out (HttpOnly,
+  SameSite=Lax, signed with a secret kept in the studies workspace). Every form carries a per-session CSRF token,
+  checked on every POST.
 * ``/review/``: my queue; ``/review/cases/<id>``: a case (:mod:`review.web.case_pages`); ``/review/overview``: the
   team overview, and the slice previews (:mod:`review.web.picture_pages`).
 * Live state: pages poll a small JSON stamp and, when it changes, swap in a server-rendered fragment.
@@ -145,9 +146,13 @@ def _session_routes(pages: Blueprint, context: PageContext) -> None:
     def login():
         message = None
         if request.method == "POST":
-            token = request.form.get("token", "").strip()
+            name = request.form.get("username", "").strip()
+            secret = request.form.get("token", "").strip()
+            accounts = context.service.accounts
             try:
-                who = context.service.accounts.authenticate(token)
+                # a user name and a password or API token: a login's access token (it expires); a token alone: itself
+                token = accounts.login(name, secret).token if name else secret
+                who = accounts.authenticate(token)
             except Unauthorized as error:
                 message = error.message
             else:

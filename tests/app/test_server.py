@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 import SimpleITK as sitk
 from monailabel.client.client import MONAILabelClientException
 
@@ -201,7 +200,7 @@ def test_unknown_ids_paths_and_models(client, server):
         with pytest.raises(MONAILabelClientException) as err:
             call()
         assert status_of(err.value) == expected, err.value.msg
-    response = requests.put(
+    response = server.http.put(
         f"{server.url}/datastore/label",
         params={"image": "ts_abdomen_ct_small", "tag": "../x"},
         files={"label": ("l.nii.gz", b"not a label")},
@@ -211,13 +210,26 @@ def test_unknown_ids_paths_and_models(client, server):
     assert server.alive()
 
 
-def test_a_viewer_save_that_names_no_user_is_refused_and_stores_nothing(client, server, sample_studies, shared):
+def test_a_save_acts_for_the_token_user_never_for_the_client_id(client, server, sample_studies, shared, tmp_path):
+    """The tester admin's token, whatever the client id says: a save naming another user is refused (403); one naming
+    nobody (Slicer's default "user-xyz") is the admin's own, which the workflow refuses (finals come from consensus).
+    Nothing is stored either way."""
+    from review.service import ReviewService
+    from amoslabel.config import load_config
+
+    service = ReviewService(load_config(), str(sample_studies))
+    if service.accounts.by_name("j_other") is None:
+        service.accounts.add_user("j_other", "junior")
+    service.store.dispose()
     stored = sample_studies / "labels" / "final" / "ts_abdomen_ct_small.nii.gz"
     before = stored.read_bytes()
-    client._client_id = ""  # the Slicer plugin sends whatever its "client id" setting holds; here: nothing
-    with pytest.raises(MONAILabelClientException) as err:
-        client.save_label("ts_abdomen_ct_small", str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"), tag="final")
-    assert status_of(err.value) == 403 and "client id" in err.value.msg
+    label = str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz")
+    for client_id, expected in (("j_other", "names another user"), ("user-xyz", "consensus"), ("", "consensus")):
+        client._client_id = client_id
+        with pytest.raises(MONAILabelClientException) as err:
+            client.save_label("ts_abdomen_ct_small", label, tag="final")
+        assert status_of(err.value) == 403 and expected in err.value.msg, err.value.msg
+    client._client_id = None
     assert stored.read_bytes() == before
     assert not (sample_studies / "labels" / "working" / "ts_abdomen_ct_small.nii.gz").exists()
     assert server.alive()

@@ -21,7 +21,6 @@ import pydicom
 import pytest
 import requests
 import SimpleITK as sitk
-from monailabel.client import MONAILabelClient
 
 from amoslabel.dicom.seg import ORGAN_CODES, read_seg
 from amoslabel.dicom.deidentify import UID_MAP, private_folder
@@ -29,7 +28,7 @@ from amoslabel.dicom.send import send_to_dicomweb
 from amoslabel.data.dicomweb import FINAL_PREFIX, PRELABEL_PREFIX, cache_root
 from amoslabel.errors import InputError
 from amoslabel.dicom.orthanc import OrthancProcess, count_instances, fetch_series, qido, value, write_config
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess, free_port, login
 from tests.dicomweb.conftest import series_label_on
 from tests.review.conftest import add_users
 
@@ -92,13 +91,13 @@ def _segs(orthanc, prefix):
 def test_the_review_workflow_runs_on_orthanc(site, shared, tmp_path):
     orthanc, server, tokens, sent, root, tmp = site
     case = sent.series_uid
-    admin = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="boss")
+    admin = login(server.url, tmp_path, "boss", tokens["boss"])
     assert case in admin.datastore()["objects"]  # the de-identified series is a case, under its new UID
 
     # pre-label (the atlas prior: nothing is trained) -> a coded SEG in Orthanc that OHIF lists
     admin.infer("unet", case, {})
     (prelabel,) = _segs(orthanc, PRELABEL_PREFIX)
-    reply = requests.post(
+    reply = server.http.post(
         f"{server.url}/infer/unet",
         params={"image": case, "output": "dicom_seg"},
         data={"params": '{"label_info": [{"name": "organs"}]}'},
@@ -115,7 +114,7 @@ def test_the_review_workflow_runs_on_orthanc(site, shared, tmp_path):
     image = sitk.ReadImage(str(root / f"{case}.nii.gz"))
     truth = series_label_on(image, shared)
     sitk.WriteImage(truth, str(tmp_path / "junior.nii.gz"))
-    junior = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="jun")
+    junior = login(server.url, tmp_path, "jun", tokens["jun"])
     assert junior.next_sample("review_queue", {})["id"] == case
     junior.save_label(case, str(tmp_path / "junior.nii.gz"), tag="final")
 
@@ -144,8 +143,8 @@ def test_the_review_workflow_runs_on_orthanc(site, shared, tmp_path):
 
     # no planted identifier anywhere a user or a log can see; the private map keeps the way back
     queue_page = requests.Session()
-    login = queue_page.get(f"{server.url}/review/login", timeout=30).text
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login)
+    login_page = queue_page.get(f"{server.url}/review/login", timeout=30).text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login_page)
     form = {"token": tokens["boss"], **({"csrf_token": csrf.group(1)} if csrf else {})}
     queue_page.post(f"{server.url}/review/login", data=form, timeout=30)
     seen = {

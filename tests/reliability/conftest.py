@@ -91,6 +91,12 @@ class TeamServer:
     def url(self) -> str:
         return self.process.url
 
+    def http(self, who: str) -> requests.Session:
+        """A session on the MONAI Label endpoints that carries ``who``'s token."""
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.tokens[who]}"
+        return session
+
     def api(self, who: Optional[str], method: str, path: str, token: Optional[str] = None, **kwargs):
         """A review API call as ``who`` (a user name; None = no token)."""
         headers = dict(kwargs.pop("headers", {}))

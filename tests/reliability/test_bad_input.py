@@ -17,7 +17,6 @@ from typing import Dict, List
 import pytest
 import requests
 import yaml
-from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from amoslabel.config import load_config
@@ -25,7 +24,7 @@ from review.service import ReviewService
 from tests.badfiles import BAD_IDS, BAD_IMAGES, BAD_LABELS, CT, CT_LABEL, dicom_truncated_file, dicom_without_positions
 from tests.badfiles import oblique as oblique_scan
 from tests.app.test_server import status_of
-from tests.conftest import ROOT
+from tests.conftest import ROOT, login
 from tests.reliability.conftest import TeamServer, report, start_team_server, write_config
 
 CASE = "ct_small"  # held by j1 for the label paths; its scan is the real small CT the bad labels are made from
@@ -34,14 +33,16 @@ OUTCOMES: List[Dict] = []
 
 @pytest.fixture(scope="module")
 def bench(shared, tmp_path_factory):
-    """A server whose ct_small case is with its junior, j1 (the MRI is final), and the Slicer client class."""
+    """A server whose ct_small case is with its junior, j1 (the MRI is final), and the Slicer client class logged in
+    as j1 (labels, pre-labels) and as the admin boss (scan uploads are an admin's)."""
     root = tmp_path_factory.mktemp("bad-input")
     config = write_config(root, routing="pool", scoring=False)
     server = start_team_server(shared, root, config, final="mr_small")  # the prior needs one final
     service = ReviewService(load_config(config), str(server.studies))
     service.workflow.record_prelabel(CASE, CT_LABEL, "prior", {})
     service.workflow.claim(service.accounts.by_name("j1"), CASE)
-    client = MONAILabelClient(server.url, tmpdir=str(root / "client"), client_id="j1")
+    client = login(server.url, root / "client", "j1", server.tokens["j1"])
+    client.admin = login(server.url, root / "client", "boss", server.tokens["boss"])
     yield server, service, client, root
     service.store.dispose()
     server.process.stop()
@@ -68,7 +69,7 @@ def snapshot(server: TeamServer, service: ReviewService) -> Dict:
         if p.is_file() and ".amoslabel" not in p.parts and p.name != "datastore_v2.json"
     }
     detail = server.api("boss", "GET", f"/cases/{CASE}").json()
-    listing = requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=60).json()
+    listing = server.http("boss").get(f"{server.url}/datastore/", params={"output": "all"}, timeout=60).json()
     return {
         "files": files,
         "versions": len(detail["versions"]),
@@ -107,7 +108,9 @@ def test_bad_scan_through_upload_infer_and_import(bench, kind, tmp_path):
     server, service, client, root = bench
     bad = BAD_IMAGES[kind](tmp_path / f"{kind}.nii.gz")
     before = snapshot(server, service)
-    status, message = _client_call(lambda: client.upload_image(str(bad), image_id=f"bad_{kind.replace('-', '_')}"))
+    status, message = _client_call(
+        lambda: client.admin.upload_image(str(bad), image_id=f"bad_{kind.replace('-', '_')}")
+    )
     assert record("PUT /datastore/image", kind, status, message), (status, message)
     status, message = _client_call(lambda: client.infer("unet", "", {}, file=str(bad)))
     assert record("POST /infer (uploaded scan)", kind, status, message), (status, message)
@@ -127,7 +130,7 @@ def test_huge_header_is_refused_before_allocating(bench, tmp_path):
     bad = BAD_IMAGES["huge-header"](tmp_path / "huge.nii.gz")
     peak = _peak_rss_mb(server.process.process.pid)
     for _ in range(3):
-        status, message = _client_call(lambda: client.upload_image(str(bad), image_id="huge"))
+        status, message = _client_call(lambda: client.admin.upload_image(str(bad), image_id="huge"))
         assert status == 413 and "voxels" in message, message
     grew = _peak_rss_mb(server.process.process.pid) - peak
     record("PUT /datastore/image (peak memory)", "huge-header", status, f"{message[:100]}; peak RSS grew {grew} MB")
@@ -144,7 +147,7 @@ def _peak_rss_mb(pid: int) -> int:
 def test_an_oblique_scan_works_everywhere(bench, tmp_path):
     server, service, client, _ = bench
     scan = oblique_scan(tmp_path / "oblique.nii.gz")
-    status, message = _client_call(lambda: client.upload_image(str(scan), image_id="oblique_ct"))
+    status, message = _client_call(lambda: client.admin.upload_image(str(scan), image_id="oblique_ct"))
     assert record("PUT /datastore/image", "oblique", status, message, expected="accepted"), message
     label_file, params = client.infer("unet", "oblique_ct", {})
     import SimpleITK as sitk
@@ -191,30 +194,30 @@ def test_bad_ids_and_tags_everywhere(bench, kind):
     before = snapshot(server, service)
     label = CT_LABEL.read_bytes()
     attempts = {
-        "PUT /datastore/image ?image=": lambda: requests.put(
+        "PUT /datastore/image ?image=": lambda: server.http("boss").put(
             f"{server.url}/datastore/image",
             params={"image": bad},
             files={"file": ("x.nii.gz", CT_LABEL.read_bytes())},
             timeout=60,
         ),
-        "PUT /datastore/label ?image=": lambda: requests.put(
+        "PUT /datastore/label ?image=": lambda: server.http("j1").put(
             f"{server.url}/datastore/label",
             params={"image": bad, "tag": "draft"},
             data={"params": '{"client_id": "j1"}'},
             files={"label": ("l.nii.gz", label)},
             timeout=60,
         ),
-        "PUT /datastore/label ?tag=": lambda: requests.put(
+        "PUT /datastore/label ?tag=": lambda: server.http("j1").put(
             f"{server.url}/datastore/label",
             params={"image": CASE, "tag": bad or "\u0000"},
             data={"params": '{"client_id": "j1"}'},
             files={"label": ("l.nii.gz", label)},
             timeout=60,
         ),
-        "POST /infer ?image=": lambda: requests.post(
+        "POST /infer ?image=": lambda: server.http("j1").post(
             f"{server.url}/infer/unet", params={"image": bad or " "}, timeout=60
         ),
-        "GET /datastore/image ?image=": lambda: requests.get(
+        "GET /datastore/image ?image=": lambda: server.http("j1").get(
             f"{server.url}/datastore/image", params={"image": bad or " "}, timeout=60
         ),
         "review API /cases/{id}/claim": lambda: server.api(
@@ -270,7 +273,7 @@ def test_malformed_and_oversized_json(bench):
             reply.text[:200],
         )
     big = json.dumps({"client_id": "j1", "pad": "x" * (2 << 20)})
-    reply = requests.put(
+    reply = server.http("j1").put(
         f"{server.url}/datastore/label",
         params={"image": CASE, "tag": "draft"},
         data={"params": big},

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-import requests
 
 from tests.reliability.conftest import REPORTS, TeamServer, report, size
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-MONAI_PATHS = r"^/(info/|infer/\{model\}|activelearning/|datastore/|model/)"
+MONAI_PATHS = r"^/(auth/|info/|infer/\{model\}|activelearning/|datastore/|model/)"
 REVOKE = "DELETE /api/users/{name}/tokens"
 RUNS: List[Dict] = []
 
@@ -106,17 +105,14 @@ def test_review_api_has_no_server_error(team_server, who):
     assert team_server.process.alive()
 
 
-def test_review_api_token_revocation_last(team_server):
-    args = review_schema(team_server) + ["--include-name", REVOKE]
-    run = fuzz(team_server, "review-revoke", *args, token=team_server.tokens["boss"])
-    assert run["server_errors"] == 0, run
-
-
-def test_monai_label_endpoints_have_no_server_error(team_server):
+@pytest.mark.parametrize("who", ["boss", "j1", None])
+def test_monai_label_endpoints_have_no_server_error(team_server, who):
+    """With auth on: as the admin (every endpoint open to it), as a junior (many refused by role), with no token."""
     final = team_server.studies / "labels" / "final" / "ct_small.nii.gz"
     before = final.read_bytes()
     schema = f"{team_server.url}/openapi.json"
-    run = fuzz(team_server, "monai", schema, "--url", team_server.url, "--include-path-regex", MONAI_PATHS)
+    args = ("--url", team_server.url, "--include-path-regex", MONAI_PATHS)
+    run = fuzz(team_server, f"monai-{who or 'anonymous'}", schema, *args, token=team_server.tokens.get(who))
     assert run["server_errors"] == 0, run
     assert team_server.process.alive()
     # what the fuzzer could reach is intact: the final label, the linked source scans, the listing
@@ -125,5 +121,11 @@ def test_monai_label_endpoints_have_no_server_error(team_server):
         "ts_abdomen_ct_small.nii.gz",
         "ts_abdomen_ct_small_label.nii.gz",
     ]
-    listing = requests.get(f"{team_server.url}/datastore/", params={"output": "all"}, timeout=60).json()
-    assert {"ct_small", "mr_small"} <= set(listing["objects"])
+    listing = team_server.http("boss").get(f"{team_server.url}/datastore/", params={"output": "all"}, timeout=60)
+    assert {"ct_small", "mr_small"} <= set(listing.json()["objects"])
+
+
+def test_review_api_token_revocation_last(team_server):
+    args = review_schema(team_server) + ["--include-name", REVOKE]
+    run = fuzz(team_server, "review-revoke", *args, token=team_server.tokens["boss"])
+    assert run["server_errors"] == 0, run

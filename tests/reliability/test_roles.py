@@ -1,5 +1,4 @@
-"""R4: the role-by-operation matrix, through the review JSON API and the MONAI Label endpoints that change workflow
-state, on the real server.
+"""R4: the role-by-operation matrix, through the review JSON API and every MONAI Label endpoint, on the real server.
 
 Each operation gets a case in the state it needs (made through the workflow in this process, on the server's own
 SQLite file). Every principal that must be refused tries first; then the allowed one must succeed. A refusal is a
@@ -13,6 +12,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -23,6 +23,10 @@ from sqlalchemy import select
 from amoslabel.config import load_config
 from review.service import ReviewService
 from tests.conftest import ROOT
+from amoslabel.server.access import GATE_HEADER
+from review.auth import token_id_of
+from review.schema import LabelVersion, Token
+from review.store import utcnow
 from tests.reliability.conftest import TeamServer, report
 from tests.review.conftest import LABEL
 
@@ -44,6 +48,15 @@ def world(team_server: TeamServer):
     subprocess.run([*cli, "deactivate", "gone", "--studies", str(team_server.studies)], cwd=ROOT, check=True)
     subprocess.run([*cli, "revoke", "ex", "--studies", str(team_server.studies)], cwd=ROOT, check=True)
     tokens["bad"] = "amos_AAAAAAAAAAAA_" + "x" * 40
+    # a login's access token, expired: made through the server's own login, then aged in the store
+    login = requests.post(
+        f"{team_server.url}/auth/token", data={"username": "j2", "password": team_server.tokens["j2"]}, timeout=30
+    )
+    assert login.status_code == 200 and login.json()["token_type"] == "bearer", login.text
+    tokens["late"] = login.json()["access_token"]
+    assert team_server.api(None, "GET", "/me", token=tokens["late"]).status_code == 200
+    with service.store.write() as s:
+        s.get(Token, token_id_of(tokens["late"])).expires = utcnow() - timedelta(seconds=1)
     yield team_server, service, tokens
     service.store.dispose()
     rows = Counter((c["interface"], c["expected"], c["ok"]) for c in CELLS)
@@ -52,8 +65,8 @@ def world(team_server: TeamServer):
         {
             "cells": len(CELLS),
             "operations": len({(c["interface"], c["operation"]) for c in CELLS}),
-            "refused_as_expected": sum(1 for c in CELLS if c["expected"] == "refused" and c["ok"]),
-            "allowed_as_expected": sum(1 for c in CELLS if c["expected"] == "allowed" and c["ok"]),
+            "refused_as_expected": sum(1 for c in CELLS if c["expected"].startswith("refused") and c["ok"]),
+            "allowed_as_expected": sum(1 for c in CELLS if not c["expected"].startswith("refused") and c["ok"]),
             "wrong": [c for c in CELLS if not c["ok"]],
             "by_interface": {f"{k[0]} {k[1]} {'ok' if k[2] else 'WRONG'}": v for k, v in rows.items()},
             "matrix": CELLS,
@@ -61,7 +74,7 @@ def world(team_server: TeamServer):
     )
 
 
-ANONYMOUS = ["", "bad", "ex", "gone"]  # no token, an unknown one, a revoked one, a deactivated user's
+ANONYMOUS = ["", "bad", "ex", "gone", "late"]  # no token; a forged, revoked, deactivated user's, expired one
 
 
 def check(world, operation: str, call: Callable[[Optional[str]], requests.Response], refused: List[str], allowed):
@@ -217,13 +230,30 @@ def test_only_an_admin_manages_users_and_tokens(world):
     )
 
 
-def monai(world, operation: str, expected: str, method: str, path: str, **kwargs) -> requests.Response:
-    server = world[0]
-    reply = requests.request(method, f"{server.url}{path}", timeout=120, **kwargs)
-    ok = reply.status_code in (REFUSED if expected == "refused" else (200,))
-    who = kwargs.get("data", {}).get("params") or kwargs.get("json") or kwargs.get("params", {}).get("client_id") or "-"
-    CELLS.append(_cell("MONAI Label", operation, str(who)[:60], reply, expected, ok))
-    assert ok, f"{operation} {who}: {reply.status_code} {reply.text[:200]}"
+def monai(
+    world, operation: str, expected: str, method: str, path: str, who: Optional[str] = None, **kwargs
+) -> requests.Response:
+    """A MONAI Label endpoint called with ``who``'s token (None: no token); the cell is recorded.
+
+    ``expected``: ``refused`` (401 or 403 from the gate; 403 or 409 from the endpoint), ``allowed`` (200), or
+    ``passes the gate`` (anything the endpoint itself answers: 404 for an unknown name is fine).
+    """
+    server, _, tokens = world
+    headers = {"Authorization": f"Bearer {tokens[who]}"} if who else {}
+    reply = requests.request(method, f"{server.url}{path}", headers=headers, timeout=120, **kwargs)
+    by_gate = reply.headers.get(GATE_HEADER) == "refused"
+    if expected == "refused":
+        ok = reply.status_code in REFUSED and (by_gate or reply.status_code != 401)
+    elif expected == "refused by the gate":
+        ok = by_gate and reply.status_code in (401, 403)
+    elif expected == "passes the gate":
+        ok = not by_gate and reply.status_code < 500
+    else:
+        ok = reply.status_code == 200
+    named = kwargs.get("data", {}).get("params") or kwargs.get("json") or ""
+    principal = f"{who or '(no token)'}{' ' + str(named)[:40] if named else ''}"
+    CELLS.append(_cell("MONAI Label", operation, principal, reply, expected, ok))
+    assert ok, f"{operation} by {principal}: {reply.status_code} {reply.text[:200]}"
     return reply
 
 
@@ -232,14 +262,9 @@ def test_a_viewer_save_needs_the_user_holding_the_case(world, shared):
     case = "mr_small"  # a real scan of this server: its label must be on the scan's grid
     with_junior(world, case, label=shared / MR_LABEL)
     label = (shared / MR_LABEL).read_bytes()
-    for client_id, tag in [
-        (None, "final"),
-        ("mallory", "final"),
-        ("j2", "final"),
-        ("s1", "final"),
-        ("boss", "final"),
-        ("j1", "working"),
-    ]:
+    tries = [(who, None, "final") for who in ANONYMOUS + ["j2", "s1", "boss"]]
+    tries += [("j1", "s1", "final"), ("j2", "j1", "final"), ("j1", None, "working")]  # another user's name; a tag
+    for who, client_id, tag in tries:
         params = {"params": json.dumps({"client_id": client_id} if client_id else {})}
         monai(
             world,
@@ -247,58 +272,177 @@ def test_a_viewer_save_needs_the_user_holding_the_case(world, shared):
             "refused",
             "PUT",
             "/datastore/label",
+            who or None,
             params={"image": case, "tag": tag},
             data=params,
             files={"label": ("l.nii.gz", label)},
         )
     assert _state(service, case) == "with_junior"  # nothing refused changed the case
-    params = {"params": json.dumps({"client_id": "j1"})}
+    for client_id in ("user-xyz", None):  # Slicer's default client id names nobody: the token's user saves
+        params = {"params": json.dumps({"client_id": client_id} if client_id else {})}
+        monai(
+            world,
+            "PUT /datastore/label tag=draft",
+            "allowed",
+            "PUT",
+            "/datastore/label",
+            "j1",
+            params={"image": case, "tag": "draft"},
+            data=params,
+            files={"label": ("l.nii.gz", label)},
+        )
     monai(
         world,
         "PUT /datastore/label tag=final",
         "allowed",
         "PUT",
         "/datastore/label",
+        "j1",
         params={"image": case, "tag": "final"},
-        data=params,
+        data={"params": json.dumps({"client_id": "j1"})},
         files={"label": ("l.nii.gz", label)},
     )
     assert _state(service, case) == "in_review"
+    history = world[0].api("boss", "GET", f"/cases/{case}/history").json()["events"]
+    assert [e["actor"] for e in history if e["action"] == "version"][-3:] == ["j1", "j1", "j1"]
 
 
-def test_next_sample_claims_only_for_a_known_user(world):
+def test_next_sample_claims_for_the_token_user_only(world):
     prelabelled(world, "role_next")
-    for body in ({}, {"client_id": "mallory"}, {"client_id": "gone"}):
-        monai(world, "POST /activelearning/review_queue", "refused", "POST", "/activelearning/review_queue", json=body)
-    reply = monai(
-        world,
-        "POST /activelearning/review_queue",
-        "allowed",
-        "POST",
-        "/activelearning/review_queue",
-        json={"client_id": "j2"},
-    )
+    queue = "/activelearning/review_queue"
+    for who in ANONYMOUS:
+        monai(world, "POST /activelearning/review_queue", "refused by the gate", "POST", queue, who or None, json={})
+    monai(world, "POST /activelearning/review_queue", "refused", "POST", queue, "j2", json={"client_id": "j1"})
+    monai(world, "POST /activelearning/review_queue", "refused", "POST", queue, "j1", json={"client_id": "j2"})
+    reply = monai(world, "POST /activelearning/review_queue", "allowed", "POST", queue, "j2", json={})
     assert reply.json().get("id") == "role_next"
+    assert world[0].api("boss", "GET", "/cases/role_next").json()["assignees"][0]["user"] == "j2"
+
+
+def test_infer_acts_for_the_token_user(world):
+    for who in ANONYMOUS:
+        monai(world, "POST /infer/{model}", "refused by the gate", "POST", "/infer/prior", who or None)
+    infer = {"params": {"image": "ct_small"}}
+    monai(
+        world,
+        "POST /infer/{model}",
+        "refused",
+        "POST",
+        "/infer/prior",
+        "j1",
+        data={"params": '{"client_id": "s1"}'},
+        **infer,
+    )
+
+
+# One probe per rule of amoslabel/server/access.py: every role and every refused principal tries it.
+PROBES = [
+    ("check a token", "GET", "/auth/token/valid", {}),
+    ("server info", "GET", "/info/", {}),
+    ("datastore listing", "GET", "/datastore/", {"params": {"output": "all"}}),
+    ("download a scan or a label (audited)", "GET", "/datastore/image", {"params": {"image": "ct_small"}}),
+    (
+        "download a scan or a label (audited)",
+        "GET",
+        "/datastore/label",
+        {"params": {"label": "ct_small", "tag": "final"}},
+    ),
+    ("download a scan or a label (audited)", "HEAD", "/datastore/image", {"params": {"image": "ct_small"}}),
+    ("image or label info", "GET", "/datastore/image/info", {"params": {"image": "ct_small"}}),
+    ("image or label info", "GET", "/datastore/label/info", {"params": {"label": "ct_small", "tag": "final"}}),
+    (
+        "save a label (the workflow checks the case)",
+        "PUT",
+        "/datastore/label",
+        {"params": {"image": "ct_small", "tag": "draft"}, "files": {"label": ("l.nii.gz", b"x")}},
+    ),
+    ("pre-label (infer)", "POST", "/infer/unet", {"params": {"image": "no_such_case"}}),
+    ("Next Sample", "POST", "/activelearning/first", {"json": {}}),
+    ("training status", "GET", "/train/", {}),
+    ("inference session", "GET", "/session/no_such_session", {}),
+    ("DICOMweb read through the proxy (audited)", "GET", "/proxy/dicom/qido/studies", {}),
+    (
+        "update label info",
+        "PUT",
+        "/datastore/label/info",
+        {"params": {"label": "ct_small", "tag": "no_such_tag"}, "data": {"info": "{}"}},
+    ),
+    (
+        "upload a scan",
+        "PUT",
+        "/datastore/image",
+        {"params": {"image": "probe_upload"}, "files": {"file": ("x.nii.gz", b"not a scan")}},
+    ),
+    (
+        "update image info",
+        "PUT",
+        "/datastore/image/info",
+        {"params": {"image": "no_such_case"}, "data": {"info": "{}"}},
+    ),
+    ("remove a scan or a label", "DELETE", "/datastore/image", {"params": {"id": "ct_small"}}),
+    ("remove a scan or a label", "DELETE", "/datastore/label", {"params": {"id": "ct_small", "tag": "final"}}),
+    ("export the whole dataset", "GET", "/datastore/dataset", {"params": {"limit_cases": 1}}),
+    ("start or stop training", "POST", "/train/no_such_model", {}),
+    ("batch inference", "GET", "/batch/infer", {}),
+    ("scoring", "GET", "/scoring/", {}),
+    ("model files", "GET", "/model/unet", {}),
+    ("server logs", "GET", "/logs/", {"params": {"lines": 5}}),
+    ("reload the app", "POST", "/reload", {}),
+    ("DICOMweb write through the proxy", "POST", "/proxy/dicom/stow/studies", {}),
+    ("anything else", "GET", "/no/such/route", {}),
+]
+
+
+def test_every_monai_label_endpoint_needs_a_token_and_a_role(world):
+    from amoslabel.server.access import DELEGATED, PUBLIC, RULES, rule_for
+
+    server, service, _ = world
+    covered = {operation for operation, *_ in PROBES}
+    assert covered >= {r.operation for r in RULES if r.allowed not in (PUBLIC, DELEGATED)}  # every rule probed
+    files_before = sorted(str(p.relative_to(server.studies)) for p in server.studies.rglob("*") if p.is_file())
+    with service.store.read() as s:
+        versions_before = len(s.execute(select(LabelVersion)).all())
+    for operation, method, path, kwargs in PROBES:
+        rule = rule_for(method, path)
+        assert rule.operation == operation, (method, path, rule.operation)
+        for who in ANONYMOUS:
+            reply = monai(world, f"{method} {path}", "refused by the gate", method, path, who or None, **kwargs)
+            assert b"\x1f\x8b" not in reply.content[:2]  # no scan bytes (NIfTI is gzip)
+        for who, role in (("j1", "junior"), ("s1", "senior"), ("boss", "admin")):
+            expected = "passes the gate" if role in rule.allowed else "refused by the gate"
+            monai(world, f"{method} {path}", expected, method, path, who, **kwargs)
+    files_after = sorted(str(p.relative_to(server.studies)) for p in server.studies.rglob("*") if p.is_file())
+    with service.store.read() as s:
+        versions_after = len(s.execute(select(LabelVersion)).all())
+    assert [f for f in files_after if "label-versions" not in f and "review.db" not in f] == [
+        f for f in files_before if "label-versions" not in f and "review.db" not in f
+    ]
+    assert versions_after == versions_before  # no probe made a label version
 
 
 def test_nothing_removes_scans_final_labels_or_model_weights(world):
     server = world[0]
     final = server.studies / "labels" / "final" / "ct_small.nii.gz"
     before = final.read_bytes()
-    monai(world, "DELETE /datastore/image", "refused", "DELETE", "/datastore/image", params={"id": "ct_small"})
-    monai(
-        world,
-        "DELETE /datastore/label final",
-        "refused",
-        "DELETE",
-        "/datastore/label",
-        params={"id": "ct_small", "tag": "final"},
-    )
-    monai(world, "PUT /model/{model}", "refused", "PUT", "/model/unet", files={"file": ("w.pt", b"not weights")})
-    monai(world, "DELETE /model/{model}", "refused", "DELETE", "/model/unet")
+    for who in ("j1", "boss"):  # a junior is stopped by the gate, the admin by the datastore and the model store
+        monai(world, "DELETE /datastore/image", "refused", "DELETE", "/datastore/image", who, params={"id": "ct_small"})
+        monai(
+            world,
+            "DELETE /datastore/label final",
+            "refused",
+            "DELETE",
+            "/datastore/label",
+            who,
+            params={"id": "ct_small", "tag": "final"},
+        )
+        files = {"file": ("w.pt", b"not weights")}
+        monai(world, "PUT /model/{model}", "refused", "PUT", "/model/unet", who, files=files)
+        monai(world, "DELETE /model/{model}", "refused", "DELETE", "/model/unet", who)
     assert final.read_bytes() == before
     assert (server.sources / "ts_abdomen_ct_small.nii.gz").is_file()  # the linked source of the scan
-    assert requests.head(f"{server.url}/datastore/image", params={"image": "ct_small"}, timeout=30).status_code == 200
+    head = requests.head(f"{server.url}/datastore/image", params={"image": "ct_small"}, timeout=30)
+    assert head.status_code == 401
+    assert server.http("j1").head(f"{server.url}/datastore/image", params={"image": "ct_small"}, timeout=30).ok
 
 
 def _readers(world, case_id: str) -> List[str]:
@@ -324,4 +468,5 @@ def _state(service: ReviewService, case_id: str) -> str:
 def test_the_matrix_has_no_wrong_cell(world):
     wrong = [c for c in CELLS if not c["ok"]]
     assert CELLS and not wrong, wrong
-    assert Counter(c["expected"] for c in CELLS)["refused"] > 80
+    refused = sum(1 for c in CELLS if c["expected"].startswith("refused"))
+    assert refused > 200 and len({c["operation"] for c in CELLS if c["interface"] == "MONAI Label"}) >= 25

@@ -1,5 +1,6 @@
-"""A full AMOS-style review on the real CT, through the real server: one junior in 3D Slicer's client class, three
-seniors on the JSON API, users and history through the commands."""
+"""A full AMOS-style review on the real CT, through the real server: one junior in 3D Slicer's client class (logged
+in with its API token as the secret, as a team with only tokens logs in Slicer), three seniors on the JSON API, users
+and history through the commands."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
-from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from tests.app.test_server import status_of, train
-from tests.conftest import ROOT
+from tests.conftest import ROOT, login
 from tests.review.conftest import add_users
 
 CASE = "review_ct"
@@ -65,12 +65,12 @@ def erase(label_file: str, organ: int, out: Path) -> Path:
 
 
 def test_amos_review_run_on_the_real_ct(server, sample_studies, shared, people, tmp_path):
-    admin = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="boss")
+    admin = login(server.url, tmp_path, "boss", people["boss"])
     admin.upload_image(str(shared / "ct" / "ts_abdomen_ct.nii.gz"), image_id=CASE)
 
     # 1. pre-label: the first inference of a new case starts its workflow and routes it to the junior
     prelabel_file, params = admin.infer("unet", CASE, {})
-    junior = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="jun")
+    junior = login(server.url, tmp_path, "jun", people["jun"])
     sample = junior.next_sample("review_queue", {})
     assert sample["id"] == CASE
     case = api(server, people["jun"], "GET", f"/cases/{CASE}").json()
@@ -140,10 +140,10 @@ def test_amos_review_run_on_the_real_ct(server, sample_studies, shared, people, 
 
 
 def test_a_final_save_without_consensus_does_not_train(server, sample_studies, shared, people, tmp_path):
-    admin = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="boss")
+    admin = login(server.url, tmp_path, "boss", people["boss"])
     admin.upload_image(str(shared / "ct" / "ts_abdomen_ct_small.nii.gz"), image_id="unreviewed_ct")
     admin.infer("unet", "unreviewed_ct", {})
-    junior = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="jun")
+    junior = login(server.url, tmp_path, "jun", people["jun"])
     junior.save_label("unreviewed_ct", str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"), tag="final")
     assert not (sample_studies / "labels" / "final" / "unreviewed_ct.nii.gz").exists()
     assert (sample_studies / "labels" / "working" / "unreviewed_ct.nii.gz").exists()
@@ -153,7 +153,7 @@ def test_a_final_save_without_consensus_does_not_train(server, sample_studies, s
     meta = json.loads((meta_dir / "meta.json").read_text())
     assert "unreviewed_ct" not in meta["training_cases"] + meta["validation_cases"]
     # an admin saving 'final' from a viewer is refused too: final labels come from consensus
-    boss_viewer = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="boss")
+    boss_viewer = login(server.url, tmp_path, "boss", people["boss"])
     with pytest.raises(MONAILabelClientException) as err:
         boss_viewer.save_label("unreviewed_ct", str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"), tag="final")
     assert status_of(err.value) == 403

@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import requests
 
 from amoslabel.data import backup
 from amoslabel.files import file_sha256
@@ -118,9 +117,7 @@ def test_backup_of_a_running_server_restores_to_a_server_with_the_same_data(serv
     second = ServerProcess(restored, tmp_path, {"preset": "cpu-fast"})
     try:
         second.wait_ready()
-        listing = [
-            requests.get(f"{s.url}/datastore/?output=all", timeout=60).json()["objects"] for s in (server, second)
-        ]
+        listing = [s.http.get(f"{s.url}/datastore/?output=all", timeout=60).json()["objects"] for s in (server, second)]
         assert set(listing[0]) == set(listing[1])
         for image_id, entry in listing[0].items():
             # attention maps are the background scorer's, rewritten whenever it runs: not part of what must survive

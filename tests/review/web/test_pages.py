@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import requests
 import SimpleITK as sitk
-from monailabel.client import MONAILabelClient
 
 from amoslabel.workspace import Workspace
 from models.versions import ModelStore
 from tests.conftest import CHROMIUM_FLAGS, OUTPUT, ServerProcess
+from tests.conftest import login as viewer_login
 from tests.review.conftest import add_users
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-test.txt")
@@ -89,7 +89,7 @@ def shot(page, name):
 
 def test_review_round_trip_in_the_browser(web, shared, tmp_path):
     server, tokens, browser, studies = web
-    client = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="ada")
+    client = viewer_login(server.url, tmp_path, "ada", tokens["ada"])
     client.infer("unet", CASE, {})  # no trained model yet: the atlas prior pre-labels, and the case goes to ana
 
     junior = login(browser, server, tokens["ana"])
@@ -188,7 +188,7 @@ def test_review_round_trip_in_the_browser(web, shared, tmp_path):
     # retraining.after_new_finals = 1: the final label started a training run by itself; it published unet v1,
     # trained on this case. A scan uploaded meanwhile is scored in the background, and scored again with v1 as a
     # member once v1 exists (final cases are not scored: there is nothing left to choose them for)
-    MONAILabelClient(server.url, tmpdir=str(tmp_path)).upload_image(str(shared / "mr/ts_abdomen_mr_small.nii.gz"), NEW)
+    client.upload_image(str(shared / "mr/ts_abdomen_mr_small.nii.gz"), NEW)
     store = ModelStore(Workspace(studies).models(), "unet")
     database = Workspace(studies).review_db
     members = {}

@@ -1,0 +1,196 @@
+"""Who may call what: every request to the server acts for an authenticated user, with a role the route allows.
+
+The rules are data (:data:`RULES`, first match wins), read by one gate in front of every route of the server
+(:class:`AccessControl`, an ASGI middleware around MONAI Label's own stack). A request that is not public needs
+``Authorization: Bearer <token>`` (an access token from ``POST /auth/token``, or an API token): none, or an unknown,
+revoked or expired token, or a deactivated user's, is answered 401; a role the rule does not allow, 403. The review
+pages and API under ``/review`` check their own session cookie or token (Flask, :mod:`review.api`).
+
+The README's role table is this table; ``tests/reliability/test_roles.py`` walks every rule with every role.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, FrozenSet, Optional, Sequence, Tuple
+
+import anyio
+
+from review.auth import Accounts, Principal, Unauthorized
+
+log = logging.getLogger(__name__)
+
+PUBLIC = "public"  # no token needed: discovery, the login itself, static viewer files
+DELEGATED = "delegated"  # the review pages and API check their own session or token
+JUNIOR, SENIOR, ADMIN = "junior", "senior", "admin"
+EVERYONE = frozenset({JUNIOR, SENIOR, ADMIN})
+READ = frozenset({"GET", "HEAD"})
+ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
+GATE_HEADER = "x-amoslabel-gate"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Requests with one of ``methods`` on a path matching ``pattern`` may be made by ``allowed``."""
+
+    methods: FrozenSet[str]
+    pattern: str
+    allowed: FrozenSet[str] | str
+    operation: str
+
+    def matches(self, method: str, path: str) -> bool:
+        return method in self.methods and re.fullmatch(self.pattern, path) is not None
+
+
+def _rule(methods, pattern: str, allowed, operation: str) -> Rule:
+    methods = frozenset({methods} if isinstance(methods, str) else methods)
+    return Rule(methods, pattern, allowed if isinstance(allowed, str) else frozenset(allowed), operation)
+
+
+RULES: Tuple[Rule, ...] = (
+    # discovery, the login, and static files of the viewers
+    _rule(READ, r"/(docs|openapi\.json|favicon\.ico)?", PUBLIC, "API description"),
+    _rule(READ, r"/static/.*", PUBLIC, "static files"),
+    _rule(READ, r"/ohif(/.*)?", PUBLIC, "MONAI Label's OHIF viewer (static files)"),
+    _rule("GET", r"/auth/?", PUBLIC, "is auth enabled"),
+    _rule("POST", r"/auth/token", PUBLIC, "log in"),
+    _rule(ALL_METHODS, r"/review(/.*)?", DELEGATED, "review pages and API"),
+    _rule("GET", r"/auth/token/valid", EVERYONE, "check a token"),
+    # what every member of the team reads and does
+    _rule("GET", r"/info/?", EVERYONE, "server info"),
+    _rule(READ, r"/datastore/?", EVERYONE, "datastore listing"),
+    _rule(READ, r"/datastore/(image|label)", EVERYONE, "download a scan or a label (audited)"),
+    _rule(READ, r"/datastore/(image|label)/info", EVERYONE, "image or label info"),
+    _rule("PUT", r"/datastore/label", EVERYONE, "save a label (the workflow checks the case)"),
+    _rule("POST", r"/infer/.+", EVERYONE, "pre-label (infer)"),
+    _rule("POST", r"/activelearning/.+", EVERYONE, "Next Sample"),
+    _rule(READ, r"/train/?", EVERYONE, "training status"),
+    _rule(frozenset({"GET", "PUT", "DELETE"}), r"/session(/.*)?", EVERYONE, "inference session"),
+    _rule(READ, r"/proxy/dicom/.*", EVERYONE, "DICOMweb read through the proxy (audited)"),
+    # reviewers' label notes
+    _rule("PUT", r"/datastore/(label/info|updatelabelinfo)", {SENIOR, ADMIN}, "update label info"),
+    # administration
+    _rule("PUT", r"/datastore/(image)?/?", {ADMIN}, "upload a scan"),
+    _rule("PUT", r"/datastore/image/info", {ADMIN}, "update image info"),
+    _rule("DELETE", r"/datastore/(image|label)?/?", {ADMIN}, "remove a scan or a label"),
+    _rule(READ, r"/datastore/dataset", {ADMIN}, "export the whole dataset"),
+    _rule(frozenset({"POST", "DELETE"}), r"/train(/.*)?", {ADMIN}, "start or stop training"),
+    _rule(ALL_METHODS, r"/batch(/.*)?", {ADMIN}, "batch inference"),
+    _rule(ALL_METHODS, r"/scoring(/.*)?", {ADMIN}, "scoring"),
+    _rule(ALL_METHODS, r"/model(/.*)?", {ADMIN}, "model files"),
+    _rule(ALL_METHODS, r"/logs(/.*)?", {ADMIN}, "server logs"),
+    _rule("POST", r"/reload", {ADMIN}, "reload the app"),
+    _rule("POST", r"/proxy/dicom/.*", {ADMIN}, "DICOMweb write through the proxy"),
+)
+ANY_USER = _rule(ALL_METHODS, r".*", EVERYONE, "anything else")
+
+
+def rule_for(method: str, path: str) -> Rule:
+    """The first rule for ``method path``; an unlisted route needs any logged-in user (then 404 or 405)."""
+    return next((rule for rule in RULES if rule.matches(method, path)), ANY_USER)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the gate decided: ``status`` 0 to let the request through (with its principal, if any)."""
+
+    status: int
+    principal: Optional[Principal] = None
+    detail: str = ""
+
+
+def bearer_token(headers: Dict[str, str]) -> Optional[str]:
+    """The token of ``Authorization: Bearer <token>`` (any case of "bearer"), or of ``X-Api-Token``."""
+    value = headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return headers.get("x-api-token") or None
+
+
+class AccessGate:
+    """Decides each request by :data:`RULES`, the caller's token and role. Reads through the DICOMweb proxy are
+    recorded (``on_dicomweb_read(user, path)``), once per user and series every few minutes."""
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        api_prefix: str = "",
+        on_dicomweb_read: Optional[Callable[[str, str], None]] = None,
+        rules: Sequence[Rule] = RULES,
+    ):
+        self.accounts = accounts
+        self.api_prefix = api_prefix.rstrip("/")
+        self.on_dicomweb_read = on_dicomweb_read
+        self.rules = rules
+        self._reads: Dict[Tuple[str, str], float] = {}
+        self._reads_lock = threading.Lock()
+
+    def decide(self, method: str, path: str, headers: Dict[str, str]) -> Decision:
+        if method == "OPTIONS":
+            return Decision(0)  # CORS preflight: answered by MONAI Label's CORS middleware, never with data
+        if self.api_prefix and path.startswith(self.api_prefix):
+            path = path[len(self.api_prefix) :] or "/"
+        rule = next((r for r in self.rules if r.matches(method, path)), ANY_USER)
+        if rule.allowed in (PUBLIC, DELEGATED):
+            return Decision(0)
+        try:
+            who = self.accounts.authenticate(bearer_token(headers))
+        except Unauthorized as refused:
+            return Decision(401, detail=refused.message)
+        if who.role not in rule.allowed:
+            roles = " or ".join(sorted(rule.allowed))
+            return Decision(403, who, f"{rule.operation}: {who.name} is {_article(who.role)} {who.role}; needs {roles}")
+        if path.startswith("/proxy/dicom/") and self.on_dicomweb_read is not None:
+            self._record_read(who, path)
+        return Decision(0, who)
+
+    def _record_read(self, who: Principal, path: str) -> None:
+        series = re.search(r"/series/([0-9.]+)", path) or re.search(r"/studies/([0-9.]+)", path)
+        key = (who.name, series.group(1) if series else path[:200])
+        now = time.monotonic()
+        with self._reads_lock:
+            if now - self._reads.get(key, -1e9) < 600:
+                return
+            self._reads[key] = now
+        try:
+            self.on_dicomweb_read(who.name, key[1])
+        except Exception:  # the audit must not break the read; it is logged
+            log.exception("recording a DICOMweb read failed")
+
+
+class AccessControl:
+    """ASGI middleware: every HTTP request through :class:`AccessGate`; the principal goes to ``request.state``."""
+
+    def __init__(self, app, gate: AccessGate):
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        decision = await anyio.to_thread.run_sync(self.gate.decide, scope["method"], scope["path"], headers)
+        if decision.status:
+            body = json.dumps({"detail": decision.detail}).encode()
+            response_headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (GATE_HEADER.encode(), b"refused"),  # tells a refusal of the gate from one of the endpoint
+            ]
+            if decision.status == 401:
+                response_headers.append((b"www-authenticate", b"Bearer"))
+            await send({"type": "http.response.start", "status": decision.status, "headers": response_headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        scope.setdefault("state", {})["principal"] = decision.principal
+        await self.app(scope, receive, send)
+
+
+def _article(role: str) -> str:
+    return "an" if role[:1] in "aeiou" else "a"
