@@ -70,6 +70,20 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def move_entry(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Move a file, or a symbolic link as a link (never what it points to). A relative link is re-pointed from its
+    new place, so it still reaches the same file."""
+    src, dest = Path(src), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_symlink() and not os.path.isabs(os.readlink(src)):
+        target = (src.parent / os.readlink(src)).resolve()
+        os.symlink(os.path.relpath(target, dest.parent.resolve()), dest)
+        src.unlink()
+    else:
+        os.replace(src, dest)  # a file, or an absolute link (which moves as it is)
+    return dest
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 of a file's content (hex), read in 1 MB blocks."""
     digest = hashlib.sha256()

@@ -65,6 +65,11 @@ class Workspace:
         return self.root / "private"
 
     @property
+    def withdrawn(self) -> Path:
+        """Scans an admin withdrew, with their datastore labels, until an explicit purge deletes them."""
+        return self.root / "withdrawn"
+
+    @property
     def pending_seg(self) -> Path:
         """DICOM SEGs a DICOMweb server could not take yet; sent again at the next sync."""
         return self.root / "pending-seg"

@@ -146,6 +146,14 @@ def _case_routes(app: Flask, service: ReviewService) -> None:
     def resolve(case_id: str):
         return jsonify(service.after_review(workflow.resolve(principal(), case_id, str(json_body().get("action")))))
 
+    @app.post("/api/cases/<case_id>/withdraw")
+    def withdraw(case_id: str):
+        return jsonify(service.withdraw(principal(), case_id, json_body().get("reason")))
+
+    @app.post("/api/cases/<case_id>/purge")
+    def purge(case_id: str):
+        return jsonify(service.purge(principal(), case_id))
+
     @app.get("/api/cases/<case_id>")
     def detail(case_id: str):
         who = principal()

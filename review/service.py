@@ -19,6 +19,8 @@ line, tests on a bare store) the workflow runs alone.
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,16 +31,19 @@ from monailabel.interfaces.tasks.strategy import Strategy
 
 from amoslabel.config import AppConfig
 from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, ORIGINAL_TAG, WORKING_TAG
-from amoslabel.errors import InputError
+from amoslabel.errors import Conflict, InputError
 from amoslabel.volume import check_on_grid
 from amoslabel.workspace import Workspace
 from review import audit
 from review.auth import Accounts, Forbidden, Principal
 from review.queries import case_detail, next_case
+from review.schema import Case
 from review.store import ReviewStore, database_url
 from review.workflow import Workflow
 
 log = logging.getLogger(__name__)
+_ID_LIKE = re.compile(r"^[0-9.]{1,128}$")  # a DICOM UID (a DICOMweb datastore's case id)
+IMPORTED_PRELABEL = "import"  # the "model" of a pre-label that came with its scan
 
 
 class CaseFiles(Protocol):
@@ -62,6 +67,10 @@ class CaseFiles(Protocol):
     def publish_final(self, case_id: str, version_file: Path, info: Dict[str, Any]) -> Optional[str]: ...
 
     def prelabel_recorded(self, case_id: str, label_file: str, model_tag: str) -> None: ...
+
+    def withdraw_image(self, case_id: str) -> Optional[Path]: ...
+
+    def purge_withdrawn(self, case_id: str) -> int: ...
 
 
 class ReviewService:
@@ -111,14 +120,18 @@ class ReviewService:
         return check_on_grid(image, label, f"label for {case_id}") if image else label
 
     def sync_cases(self) -> None:
-        """Every datastore image is a case; a label imported as final with its scan makes the case final. Cases left
-        in consensus by a previous run are finalised."""
+        """Every datastore image is a case. A new case with a label imported as final is final; one with a label
+        imported as a pre-label (``import --labels-as prelabel``: tag ``original``) is pre-labelled, and routed.
+        Cases left in consensus by a previous run are finalised."""
         if self.files is None:
             return
         for image_id in self.workflow.register_cases(self.files.list_images()):
             final = self.files.label_file(image_id, FINAL_TAG)
+            prelabel = None if final else self.files.label_file(image_id, ORIGINAL_TAG)
             if final:
                 self.workflow.import_final(image_id, final, "the datastore's final label at start-up")
+            elif prelabel:
+                self.workflow.record_prelabel(image_id, prelabel, IMPORTED_PRELABEL, {"source": "import"})
         recovered = self.workflow.recover()
         if recovered:
             log.info(f"review: finalised {recovered} case(s) left in consensus by a previous run")
@@ -150,16 +163,43 @@ class ReviewService:
         self.workflow.record_opened(who, case_id, f"download {what}", action="download")
 
     def record_dicomweb_read(self, who: str, uid: str) -> None:
-        """Audit a read through the DICOMweb proxy; ``uid`` is the series (a case id) or study it asked for."""
-        known = self.files is not None and self.files.image_file(uid) is not None
+        """Audit a read through a DICOMweb proxy; ``uid`` is the series (a DICOMweb case's id) or study it asked
+        for. A series that is a case goes in the case's history."""
         with self.store.write() as s:
-            audit.record(s, uid if known else None, who, "dicomweb_read", None, None, f"DICOMweb read of {uid}")
+            case = s.get(Case, uid) if _ID_LIKE.match(uid) else None
+            audit.record(s, case.id if case else None, who, "dicomweb_read", None, None, f"DICOMweb read of {uid}")
 
     def _published(self, case_id: str, version_file: Path, info: Dict[str, Any]) -> None:
         if self.files is not None:
             self.files.publish_final(case_id, version_file, info)
         for listener in self.final_listeners:
             listener()
+
+    # -- withdrawal ---------------------------------------------------------------------------------------------
+    def withdraw(self, who: Principal, case_id: str, reason: str) -> Dict[str, Any]:
+        """Withdraw a case (admin): out of every queue, scoring and training; its scan and labels leave the
+        datastore for an archive (``.amoslabel/withdrawn/<case>/``). Nothing is deleted; :meth:`purge` deletes."""
+        summary = self.workflow.withdraw(who, case_id, reason)
+        archive = self.files.withdraw_image(case_id) if self.files is not None else None
+        if archive is not None:
+            with self.store.write() as s:
+                audit.record(s, case_id, who.name, "archive", "withdrawn", "withdrawn", f"scan and labels in {archive}")
+        return {**summary, "archive": str(archive) if archive else None}
+
+    def purge(self, who: Principal, case_id: str) -> Dict[str, Any]:
+        """Delete what a withdrawn case left (admin): its archived scan and labels, its label versions and its
+        import record. Its rows and history stay, as the record that it existed and was purged."""
+        who.require("admin")
+        summary = case_detail(self.workflow, case_id, who)
+        if summary["state"] != "withdrawn":
+            raise Conflict(f"case {case_id!r} is {summary['state']}: only a withdrawn case is purged")
+        versions = self.store.versions.root / case_id
+        deleted = sum(1 for p in versions.glob("*") if p.is_file()) if versions.is_dir() else 0
+        shutil.rmtree(versions, ignore_errors=True)
+        deleted += self.files.purge_withdrawn(case_id) if self.files is not None else 0
+        with self.store.write() as s:
+            audit.record(s, case_id, who.name, "purge", "withdrawn", "withdrawn", f"{deleted} file(s) deleted")
+        return {"case_id": case_id, "deleted_files": deleted}
 
     # -- after a review -------------------------------------------------------------------------------------------
     def after_review(self, summary: Dict[str, Any]) -> Dict[str, Any]:

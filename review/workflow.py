@@ -357,6 +357,23 @@ class Workflow:
                 raise Unprocessable("action must be 'reopen' or 'accept'")
             return self._summary(s, case, who)
 
+    # -- withdrawal -----------------------------------------------------------------------------------------------
+    def withdraw(self, who: Principal, case_id: str, reason: str) -> Dict[str, Any]:
+        """An admin takes a case out of the work (a wrong patient, consent withdrawn): out of every queue (its leases
+        end), out of scoring and out of training (only ``final`` cases train). Its versions and history stay; a
+        withdrawn case is withdrawn again without change."""
+        who.require("admin")
+        if not isinstance(reason, str) or not reason.strip():
+            raise Unprocessable("a withdrawal needs a reason (it goes in the case's history)")
+        with self.store.write() as s:
+            case = self._case(s, case_id)
+            if case.state != "withdrawn":
+                for duty in ("annotate", "review"):
+                    for assignment in assignments.actives(s, case.id, duty):
+                        assignment.status = "released"
+                audit.move(s, case, "withdrawn", who.name, "withdraw", reason.strip()[:500])
+            return self._summary(s, case, who)
+
     # -- finalising ----------------------------------------------------------------------------------------------
     def finalise(self, case_id: str) -> Optional[int]:
         """Fuse and publish a ``consensus`` case (no-op for other states); returns the final version id."""

@@ -27,6 +27,7 @@ from sqlalchemy import select
 
 from amoslabel.config import ActiveLearningSettings
 from review.schema import Case, CaseScore
+from review.states import CLOSED
 from review.store import ReviewStore, utcnow
 from review.workflow import Workflow
 from strategies.anatomy import AnatomyPrior, learn
@@ -108,9 +109,9 @@ def scores(store: ReviewStore) -> Dict[str, CaseScore]:
 
 
 def open_cases(store: ReviewStore) -> List[str]:
-    """Cases still to annotate or review (everything not final)."""
+    """Cases still to annotate or review (everything not final or withdrawn)."""
     with store.read() as s:
-        return list(s.execute(select(Case.id).where(Case.state != "final").order_by(Case.id)).scalars())
+        return list(s.execute(select(Case.id).where(Case.state.not_in(CLOSED)).order_by(Case.id)).scalars())
 
 
 def final_cases(store: ReviewStore) -> List[str]:

@@ -12,11 +12,11 @@ import logging
 import sys
 from typing import List, Optional
 
-from amoslabel.cli import data_commands, evaluate, model_versions, serving, team
+from amoslabel.cli import case_commands, data_commands, evaluate, model_versions, serving, team
 from amoslabel.config import ConfigError
 from amoslabel.errors import InputError
 
-COMMAND_GROUPS = (serving, data_commands, evaluate, team, model_versions)
+COMMAND_GROUPS = (serving, data_commands, evaluate, team, case_commands, model_versions)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,8 @@
-"""The team and its audit: ``users`` (accounts, passwords and API tokens) and ``case-history``."""
+"""The team: ``users`` (accounts, passwords and API tokens)."""
 
 from __future__ import annotations
 
 import getpass
-import json
 import sys
 from pathlib import Path
 
@@ -25,15 +24,8 @@ def register(sub) -> None:
     users.add_argument("--database", default=None, help="review store URL (default: SQLite in the studies folder)")
     users.set_defaults(run=_users)
 
-    hist = sub.add_parser("case-history", help="print a case's workflow history (the audit log)")
-    hist.add_argument("case_id")
-    hist.add_argument("--studies", type=Path, required=True)
-    hist.add_argument("--database", default=None)
-    hist.add_argument("--json", action="store_true")
-    hist.set_defaults(run=_case_history)
 
-
-def _review_service(studies: Path, database):
+def review_service(studies: Path, database):
     from review.service import ReviewService
 
     overrides = {"review_database": database} if database else {}
@@ -41,7 +33,7 @@ def _review_service(studies: Path, database):
 
 
 def _users(args) -> int:
-    accounts = _review_service(args.studies, args.database).accounts
+    accounts = review_service(args.studies, args.database).accounts
     actor = f"cli:{getpass.getuser()}"
     if args.action == "list":
         for user in accounts.list_users():
@@ -79,18 +71,3 @@ def _password(from_stdin: bool) -> str:
     if first != getpass.getpass("again: "):
         raise InputError("the two passwords differ")
     return first
-
-
-def _case_history(args) -> int:
-    from review.auth import Principal
-    from review.queries import history
-
-    service = _review_service(args.studies, args.database)
-    events = history(service.workflow, args.case_id, Principal(0, "cli", "admin"))
-    if args.json:
-        print(json.dumps(events, indent=2))
-        return 0
-    for e in events:
-        moved = f"{e['from']} -> {e['to']}" if e["from"] != e["to"] else (e["to"] or "")
-        print(f"{e['at'][:19]}  {e['actor']:16s} {e['action']:14s} {moved:32s} {e['reason'] or ''}")
-    return 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -39,7 +40,7 @@ import SimpleITK as sitk
 from amoslabel.data.records import CaseRecords
 from amoslabel.data.tags import FINAL_TAG, ORIGINAL_TAG, WORKFLOW_TAGS, WORKING_TAG
 from amoslabel.errors import InputError, NotFound, TooLarge
-from amoslabel.files import copy_atomic, file_sha256, write_text_atomic
+from amoslabel.files import copy_atomic, file_sha256, move_entry, write_text_atomic
 from amoslabel.ids import check_id, check_tag
 from amoslabel.modality import normalise_name
 from amoslabel.volume import Geometry, check_on_grid, read_image, read_label, write_atomic
@@ -48,6 +49,7 @@ from amoslabel.workspace import Workspace
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "datastore_v2.json"
+PURGED = "PURGED"  # what a purged, withdrawn image leaves in its archive folder
 
 # The review workflow's hook on saves: (image id, checked label on its image's grid, tag asked for, info) -> the
 # version file the workflow stored it as, or None when the workflow does not take that save.
@@ -269,6 +271,48 @@ class AmosDatastore(LocalDatastore):
             del obj.labels[label_tag]
             self._update_datastore_file(lock=False)
         logger.info(f"Removed label {label_tag!r} of {label_id}")
+
+    def withdraw_image(self, image_id: str) -> Optional[Path]:
+        """Move the scan and its labels out of the datastore into ``.amoslabel/withdrawn/<id>/`` (a linked scan: the
+        link, never its target) and forget the image. Returns the archive folder (None: the image is not here)."""
+        archive = self.workspace.withdrawn / check_id(image_id)
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            return archive if archive.is_dir() else None
+        with FileLock(self._lock_file):
+            image = Path(self._datastore.image_path()) / f"{image_id}{obj.image.ext}"
+            if image.exists() or image.is_symlink():
+                move_entry(image, archive / image.name)
+            for tag, label in obj.labels.items():
+                path = Path(self._datastore.label_path(tag)) / f"{image_id}{label.ext}"
+                if path.exists() or path.is_symlink():
+                    move_entry(path, archive / "labels" / tag / path.name)
+            del self._datastore.objects[image_id]
+            self._update_datastore_file(lock=False)
+        logger.info(f"Withdrew image {image_id}: archived in {archive}")
+        return archive
+
+    def purge_withdrawn(self, image_id: str) -> int:
+        """Delete a withdrawn image's archive and its case record; how many files went. Links go, never their
+        targets."""
+        archive = self.workspace.withdrawn / check_id(image_id)
+        if image_id in self._datastore.objects:
+            raise InputError(f"image {image_id!r} is in the datastore: withdraw it before purging", status=409)
+        count = 0
+        if archive.is_dir():
+            count = sum(1 for p in archive.rglob("*") if (p.is_file() or p.is_symlink()) and p.name != PURGED)
+            shutil.rmtree(archive)  # removes links themselves, does not follow them
+        record = self.records.root / f"{image_id}.json"
+        if record.is_file():
+            record.unlink()
+            count += 1
+        # what stays is a marker: the id stays withdrawn (a DICOMweb mirror must not fetch the series again)
+        archive.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(time.strftime("purged %Y-%m-%dT%H:%M:%S%z\n"), archive / PURGED)
+        return count
+
+    def is_withdrawn(self, image_id: str) -> bool:
+        return (self.workspace.withdrawn / image_id).is_dir()
 
     def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
         """MONAI Label's update, with an unknown image or label answered 404 (it raised a 500)."""

@@ -94,7 +94,7 @@ class AmosDicomWebDatastore(AmosDatastore):
             added = 0
             for entry in self.remote_series():
                 self.studies_of[entry["series"]] = entry["study"]
-                if self.has_image(entry["series"]):
+                if self.has_image(entry["series"]) or self.is_withdrawn(entry["series"]):
                     continue
                 try:
                     self._fetch(entry)

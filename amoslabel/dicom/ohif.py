@@ -7,18 +7,19 @@ fall back to index.html. ``/app-config.js`` is generated: OHIF's default data so
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import mimetypes
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
 from amoslabel.workspace import PROJECT_ROOT
 
+# (request headers, request path) -> the user the request acts for, or None to refuse it
+Authorize = Callable[[Mapping[str, str], str], Optional[str]]
 DEFAULT_DIST = PROJECT_ROOT / ".cache" / "ohif" / "3.13.2" / "dist"
 SAME_ORIGIN = "window.location.origin + '/dicom-web'"  # a JS expression: the proxy on the page's own origin
 
@@ -123,13 +124,24 @@ class _Handler(SimpleHTTPRequestHandler):
         self.wfile.write(body)
 
     def _proxy(self) -> None:
+        if self.server.authorize is not None:
+            user = self.server.authorize(dict(self.headers.items()), self.path)
+            if user is None:
+                body = b'{"detail": "log in first: the review pages\' session, or Authorization: Bearer <token>"}'
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("WWW-Authenticate", "Bearer")
+                self.end_headers()
+                self.wfile.write(body)
+                return
         upstream = urlsplit(self.server.orthanc)
         body = None
         if self.command == "POST":
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         # Keep the browser's Host: with DicomWeb "Host" unset, Orthanc builds its retrieve URLs from it, so
         # they point back at this proxy (same origin) rather than at Orthanc's own port.
-        keep = ("Accept", "Content-Type", "Host", "Authorization", "Range")
+        keep = ("Accept", "Content-Type", "Host", "Range")  # our users' credentials stay here, never go to Orthanc
         headers = {k: v for k, v in self.headers.items() if k.title() in keep}
         conn = http.client.HTTPConnection(upstream.hostname, upstream.port or 80, timeout=300)
         try:
@@ -155,15 +167,28 @@ class _Server(ThreadingHTTPServer):
     orthanc: str
     config_js: str
     log: Any = None
+    authorize: Optional[Authorize] = None
 
 
 class OhifServer:
     """OHIF on ``http://127.0.0.1:port``, proxying ``/dicom-web`` to Orthanc, in a background thread.
 
+    ``authorize(headers, path)`` names the user a proxied request acts for (None: refused with 401); the static
+    viewer files are public. ``authorize=None`` opens the proxy to anyone who reaches the port: only for a test
+    inside its own network namespace.
+
     Threads inherit the network namespace of the thread that starts them: start it where Orthanc is reachable.
     """
 
-    def __init__(self, orthanc_url: str, dist: str | Path = DEFAULT_DIST, port: int = 0, log_path: Path | None = None):
+    def __init__(
+        self,
+        orthanc_url: str,
+        dist: str | Path = DEFAULT_DIST,
+        port: int = 0,
+        log_path: Path | None = None,
+        *,
+        authorize: Optional[Authorize],
+    ):
         dist = Path(dist)
         if not (dist / "index.html").is_file():
             raise FileNotFoundError(f"no OHIF viewer in {dist}: run scripts/fetch-ohif.sh")
@@ -172,6 +197,7 @@ class OhifServer:
         self.httpd.orthanc = orthanc_url.rstrip("/")
         self.httpd.config_js = app_config()
         self.httpd.log = open(log_path, "a", buffering=1) if log_path else None
+        self.httpd.authorize = authorize
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="ohif", daemon=True)
@@ -191,24 +217,3 @@ class OhifServer:
         self.httpd.server_close()
         if self.httpd.log is not None:
             self.httpd.log.close()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m amoslabel.dicom.ohif --orthanc http://127.0.0.1:8042 --port 3000``: serve until Ctrl-C."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orthanc", default="http://127.0.0.1:8042", help="Orthanc's base URL (not /dicom-web)")
-    parser.add_argument("--dist", default=str(DEFAULT_DIST), help="OHIF's dist folder (scripts/fetch-ohif.sh)")
-    parser.add_argument("--port", type=int, default=3000)
-    args = parser.parse_args(argv)
-    server = OhifServer(args.orthanc, args.dist, args.port)
-    print(f"OHIF on {server.url} reading {args.orthanc}/dicom-web", flush=True)
-    try:
-        server.httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.httpd.server_close()
-
-
-if __name__ == "__main__":
-    main()

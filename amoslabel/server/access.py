@@ -113,9 +113,33 @@ def bearer_token(headers: Dict[str, str]) -> Optional[str]:
     return headers.get("x-api-token") or None
 
 
+class DicomWebReads:
+    """Records who read which series through a DICOMweb proxy: once per user and series every ``every_s`` seconds
+    (a viewer fetches hundreds of frames of one series)."""
+
+    def __init__(self, record: Callable[[str, str], None], every_s: float = 600.0):
+        self.record = record
+        self.every_s = every_s
+        self._seen: Dict[Tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, user: str, path: str) -> None:
+        series = re.search(r"/series/([0-9.]+)", path) or re.search(r"/studies/([0-9.]+)", path)
+        key = (user, series.group(1) if series else path[:200])
+        now = time.monotonic()
+        with self._lock:
+            if now - self._seen.get(key, -1e9) < self.every_s:
+                return
+            self._seen[key] = now
+        try:
+            self.record(user, key[1])
+        except Exception:  # the audit must not break the read; it is logged
+            log.exception("recording a DICOMweb read failed")
+
+
 class AccessGate:
     """Decides each request by :data:`RULES`, the caller's token and role. Reads through the DICOMweb proxy are
-    recorded (``on_dicomweb_read(user, path)``), once per user and series every few minutes."""
+    recorded (``on_dicomweb_read(user, uid)``, see :class:`DicomWebReads`)."""
 
     def __init__(
         self,
@@ -126,10 +150,8 @@ class AccessGate:
     ):
         self.accounts = accounts
         self.api_prefix = api_prefix.rstrip("/")
-        self.on_dicomweb_read = on_dicomweb_read
+        self.reads = DicomWebReads(on_dicomweb_read) if on_dicomweb_read is not None else None
         self.rules = rules
-        self._reads: Dict[Tuple[str, str], float] = {}
-        self._reads_lock = threading.Lock()
 
     def decide(self, method: str, path: str, headers: Dict[str, str]) -> Decision:
         if method == "OPTIONS":
@@ -146,22 +168,9 @@ class AccessGate:
         if who.role not in rule.allowed:
             roles = " or ".join(sorted(rule.allowed))
             return Decision(403, who, f"{rule.operation}: {who.name} is {_article(who.role)} {who.role}; needs {roles}")
-        if path.startswith("/proxy/dicom/") and self.on_dicomweb_read is not None:
-            self._record_read(who, path)
+        if path.startswith("/proxy/dicom/") and self.reads is not None:
+            self.reads(who.name, path)
         return Decision(0, who)
-
-    def _record_read(self, who: Principal, path: str) -> None:
-        series = re.search(r"/series/([0-9.]+)", path) or re.search(r"/studies/([0-9.]+)", path)
-        key = (who.name, series.group(1) if series else path[:200])
-        now = time.monotonic()
-        with self._reads_lock:
-            if now - self._reads.get(key, -1e9) < 600:
-                return
-            self._reads[key] = now
-        try:
-            self.on_dicomweb_read(who.name, key[1])
-        except Exception:  # the audit must not break the read; it is logged
-            log.exception("recording a DICOMweb read failed")
 
 
 class AccessControl:

@@ -1,8 +1,10 @@
 """The run command: import the sample (or given) studies into a workspace, then start the MONAI Label server.
 
 The server is MONAI Label's own ``start_server`` process, started with this project's app folder. This module adds
-what a first-time user needs around it: studies prepared from a dataset folder, a checked configuration before
-anything starts, logs that say what is happening, and the URL to enter in 3D Slicer once the server answers.
+what a first-time user needs around it: studies prepared from a dataset folder (without one: the sample data, staged
+as a demo), a checked configuration before anything starts, the first users and their passwords (printed once,
+:mod:`amoslabel.server.first_start`), logs that say what is happening, and the URL to enter in 3D Slicer once the
+server answers.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import requests
 
 from amoslabel.config import load_config
 from amoslabel.data.importer import import_source
+from amoslabel.data.stores import is_dicomweb, working_folder
+from amoslabel.server.first_start import DEMO_MANIFEST, credentials_text, first_start
 from amoslabel.workspace import PROJECT_ROOT, SHARED_DATA
 
 APP_DIR = PROJECT_ROOT / "app"
-SAMPLE_MANIFEST = PROJECT_ROOT / "samples" / "shared-data.yaml"
 
 # glibc hands large freed blocks straight back to the kernel; training and sliding-window inference allocate and free
 # hundreds of MB per step, so a third of CPU time went to page faults. Keeping them cuts a 64^3 training step by 23%.
@@ -77,13 +80,13 @@ def server_command(studies: str, host: str, port: int, conf: Dict[str, str]) -> 
 
 def prepare_studies(source: Optional[str], workspace: Path, labels_as: str) -> str:
     """Turn ``source`` into a studies folder the server can write into; returns its path (or the DICOMweb URL)."""
-    if source and source.startswith(("http://", "https://")):
+    if source and is_dicomweb(source):
         return source
     if not source:
         if not SHARED_DATA.is_dir():
             raise SystemExit(f"No studies given and {SHARED_DATA} does not exist: pass a folder (STUDIES=...).")
-        source_path = SAMPLE_MANIFEST
-        name = "shared-data"
+        source_path = DEMO_MANIFEST
+        name = "demo"
     else:
         source_path = Path(source).resolve()
         name = f"{source_path.name}-{hashlib.sha1(str(source_path).encode()).hexdigest()[:8]}"
@@ -95,10 +98,11 @@ def prepare_studies(source: Optional[str], workspace: Path, labels_as: str) -> s
 
 
 def wait_until_ready(url: str, process: subprocess.Popen, timeout: float = 300.0) -> bool:
+    """True once the app answers (``GET /auth/``, public, is served from when the app is ready)."""
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:
         try:
-            if requests.get(f"{url}/info/", timeout=2).ok:
+            if requests.get(f"{url}/auth/", timeout=2).ok:
                 return True
         except requests.RequestException:
             pass
@@ -111,6 +115,8 @@ def run(source: Optional[str], host: str, port: int, conf: Dict[str, str], works
     config = load_config(Path(conf["config"]) if conf.get("config") else None, conf)  # fail fast, before importing
     print(f"[amoslabel] configuration OK: preset {config.preset!r}, models {config.models}", flush=True)
     studies = prepare_studies(source, workspace, labels_as)
+    local = working_folder(studies, os.environ.get("MONAI_LABEL_DICOMWEB_CACHE_PATH"))
+    made = first_start(config, local, demo=not source) if config.auth.enabled else []
     url = f"http://{host}:{port}"
     process = subprocess.Popen(server_command(studies, host, port, conf), env=server_environment(), cwd=PROJECT_ROOT)
     signal.signal(signal.SIGTERM, lambda *_: process.terminate())
@@ -120,6 +126,10 @@ def run(source: Optional[str], host: str, port: int, conf: Dict[str, str], works
             print(f"  AMOS Label is serving {studies}", flush=True)
             print(f"  In 3D Slicer: MONAI Label module -> MONAI Label server: {url}", flush=True)
             print(f"  API docs: {url}/docs    stop: Ctrl-C", flush=True)
+            if made:
+                print("\n" + credentials_text(made, url, local), flush=True)
+            elif config.auth.enabled:
+                print(f"  Log in as a user of this server (users: python -m amoslabel users list --studies {local})")
             print("=" * 78 + "\n", flush=True)
         return process.wait()
     except KeyboardInterrupt:

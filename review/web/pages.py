@@ -21,9 +21,12 @@ import secrets
 from dataclasses import dataclass, field
 from functools import wraps
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from http.cookies import SimpleCookie
+from typing import Any, Callable, Dict, List, Optional
 
 from flask import Blueprint, Flask, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import BadSignature
 
 from amoslabel.errors import InputError
 from amoslabel.organs import ORGANS
@@ -36,6 +39,23 @@ from review.web.previews import VolumeCache
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
+SESSION_COOKIE = "amos_review"
+
+
+def session_principal(service: ReviewService, cookie_header: str) -> Optional[Principal]:
+    """The user of a review-pages session, from a request's ``Cookie`` header (another server on this host, such
+    as the OHIF viewer's, reads the same cookie: cookies do not depend on the port). None without a valid one."""
+    morsel = SimpleCookie(cookie_header or "").get(SESSION_COOKIE)
+    if morsel is None:
+        return None
+    reader = Flask("session-reader")
+    reader.secret_key = session_secret(service.workspace.web_secret)
+    serializer = SecureCookieSessionInterface().get_signing_serializer(reader)
+    try:
+        token_id = serializer.loads(morsel.value).get("tid")
+        return service.accounts.session_principal(token_id) if token_id else None
+    except (BadSignature, Unauthorized, AttributeError, ValueError):
+        return None
 
 
 @dataclass
@@ -70,8 +90,8 @@ class PageContext:
 
 def install_pages(app: Flask, service: ReviewService, secret_file: Path) -> None:
     """Register the pages on the review Flask app (mounted at ``/review``)."""
-    app.secret_key = _secret(secret_file)
-    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_NAME="amos_review")
+    app.secret_key = session_secret(secret_file)
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_NAME=SESSION_COOKIE)
     pages = Blueprint(
         "pages",
         __name__,
@@ -88,7 +108,7 @@ def install_pages(app: Flask, service: ReviewService, secret_file: Path) -> None
     app.register_blueprint(pages)
 
 
-def _secret(path: Path) -> str:
+def session_secret(path: Path) -> str:
     """The session-signing secret: made once, kept (0600) so that sessions outlive a restart."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.is_file():

@@ -23,3 +23,32 @@ def test_server_does_not_start_with_an_unknown_conf_key(sample_studies, tmp_path
     finally:
         proc.stop()
     assert code != 0 and "--conf presett: unknown key" in proc.log_path.read_text()
+
+
+def test_auth_off_refuses_to_listen_beyond_loopback(sample_studies, tmp_path):
+    from amoslabel.processes import LoggedProcess
+    from amoslabel.server.launch import server_command, server_environment
+    from tests.conftest import free_port
+
+    command = server_command(str(sample_studies), "0.0.0.0", free_port(), {"preset": "cpu-fast", "auth": "false"})
+    proc = LoggedProcess(command, tmp_path / "open.log", env=server_environment(), cwd=tmp_path)
+    try:
+        code = proc.process.wait(timeout=120)
+    finally:
+        proc.stop()
+    assert code != 0 and "allowed only on a loopback address" in proc.log_path.read_text()
+
+
+def test_auth_off_on_loopback_serves_without_tokens_and_says_so(sample_studies, tmp_path):
+    import requests
+
+    proc = ServerProcess(sample_studies, tmp_path, {"preset": "cpu-fast", "auth": "false"})
+    try:
+        proc.wait_ready()
+        assert requests.get(f"{proc.url}/auth/", timeout=10).json()["enabled"] is False
+        assert requests.get(f"{proc.url}/info/", timeout=10).status_code == 200  # no token needed
+        # the review API keeps its own tokens either way
+        assert requests.get(f"{proc.url}/review/api/me", timeout=10).status_code == 401
+    finally:
+        proc.stop()
+    assert "AUTH IS OFF" in proc.log_path.read_text()

@@ -214,6 +214,31 @@ def test_case_pages_are_for_the_people_on_the_case(world):
     check(world, "GET /stats/agreement", as_user(world, "GET", "/stats/agreement"), ANONYMOUS + ["j1"], ["s1", "boss"])
 
 
+def test_only_an_admin_withdraws_and_purges_a_case(world):
+    server = world[0]
+    case = with_junior(world, "role_withdraw")
+    withdraw = as_user(world, "POST", f"/cases/{case}/withdraw", json={"reason": "wrong patient"})
+    check(world, "POST withdraw", withdraw, ANONYMOUS + ["j1", "s1"], "boss")
+    assert _state(world[1], case) == "withdrawn"
+    assert case not in [c["case_id"] for c in server.api("j1", "GET", "/queue").json()["cases"]]
+    purge = as_user(world, "POST", f"/cases/{case}/purge")
+    check(world, "POST purge", purge, ANONYMOUS + ["j1", "s1"], "boss")
+    history = server.api("boss", "GET", f"/cases/{case}/history").json()["events"]
+    assert [e["action"] for e in history][-2:] == ["withdraw", "purge"]  # the case had no scan here to archive
+
+    # a scan of the datastore: it leaves the listing at once, its bytes are no longer served
+    scan = Path(str(server.sources / "ts_abdomen_mr_small.nii.gz"))
+    with open(scan, "rb") as f:
+        uploaded = server.http("boss").put(
+            f"{server.url}/datastore/image", params={"image": "role_gone"}, files={"file": ("m.nii.gz", f)}, timeout=60
+        )
+    assert uploaded.status_code == 200, uploaded.text
+    assert server.api("boss", "POST", "/cases/role_gone/withdraw", json={"reason": "consent withdrawn"}).ok
+    listing = server.http("j1").get(f"{server.url}/datastore/", params={"output": "all"}, timeout=60).json()
+    assert "role_gone" not in listing["objects"]
+    assert server.http("j1").get(f"{server.url}/datastore/image", params={"image": "role_gone"}).status_code == 404
+
+
 def test_only_an_admin_manages_users_and_tokens(world):
     check(world, "GET /users", as_user(world, "GET", "/users"), ANONYMOUS + ["j1", "s1"], "boss")
     add = as_user(world, "POST", "/users", json={"name": "newbie", "role": "senior"})

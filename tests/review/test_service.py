@@ -17,6 +17,7 @@ from amoslabel.data.importer import import_source
 from amoslabel.errors import InputError
 from amoslabel.files import file_sha256
 from review.auth import Principal
+from review.queries import queue
 from review.service import ReviewService
 from tests.review.conftest import LABEL
 
@@ -120,3 +121,47 @@ def test_a_refused_save_writes_nothing(attached, tmp_path):
     assert refused.value.status == 403
     assert _files_under(studies) == before
     assert not (studies / "labels" / "working").exists()
+
+
+def test_a_withdrawn_case_leaves_every_queue_training_and_the_datastore_and_a_purge_deletes_it(
+    attached, shared, tmp_path
+):
+    studies, service, store, people = attached
+    service.accounts.add_user("boss", "admin")
+    boss = service.accounts.by_name("boss")
+    service.workflow.record_prelabel(CASE, LABEL, "prior:test", {})
+    service.workflow.claim(people["j1"], CASE)
+    store.save_label(CASE, str(_edited(tmp_path, 6)), "final", {"client_id": "j1"})  # submitted: in review
+    source = shared / "ct" / f"{CASE}.nii.gz"
+    before = source.stat().st_size
+    with pytest.raises(InputError) as refused:
+        service.withdraw(people["s1"], CASE, "wrong patient")
+    assert refused.value.status == 403
+    with pytest.raises(InputError, match="reason"):
+        service.withdraw(boss, CASE, " ")
+
+    done = service.withdraw(boss, CASE, "wrong patient")
+    assert done["state"] == "withdrawn" and not done["assignees"]  # every lease ended
+    assert CASE not in store.list_images() and store.is_withdrawn(CASE)
+    archive = Path(done["archive"])
+    scan = archive / f"{CASE}.nii.gz"
+    assert scan.is_symlink() and scan.resolve() == source.resolve()  # the link moved, never its target
+    working = archive / "labels" / "working" / f"{CASE}.nii.gz"
+    assert working.is_symlink() and working.resolve().parent == service.workspace.label_versions / CASE
+    assert queue(service.workflow, people["s1"]) == [] and service.workflow.final_labels() == []
+    history = [e["action"] for e in history_of(service, CASE)]
+    assert history[-2:] == ["withdraw", "archive"]
+    assert service.withdraw(boss, CASE, "again")["state"] == "withdrawn"  # withdrawing again changes nothing
+
+    purged = service.purge(boss, CASE)
+    assert purged["deleted_files"] >= 4  # the scan link, the working link, two versions, the case record
+    assert not (service.workspace.label_versions / CASE).exists() and not scan.exists()
+    assert source.stat().st_size == before  # the source scan is untouched
+    assert store.is_withdrawn(CASE)  # a marker stays: a DICOMweb mirror does not fetch the series again
+    assert [e["action"] for e in history_of(service, CASE)][-1] == "purge"
+
+
+def history_of(service: ReviewService, case_id: str):
+    from review.queries import history
+
+    return history(service.workflow, case_id, Principal(0, "test", "admin"))
