@@ -202,6 +202,8 @@ def main(argv=None) -> int:
     users = make_studies(studies, args.cases, args.clients // 2, args.clients - args.clients // 2)
     service = ReviewService(load_config(), str(studies))
     tokens = {name: Accounts(service.store).issue_token(name) for name in users}
+    service.accounts.add_user("bench_admin", "admin")
+    auth = {"Authorization": f"Bearer {service.accounts.issue_token('bench_admin')}"}  # MONAI Label's endpoints
     service.store.dispose()
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -217,7 +219,7 @@ def main(argv=None) -> int:
     try:
         while True:
             try:
-                if requests.get(f"{url}/info/", timeout=2).ok:
+                if requests.get(f"{url}/info/", headers=auth, timeout=2).ok:
                     break
             except requests.RequestException:
                 time.sleep(0.5)
@@ -237,7 +239,7 @@ def main(argv=None) -> int:
         listing = []
         for _ in range(5):
             t = time.perf_counter()
-            requests.get(f"{url}/datastore/?output=all", timeout=120).raise_for_status()
+            requests.get(f"{url}/datastore/?output=all", headers=auth, timeout=120).raise_for_status()
             listing.append((time.perf_counter() - t) * 1000)
     finally:
         server.terminate()

@@ -31,13 +31,12 @@ import sys
 from typing import Any, Callable, Dict, List, Optional
 
 from a2wsgi import WSGIMiddleware
-from fastapi import BackgroundTasks, Depends, File, Form, Request, UploadFile
+from fastapi import BackgroundTasks, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from monailabel.config import settings
 from monailabel.endpoints import datastore as ds
 from monailabel.endpoints.activelearning import sample
 from monailabel.endpoints.infer import ResultType, run_inference
-from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.others.generic import get_mime_type
 
@@ -46,7 +45,7 @@ from amoslabel.data.dicomweb import AmosDicomWebDatastore, seg_for_infer
 from amoslabel.errors import InputError, NotFound
 from amoslabel.ids import check_id, check_tag
 from amoslabel.server.access import AccessGate
-from amoslabel.server.identity import acting_for, install_auth_routes, protect
+from amoslabel.server.identity import acting_for, install_auth_routes, protect, username
 from review.api import create_review_api
 from review.service import ReviewQueueStrategy, ReviewService
 
@@ -54,8 +53,6 @@ log = logging.getLogger(__name__)
 API = settings.MONAI_LABEL_API_STR
 REVIEW_PATH = "/review"
 REVIEW_WORKERS = 16  # threads of the review API's WSGI bridge
-ROLE_USER = settings.MONAI_LABEL_AUTH_ROLE_USER
-ROLE_ANNOTATOR = settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR
 MAX_FORM_JSON = 1 << 20
 
 
@@ -134,7 +131,7 @@ def install_route_overrides(
         return json.dumps(acting_for(json.loads(json_object(text, field)), request, accounts))
 
     def api_sample(
-        request: Request, strategy: str, params: Optional[dict] = None, user: User = Depends(RBAC(ROLE_USER))
+        request: Request, strategy: str, params: Optional[dict] = None
     ):
         params = acting_for(params or {}, request, accounts)
         if strategy == review_strategy:
@@ -142,7 +139,7 @@ def install_route_overrides(
         strategies = getattr(app_instance(), "_strategies", {})
         if strategy not in strategies:
             raise NotFound(f"no strategy {strategy[:64]!r}; strategies: {sorted(strategies)}")
-        return sample(strategy, params, user.username)
+        return sample(strategy, params, username(request))
 
     def model_file_refused(model: str):
         return JSONResponse(
@@ -160,9 +157,8 @@ def install_route_overrides(
         image: Optional[str] = None,
         params: str = Form("{}"),
         file: UploadFile = File(...),
-        user: User = Depends(RBAC(ROLE_ANNOTATOR)),
     ):
-        return ds.add_image(background_tasks, image, own(params, "params", request), file, user.username)
+        return ds.add_image(background_tasks, image, own(params, "params", request), file, username(request))
 
     def save_label(
         request: Request,
@@ -171,25 +167,24 @@ def install_route_overrides(
         params: str = Form("{}"),
         tag: str = "final",
         label: UploadFile = File(...),
-        user: User = Depends(RBAC(ROLE_ANNOTATOR)),
     ):
-        return ds.save_label(background_tasks, image, own(params, "params", request), tag, label, user.username)
+        return ds.save_label(background_tasks, image, own(params, "params", request), tag, label, username(request))
 
-    def download_image(request: Request, image: str, user: User = Depends(RBAC(ROLE_USER))):
+    def download_image(request: Request, image: str):
         path = _existing(app_instance().datastore().get_image_uri(check_id(image)), f"image {image!r}")
-        review.record_download(user.username, image, "image")
+        review.record_download(username(request), image, "image")
         return FileResponse(path, media_type=get_mime_type(path), filename=os.path.basename(path))
 
-    def download_label(request: Request, label: str, tag: str, user: User = Depends(RBAC(ROLE_USER))):
+    def download_label(request: Request, label: str, tag: str):
         path = _existing(app_instance().datastore().get_label_uri(check_id(label), check_tag(tag)), f"label {tag!r}")
-        review.record_download(user.username, label, f"label {tag}")
+        review.record_download(username(request), label, f"label {tag}")
         return FileResponse(path, media_type=get_mime_type(path), filename=os.path.basename(path))
 
-    def put_image_info(image: str, info: str = Form("{}"), user: User = Depends(RBAC(ROLE_ANNOTATOR))):
-        return ds.update_image_info(image, json_object(info, "info"), user.username)
+    def put_image_info(request: Request, image: str, info: str = Form("{}")):
+        return ds.update_image_info(image, json_object(info, "info"), username(request))
 
-    def put_label_info(label: str, tag: str, info: str = Form("{}"), user: User = Depends(RBAC(ROLE_ANNOTATOR))):
-        return ds.update_label_info(label, tag, json_object(info, "info"), user.username)
+    def put_label_info(request: Request, label: str, tag: str, info: str = Form("{}")):
+        return ds.update_label_info(label, tag, json_object(info, "info"), username(request))
 
     def infer(
         request: Request,
@@ -201,7 +196,6 @@ def install_route_overrides(
         file: UploadFile = File(None),
         label: UploadFile = File(None),
         output: Optional[ResultType] = None,
-        user: User = Depends(RBAC(ROLE_USER)),
     ):
         if not image and file is None and not session_id:
             raise InputError("name an image (?image=ID), upload one (form field 'file') or give a session_id")
