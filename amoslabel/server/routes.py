@@ -130,9 +130,7 @@ def install_route_overrides(
         """A JSON form field, checked, with its client id bound to the request's user."""
         return json.dumps(acting_for(json.loads(json_object(text, field)), request, accounts))
 
-    def api_sample(
-        request: Request, strategy: str, params: Optional[dict] = None
-    ):
+    def api_sample(request: Request, strategy: str, params: Optional[dict] = None):
         params = acting_for(params or {}, request, accounts)
         if strategy == review_strategy:
             return review_sample(params)

@@ -218,13 +218,13 @@ def test_a_save_acts_for_the_token_user_never_for_the_client_id(client, server, 
     from amoslabel.config import load_config
 
     service = ReviewService(load_config(), str(sample_studies))
-    if service.accounts.by_name("j_other") is None:
-        service.accounts.add_user("j_other", "junior")
+    if service.accounts.by_name("a_other") is None:  # an admin: never routed a case (this store is shared)
+        service.accounts.add_user("a_other", "admin")
     service.store.dispose()
     stored = sample_studies / "labels" / "final" / "ts_abdomen_ct_small.nii.gz"
     before = stored.read_bytes()
     label = str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz")
-    for client_id, expected in (("j_other", "names another user"), ("user-xyz", "consensus"), ("", "consensus")):
+    for client_id, expected in (("a_other", "names another user"), ("user-xyz", "consensus"), ("", "consensus")):
         client._client_id = client_id
         with pytest.raises(MONAILabelClientException) as err:
             client.save_label("ts_abdomen_ct_small", label, tag="final")
