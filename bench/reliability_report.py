@@ -55,10 +55,11 @@ def _bad_input(r: Dict) -> List[str]:
 def _roles(r: Dict) -> List[str]:
     return [
         "R4 roles (`tests/reliability/test_roles.py`)",
-        f"{r['cells']} cells: {r['operations']} operations x principals (no token, unknown, revoked, deactivated, "
-        "junior owner/other, senior assigned/not, admin; client ids on MONAI endpoints)",
+        f"{r['cells']} cells: {r['operations']} operations (the review API's, and one probe per rule of the access "
+        "gate: every MONAI Label endpoint) x principals (no token, forged, revoked, expired, deactivated user's; "
+        "junior owner/other, senior assigned/not, admin; client ids naming another user)",
         "every refused principal first, then the allowed one; revocation and deactivation done by the command "
-        "while the server runs",
+        "while the server runs; a gate refusal carries its header; refused probes change no file and serve no scan",
         f"{r['refused_as_expected']} refused, {r['allowed_as_expected']} allowed as designed; {r['by_interface']}",
         f"**{len(r['wrong'])}** wrong cells",
     ]
@@ -70,8 +71,9 @@ def _fuzz(r: Dict) -> List[str]:
     return [
         "R5 fuzzing (`tests/reliability/test_fuzz.py`)",
         f"schemathesis 4.32.5, all phases and checks; {r['requests']} requests ({runs})",
-        "generated and mutated bodies, parameters, headers, methods; review API as admin, junior, senior; MONAI "
-        "Label's /openapi.json for info, infer, activelearning, datastore, model",
+        "generated and mutated bodies, parameters, headers, methods; auth on: review API as admin, junior, senior; "
+        "MONAI Label's /openapi.json (auth, info, infer, activelearning, datastore, model) as admin, junior and "
+        "with no token",
         f"other checks' findings (not errors here): {', '.join(other) or 'none'}",
         f"**{r['server_errors']}** server errors (5xx)",
     ]

@@ -30,7 +30,7 @@ from amoslabel.server.access import AccessControl, AccessGate, DicomWebReads, be
 from amoslabel.config import ConfigError
 from review.auth import Accounts, Forbidden, Principal, Unauthorized
 from review.service import ReviewService
-from review.web.pages import session_principal
+from review.web.pages import SessionCookies
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +153,13 @@ def viewer_authorizer(service: ReviewService) -> Authorize:
     """Who a request to the OHIF viewer's DICOMweb proxy acts for: the bearer token's user, or the user of the
     review pages' session cookie (the browser sends it to the viewer's port too); reads are recorded."""
     reads = DicomWebReads(service.record_dicomweb_read)
+    sessions = SessionCookies(service)
 
     def authorize(headers: Mapping[str, str], path: str) -> Optional[str]:
         lowered = {k.lower(): v for k, v in headers.items()}
         token = bearer_token(lowered)
         try:
-            who = service.accounts.authenticate(token) if token else session_principal(service, lowered.get("cookie"))
+            who = service.accounts.authenticate(token) if token else sessions.principal(lowered.get("cookie"))
         except Unauthorized:
             return None
         if who is not None:

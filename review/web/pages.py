@@ -42,20 +42,26 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "amos_review"
 
 
-def session_principal(service: ReviewService, cookie_header: str) -> Optional[Principal]:
-    """The user of a review-pages session, from a request's ``Cookie`` header (another server on this host, such
-    as the OHIF viewer's, reads the same cookie: cookies do not depend on the port). None without a valid one."""
-    morsel = SimpleCookie(cookie_header or "").get(SESSION_COOKIE)
-    if morsel is None:
-        return None
-    reader = Flask("session-reader")
-    reader.secret_key = session_secret(service.workspace.web_secret)
-    serializer = SecureCookieSessionInterface().get_signing_serializer(reader)
-    try:
-        token_id = serializer.loads(morsel.value).get("tid")
-        return service.accounts.session_principal(token_id) if token_id else None
-    except (BadSignature, Unauthorized, AttributeError, ValueError):
-        return None
+class SessionCookies:
+    """Reads the review pages' session cookie outside Flask: another server on this host, such as the OHIF viewer's,
+    gets the same cookie (cookies do not depend on the port) and learns who is logged in."""
+
+    def __init__(self, service: ReviewService):
+        reader = Flask("session-reader")
+        reader.secret_key = session_secret(service.workspace.web_secret)
+        self.serializer = SecureCookieSessionInterface().get_signing_serializer(reader)
+        self.service = service
+
+    def principal(self, cookie_header: Optional[str]) -> Optional[Principal]:
+        """The session's user, from a request's ``Cookie`` header; None without a valid, live session."""
+        morsel = SimpleCookie(cookie_header or "").get(SESSION_COOKIE)
+        if morsel is None:
+            return None
+        try:
+            token_id = self.serializer.loads(morsel.value).get("tid")
+            return self.service.accounts.session_principal(token_id) if token_id else None
+        except (BadSignature, Unauthorized, AttributeError, ValueError):
+            return None
 
 
 @dataclass
