@@ -199,7 +199,7 @@ def _read_checked(path: str | os.PathLike, max_voxels: int, name: str) -> sitk.I
         try:
             header = read_header(path)
         except RuntimeError as e:
-            raise InputError(f"{name}: not a readable image file ({_itk_reason(e)})") from None
+            raise InputError(f"{name}: not a readable image file ({_without(path, _itk_reason(e))})") from None
         if header.GetNumberOfComponents() != 1:
             raise Unprocessable(f"{name}: {header.GetNumberOfComponents()} components per voxel; one is required")
         size, spacing = list(header.GetSize()), list(header.GetSpacing())
@@ -207,7 +207,7 @@ def _read_checked(path: str | os.PathLike, max_voxels: int, name: str) -> sitk.I
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
-        raise InputError(f"{name}: corrupt or truncated image data ({_itk_reason(e)})") from None
+        raise InputError(f"{name}: corrupt or truncated image data ({_without(path, _itk_reason(e))})") from None
     if image.GetDimension() == 4:
         image = image[:, :, :, 0]
     return image
@@ -237,7 +237,7 @@ def _check_nifti(path: Path, max_voxels: int, name: str):
         header = nii.header
         shape = [int(s) for s in header.get_data_shape()]
     except Exception as e:  # nibabel raises several types for a damaged header
-        raise InputError(f"{name}: not a readable NIfTI file ({str(e)[:200]})") from None
+        raise InputError(f"{name}: not a readable NIfTI file ({_without(path, str(e))[:200]})") from None
     spacing = [float(p) for p in _raw_pixdim(path)[1 : 1 + min(len(shape), 3)]]
     _check_shape(shape, spacing, max_voxels, name)
     dtype = header.get_data_dtype()
@@ -282,6 +282,14 @@ def _check_complete(path: Path, expected_bytes: int, name: str) -> None:
         raise InputError(f"{name}: corrupt or truncated gzip data ({e})") from None
     if total < expected_bytes:
         raise InputError(f"{name}: truncated: {total:,} bytes of data, the header needs {expected_bytes:,}")
+
+
+def _without(path: Path, message: str) -> str:
+    """A reader's message without the file's path on this server (an upload's is a temporary file: the user's name
+    for it, given separately, is what they recognise)."""
+    for form in {str(path), str(Path(path).resolve())}:
+        message = message.replace(form, "the file")
+    return message
 
 
 def _itk_reason(error: RuntimeError) -> str:

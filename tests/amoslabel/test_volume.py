@@ -33,6 +33,7 @@ def test_bad_image_is_refused_with_reason(kind, tmp_path):
         read_image(path)
     assert err.value.status == status and err.value.status_code == status
     assert words in str(err.value) and path.name in str(err.value)
+    assert str(tmp_path) not in str(err.value)  # the server's own paths stay on the server
 
 
 def test_huge_header_is_refused_before_reading_voxels(tmp_path):
