@@ -67,7 +67,9 @@ class AmosLabelApp(MONAILabelApp):
             name=self.config.name,
             description="Semi-automatic annotation of 15 abdominal organs in CT and MRI (AMOS)",
             version="1.0",
-            labels=label_table(),
+            # a list in id order, as MONAI Label publishes labels merged from its models: its OHIF panel appends to
+            # it (a {name: id} table broke the panel); each model's own labels stay the {name: id} table
+            labels=list(label_table()),
         )
 
     def init_datastore(self) -> Datastore:

@@ -15,7 +15,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from amoslabel.config import AppConfig, ModalityPlan, Normalisation
-from amoslabel.errors import Conflict
+from amoslabel.errors import Conflict, InputError
 from amoslabel.files import file_sha256
 from amoslabel.organs import NUM_CLASSES, label_table
 from amoslabel.volume import Geometry
@@ -208,7 +208,7 @@ class SegmentationInferTask(BasicInferTask):
 
     def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[str, Dict[str, Any]]:
         label: sitk.Image = data["pred"]
-        path = write_prelabel(label)
+        path = write_prelabel(label, data.get("result_extension"))
         version = self.store.get(int(data["model_version"]))
         result = {
             "model": self.model_name,
@@ -227,15 +227,26 @@ class SegmentationInferTask(BasicInferTask):
         return path, result
 
 
-def write_prelabel(label: sitk.Image) -> str:
-    """Write a pre-label where MONAI Label will send it from; returns the path."""
+RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")  # what a viewer may ask for (MONAI Label's OHIF panel: .nrrd)
+
+
+def write_prelabel(label: sitk.Image, extension: Any = None) -> str:
+    """Write a pre-label (UInt8) where MONAI Label will send it from, as ``extension`` asks; returns the path.
+
+    Raises:
+        InputError: an extension other than :data:`RESULT_EXTENSIONS`.
+    """
+    extension = extension or ".nii.gz"
+    if extension not in RESULT_EXTENSIONS:
+        raise InputError(f"result_extension must be one of {', '.join(RESULT_EXTENSIONS)}, not {str(extension)[:20]!r}")
     # Not straight in /tmp: MONAI Label's client saves the download as <its tmpdir>/<same file name>, and on a
     # machine running both Slicer and the server it would then be deleted by the server's clean-up of its copy.
     results = Path(tempfile.gettempdir()) / "amoslabel-results"
     results.mkdir(exist_ok=True)
-    fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="prelabel-", dir=results)
+    fd, path = tempfile.mkstemp(suffix=extension, prefix="prelabel-", dir=results)
     os.close(fd)
-    sitk.WriteImage(label, path, useCompression=True)
+    # NRRD raw: the OHIF panel reads the voxels as they are (it sends result_compress false)
+    sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), path, useCompression=extension == ".nii.gz")
     return path
 
 

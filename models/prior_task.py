@@ -144,7 +144,7 @@ class PriorInferTask(InferTask):
         threshold = _threshold(request.get("threshold", self.app_config.prior.threshold))
         atlas = self.atlas.get()
         label, record = label_with_prior(atlas, data["image"], data["modality"], PriorSettings(threshold=threshold))
-        path = write_prelabel(label)
+        path = write_prelabel(label, request.get("result_extension"))
         result = {
             "model": PRIOR_MODEL,
             "model_version": atlas.fingerprint,

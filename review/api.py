@@ -98,7 +98,7 @@ def _case_routes(app: Flask, service: ReviewService) -> None:
     @app.get("/api/me")
     def me():
         who = principal()
-        return jsonify(name=who.name, role=who.role)
+        return jsonify(name=who.name, role=who.role, id=who.id, pseudonym=who.pseudonym)
 
     @app.post("/api/me/password")
     def my_password():

@@ -72,6 +72,16 @@ class Principal:
             raise Forbidden(f"{self.name} is {article} {self.role}; this needs the role {' or '.join(roles)}")
         return self
 
+    @property
+    def pseudonym(self) -> str:
+        """How the user is named where a name must not appear (a DICOM SEG's description): role and number."""
+        return pseudonym(self.id, self.role)
+
+
+def pseudonym(user_id: int, role: str) -> str:
+    """``junior #4``: a user's role and number, which only the user table maps back to a person."""
+    return f"{role} #{user_id}"
+
 
 @dataclass(frozen=True)
 class AccessToken:

@@ -24,12 +24,13 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, Set
 
 import SimpleITK as sitk
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from amoslabel.config import AppConfig
+from amoslabel.dicom.naming import SegKind, seg_uids
 from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, ORIGINAL_TAG, WORKING_TAG
 from amoslabel.errors import Conflict, InputError
 from amoslabel.volume import check_on_grid
@@ -37,7 +38,7 @@ from amoslabel.workspace import Workspace
 from review import audit
 from review.auth import Accounts, Forbidden, Principal
 from review.queries import case_detail, next_case
-from review.schema import Case
+from review.schema import Case, LabelVersion
 from review.store import ReviewStore, database_url
 from review.workflow import Workflow
 
@@ -66,7 +67,15 @@ class CaseFiles(Protocol):
 
     def publish_final(self, case_id: str, version_file: Path, info: Dict[str, Any]) -> Optional[str]: ...
 
-    def prelabel_recorded(self, case_id: str, label_file: str, model_tag: str) -> None: ...
+    def prelabel_recorded(self, case_id: str, label_file: str, model_tag: str, version: int) -> None: ...
+
+    def link_label(self, case_id: str, version_file: Path, tag: str, info: Dict[str, Any]) -> str: ...
+
+    def version_for_readers(self, notice: Dict[str, Any]) -> None: ...
+
+    def seg_series(self, case_id: str) -> Set[str]: ...
+
+    def cases_of_study(self, study_uid: str) -> List[str]: ...
 
     def withdraw_image(self, case_id: str) -> Optional[Path]: ...
 
@@ -95,6 +104,7 @@ class ReviewService:
         self.ohif_viewer = ohif_viewer
         files.label_saver = self.save_from_viewer
         files.image_added = self.image_added
+        self.workflow.version_listeners.append(files.version_for_readers)
 
     def image_file(self, case_id: str) -> Optional[str]:
         return self.files.image_file(case_id) if self.files else None
@@ -107,11 +117,22 @@ class ReviewService:
         return self.files.modality_code(case_id) if self.files else "CT"
 
     def ohif_link(self, case_id: str) -> Optional[str]:
-        """Where OHIF shows this case (a DICOMweb datastore names cases by SeriesInstanceUID), if it is in use."""
+        """Where OHIF shows this case with the version a reader should look at (the final, else the current
+        version: submitted, a draft, or the pre-label) as an overlay, when a DICOMweb datastore and OHIF are in use.
+
+        The SEG of that version is found by its UIDs (:func:`amoslabel.dicom.naming.seg_uids`) among the study's
+        series; without one (a version saved from Slicer as a draft) the study opens on the scan alone.
+        """
         study = self.files.study_uid(case_id) if self.ohif_viewer and self.files else None
         if not study:
             return None
-        return f"{self.ohif_viewer.rstrip('/')}/viewer?StudyInstanceUIDs={study}&SeriesInstanceUIDs={case_id}"
+        with self.store.read() as s:
+            case = s.get(Case, case_id)
+            version = (case.final_version or case.current_version) if case else None
+        stored = self.files.seg_series(case_id) if version else set()
+        kinds = (SegKind.FINAL, SegKind.SUBMITTED, SegKind.DRAFT, SegKind.PRELABEL)
+        seg = next((uid for uid in (seg_uids(case_id, version, k)[0] for k in kinds) if uid in stored), None)
+        return ohif_viewer_url(self.ohif_viewer, study, case_id, seg)
 
     def check_label_grid(self, case_id: str, label: sitk.Image) -> sitk.Image:
         """``label`` on its case's exact scan grid; refused (422) when it is not on that grid. Unchecked when the
@@ -154,9 +175,9 @@ class ReviewService:
         if result.get("file") and self.workflow.register_case(case_id) == "new":
             params = result.get("params") or {}
             tag = params.get("model_tag") or f"{params.get('model')}:v{params.get('model_version')}"
-            self.workflow.record_prelabel(case_id, result["file"], tag, {"params": params})
+            version = self.workflow.record_prelabel(case_id, result["file"], tag, {"params": params})
             if self.files is not None:
-                self.files.prelabel_recorded(case_id, result["file"], tag)
+                self.files.prelabel_recorded(case_id, result["file"], tag, version)
 
     def record_download(self, who: str, case_id: str, what: str) -> None:
         """Audit a download of a case's scan or label through the server (``what``: ``image``, ``label final``...)."""
@@ -164,10 +185,15 @@ class ReviewService:
 
     def record_dicomweb_read(self, who: str, uid: str) -> None:
         """Audit a read through a DICOMweb proxy; ``uid`` is the series (a DICOMweb case's id) or study it asked
-        for. A series that is a case goes in the case's history."""
+        for. A series that is a case, or a study that holds cases, goes in the history of those cases."""
         with self.store.write() as s:
             case = s.get(Case, uid) if _ID_LIKE.match(uid) else None
-            audit.record(s, case.id if case else None, who, "dicomweb_read", None, None, f"DICOMweb read of {uid}")
+            cases = [case.id] if case else [c for c in self._cases_of_study(uid) if s.get(Case, c) is not None]
+            for case_id in cases or [None]:
+                audit.record(s, case_id, who, "dicomweb_read", None, None, f"DICOMweb read of {uid}")
+
+    def _cases_of_study(self, uid: str) -> List[str]:
+        return self.files.cases_of_study(uid) if self.files is not None and _ID_LIKE.match(uid) else []
 
     def _published(self, case_id: str, version_file: Path, info: Dict[str, Any]) -> None:
         if self.files is not None:
@@ -264,6 +290,30 @@ class ReviewService:
         stored = self.store.versions.put(image_id, label)
         self.workflow.save_version(who, image_id, stored.path, submit=(tag == FINAL_TAG and who.role == "junior"))
         return stored.path
+
+    def save_from_dicomweb(self, who: Principal, case_id: str, label: sitk.Image) -> Dict[str, Any]:
+        """A segmentation stored from a DICOM viewer (OHIF's STOW-RS), already read onto its series' grid: a label
+        version by ``who`` (a junior's draft, which the case page's *Submit for review* hands on; a reviewer's edit,
+        which consensus fuses), kept as the datastore's ``working`` label like any viewer save.
+
+        Returns:
+            ``{"case_id", "version", "round", "kind", "author"}``: what the stored SEG is named after.
+        """
+        label = self.check_label_grid(case_id, label)
+        version_id = self.workflow.save_version(who, case_id, label, info={"via": "dicomweb", "seg_stored": True})
+        with self.store.read() as s:
+            version = s.get(LabelVersion, version_id)
+            path, round_ = Path(version.path), version.round
+        if self.files is not None:
+            self.files.link_label(case_id, path, WORKING_TAG, {"client_id": who.name, "version": version_id})
+        kind = SegKind.DRAFT if who.role == "junior" else SegKind.REVIEWER_EDIT
+        return {"case_id": case_id, "version": version_id, "round": round_, "kind": kind, "author": who.pseudonym}
+
+
+def ohif_viewer_url(viewer: str, study_uid: str, series_uid: str, seg_series_uid: Optional[str]) -> str:
+    """OHIF's segmentation mode on one study, showing the scan's series and, if given, one SEG series on it."""
+    series = series_uid + (f",{seg_series_uid}" if seg_series_uid else "")
+    return f"{viewer.rstrip('/')}/segmentation?StudyInstanceUIDs={study_uid}&SeriesInstanceUIDs={series}"
 
 
 class ReviewQueueStrategy(Strategy):

@@ -38,6 +38,9 @@ from review.votes import parse_vote
 log = logging.getLogger(__name__)
 
 Publisher = Callable[[str, Path, Dict[str, Any]], None]
+# told, after its transaction, of each version a reader must see: {"case_id", "version", "round", "kind"
+# ("submitted" or "reviewer edit"), "author" (a pseudonym), "path", "info"}
+VersionListener = Callable[[Dict[str, Any]], None]
 LabelSource = Union[str, Path, sitk.Image]  # a label file (copied into the version store) or an image (written)
 _ORGAN_BY_NAME = {o.name: o.id for o in ORGANS}
 MAX_COMMENT = 2000
@@ -56,6 +59,7 @@ class Workflow:
         )
         self._sweep_lock = threading.Lock()
         self._last_sweep = float("-inf")
+        self.version_listeners: List[VersionListener] = []
 
     # -- cases and versions -------------------------------------------------------------------------------------
     def register_case(self, case_id: str, actor: str = "system") -> str:
@@ -176,8 +180,12 @@ class Workflow:
                 raise Forbidden("admins do not claim cases; they resolve escalated ones")
             return self._summary(s, case, who)
 
-    def save_version(self, who: Principal, case_id: str, label: LabelSource, submit: bool = False) -> int:
-        """A label saved by a user: a junior's correction (``submit`` also submits it) or a senior's edit."""
+    def save_version(
+        self, who: Principal, case_id: str, label: LabelSource, submit: bool = False, info: Optional[dict] = None
+    ) -> int:
+        """A label saved by a user: a junior's correction (``submit`` also submits it) or a senior's edit.
+
+        ``info`` is kept with the version (e.g. the viewer it came from)."""
         if who.role not in ("junior", "senior"):
             raise Forbidden(f"{who.name} is an {who.role}: only the case's junior or reviewers save labels")
         sha, path = self.store.versions.put(check_id(case_id, "case id"), label)
@@ -185,15 +193,17 @@ class Workflow:
             case = self._case(s, case_id)
             if who.role == "junior":
                 assignments.require(s, case, who, "annotate", "with_junior")
-                version = self._add_version(s, case, sha, path, "junior", who.id, None, {})
+                version = self._add_version(s, case, sha, path, "junior", who.id, None, dict(info or {}))
                 case.current_version = version.id
-                if submit:
-                    self._submit(s, case, who)
+                notice = self._submit(s, case, who) if submit else None
             else:
                 assignments.require(s, case, who, "review", "in_review")
                 self._check_not_author(s, case, who)
-                version = self._add_version(s, case, sha, path, "senior_edit", who.id, None, {})
-            return version.id
+                version = self._add_version(s, case, sha, path, "senior_edit", who.id, None, dict(info or {}))
+                notice = self._notice(case, version, "reviewer edit", who)
+            version_id = version.id
+        self._tell(notice)
+        return version_id
 
     def submit(self, who: Principal, case_id: str) -> Dict[str, Any]:
         """The junior hands the current label to review."""
@@ -201,10 +211,12 @@ class Workflow:
         with self.store.write() as s:
             case = self._case(s, case_id)
             assignments.require(s, case, who, "annotate", "with_junior")
-            self._submit(s, case, who)
-            return self._summary(s, case, who)
+            notice = self._submit(s, case, who)
+            summary = self._summary(s, case, who)
+        self._tell(notice)
+        return summary
 
-    def _submit(self, s, case: Case, who: Principal) -> None:
+    def _submit(self, s, case: Case, who: Principal) -> Dict[str, Any]:
         if case.current_version is None:
             raise Conflict(f"case {case.id!r} has no label to submit")
         current = s.get(LabelVersion, case.current_version)
@@ -222,6 +234,27 @@ class Workflow:
             assign(s, case, senior, "review", "system", "routed for review", self.settings)
         if seniors:
             audit.move(s, case, "in_review", "system", "route", "to " + ", ".join(u.name for u in seniors))
+        return self._notice(case, current, "submitted", who)
+
+    @staticmethod
+    def _notice(case: Case, version: LabelVersion, kind: str, who: Principal) -> Dict[str, Any]:
+        return {
+            "case_id": case.id,
+            "version": version.id,
+            "round": version.round,
+            "kind": kind,
+            "author": who.pseudonym,
+            "path": version.path,
+            "info": dict(version.info or {}),
+        }
+
+    def _tell(self, notice: Optional[Dict[str, Any]]) -> None:
+        """Tell the listeners of a committed version; a listener's failure is logged, never the caller's."""
+        for listener in self.version_listeners if notice else ():
+            try:
+                listener(notice)
+            except Exception:
+                log.exception("a version listener failed for %s v%s", notice["case_id"], notice["version"])
 
     # -- seniors -------------------------------------------------------------------------------------------------
     def review(

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
@@ -392,8 +392,20 @@ class AmosDatastore(LocalDatastore):
         if self.has_image(image_id) and self.get_label_uri(image_id, WORKING_TAG):
             self.update_label_info(image_id, WORKING_TAG, {"segmentationMeta": meta})
 
-    def prelabel_recorded(self, image_id: str, label_file: str, model_tag: str) -> None:
+    def prelabel_recorded(self, image_id: str, label_file: str, model_tag: str, version: int) -> None:
         """Told when a case's first pre-label became its first label version (the DICOMweb store sends it on)."""
+
+    def version_for_readers(self, notice: Dict[str, Any]) -> None:
+        """Told of each version a reader must see (submitted, a reviewer's edit: see
+        :class:`review.workflow.Workflow`); a folder of files has no DICOM viewer to send it to."""
+
+    def cases_of_study(self, study_uid: str) -> List[str]:
+        """The cases whose scan is a series of a DICOM study (none here: no DICOM server)."""
+        return []
+
+    def seg_series(self, image_id: str) -> Set[str]:
+        """The SeriesInstanceUIDs of the SEGs a DICOM server holds for a case (none here: no DICOM server)."""
+        return set()
 
     def infer_request(self, request: Dict[str, Any]) -> Dict[str, Any]:
         """Check the image a ``/infer`` request names before MONAI Label turns it into a path; add the case.

@@ -5,10 +5,11 @@ working folder that mirrors the server: each CT or MR series found over QIDO-RS 
 as its DICOM files (``<root>/<SeriesInstanceUID>/``) and converted to NIfTI with :func:`read_series` (the same
 geometry checks as an import), under the SeriesInstanceUID as case id. Everything the workflow does (saves,
 versions, routing, consensus) then runs exactly as on a folder of NIfTI files. What goes back to the server, as DICOM
-SEG with coded organs (:mod:`amoslabel.dicom.seg`): each case's first pre-label ("AMOS Label pre-label
-<model:version>", so OHIF lists it; sent by the app when it records the pre-label) and every consensus-final
-label ("AMOS Label final v<label version> round <n>"). A SEG that cannot be uploaded is kept in ``pending-seg/``
-and sent again at the next sync, never dropped.
+SEG with coded organs (:mod:`amoslabel.dicom.seg`), is every version a reader needs in OHIF, named and numbered by
+:mod:`amoslabel.dicom.naming` ("AMOS Label submitted v12 round 2 by junior #4"): each case's first pre-label, each
+round's submitted version, reviewers' edits and every consensus-final label (drafts stored from OHIF itself come
+through the server's STOW-RS endpoint, :mod:`amoslabel.server.viewer_dicomweb`). A SEG that cannot be uploaded is
+kept in ``pending-seg/`` and sent again at the next sync, never dropped.
 
 MONAI Label's own ``DICOMWebDatastore`` is not used: it codes every segment as spleen, counts any SEG on the server
 as a final label (so a pre-label would count as ground truth), and has no place for the workflow's checks.
@@ -23,7 +24,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import pydicom
 import SimpleITK as sitk
@@ -31,6 +33,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from amoslabel.data.datastore import AmosDatastore
 from amoslabel.dicom.series import read_series, series_headers
+from amoslabel.dicom.naming import PRELABEL_PREFIX, SegKind, seg_description, seg_uids
 from amoslabel.dicom.seg import write_seg
 from amoslabel.errors import InputError
 from amoslabel.workspace import Workspace
@@ -38,8 +41,6 @@ from amoslabel.workspace import Workspace
 logger = logging.getLogger(__name__)
 
 IMAGE_MODALITIES = ("CT", "MR")
-PRELABEL_PREFIX = "AMOS Label pre-label"
-FINAL_PREFIX = "AMOS Label final"
 _MODALITY, _STUDY_UID, _SERIES_UID, _DESCRIPTION = "00080060", "0020000D", "0020000E", "0008103E"
 
 
@@ -68,6 +69,7 @@ class AmosDicomWebDatastore(AmosDatastore):
         self._synced_at = 0.0
         self._sync_lock = threading.Lock()
         self.studies_of: Dict[str, str] = {}  # series uid -> study uid
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seg-send")  # versions for readers
         super().__init__(str(self.root), **kwargs)
         self.sync(force=True)
 
@@ -133,32 +135,78 @@ class AmosDicomWebDatastore(AmosDatastore):
     def study_uid(self, image_id: str) -> Optional[str]:
         return self.records.get(image_id).get("study_uid")
 
-    # -- labels back to the server --------------------------------------------------------------------------------
+    # -- labels back to the server ----------------------------------------------------------------------------------
     def publish_final(self, image_id: str, version_file, info: Dict[str, Any]) -> Optional[str]:
         saved = super().publish_final(image_id, version_file, info)
         # the label version (review history) and round it came from: the SEG names exactly what was approved
-        described = f"{FINAL_PREFIX} v{info.get('version', '?')} round {info.get('round', '?')}"
         try:
-            self.send_seg(image_id, str(version_file), described, False)
+            self.send_seg(image_id, str(version_file), SegKind.FINAL, info.get("version"), info.get("round"))
         except Exception:  # the final stands (store, datastore, training); only Orthanc's copy is missing
             logger.exception("DICOMweb: the final label of %s could not be written as DICOM SEG", image_id)
         return saved
 
-    def prelabel_recorded(self, image_id: str, label_file: str, model_tag: str) -> None:
+    def prelabel_recorded(self, image_id: str, label_file: str, model_tag: str, version: int) -> None:
         """OHIF shows the case's first pre-label from the DICOMweb server: send it as a SEG there."""
         try:
-            self.send_seg(image_id, label_file, f"{PRELABEL_PREFIX} {model_tag}", automatic=True)
+            self.send_seg(image_id, label_file, SegKind.PRELABEL, version, 1, author=model_tag)
         except Exception:  # the viewer still gets its pre-label; only OHIF's copy is missing
             logger.exception(f"{image_id}: the pre-label could not be stored as DICOM SEG")
 
-    def send_seg(self, image_id: str, label_file: str, description: str, automatic: bool) -> Optional[Path]:
-        """Write the label as DICOM SEG on its source series and store it on the server (STOW-RS)."""
-        series_dir = self.root / image_id
+    def version_for_readers(self, notice: Dict[str, Any]) -> None:
+        """A submitted version or a reviewer's edit goes to the server as a SEG, in the background (a submit answers
+        at once). A reviewer's edit stored from a DICOM viewer is there already (its own SEG, renamed); a draft stored
+        from the viewer and then submitted gets its *submitted* SEG here."""
+        if notice["kind"] != "submitted" and notice.get("info", {}).get("seg_stored"):
+            return  # a reviewer's edit stored from the viewer: its own SEG is there, under this version's name
+        self._sender.submit(self._send_notice, notice)
+
+    def _send_notice(self, notice: Dict[str, Any]) -> None:
+        kind = SegKind.SUBMITTED if notice["kind"] == "submitted" else SegKind.REVIEWER_EDIT
+        try:
+            self.send_seg(notice["case_id"], notice["path"], kind, notice["version"], notice["round"], notice["author"])
+        except Exception:  # the version stands in the workflow; only the DICOM server's copy is missing
+            logger.exception(
+                "DICOMweb: %s v%s of %s not written as DICOM SEG", kind.value, notice["version"], notice["case_id"]
+            )
+
+    def wait_sent(self) -> None:
+        """Block until every SEG queued so far was sent (or kept for the next sync)."""
+        self._sender.submit(lambda: None).result()
+
+    def cases_of_study(self, study_uid: str) -> List[str]:
+        """The cases (series) of a study, as the last sync found them."""
+        return [
+            series for series, study in list(self.studies_of.items()) if study == study_uid and self.has_image(series)
+        ]
+
+    def seg_series(self, image_id: str) -> Set[str]:
+        """The SeriesInstanceUIDs of the SEGs the server holds in the case's study (QIDO-RS)."""
+        study = self.study_uid(image_id)
+        if not study:
+            return set()
+        found = self.client.search_for_series(study, search_filters={"Modality": "SEG"})
+        return {uid for uid in (_value(entry, _SERIES_UID) for entry in found) if uid}
+
+    def send_seg(
+        self,
+        image_id: str,
+        label_file: str,
+        kind: SegKind,
+        version: Optional[int],
+        round_: Optional[int],
+        author: Optional[str] = None,
+    ) -> Optional[Path]:
+        """Write a label version as DICOM SEG on its source series, named by :mod:`amoslabel.dicom.naming`, and store
+        it on the server (STOW-RS). Returns the kept file when the server could not take it (sent at the next sync).
+        """
+        series_dir = self.series_folder(image_id)
         if not series_dir.is_dir():
             raise InputError(f"{image_id}: not a series from {self.url}", status=404)
         self.pending.mkdir(parents=True, exist_ok=True)
         out = self.pending / f"{image_id}-{time.monotonic_ns()}.dcm"
-        write_coded_seg(label_file, series_dir, out, description, automatic)
+        description = seg_description(kind, version, round_, author)
+        uids = seg_uids(image_id, version, kind) if version is not None else None
+        write_coded_seg(label_file, series_dir, out, description, kind == SegKind.PRELABEL, uids)
         try:
             self.client.store_instances([pydicom.dcmread(out)])
         except Exception as e:  # the server is down: keep the SEG and send it at the next sync
@@ -167,6 +215,17 @@ class AmosDicomWebDatastore(AmosDatastore):
         out.unlink()
         logger.info("DICOMweb: stored %r for %s", description, image_id)
         return None
+
+    def series_folder(self, image_id: str) -> Path:
+        """The folder of a case's DICOM files (its series, as fetched from the server)."""
+        return self.root / image_id
+
+    def keep_for_resend(self, ds: pydicom.Dataset) -> Path:
+        """Keep a SEG the server did not take; the next sync sends it."""
+        self.pending.mkdir(parents=True, exist_ok=True)
+        out = self.pending / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(str(out), write_like_original=False)
+        return out
 
     def _resend_pending(self) -> None:
         for path in sorted(self.pending.glob("*.dcm")) if self.pending.is_dir() else []:
@@ -179,7 +238,14 @@ class AmosDicomWebDatastore(AmosDatastore):
                 return
 
 
-def write_coded_seg(label_file: str, series_dir: Path, out: Path, description: str, automatic: bool) -> Path:
+def write_coded_seg(
+    label_file: str,
+    series_dir: Path,
+    out: Path,
+    description: str,
+    automatic: bool,
+    uids: Optional[Tuple[str, str]] = None,
+) -> Path:
     """The label as a DICOM SEG on its series; label 15 coded from the series' PatientSex (its region if unknown)."""
     sex = str(next(iter(series_headers(series_dir).values()))[0].get("PatientSex", "") or "").strip().upper()
     return write_seg(
@@ -189,6 +255,7 @@ def write_coded_seg(label_file: str, series_dir: Path, out: Path, description: s
         series_description=description[:64],
         algorithm_type="AUTOMATIC" if automatic else "MANUAL",
         patient_sex=sex if sex in ("M", "F") else "unknown",
+        uids=uids,
     )
 
 

@@ -1,8 +1,12 @@
-"""Serve the prebuilt OHIF viewer (scripts/fetch-ohif.sh) on loopback, reading from our Orthanc.
+"""Serve the prebuilt OHIF viewer (scripts/fetch-ohif.sh) on loopback, with its DICOMweb on the same origin.
 
-One origin for everything: the static server also proxies ``/dicom-web/*`` to Orthanc, so the browser never makes a
-cross-origin request and Orthanc needs no CORS set-up. Routes of the single-page app (``/viewer?StudyInstanceUIDs=``)
-fall back to index.html. ``/app-config.js`` is generated: OHIF's default data source is our DICOMweb root.
+One origin for everything: the static server also proxies ``/dicom-web/*`` upstream, so the browser never makes a
+cross-origin request and nothing needs a CORS set-up. Upstream is the AMOS Label server's own ``/dicom-web``
+(:mod:`amoslabel.server.viewer_dicomweb`: the access gate, the audit, and stores that become label versions), with
+the browser's credentials forwarded - the review pages' session cookie, which the browser sends to this port too
+(cookies do not depend on the port), or a bearer token; or, for a bare viewer in a test's private network, Orthanc
+itself, with no credentials. Routes of the single-page app (``/segmentation?StudyInstanceUIDs=``) fall back to
+index.html. ``/app-config.js`` is generated: OHIF's default data source is the DICOMweb root on this origin.
 """
 
 from __future__ import annotations
@@ -13,15 +17,26 @@ import mimetypes
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Dict, Optional
 from urllib.parse import urlsplit
 
 from amoslabel.workspace import PROJECT_ROOT
 
-# (request headers, request path) -> the user the request acts for, or None to refuse it
-Authorize = Callable[[Mapping[str, str], str], Optional[str]]
 DEFAULT_DIST = PROJECT_ROOT / ".cache" / "ohif" / "3.13.2" / "dist"
 SAME_ORIGIN = "window.location.origin + '/dicom-web'"  # a JS expression: the proxy on the page's own origin
+# Forwarded upstream with every proxied request: Host, so that Orthanc writes retrieve URLs back to this origin
+PLAIN_HEADERS = ("Accept", "Content-Type", "Host", "Range")
+# ... and, to the AMOS Label server only, who the browser is and whether the page is of this origin
+CREDENTIAL_HEADERS = ("Cookie", "Authorization", "Origin", "Sec-Fetch-Site")
+
+# OHIF shows a failed store as "request failed"; the server's reason (a refused SEG: unknown organ, another user's
+# case...) is in the body. dicomweb-client calls this with the error before OHIF shows error.message.
+SHOW_SERVER_MESSAGES = """window.config.httpErrorHandler = (error) => {
+  let text = error.response;
+  try { const body = JSON.parse(text); text = body.detail || body.message || text; } catch (e) {}
+  if (text && typeof text === 'string') error.message = `${error.status}: ${text}`;
+};
+"""
 
 # Python 3.11's table lacks these; a wasm module served as text/plain fails to compile in the browser.
 mimetypes.add_type("application/wasm", ".wasm")
@@ -50,6 +65,9 @@ def data_source(root_js: str) -> Dict[str, Any]:
             "dicomUploadEnabled": False,
             "omitQuotationForMultipartRequest": True,
             "bulkDataURI": {"enabled": True},
+            # OHIF 3.13 stores a label-map SEG (SOP class ...66.7, RLE) by default; ask for the binary SEG that
+            # DICOM readers (ours, Slicer, highdicom) take, uncompressed
+            "segmentation": {"store": {"defaultMode": "bitmap", "transferSyntaxUID": "1.2.840.10008.1.2.1"}},
         },
     }
 
@@ -73,9 +91,14 @@ def app_config(dicomweb_root: Optional[str] = None) -> str:
         "showLoadingIndicator": True,
         "defaultDataSourceName": "dicomweb",
         "dataSources": [data_source(root_js)],
+        # a SEG opens as an editable segmentation when it is double-clicked, without "open this segmentation?"
+        "disableConfirmationPrompts": True,
     }
     body = json.dumps(config, indent=2).replace('"@ROOT@"', root_js)
-    return f"/** Written by amoslabel.dicom.ohif: OHIF reads Orthanc over DICOMweb. */\nwindow.config = {body};\n"
+    return (
+        "/** Written by amoslabel.dicom.ohif: OHIF reads Orthanc over DICOMweb. */\n"
+        f"window.config = {body};\n{SHOW_SERVER_MESSAGES}"
+    )
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -124,24 +147,13 @@ class _Handler(SimpleHTTPRequestHandler):
         self.wfile.write(body)
 
     def _proxy(self) -> None:
-        if self.server.authorize is not None:
-            user = self.server.authorize(dict(self.headers.items()), self.path)
-            if user is None:
-                body = b'{"detail": "log in first: the review pages\' session, or Authorization: Bearer <token>"}'
-                self.send_response(401)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("WWW-Authenticate", "Bearer")
-                self.end_headers()
-                self.wfile.write(body)
-                return
-        upstream = urlsplit(self.server.orthanc)
+        upstream = urlsplit(self.server.upstream)
         body = None
         if self.command == "POST":
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         # Keep the browser's Host: with DicomWeb "Host" unset, Orthanc builds its retrieve URLs from it, so
         # they point back at this proxy (same origin) rather than at Orthanc's own port.
-        keep = ("Accept", "Content-Type", "Host", "Range")  # our users' credentials stay here, never go to Orthanc
+        keep = PLAIN_HEADERS + (CREDENTIAL_HEADERS if self.server.credentials else ())
         headers = {k: v for k, v in self.headers.items() if k.title() in keep}
         conn = http.client.HTTPConnection(upstream.hostname, upstream.port or 80, timeout=300)
         try:
@@ -156,7 +168,7 @@ class _Handler(SimpleHTTPRequestHandler):
             while chunk := reply.read(1 << 16):
                 self.wfile.write(chunk)
         except OSError as error:
-            self.send_error(502, f"Orthanc at {self.server.orthanc} did not answer: {error}")
+            self.send_error(502, f"{self.server.upstream} did not answer: {error}")
         finally:
             conn.close()
 
@@ -164,40 +176,41 @@ class _Handler(SimpleHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     dist: Path
-    orthanc: str
+    upstream: str
+    credentials: bool
     config_js: str
     log: Any = None
-    authorize: Optional[Authorize] = None
 
 
 class OhifServer:
-    """OHIF on ``http://127.0.0.1:port``, proxying ``/dicom-web`` to Orthanc, in a background thread.
+    """OHIF on ``http://127.0.0.1:port``, proxying ``/dicom-web`` upstream, in a background thread.
 
-    ``authorize(headers, path)`` names the user a proxied request acts for (None: refused with 401); the static
-    viewer files are public. ``authorize=None`` opens the proxy to anyone who reaches the port: only for a test
-    inside its own network namespace.
+    ``upstream`` is the AMOS Label server (``credentials=True``: the browser's session cookie, bearer token,
+    ``Origin`` and ``Sec-Fetch-Site`` go with each request, and the server decides) or, for a bare viewer inside a
+    test's private network namespace, Orthanc (``credentials=False``: nothing of the user's leaves this process,
+    and anyone who reaches the port reads). The viewer's own files are public.
 
-    Threads inherit the network namespace of the thread that starts them: start it where Orthanc is reachable.
+    Threads inherit the network namespace of the thread that starts them: start it where upstream is reachable.
     """
 
     def __init__(
         self,
-        orthanc_url: str,
+        upstream: str,
         dist: str | Path = DEFAULT_DIST,
         port: int = 0,
         log_path: Path | None = None,
         *,
-        authorize: Optional[Authorize],
+        credentials: bool,
     ):
         dist = Path(dist)
         if not (dist / "index.html").is_file():
             raise FileNotFoundError(f"no OHIF viewer in {dist}: run scripts/fetch-ohif.sh")
         self.httpd = _Server(("127.0.0.1", port), _Handler)
         self.httpd.dist = dist
-        self.httpd.orthanc = orthanc_url.rstrip("/")
+        self.httpd.upstream = upstream.rstrip("/")
+        self.httpd.credentials = credentials
         self.httpd.config_js = app_config()
         self.httpd.log = open(log_path, "a", buffering=1) if log_path else None
-        self.httpd.authorize = authorize
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="ohif", daemon=True)

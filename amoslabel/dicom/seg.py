@@ -137,6 +137,17 @@ def organ_id_for(type_code: Code, modifiers: Sequence[Code] = ()) -> Optional[in
     return None
 
 
+# OHIF 3.x writes every segment it stores with this one placeholder type (and category), whatever the segment was
+# coded as when it was loaded (hard-coded in its generateSegmentation); only its SegmentLabel keeps the organ.
+PLACEHOLDER_TYPE = ("SCT", "85756007")  # Tissue (SNOMED RT T-D0050)
+_ORGAN_BY_LABEL = {c.label: c.organ_id for c in ORGAN_CODES}
+
+
+def organ_id_for_label(segment_label: str) -> Optional[int]:
+    """The AMOS id named by a SegmentLabel as our SEGs write it (``right kidney``, ``uterus``...), or None."""
+    return _ORGAN_BY_LABEL.get(" ".join(str(segment_label).replace("_", " ").split()).lower())
+
+
 def rgb_to_dicom_lab(rgb: Sequence[int]) -> Tuple[int, int, int]:
     """sRGB (0-255) to CIELab (D65), scaled as DICOM wants: L 0..100 and a, b -128..127 onto 0..65535."""
     c = np.clip(np.asarray(rgb, dtype=float) / 255.0, 0.0, 1.0)
@@ -254,6 +265,7 @@ def write_seg(
     algorithm_name: str = "AMOS Label",
     patient_sex: Optional[str] = None,
     series_number: int = 300,
+    uids: Optional[Tuple[str, str]] = None,
 ) -> Path:
     """Write a multi-class AMOS label map as one BINARY DICOM SEG referencing a DICOM series.
 
@@ -267,6 +279,8 @@ def write_seg(
         patient_sex: "M"/"F" to code label 15 as prostate/uterus, or "unknown" for its region (pelvic structure);
             defaults to the series' PatientSex.
         series_number: SeriesNumber of the SEG.
+        uids: (SeriesInstanceUID, SOPInstanceUID) to give the SEG (:func:`amoslabel.dicom.naming.seg_uids`);
+            new ones when None.
 
     Returns:
         ``out_path``.
@@ -314,6 +328,9 @@ def write_seg(
     frame_of_reference = str(headers[0].get("FrameOfReferenceUID", ""))
     ds = writer.write(segments, headers)
     ds.SeriesDescription = series_description
+    if uids is not None:
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uids
+        ds.file_meta.MediaStorageSOPInstanceUID = uids[1]
     if frame_of_reference:
         ds.FrameOfReferenceUID = frame_of_reference
     out_path = Path(out_path)
@@ -333,6 +350,9 @@ def _codes(ds: pydicom.Dataset, keyword: str) -> List[Code]:
 def segment_organ_ids(ds: pydicom.Dataset, unknown: str = "error") -> Dict[int, int]:
     """{segment number: AMOS id} from each segment's coded property type and laterality.
 
+    A segment coded with the generic placeholder OHIF writes for every segment it stores (:data:`PLACEHOLDER_TYPE`)
+    is the organ its SegmentLabel names, as our own SEGs label them; any other code must be one of the 15 organs.
+
     Raises:
         Unprocessable: a segment that is none of the 15 organs, unless ``unknown="skip"`` (then it is logged).
     """
@@ -344,6 +364,9 @@ def segment_organ_ids(ds: pydicom.Dataset, unknown: str = "error") -> Dict[int, 
         organ_id = (
             organ_id_for(types[0], _codes(segment, "SegmentedPropertyTypeModifierCodeSequence")) if types else None
         )
+        if types and _sct(types[0]) == PLACEHOLDER_TYPE:
+            # a viewer's placeholder code: the organ is the one its label names, exactly as we label segments
+            organ_id = organ_id_for_label(segment.get("SegmentLabel", ""))
         if organ_id is None:
             what = f"{types[0].scheme} {types[0].value} '{types[0].meaning}'" if types else "no property type"
             message = f"segment {segment.SegmentNumber} ({segment.get('SegmentLabel', '')!r}) is coded {what}"

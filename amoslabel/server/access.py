@@ -2,9 +2,12 @@
 
 The rules are data (:data:`RULES`, first match wins), read by one gate in front of every route of the server
 (:class:`AccessControl`, an ASGI middleware around MONAI Label's own stack). A request that is not public needs
-``Authorization: Bearer <token>`` (an access token from ``POST /auth/token``, or an API token): none, or an unknown,
-revoked or expired token, or a deactivated user's, is answered 401; a role the rule does not allow, 403. The review
-pages and API under ``/review`` check their own session cookie or token (Flask, :mod:`review.api`).
+``Authorization: Bearer <token>`` (an access token from ``POST /auth/token``, or an API token), or the review pages'
+session cookie (a browser logged in at ``/review/login``: the OHIF viewers send it): none, or an unknown, revoked or
+expired token, or a deactivated user's, is answered 401; a role the rule does not allow, 403. A write that carries
+only the cookie must come from a same-origin page (``Sec-Fetch-Site``, else ``Origin``): another site's page cannot
+make the browser write with the user's session (403). The review pages and API under ``/review`` check their own
+session cookie or token (Flask, :mod:`review.api`).
 
 The README's role table is this table; ``tests/reliability/test_roles.py`` walks every rule with every role.
 """
@@ -18,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -72,6 +76,8 @@ RULES: Tuple[Rule, ...] = (
     _rule(READ, r"/train/?", EVERYONE, "training status"),
     _rule(frozenset({"GET", "PUT", "DELETE"}), r"/session(/.*)?", EVERYONE, "inference session"),
     _rule(READ, r"/proxy/dicom/.*", EVERYONE, "DICOMweb read through the proxy (audited)"),
+    _rule(READ, r"/dicom-web/.*", EVERYONE, "DICOMweb read for the OHIF viewer (audited)"),
+    _rule("POST", r"/dicom-web/studies(/[0-9.]+)?", {JUNIOR, SENIOR}, "store a SEG from OHIF (a label version)"),
     # reviewers' label notes
     _rule("PUT", r"/datastore/(label/info|updatelabelinfo)", {SENIOR, ADMIN}, "update label info"),
     # administration
@@ -113,6 +119,19 @@ def bearer_token(headers: Dict[str, str]) -> Optional[str]:
     return headers.get("x-api-token") or None
 
 
+def same_origin(headers: Dict[str, str]) -> bool:
+    """Whether a browser sent the request from a page of the same origin: ``Sec-Fetch-Site`` (every current
+    browser sends it), else an ``Origin`` whose host is the request's ``Host``."""
+    site = headers.get("sec-fetch-site")
+    if site:
+        return site == "same-origin"
+    origin = headers.get("origin")
+    return bool(origin) and urlsplit(origin).netloc == headers.get("host")
+
+
+DICOMWEB_PATHS = ("/proxy/dicom/", "/dicom-web/")  # the reads through them are audited
+
+
 class DicomWebReads:
     """Records who read which series through a DICOMweb proxy: once per user and series every ``every_s`` seconds
     (a viewer fetches hundreds of frames of one series)."""
@@ -147,8 +166,15 @@ class AccessGate:
         api_prefix: str = "",
         on_dicomweb_read: Optional[Callable[[str, str], None]] = None,
         rules: Sequence[Rule] = RULES,
+        session_user: Optional[Callable[[Optional[str]], Optional[Principal]]] = None,
     ):
+        """
+        Args:
+            session_user: the user of a ``Cookie`` header's review session (None: none, or not valid); without it
+                only bearer tokens are taken.
+        """
         self.accounts = accounts
+        self.session_user = session_user
         self.api_prefix = api_prefix.rstrip("/")
         self.reads = DicomWebReads(on_dicomweb_read) if on_dicomweb_read is not None else None
         self.rules = rules
@@ -161,14 +187,21 @@ class AccessGate:
         rule = next((r for r in self.rules if r.matches(method, path)), ANY_USER)
         if rule.allowed in (PUBLIC, DELEGATED):
             return Decision(0)
-        try:
-            who = self.accounts.authenticate(bearer_token(headers))
-        except Unauthorized as refused:
-            return Decision(401, detail=refused.message)
+        token = bearer_token(headers)
+        who = None
+        if token is None and self.session_user is not None and headers.get("cookie"):
+            who = self.session_user(headers["cookie"])
+            if who is not None and method not in READ and not same_origin(headers):
+                return Decision(403, who, "a write with the review session must come from a page of this server")
+        if who is None:
+            try:
+                who = self.accounts.authenticate(token)
+            except Unauthorized as refused:
+                return Decision(401, detail=refused.message)
         if who.role not in rule.allowed:
             roles = " or ".join(sorted(rule.allowed))
             return Decision(403, who, f"{rule.operation}: {who.name} is {_article(who.role)} {who.role}; needs {roles}")
-        if path.startswith("/proxy/dicom/") and self.reads is not None:
+        if path.startswith(DICOMWEB_PATHS) and method in READ and self.reads is not None:
             self.reads(who.name, path)
         return Decision(0, who)
 

@@ -6,8 +6,8 @@
 2. sends the sample DICOM series from ``../shared/data/dicom`` to it, checked and de-identified (PS3.15 basic
    profile; the mapping to the original UIDs stays in ``<workspace>/.amoslabel/private``), once;
 3. serves the prebuilt OHIF viewer (``scripts/fetch-ohif.sh``; skipped with a message if npm cannot fetch it) with
-   ``/dicom-web`` proxied to Orthanc for logged-in users only (the review pages' session, or a bearer token), and
-   gives the review pages its URL;
+   ``/dicom-web`` proxied to the server's own ``/dicom-web`` (the access gate: the review pages' session or a bearer
+   token; stores become label versions), and gives the review pages its URL;
 4. starts the MONAI Label server with ``--studies <orthanc>/dicom-web``.
 
 Orthanc 1.10 cannot bind to loopback only: it listens on every interface, and ``RemoteAccessAllowed: false`` is what
@@ -23,11 +23,7 @@ from typing import Dict, Optional
 
 from amoslabel.dicom.send import send_to_dicomweb
 from amoslabel.dicom.orthanc import OrthancProcess, count_instances, write_config
-from amoslabel.config import load_config
-from amoslabel.data.stores import working_folder
-from amoslabel.server.identity import viewer_authorizer
 from amoslabel.server.launch import run
-from review.service import ReviewService
 from amoslabel.workspace import PROJECT_ROOT, SHARED_DATA
 
 SAMPLE_SERIES = ("ts_ct_series_uncompressed", "chaos_ct_series", "dcmqi_ct_3slice")
@@ -57,18 +53,13 @@ def serve_dicomweb(
                 for sent in send_to_dicomweb(SHARED_DATA / "dicom" / name, orthanc.url, workspace):
                     print(f"[amoslabel] {name}: {sent.instances} instances, de-identified, as {sent.series_uid}")
         os.environ.setdefault("MONAI_LABEL_DICOMWEB_CACHE_PATH", str(workspace / "cache"))
-        config = load_config(Path(conf["config"]) if conf.get("config") else None, conf)
         dist = _fetch_ohif()
         if dist is not None:
             from amoslabel.dicom.ohif import OhifServer
 
-            authorize = None
-            if config.auth.enabled:  # the viewer's reads need a login, as the server's do
-                local = working_folder(orthanc.dicomweb, os.environ["MONAI_LABEL_DICOMWEB_CACHE_PATH"])
-                authorize = viewer_authorizer(ReviewService(config, str(local)))
-            ohif = OhifServer(orthanc.url, dist, port=ohif_port, authorize=authorize).start()
+            ohif = OhifServer(f"http://127.0.0.1:{port}", dist, port=ohif_port, credentials=True).start()
             os.environ[OHIF_URL_ENV] = f"http://127.0.0.1:{ohif_port}"
-            print(f"[amoslabel] OHIF viewer at http://127.0.0.1:{ohif_port}", flush=True)
+            print(f"[amoslabel] OHIF viewer at http://127.0.0.1:{ohif_port} (log in at /review first)", flush=True)
         return run(orthanc.dicomweb, host, port, conf, workspace, "final")
     finally:
         if ohif is not None:

@@ -19,18 +19,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 import sys
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Optional
 
 from fastapi import Form, Request
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import DEFAULT_USER, User
 
-from amoslabel.dicom.ohif import Authorize
-from amoslabel.server.access import AccessControl, AccessGate, DicomWebReads, bearer_token
+from amoslabel.server.access import AccessControl, AccessGate
 from amoslabel.config import ConfigError
 from review.auth import Accounts, Forbidden, Principal, Unauthorized
-from review.service import ReviewService
-from review.web.pages import SessionCookies
 
 log = logging.getLogger(__name__)
 
@@ -147,23 +144,3 @@ def check_auth_off(host: str) -> None:
         "Allowed only because the server listens on %s.",
         host,
     )
-
-
-def viewer_authorizer(service: ReviewService) -> Authorize:
-    """Who a request to the OHIF viewer's DICOMweb proxy acts for: the bearer token's user, or the user of the
-    review pages' session cookie (the browser sends it to the viewer's port too); reads are recorded."""
-    reads = DicomWebReads(service.record_dicomweb_read)
-    sessions = SessionCookies(service)
-
-    def authorize(headers: Mapping[str, str], path: str) -> Optional[str]:
-        lowered = {k.lower(): v for k, v in headers.items()}
-        token = bearer_token(lowered)
-        try:
-            who = service.accounts.authenticate(token) if token else sessions.principal(lowered.get("cookie"))
-        except Unauthorized:
-            return None
-        if who is not None:
-            reads(who.name, path)
-        return who.name if who else None
-
-    return authorize

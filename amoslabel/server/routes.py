@@ -17,6 +17,10 @@ puts the overrides below in front of MONAI Label's routes. Each keeps the endpoi
   log, and read the file in the thread pool (MONAI Label's are ``async`` and read it on the event loop).
 * ``/infer?output=dicom_seg`` on a DICOMweb datastore writes the SEG with coded organs (:mod:`amoslabel.dicom.seg`);
   MONAI Label's converter codes every segment as spleen.
+* ``GET /ohif/...`` serves MONAI Label's own OHIF build with its nested files (MONAI Label's route turns ``/`` into
+  ``:`` and answers index.html for them), and tells its MONAI Label panel this server's URL (the cookie
+  ``MONAILABEL_SERVER_URL``, which the panel reads; its default, port 8000, is another origin on any other port, where
+  the browser would send no session).
 
 FastAPI keeps each included router as one nested route, so MONAI Label's routes cannot be taken out of the app's
 list; an override is placed first in that list, where it is matched before them.
@@ -28,6 +32,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from a2wsgi import WSGIMiddleware
@@ -46,7 +51,9 @@ from amoslabel.errors import InputError, NotFound
 from amoslabel.ids import check_id, check_tag
 from amoslabel.server.access import AccessGate
 from amoslabel.server.identity import acting_for, install_auth_routes, protect, username
+from amoslabel.server.viewer_dicomweb import ViewerDicomWeb
 from review.api import create_review_api
+from review.web.pages import SessionCookies
 from review.service import ReviewQueueStrategy, ReviewService
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,8 @@ API = settings.MONAI_LABEL_API_STR
 REVIEW_PATH = "/review"
 REVIEW_WORKERS = 16  # threads of the review API's WSGI bridge
 MAX_FORM_JSON = 1 << 20
+MONAI_OHIF = (Path(ds.__file__).parent / "static" / "ohif").resolve()  # MONAI Label's prebuilt OHIF with its panel
+PANEL_SERVER_COOKIE = "MONAILABEL_SERVER_URL"
 
 
 def in_server_process() -> bool:
@@ -70,12 +79,19 @@ def install(fastapi_app, review: ReviewService, datastore: AmosDatastore, auth: 
     install_route_overrides(fastapi_app, ReviewQueueStrategy.NAME, review_sample, review)
     if isinstance(datastore, AmosDicomWebDatastore):
         use_coded_seg_for_infer_output()
+        ViewerDicomWeb(review, datastore).install(fastapi_app, override_route, API)
     else:
         override_route(
             fastapi_app, API + "/proxy/dicom/{path:path}", no_dicomweb, ["GET", "POST"], include_in_schema=False
         )
     if auth:
-        protect(fastapi_app, AccessGate(review.accounts, API, on_dicomweb_read=review.record_dicomweb_read))
+        gate = AccessGate(
+            review.accounts,
+            API,
+            on_dicomweb_read=review.record_dicomweb_read,
+            session_user=SessionCookies(review).principal,  # the OHIF viewers of a browser logged in at /review
+        )
+        protect(fastapi_app, gate)
         log.info("auth on: every request needs a user's token (POST /auth/token)")
 
 
@@ -209,7 +225,20 @@ def install_route_overrides(
             status_code=403,
         )
 
+    def monai_ohif(request: Request, path: str = ""):
+        index = MONAI_OHIF / "index.html"
+        file = (MONAI_OHIF / path).resolve() if path else index
+        if not file.is_relative_to(MONAI_OHIF) or not file.is_file():
+            file = index  # a route of the single-page app
+        response = FileResponse(file, media_type=get_mime_type(str(file)))
+        if file == index and PANEL_SERVER_COOKIE not in request.cookies:
+            # written by hand: Starlette would quote a value with "/" in it, and the panel reads the quotes as part
+            # of the URL (RFC 6265 allows "/" and ":" unquoted)
+            response.headers.append("set-cookie", f"{PANEL_SERVER_COOKIE}={request.base_url}; Path=/; SameSite=Lax")
+        return response
+
     overrides: List[tuple] = [
+        ("/ohif/{path:path}", monai_ohif, ["GET"], None),
         ("/reload", reload_refused, ["POST"], None),
         ("/activelearning/{strategy}", api_sample, ["POST"], "ActiveLearning"),
         ("/model/{model}", model_file_refused, ["DELETE", "PUT"], "Model"),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from flask import Blueprint, redirect, render_template, request, url_for
 
-from amoslabel.errors import Unprocessable
+from amoslabel.errors import NotFound, Unprocessable
 from amoslabel.ids import check_id
 from amoslabel.organs import ORGANS
 from review.auth import Principal
@@ -37,6 +37,15 @@ def register(pages: Blueprint, context: "PageContext") -> None:
             server_url=request.host_url.rstrip("/"),
             ohif_url=service.ohif_link(case_id),
         )
+
+    @pages.get("/cases/<case_id>/ohif")
+    @context.logged_in
+    def open_in_ohif(who: Principal, case_id: str):
+        """To OHIF, on the case's study with the version to look at (see ReviewService.ohif_link)."""
+        link = service.ohif_link(check_id(case_id, "case id"))
+        if link is None:
+            raise NotFound("this server has no OHIF viewer: it is offered with DICOMweb studies (make run-dicomweb)")
+        return redirect(link, code=303)
 
     @pages.get("/cases/<case_id>/panel")
     @context.logged_in

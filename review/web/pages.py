@@ -202,12 +202,21 @@ def _queue_routes(pages: Blueprint, context: PageContext) -> None:
     @pages.get("/")
     @context.logged_in
     def my_queue(who: Principal):
-        return render_template("queue.html", who=who, rows=_queue_rows(who), stamp=context.stamp())
+        return render_template(
+            "queue.html",
+            who=who,
+            rows=_queue_rows(who),
+            stamp=context.stamp(),
+            ohif=context.service.ohif_viewer is not None,
+            server_url=request.host_url.rstrip("/"),
+        )
 
     @pages.get("/queue/panel")
     @context.logged_in
     def queue_panel(who: Principal):
-        return render_template("_queue_rows.html", who=who, rows=_queue_rows(who))
+        return render_template(
+            "_queue_rows.html", who=who, rows=_queue_rows(who), ohif=context.service.ohif_viewer is not None
+        )
 
     @pages.get("/live")
     @context.logged_in

@@ -163,7 +163,8 @@ def test_tokens_and_roles_on_the_api(server, people):
     assert api(server, None, "GET", "/queue").status_code == 401
     assert api(server, "amos_XXXXXXXXXXXX_" + "y" * 43, "GET", "/queue").status_code == 401
     assert api(server, "not-a-token", "GET", "/me").status_code == 401
-    assert api(server, people["jun"], "GET", "/me").json() == {"name": "jun", "role": "junior"}
+    me = api(server, people["jun"], "GET", "/me").json()
+    assert me == {"name": "jun", "role": "junior", "id": me["id"], "pseudonym": f"junior #{me['id']}"}
     assert api(server, people["jun"], "POST", f"/cases/{CASE}/reviews", json={"default": "approve"}).status_code == 403
     assert api(server, people["sen1"], "POST", "/users", json={"name": "eve", "role": "admin"}).status_code == 403
     assert api(server, people["sen1"], "GET", "/users").status_code == 403

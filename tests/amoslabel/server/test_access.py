@@ -32,6 +32,8 @@ def test_the_rules_say_public_delegated_or_roles_and_the_first_match_wins():
     assert rule_for("GET", "/train/").allowed == EVERYONE and rule_for("POST", "/train/unet").allowed == {"admin"}
     assert rule_for("GET", "/proxy/dicom/wado/studies/1").allowed == EVERYONE
     assert rule_for("POST", "/proxy/dicom/stow/studies").allowed == {"admin"}
+    assert rule_for("GET", "/dicom-web/studies/1/series").allowed == EVERYONE
+    assert rule_for("POST", "/dicom-web/studies").allowed == {"junior", "senior"}
     assert rule_for("GET", "/anything/new").allowed == EVERYONE  # an unlisted route still needs a login
     assert len({r.operation for r in RULES}) >= 25
 
@@ -67,6 +69,33 @@ def test_reads_through_the_dicomweb_proxy_are_recorded_once_per_user_and_series(
         gate.decide("GET", f"/proxy/dicom/wado/studies/1.2/series/1.2.3/instances/9/frames/{frame}", headers)
     gate.decide("GET", "/proxy/dicom/qido/studies/1.2/series/1.2.4/metadata", headers)
     assert seen == [("ann", "1.2.3"), ("ann", "1.2.4")]
+
+
+def test_the_review_session_cookie_signs_in_and_writes_only_from_the_same_origin(team):
+    """The OHIF viewers of a browser logged in at /review send its session cookie; a write with it alone must come
+    from a page of the same origin (another site's page could otherwise write with the user's session)."""
+    accounts, tokens = team
+    sessions = {"amos_review=ann-session": accounts.by_name("ann"), "amos_review=sue-session": accounts.by_name("sue")}
+    gate = AccessGate(accounts, session_user=sessions.get)
+    store = "/dicom-web/studies"
+
+    def decide(method, path, cookie, **more):
+        return gate.decide(method, path, {"cookie": cookie, "host": "127.0.0.1:3000", **more})
+
+    assert decide("GET", "/dicom-web/studies", "amos_review=ann-session").principal.name == "ann"
+    assert decide("GET", "/dicom-web/studies", "amos_review=forged").status == 401
+    assert decide("POST", store, "amos_review=ann-session", **{"sec-fetch-site": "same-origin"}).status == 0
+    cross = decide("POST", store, "amos_review=ann-session", **{"sec-fetch-site": "cross-site"})
+    assert cross.status == 403 and "page of this server" in cross.detail
+    assert decide("POST", store, "amos_review=ann-session", origin="http://127.0.0.1:3000").status == 0
+    assert decide("POST", store, "amos_review=ann-session", origin="http://evil.example").status == 403
+    assert decide("POST", store, "amos_review=ann-session").status == 403  # no Origin, no Sec-Fetch-Site
+    admin_cookie = AccessGate(accounts, session_user=lambda _: accounts.by_name("ada"))
+    assert admin_cookie.decide("POST", store, {"cookie": "x", "sec-fetch-site": "same-origin"}).status == 403
+    # a bearer token wins over a cookie, and the gate without a session reader ignores cookies
+    both = decide("GET", "/info/", "amos_review=ann-session", authorization=f"Bearer {tokens['sue']}")
+    assert both.principal.name == "sue"
+    assert AccessGate(accounts).decide("GET", "/info/", {"cookie": "amos_review=ann-session"}).status == 401
 
 
 def test_bearer_tokens_are_read_from_either_header():
