@@ -18,15 +18,18 @@ env:
 	@scripts/bootstrap.sh
 
 run: env
+	@scripts/fetch-niivue.sh >/dev/null || echo "NiiVue not fetched (npm?): the case page's slice viewer is off"
 	$(PY) -m amoslabel serve $(STUDIES) --host $(HOST) --port $(PORT) --conf preset $(PRESET)
 
 # The same server on a private Orthanc (DICOMweb) with the de-identified sample series, and OHIF on port 3000.
 run-dicomweb: env
 	@scripts/system-packages.sh
+	@scripts/fetch-niivue.sh >/dev/null
 	$(PY) -m amoslabel serve-dicomweb --host $(HOST) --port $(PORT) --conf preset $(PRESET)
 
 test: env
 	@scripts/system-packages.sh
+	@scripts/fetch-niivue.sh >/dev/null
 	.venv/bin/ruff check amoslabel models app bench evaluation review strategies scripts tests
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 

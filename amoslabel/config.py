@@ -288,6 +288,7 @@ _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "pause_for_inference": ("retraining.pause_for_inference", str),
     "auth": ("auth.enabled", str),
     "access_token_hours": ("auth.access_token_hours", str),
+    "active_learning": ("active_learning.enabled", str),
 }
 # Keys that MONAI Label itself reads from --conf; accepted and left to it.
 _MONAILABEL_KEYS = {"server_mode"}

@@ -139,6 +139,7 @@ def _case_routes(app: Flask, service: ReviewService) -> None:
         votes = data.get("votes", [])
         if not isinstance(votes, list):
             raise InputError("votes must be a list")
+        votes = service.anchor_points(case_id, votes)
         summary = workflow.review(principal(), case_id, votes, data.get("default"))
         return jsonify(service.after_review(summary))
 

@@ -19,6 +19,7 @@ line, tests on a bare store) the workflow runs alone.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 import time
@@ -32,7 +33,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from amoslabel.config import AppConfig
 from amoslabel.dicom.naming import SegKind, seg_uids
 from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, ORIGINAL_TAG, WORKING_TAG
-from amoslabel.errors import Conflict, InputError
+from amoslabel.errors import Conflict, InputError, Unprocessable
 from amoslabel.volume import check_on_grid
 from amoslabel.workspace import Workspace
 from review import audit
@@ -139,6 +140,32 @@ class ReviewService:
         scan is not on this server."""
         image = self.image_file(case_id)
         return check_on_grid(image, label, f"label for {case_id}") if image else label
+
+    def anchor_points(self, case_id: str, votes: List[Any]) -> List[Any]:
+        """Votes whose comment point is given in mm (``point_world``, LPS) also get its voxel of the case's scan
+        (``point_voxel``, the file's i, j, k, as ITK and the slice viewer count): a reader's click is kept both
+        ways. A point outside the scan is refused (422); the scan is read for its header only."""
+        image = self.image_file(case_id)
+        if not image or not any(isinstance(v, dict) and v.get("point_world") is not None for v in votes):
+            return votes
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(image)
+        reader.ReadImageInformation()
+        grid = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+        grid.SetOrigin(reader.GetOrigin())
+        grid.SetSpacing(reader.GetSpacing())
+        grid.SetDirection(reader.GetDirection())
+        size = reader.GetSize()
+        out = []
+        for vote in votes:
+            point = vote.get("point_world") if isinstance(vote, dict) else None
+            if _three_numbers(point) and vote.get("point_voxel") is None:  # anything else: parse_vote says what
+                index = grid.TransformPhysicalPointToIndex([float(v) for v in point])
+                if not all(0 <= i < n for i, n in zip(index, size)):
+                    raise Unprocessable(f"the point {', '.join(f'{v:g}' for v in point)} mm is outside the scan")
+                vote = {**vote, "point_voxel": list(index)}
+            out.append(vote)
+        return out
 
     def sync_cases(self) -> None:
         """Every datastore image is a case. A new case with a label imported as final is final; one with a label
@@ -308,6 +335,14 @@ class ReviewService:
             self.files.link_label(case_id, path, WORKING_TAG, {"client_id": who.name, "version": version_id})
         kind = SegKind.DRAFT if who.role == "junior" else SegKind.REVIEWER_EDIT
         return {"case_id": case_id, "version": version_id, "round": round_, "kind": kind, "author": who.pseudonym}
+
+
+def _three_numbers(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
 
 
 def ohif_viewer_url(viewer: str, study_uid: str, series_uid: str, seg_series_uid: Optional[str]) -> str:

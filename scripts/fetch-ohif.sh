@@ -14,17 +14,10 @@ if [ -f "$TARGET/dist/index.html" ]; then
     echo "$TARGET/dist"
     exit 0
 fi
-command -v npm >/dev/null || { echo "fetch-ohif: npm is missing (apt-get install -y npm)" >&2; exit 1; }
-
 mkdir -p "$CACHE"
 WORK="$(mktemp -d "$CACHE/.fetch.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
-
-echo "fetch-ohif: npm pack @ohif/app@$VERSION (about 50 MB) into $WORK" >&2
-# --ignore-scripts: we only want the tarball; the npm cache lives inside our cache folder, not in ~/.npm
-(cd "$WORK" && npm pack --loglevel=error --ignore-scripts --cache "$CACHE/.npm" "@ohif/app@$VERSION" >/dev/null) ||
-    { echo "fetch-ohif: npm pack @ohif/app@$VERSION failed (is registry.npmjs.org reachable?)" >&2; exit 1; }
-TARBALL="$(ls "$WORK"/*.tgz)"
+TARBALL="$("$ROOT/scripts/npm-pack.sh" "@ohif/app@$VERSION" "$CACHE" "$WORK")"  # about 50 MB
 echo "fetch-ohif: extracting package/dist from $(basename "$TARBALL")" >&2
 tar -xzf "$TARBALL" -C "$WORK" package/dist
 [ -f "$WORK/package/dist/index.html" ] || { echo "fetch-ohif: no dist/index.html in the tarball" >&2; exit 1; }

@@ -13,6 +13,7 @@ from amoslabel.organs import ORGANS
 from review.auth import Principal
 from review.queries import case_detail, history
 from review.web.previews import VIEWS
+from review.web.slice_viewer import viewer_data
 
 if TYPE_CHECKING:
     from review.web.pages import PageContext
@@ -31,6 +32,7 @@ def register(pages: Blueprint, context: "PageContext") -> None:
             "case.html",
             who=who,
             **panel,
+            **viewer_data(context, case_id, panel["case"]),
             focus=parse_point(request.args.get("at")),
             views=VIEWS,
             has_attention=service.attention_file(case_id) is not None,
@@ -75,7 +77,8 @@ def register(pages: Blueprint, context: "PageContext") -> None:
     def review(who: Principal, case_id: str):
         check_id(case_id, "case id")
         default = request.form.get("default") or None
-        service.after_review(workflow.review(who, case_id, votes_from_form(request.form), default))
+        votes = service.anchor_points(case_id, votes_from_form(request.form))
+        service.after_review(workflow.review(who, case_id, votes, default))
         return redirect(url_for("pages.case_page", case_id=case_id), code=303)
 
     @pages.post("/cases/<case_id>/resolve")

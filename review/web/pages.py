@@ -34,7 +34,7 @@ from review.auth import Principal, Unauthorized, token_id_of
 from review.consensus import DECISIONS
 from review.queries import audit_stamp, queue
 from review.service import ReviewService
-from review.web import case_pages, picture_pages
+from review.web import case_pages, picture_pages, slice_viewer
 from review.web.previews import VolumeCache
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def install_pages(app: Flask, service: ReviewService, secret_file: Path) -> None
     _queue_routes(pages, context)
     case_pages.register(pages, context)
     picture_pages.register(pages, context)
+    slice_viewer.register(pages, context)
     app.register_blueprint(pages)
 
 

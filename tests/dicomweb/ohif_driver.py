@@ -85,7 +85,7 @@ def store_segmentation(page, timeout_s: float = 120.0) -> str:
     page.get_by_role("menuitem", name="Export").click()
     page.get_by_role("menuitem", name="DICOM SEG").click()
     dialog = page.locator("[role=dialog]")
-    dialog.wait_for(timeout=15000)
+    dialog.wait_for(timeout=90000)  # OHIF builds the SEG before it asks (seconds on software WebGL, more under load)
     dialog.locator("[data-cy=input-dialog-save-button] button").click()
     deadline, seen = time.time() + timeout_s, []
     while time.time() < deadline:

@@ -335,6 +335,26 @@ def test_a_senior_opens_the_version_under_review_from_the_case_page(site, browse
     page.close()
 
 
+def test_a_refused_store_shows_the_reason_in_ohif(site, browser):
+    """An admin stores from OHIF (admins save no labels): OHIF's own notice shows the server's reason, and Orthanc
+    and the case history are as before."""
+    before, versions = count_instances(site.orthanc.url), len(site.versions())
+    page = browser.page("boss")
+    page.goto(f"{site.server.url}/review/cases/{site.case}/ohif")
+    page.wait_for_selector("[data-cy=study-browser-thumbnail]", timeout=90000)
+    dismiss_banners(page)
+    wait_for_ct(page, 20)
+    open_seg(page, "AMOS Label submitted")
+    outcome = store_segmentation(page)
+    notice = page.locator("[data-sonner-toast]", has_text="403:").first
+    notice.hover()  # a later notice of OHIF's own stacks over it; hovering spreads the stack
+    time.sleep(1)
+    shot(page, "admin-store-refused")
+    assert "403: store a SEG from OHIF (a label version): boss is an admin" in outcome, outcome
+    assert count_instances(site.orthanc.url) == before and len(site.versions()) == versions
+    page.close()
+
+
 def test_a_reviewer_store_is_an_edit_and_the_case_page_opens_the_version_under_review(site, shared, tmp_path):
     """After the junior's submit (previous test): a senior's store is a reviewer edit (one SEG, named for it); the
     case page's OHIF link opens the study with the submitted version."""

@@ -386,6 +386,9 @@ PROBES = [
     ("training status", "GET", "/train/", {}),
     ("inference session", "GET", "/session/no_such_session", {}),
     ("DICOMweb read through the proxy (audited)", "GET", "/proxy/dicom/qido/studies", {}),
+    # on this folder datastore there is no /dicom-web (404 past the gate); tests/dicomweb drives it on Orthanc
+    ("DICOMweb read for the OHIF viewer (audited)", "GET", "/dicom-web/studies", {}),
+    ("store a SEG from OHIF (a label version)", "POST", "/dicom-web/studies", {}),
     (
         "update label info",
         "PUT",
