@@ -197,7 +197,8 @@ class AccessGate:
             try:
                 who = self.accounts.authenticate(token)
             except Unauthorized as refused:
-                return Decision(401, detail=refused.message)
+                hint = " - or, in a browser, log in at /review/login" if token is None and self.session_user else ""
+                return Decision(401, detail=refused.message + hint)
         if who.role not in rule.allowed:
             roles = " or ".join(sorted(rule.allowed))
             return Decision(403, who, f"{rule.operation}: {who.name} is {_article(who.role)} {who.role}; needs {roles}")

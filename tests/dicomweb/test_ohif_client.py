@@ -272,6 +272,7 @@ def test_a_junior_corrects_the_prelabel_in_ohif_and_stores_it(site, browser, tmp
     stroke(page, paint)
     choose_tool(page, "Eraser")
     stroke(page, erase)
+    page.evaluate("() => window.cornerstone.getEnabledElements().forEach(e => e.viewport.render())")
     time.sleep(3)  # software WebGL: let the edited labelmap be drawn before the picture
     shot(page, "junior-2-edited")
     toast = store_segmentation(page)
