@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from typing import List, Sequence, Tuple
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -79,8 +80,9 @@ def stroke(page, world_points: Sequence[Sequence[float]]) -> List[List[float]]:
     return points
 
 
-def store_segmentation(page, timeout_s: float = 120.0) -> str:
-    """OHIF's own store: the panel's menu, Export, DICOM SEG, then Save in its dialog. Returns the last toast."""
+def store_segmentation(page, timeout_s: float = 120.0, picture: Optional[Path] = None) -> str:
+    """OHIF's own store: the panel's menu, Export, DICOM SEG, then Save in its dialog. Returns the notice that
+    tells the outcome; ``picture``: a screenshot the moment it shows (OHIF's own notices soon stack over it)."""
     page.click("[data-cy=segmentation-collapsed-more-btn-Labelmap]")
     page.get_by_role("menuitem", name="Export").click()
     page.get_by_role("menuitem", name="DICOM SEG").click()
@@ -96,6 +98,8 @@ def store_segmentation(page, timeout_s: float = 120.0) -> str:
             t for t in seen if "saved successfully" in t or "request failed" in t or re.search(r"\b[45]\d\d: ", t)
         ]
         if outcome:
+            if picture is not None:
+                page.screenshot(path=str(picture))
             return outcome[0]
         time.sleep(0.2)
     return "no outcome; toasts: " + " | ".join(seen)
