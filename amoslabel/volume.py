@@ -63,6 +63,23 @@ class Geometry:
             return "direction cosines differ from the image's"
         return None
 
+    @classmethod
+    def of_file(cls, path: str | os.PathLike) -> "Geometry":
+        """The geometry in a volume file's header (the pixels are not read)."""
+        reader = read_header(path)
+        return cls(
+            tuple(int(s) for s in reader.GetSize()),
+            tuple(float(s) for s in reader.GetSpacing()),
+            tuple(float(o) for o in reader.GetOrigin()),
+            tuple(float(d) for d in reader.GetDirection()),
+        )
+
+    def index_of(self, point_mm) -> Optional[Tuple[int, int, int]]:
+        """The (x, y, z) voxel holding a physical point (mm, LPS), rounded as ITK rounds; None outside the volume."""
+        probe = self.apply_to(sitk.Image([1, 1, 1], sitk.sitkUInt8))  # ITK's transform, without the pixels
+        index = tuple(probe.TransformPhysicalPointToIndex([float(v) for v in point_mm]))
+        return index if all(0 <= i < n for i, n in zip(index, self.size)) else None  # type: ignore[return-value]
+
     def apply_to(self, image: sitk.Image) -> sitk.Image:
         """Stamp this geometry's spacing, origin and direction on ``image`` (same size)."""
         image.SetSpacing(self.spacing)

@@ -19,7 +19,6 @@ line, tests on a bare store) the workflow runs alone.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import shutil
 import time
@@ -34,12 +33,13 @@ from amoslabel.config import AppConfig
 from amoslabel.dicom.naming import SegKind, seg_uids
 from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, ORIGINAL_TAG, WORKING_TAG
 from amoslabel.errors import Conflict, InputError, Unprocessable
-from amoslabel.volume import check_on_grid
+from amoslabel.volume import Geometry, check_on_grid
 from amoslabel.workspace import Workspace
 from review import audit
 from review.auth import Accounts, Forbidden, Principal
 from review.queries import case_detail, next_case
 from review.schema import Case, LabelVersion
+from review.votes import is_point
 from review.store import ReviewStore, database_url
 from review.workflow import Workflow
 
@@ -144,25 +144,23 @@ class ReviewService:
     def anchor_points(self, case_id: str, votes: List[Any]) -> List[Any]:
         """Votes whose comment point is given in mm (``point_world``, LPS) also get its voxel of the case's scan
         (``point_voxel``, the file's i, j, k, as ITK and the slice viewer count): a reader's click is kept both
-        ways. A point outside the scan is refused (422); the scan is read for its header only."""
+        ways. A point outside the scan is refused (422); the scan is read for its header only. A malformed point is
+        left to :func:`review.votes.parse_vote`, which says what is wrong with it."""
+
+        def unanchored(vote: Any) -> bool:
+            return isinstance(vote, dict) and is_point(vote.get("point_world")) and vote.get("point_voxel") is None
+
         image = self.image_file(case_id)
-        if not image or not any(isinstance(v, dict) and v.get("point_world") is not None for v in votes):
+        if not image or not any(unanchored(v) for v in votes):
             return votes
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(image)
-        reader.ReadImageInformation()
-        grid = sitk.Image([1, 1, 1], sitk.sitkUInt8)
-        grid.SetOrigin(reader.GetOrigin())
-        grid.SetSpacing(reader.GetSpacing())
-        grid.SetDirection(reader.GetDirection())
-        size = reader.GetSize()
+        grid = Geometry.of_file(image)
         out = []
         for vote in votes:
-            point = vote.get("point_world") if isinstance(vote, dict) else None
-            if _three_numbers(point) and vote.get("point_voxel") is None:  # anything else: parse_vote says what
-                index = grid.TransformPhysicalPointToIndex([float(v) for v in point])
-                if not all(0 <= i < n for i, n in zip(index, size)):
-                    raise Unprocessable(f"the point {', '.join(f'{v:g}' for v in point)} mm is outside the scan")
+            if unanchored(vote):
+                index = grid.index_of(vote["point_world"])
+                if index is None:
+                    where = ", ".join(f"{v:g}" for v in vote["point_world"])
+                    raise Unprocessable(f"the point {where} mm is outside the scan")
                 vote = {**vote, "point_voxel": list(index)}
             out.append(vote)
         return out
@@ -335,14 +333,6 @@ class ReviewService:
             self.files.link_label(case_id, path, WORKING_TAG, {"client_id": who.name, "version": version_id})
         kind = SegKind.DRAFT if who.role == "junior" else SegKind.REVIEWER_EDIT
         return {"case_id": case_id, "version": version_id, "round": round_, "kind": kind, "author": who.pseudonym}
-
-
-def _three_numbers(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) == 3
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    )
 
 
 def ohif_viewer_url(viewer: str, study_uid: str, series_uid: str, seg_series_uid: Optional[str]) -> str:

@@ -33,12 +33,17 @@ def parse_vote(vote: Any) -> Dict[str, Any]:
         value = vote.get(key)
         if value is None:
             continue
-        if (
-            not isinstance(value, list)
-            or len(value) != 3
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-            or (kind is int and not all(float(v).is_integer() and v >= 0 for v in value))
-        ):
+        if not is_point(value, whole=kind is int):
             raise Unprocessable(f"{key} must be three finite numbers" + (" (whole, >= 0)" if kind is int else ""))
         out[key] = [kind(v) for v in value]
     return out
+
+
+def is_point(value: Any, whole: bool = False) -> bool:
+    """Three finite numbers (``whole``: whole numbers >= 0, a voxel index) in a list, as a vote's point must be."""
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        and (not whole or all(float(v).is_integer() and v >= 0 for v in value))
+    )

@@ -410,8 +410,9 @@ def _check_same_plane(ds: pydicom.Dataset, grid: sitk.Image) -> None:
         raise Unprocessable("the SEG frames are not on the source series' grid (orientation or pixel spacing differ)")
 
 
-def read_seg(seg_path: str | Path, source_series_dir: str | Path, unknown: str = "error") -> sitk.Image:
-    """Read a DICOM SEG into an AMOS label map (UInt8) on the grid of its source series.
+def read_seg(seg: str | Path | pydicom.Dataset, source_series_dir: str | Path, unknown: str = "error") -> sitk.Image:
+    """Read a DICOM SEG (a file, or a dataset already read) into an AMOS label map (UInt8) on the grid of its source
+    series.
 
     Segments become AMOS ids by their codes (see :func:`segment_organ_ids`), never by segment number.
 
@@ -420,16 +421,16 @@ def read_seg(seg_path: str | Path, source_series_dir: str | Path, unknown: str =
         Unprocessable: an unknown segment (unless ``unknown="skip"``), frames off the series grid, or two organs
             claiming one voxel.
     """
-    seg_path = Path(seg_path)
+    name = "the SEG" if isinstance(seg, pydicom.Dataset) else Path(seg).name
     try:
-        ds = pydicom.dcmread(str(seg_path))
+        ds = seg if isinstance(seg, pydicom.Dataset) else pydicom.dcmread(str(seg))
         if ds.get("SOPClassUID") != pydicom.uid.SegmentationStorage:
-            raise InputError(f"{seg_path.name}: not a DICOM SEG (SOP class {ds.get('SOPClassUID', 'missing')})")
+            raise InputError(f"{name}: not a DICOM SEG (SOP class {ds.get('SOPClassUID', 'missing')})")
         frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))
     except InputError:
         raise
     except Exception as e:  # pydicom raises many types for a damaged file
-        raise InputError(f"{seg_path.name}: not a readable DICOM SEG ({type(e).__name__}: {e})") from None
+        raise InputError(f"{name}: not a readable DICOM SEG ({type(e).__name__}: {e})") from None
     if ds.get("SegmentationType") == "FRACTIONAL":
         frames = frames > int(ds.MaximumFractionalValue) / 2
     grid, headers = series_grid(source_series_dir)

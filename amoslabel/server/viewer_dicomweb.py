@@ -20,8 +20,6 @@ series.
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import anyio
@@ -153,10 +151,7 @@ class ViewerDicomWeb:
             raise Unprocessable(f"the SEG is on series {case_id[:80]}, which is not a case of this server")
         if int(ds.get("NumberOfFrames", 0) or 0) == 0:
             raise Unprocessable("the SEG has no frames: nothing is painted")
-        with tempfile.TemporaryDirectory(prefix="stow-") as tmp:
-            seg_path = Path(tmp) / "seg.dcm"
-            ds.save_as(str(seg_path), write_like_original=False)
-            label = read_seg(seg_path, self.datastore.series_folder(case_id))
+        label = read_seg(ds, self.datastore.series_folder(case_id))
         if not sitk.GetArrayViewFromImage(label).any():
             raise Unprocessable("the SEG paints no voxel of any organ: nothing to record")
         return ds, case_id, label

@@ -44,7 +44,8 @@ def register(pages: Blueprint, context: "PageContext") -> None:
     @context.logged_in
     def open_in_ohif(who: Principal, case_id: str):
         """To OHIF, on the case's study with the version to look at (see ReviewService.ohif_link)."""
-        link = service.ohif_link(check_id(case_id, "case id"))
+        case_detail(workflow, check_id(case_id, "case id"), who)  # only a case this user may see
+        link = service.ohif_link(case_id)
         if link is None:
             raise NotFound("this server has no OHIF viewer: it is offered with DICOMweb studies (make run-dicomweb)")
         return redirect(link, code=303)

@@ -10,9 +10,6 @@ click that places a comment's point (mm, LPS) for the organ chosen beside it.
 
 from __future__ import annotations
 
-import functools
-import logging
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
@@ -28,24 +25,17 @@ from review.queries import case_detail, version_file
 if TYPE_CHECKING:
     from review.web.pages import PageContext
 
-log = logging.getLogger(__name__)
-FETCH_SCRIPT = PROJECT_ROOT / "scripts" / "fetch-niivue.sh"
+NIIVUE_CACHE = PROJECT_ROOT / ".cache" / "niivue"  # where scripts/fetch-niivue.sh keeps it
+NIIVUE_FILE = "niivue.esm.js"
 VOLUMES = ("scan", "label", "attention")
 
 
-@functools.lru_cache(maxsize=1)
 def niivue_bundle() -> Optional[Path]:
-    """The NiiVue bundle on this machine (the fetch script prints where; it fetches only when it is missing)."""
-    try:
-        done = subprocess.run([str(FETCH_SCRIPT)], capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        log.warning("slice viewer: %s could not run (%s)", FETCH_SCRIPT.name, error)
-        return None
-    if done.returncode != 0:
-        log.warning("slice viewer: NiiVue is not available: %s", done.stderr.strip()[-300:])
-        return None
-    path = Path(done.stdout.strip().splitlines()[-1])
-    return path if path.is_file() else None
+    """The NiiVue bundle ``scripts/fetch-niivue.sh`` fetched (the newest, should there be several versions), or None.
+
+    Only looked up: fetching is the make targets' job, never a request's (it would wait on npm)."""
+    found = sorted(NIIVUE_CACHE.glob(f"*/{NIIVUE_FILE}"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
 
 
 def organ_colours() -> List[Dict[str, Any]]:

@@ -229,6 +229,8 @@ def test_refused_stores_store_nothing(site, shared, tmp_path):
 
     refused(requests.Session(), [good], 401, "")
     refused(site.session("jun2"), [good], 403, "jun2")  # another junior: not their case
+    # nor may that junior follow the case's OHIF link (the study and version of a case not theirs)
+    assert site.session("jun2").get(f"{site.server.url}/review/cases/{site.case}/ohif", timeout=30).status_code == 403
     refused(site.session("boss"), [good], 403, "needs junior or senior")
     refused(site.session("jun"), [good], 403, "page of this server", same_origin=False)  # another site's page
 

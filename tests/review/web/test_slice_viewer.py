@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from tests.review.conftest import add_users
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-test.txt")
 CASE = "viewer_ct"
 PANCREAS = 10
+ROOT = Path(__file__).resolve().parents[3]
 SHOTS = OUTPUT / "ohif"
 TILES = """() => { const s = window.devicePixelRatio || 1; const r = nv.canvas.getBoundingClientRect(); const out = {};
   for (const t of nv.screenSlices) { if (t.axCorSag > 2) continue; const [L, T, W, H] = t.leftTopWidthHeight;
@@ -33,6 +36,8 @@ CROSSHAIR = "() => Array.from(nv.frac2vox(nv.scene.crosshairPos))"
 def case_in_review(shared, tmp_path_factory):
     """A server with one scan, its attention map (a heat around the organs, as the scorer saves it), pre-labelled,
     submitted by the junior and routed to the one senior."""
+    fetched = subprocess.run([str(ROOT / "scripts" / "fetch-niivue.sh")], capture_output=True, text=True, timeout=600)
+    assert fetched.returncode == 0, f"scripts/fetch-niivue.sh failed (make test runs it first):\n{fetched.stderr}"
     studies = tmp_path_factory.mktemp("viewer-studies")
     scan = shared / "ct" / "ts_abdomen_ct_small.nii.gz"
     (studies / f"{CASE}.nii.gz").symlink_to(scan)
