@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # test modules run on this many workers (pytest-xdist; each module stays whole, in order, on one worker)
 TEST_WORKERS ?= 2
 
-.PHONY: run run-dicomweb test env reliability bench bench-metrics bench-review baselines prior-check learning-check al-simulation lint clean
+.PHONY: run run-dicomweb run-team test env reliability bench bench-metrics bench-review baselines prior-check learning-check al-simulation lint clean
 
 env:
 	@scripts/bootstrap.sh
@@ -26,6 +26,13 @@ run-dicomweb: env
 	@scripts/system-packages.sh
 	@scripts/fetch-niivue.sh >/dev/null
 	$(PY) -m amoslabel serve-dicomweb --host $(HOST) --port $(PORT) --conf preset $(PRESET)
+
+# A team on this machine: a private PostgreSQL, SERVERS app servers (ports PORT+1...) and HAProxy on PORT.
+SERVERS ?= 2
+run-team: env
+	@scripts/system-packages.sh
+	@scripts/fetch-niivue.sh >/dev/null || echo "NiiVue not fetched (npm?): the case page's slice viewer is off"
+	$(PY) -m amoslabel serve-team $(STUDIES) --servers $(SERVERS) --host $(HOST) --port $(PORT) --conf preset $(PRESET)
 
 test: env
 	@scripts/system-packages.sh

@@ -1,8 +1,9 @@
-"""Errors that mean "the request or the file is bad", each with the HTTP status a server should answer.
+"""Errors a server answers with a status and a message: the request or the file is bad (:class:`InputError`, 4xx),
+or the server cannot do it now (:class:`ServerUnable`, 5xx: its database down, its disk full).
 
 They are Starlette ``HTTPException`` subclasses, so wherever one escapes inside the MONAI Label server (an infer
-task, a datastore call made directly by a MONAI Label endpoint) the client gets that 4xx status with the message as
-``detail``, instead of a 500. Outside a server they behave as ordinary ``ValueError`` exceptions.
+task, a datastore call made directly by a MONAI Label endpoint) the client gets that status with the message as
+``detail``, instead of a 500. Outside a server an :class:`InputError` behaves as an ordinary ``ValueError``.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 
 
-class InputError(HTTPException, ValueError):
-    """Bad input from a user or a file. ``status`` is the HTTP status to answer (4xx)."""
+class AnsweredError(HTTPException):
+    """An error a server answers with its HTTP ``status`` and a message for the user (``detail``)."""
 
-    status: int = 400
+    status: int = 500
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, headers: dict | None = None):
         if status is not None:
             self.status = status
-        super().__init__(status_code=self.status, detail=message)
+        super().__init__(status_code=self.status, detail=message, headers=headers)
         self.args = (message,)
 
     def __str__(self) -> str:
@@ -27,6 +28,12 @@ class InputError(HTTPException, ValueError):
     @property
     def message(self) -> str:
         return str(self.detail)
+
+
+class InputError(AnsweredError, ValueError):
+    """Bad input from a user or a file. ``status`` is the HTTP status to answer (4xx)."""
+
+    status: int = 400
 
 
 class NotFound(InputError):
@@ -51,3 +58,26 @@ class Unprocessable(InputError):
     """A readable file whose content is not acceptable (wrong dimensionality, label ids, geometry, NaN)."""
 
     status = 422
+
+
+class ServerUnable(AnsweredError):
+    """The server cannot do what was asked now, through no fault of the request: a 5xx with a message.
+
+    Not an :class:`InputError`: nothing is wrong with what was sent, and callers that skip bad input must not skip
+    this.
+    """
+
+
+class Unavailable(ServerUnable):
+    """Its database is down: 503, try again shortly."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: int = 5):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class StorageFull(ServerUnable):
+    """The disk a file was being written to is full: 507 (Insufficient Storage); nothing was kept."""
+
+    status = 507

@@ -6,13 +6,20 @@ crash leaves the old file or the new one, never half of one, and every content h
 
 from __future__ import annotations
 
+import errno
+import gzip
 import hashlib
 import os
 import shutil
 import uuid
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from amoslabel.errors import StorageFull
+
+FULL = "the server's storage is full: nothing was saved (an admin must free space; the server keeps serving reads)"
 
 
 @contextmanager
@@ -32,12 +39,44 @@ def atomic_destination(
     scratch.mkdir(parents=True, exist_ok=True)
     tmp = scratch / f".tmp-{uuid.uuid4().hex}{suffix}"
     try:
-        yield tmp
-        fsync_file(tmp)
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
+        with full_disk_refused():
+            yield tmp
+            fsync_file(tmp)
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def full_disk_refused() -> Iterator[None]:
+    """A write that finds its disk full (or over quota) is :class:`StorageFull` (507), not an error 500."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(FULL) from error
+        raise
+
+
+def check_complete(path: str | os.PathLike) -> None:
+    """Raise unless a file that ITK just wrote is whole.
+
+    ITK's NIfTI writer does not fail on a full disk: it prints "wrote only 0 of N bytes" and leaves a truncated
+    file. A gzip file is read to its end (its CRC and length are checked; about 10 ms per MB); an uncompressed one
+    must not have been cut at the disk's last free byte.
+    """
+    path = Path(path)
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as stream:
+                while stream.read(1 << 22):
+                    pass
+        elif shutil.disk_usage(path.parent).free == 0:
+            raise OSError(errno.ENOSPC, "no space left while writing", str(path))
+    except (EOFError, gzip.BadGzipFile, zlib.error) as cut:
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(errno.ENOSPC if free < (1 << 20) else errno.EIO, f"{path.name} was cut short: {cut}") from cut
 
 
 def copy_atomic(src: str | os.PathLike, dest: str | os.PathLike, scratch_dir: str | os.PathLike | None = None) -> Path:

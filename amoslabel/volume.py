@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from amoslabel.errors import InputError, TooLarge, Unprocessable
-from amoslabel.files import atomic_destination
+from amoslabel.files import atomic_destination, check_complete, full_disk_refused
 from amoslabel.organs import MAX_LABEL_ID
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -324,8 +324,16 @@ def write_atomic(
     """Write ``image`` to ``dest`` so that ``dest`` is either absent or complete, never half-written."""
     suffix = next((s for s in VOLUME_SUFFIXES if Path(dest).name.endswith(s)), Path(dest).suffix)
     with atomic_destination(dest, scratch_dir, suffix) as tmp:  # the suffix tells ITK the file format
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+        write_image(image, tmp, compress)
     return Path(dest)
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
+    """``sitk.WriteImage``, then a check that the file is whole (ITK leaves a truncated file on a full disk without
+    failing: :func:`amoslabel.files.check_complete`); a full disk raises :class:`~amoslabel.errors.StorageFull`."""
+    with full_disk_refused():
+        sitk.WriteImage(image, str(path), useCompression=compress)
+        check_complete(path)
 
 
 def strip_volume_suffix(filename: str) -> str:

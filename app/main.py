@@ -119,6 +119,7 @@ class AmosLabelApp(MONAILabelApp):
             import monailabel.app as server  # the FastAPI app this process serves (absent in training subprocesses)
 
             routes.install(server.app, self.review, self.datastore(), auth=self.config.auth.enabled)
+            self.review.start_background()
             if self.config.active_learning.enabled:
                 self.active_learning = ActiveLearningService(
                     self.config, self.review, self._network_tasks, self.atlas, self.datastore

@@ -18,7 +18,7 @@ from amoslabel.config import AppConfig, ModalityPlan, Normalisation
 from amoslabel.errors import Conflict, InputError
 from amoslabel.files import file_sha256
 from amoslabel.organs import NUM_CLASSES, label_table
-from amoslabel.volume import Geometry
+from amoslabel.volume import Geometry, write_image
 from models.inference import SlidingWindowPredictor
 from models.networks import build_network
 from models.preprocessing import (
@@ -246,7 +246,7 @@ def write_prelabel(label: sitk.Image, extension: Any = None) -> str:
     fd, path = tempfile.mkstemp(suffix=extension, prefix="prelabel-", dir=results)
     os.close(fd)
     # NRRD raw: the OHIF panel reads the voxels as they are (it sends result_compress false)
-    sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), path, useCompression=extension == ".nii.gz")
+    write_image(sitk.Cast(label, sitk.sitkUInt8), path, compress=extension == ".nii.gz")
     return path
 
 

@@ -16,7 +16,7 @@ import yaml
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
 
-from amoslabel.errors import InputError
+from amoslabel.errors import InputError, ServerUnable
 from amoslabel.volume import read_label
 from review.auth import Principal
 from review.queries import case_detail, history, queue
@@ -68,6 +68,10 @@ def _error_handlers(app: Flask) -> None:
     @app.errorhandler(InputError)
     def _input_error(error: InputError):
         return jsonify(detail=error.message), error.status
+
+    @app.errorhandler(ServerUnable)
+    def _server_unable(error: ServerUnable):  # the database down (503), the disk full (507)
+        return jsonify(detail=error.message), error.status, dict(error.headers or {})
 
     @app.errorhandler(WerkzeugHTTPException)
     def _http_error(error: WerkzeugHTTPException):

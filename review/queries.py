@@ -26,7 +26,6 @@ def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str,
 
 def queue_cases(workflow: Workflow, who: Principal, limit: int = 50) -> List[Case]:
     """The cases of :func:`queue`, without their queue lines (a lapsed lease counts as none here already)."""
-    workflow.sweep_leases()
     store = workflow.store
     now = utcnow()
     live = and_(Assignment.case_id == Case.id, Assignment.status == "active", Assignment.expires >= now)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Set
 import SimpleITK as sitk
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from amoslabel.cluster.leadership import LeaderJobs, leadership_for
 from amoslabel.config import AppConfig
 from amoslabel.dicom.naming import SegKind, seg_uids
 from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, ORIGINAL_TAG, WORKING_TAG
@@ -45,6 +46,9 @@ from review.workflow import Workflow
 
 log = logging.getLogger(__name__)
 _ID_LIKE = re.compile(r"^[0-9.]{1,128}$")  # a DICOM UID (a DICOMweb datastore's case id)
+FINALISE_SWEEP_S = 1.0  # the leader finalises cases another server's vote brought to consensus within about this
+SETTLED_S = 2.0  # ... once they have been in consensus this long (the voting leader's own finaliser goes first)
+LEASE_SWEEP_S = 10.0  # how often lapsed leases are expired (a queue already treats a lapsed lease as none)
 IMPORTED_PRELABEL = "import"  # the "model" of a pre-label that came with its scan
 
 
@@ -93,6 +97,11 @@ class ReviewService:
         self.accounts = Accounts(self.store, config.auth.access_token_hours)
         self.workflow = Workflow(self.store, config.review, self._published)
         self._finaliser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finalise")
+        # the team's background work runs on one server, its leader (the sole server on SQLite)
+        self.leadership = leadership_for(url)
+        self.background = LeaderJobs(self.leadership)
+        self.background.add("finalise cases in consensus", FINALISE_SWEEP_S, self._finalise_settled)
+        self.background.add("expire leases", LEASE_SWEEP_S, self.workflow.expire_leases)
         self.files: Optional[CaseFiles] = None
         self.ohif_viewer: Optional[str] = None  # the OHIF viewer's URL when a DICOMweb datastore is in use
         self.final_listeners: List[Callable[[], None]] = []  # told after each final is published (retraining)
@@ -171,16 +180,34 @@ class ReviewService:
         Cases left in consensus by a previous run are finalised."""
         if self.files is None:
             return
-        for image_id in self.workflow.register_cases(self.files.list_images()):
-            final = self.files.label_file(image_id, FINAL_TAG)
-            prelabel = None if final else self.files.label_file(image_id, ORIGINAL_TAG)
-            if final:
-                self.workflow.import_final(image_id, final, "the datastore's final label at start-up")
-            elif prelabel:
-                self.workflow.record_prelabel(image_id, prelabel, IMPORTED_PRELABEL, {"source": "import"})
-        recovered = self.workflow.recover()
-        if recovered:
-            log.info(f"review: finalised {recovered} case(s) left in consensus by a previous run")
+        with self.leadership.exclusively("amoslabel:sync-cases"):  # servers of a team starting together
+            for image_id in self.workflow.register_cases(self.files.list_images()):
+                final = self.files.label_file(image_id, FINAL_TAG)
+                prelabel = None if final else self.files.label_file(image_id, ORIGINAL_TAG)
+                if final:
+                    self.workflow.import_final(image_id, final, "the datastore's final label at start-up")
+                elif prelabel:
+                    self.workflow.record_prelabel(image_id, prelabel, IMPORTED_PRELABEL, {"source": "import"})
+        if self.leadership.is_leader():
+            recovered = self.workflow.recover()
+            if recovered:
+                log.info(f"review: finalised {recovered} case(s) left in consensus by a previous run")
+
+    def start_background(self) -> None:
+        """Take part in leading the team's background work (the server process only; see
+        :mod:`amoslabel.cluster.leadership`)."""
+        self.leadership.start()
+        self.background.start()
+        log.info(f"review: background work by the team's leader ({self.leadership.description})")
+
+    def stop_background(self) -> None:
+        self.background.stop()
+        self.leadership.stop()
+
+    def _finalise_settled(self) -> int:
+        """The leader's sweep: finalise cases that have been in consensus a while (voted on another server, or left
+        by a server that died before finalising)."""
+        return self.workflow.recover(settled_s=SETTLED_S)
 
     def image_added(self, case_id: str) -> None:
         """A new scan is a new case at once: routable, and scored without waiting."""
@@ -256,7 +283,7 @@ class ReviewService:
     def after_review(self, summary: Dict[str, Any]) -> Dict[str, Any]:
         """Queue finalising when a review brought the case to consensus (the vote answers at once); tell the
         viewers' label info when it went back to the junior."""
-        if summary.get("state") == "consensus":
+        if summary.get("state") == "consensus" and self.leadership.is_leader():  # else the leader's sweep does it
             self._finaliser.submit(self._finalise, summary["case_id"])
         elif summary.get("state") in ("with_junior", "escalated") and self.files is not None:
             detail = case_detail(self.workflow, summary["case_id"], Principal(0, "system", "admin"))

@@ -23,12 +23,15 @@ from typing import Iterator, NamedTuple
 
 import SimpleITK as sitk
 
-from sqlalchemy import create_engine, event, inspect, select
+from sqlalchemy import create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from amoslabel.files import file_sha256, fsync_dir, fsync_file
+from amoslabel.errors import Unavailable
+from amoslabel.files import file_sha256, fsync_dir, fsync_file, full_disk_refused
 from amoslabel.ids import check_id
+from amoslabel.volume import write_image
 from amoslabel.workspace import Workspace
 from review.schema import Base, Case
 
@@ -76,19 +79,27 @@ class ReviewStore:
         """A write transaction: committed when the block ends, rolled back entirely if it raises."""
         # SQLite has one writer at a time; threads of this process queue here rather than in SQLite's busy handler,
         # whose sleeps (1 to 100 ms, growing) would otherwise set the latency tail. Other processes still wait there.
-        with self._write_turn, self._writes() as session:
+        with self._write_turn, _unavailable_when_down(), self._writes() as session:
             session.info["write"] = True  # workflow reads of a case row in this session lock it
             try:
                 yield session
                 session.commit()
             except BaseException:
-                session.rollback()
+                try:
+                    session.rollback()
+                except (OperationalError, InterfaceError):  # the connection is gone, and the transaction with it
+                    pass
                 raise
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._reads() as session:
+        with _unavailable_when_down(), self._reads() as session:
             yield session
+
+    def ping(self) -> None:
+        """One round trip to the database (health checks); :class:`Unavailable` when it does not answer."""
+        with self.read() as session:
+            session.execute(text("SELECT 1"))
 
     def lock_case(self, session: Session, case_id: str) -> Case | None:
         """The case row, locked for this transaction (SQLite: already serialised by BEGIN IMMEDIATE)."""
@@ -100,6 +111,18 @@ class ReviewStore:
     def dispose(self) -> None:
         self.engine.dispose()
         self._read_engine.dispose()
+
+
+@contextmanager
+def _unavailable_when_down() -> Iterator[None]:
+    """A database that cannot be reached (PostgreSQL stopped or restarting, a lost connection) is a 503 with a
+    message, not a 500: the request was not acknowledged, and the client may try again. The pool checks a
+    connection before lending it (``pool_pre_ping``), so once the database is back the next request reconnects."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:200]
+        raise Unavailable(f"the review database is unavailable ({reason}): try again shortly") from error
 
 
 def _add_missing_columns(connection) -> None:
@@ -154,13 +177,21 @@ class VersionFiles:
 
     def put(self, case_id: str, source: str | Path | sitk.Image) -> StoredLabel:
         """Store a label file (copied) or a label image (written) once, atomically and fsynced, unless the same
-        content is already there. A file already in this store is returned as it is."""
-        folder = self.root / check_id(case_id, "case id")
+        content is already there. A file already in this store is returned as it is.
+
+        Raises:
+            StorageFull: the store's disk is full; nothing of the file stays behind.
+        """
+        with full_disk_refused():
+            return self._put(check_id(case_id, "case id"), source)
+
+    def _put(self, case_id: str, source: str | Path | sitk.Image) -> StoredLabel:
+        folder = self.root / case_id
         folder.mkdir(parents=True, exist_ok=True)
         if isinstance(source, sitk.Image):
             tmp = folder / f".incoming-{uuid.uuid4().hex}.nii.gz"
             try:
-                sitk.WriteImage(source, str(tmp), useCompression=True)
+                write_image(source, tmp)
                 return self._keep(folder, tmp, file_sha256(tmp))
             finally:
                 tmp.unlink(missing_ok=True)

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -57,8 +56,6 @@ class Workflow:
             OrganRule(settings.consensus.kind, settings.consensus.k),
             {name: OrganRule(r.kind, r.k) for name, r in settings.organ_rules.items()},
         )
-        self._sweep_lock = threading.Lock()
-        self._last_sweep = float("-inf")
         self.version_listeners: List[VersionListener] = []
 
     # -- cases and versions -------------------------------------------------------------------------------------
@@ -462,10 +459,14 @@ class Workflow:
             self.publisher(case_id, path, info)
         return version.id
 
-    def recover(self) -> int:
-        """Finalise every case left in ``consensus`` (a crash between the last vote and finalising)."""
+    def recover(self, settled_s: float = 0.0) -> int:
+        """Finalise every case in ``consensus`` (a crash between the last vote and finalising, or a vote on another
+        server of the team) that has been there at least ``settled_s`` seconds; returns how many."""
+        query = select(Case.id).where(Case.state == "consensus")
+        if settled_s > 0:
+            query = query.where(Case.updated <= utcnow() - timedelta(seconds=settled_s))
         with self.store.read() as s:
-            pending = list(s.execute(select(Case.id).where(Case.state == "consensus")).scalars())
+            pending = list(s.execute(query).scalars())
         for case_id in pending:
             self.finalise(case_id)
         return len(pending)
@@ -485,15 +486,6 @@ class Workflow:
     def expire_leases(self) -> int:
         """Expired leases return their case to the pool; each expiry is logged. Returns how many expired."""
         return assignments.expire_due(self.store)
-
-    def sweep_leases(self, every_s: float = 10.0) -> int:
-        """``expire_leases`` at most every ``every_s`` seconds (queues call this; a claim expires its own case's)."""
-        now = time.monotonic()
-        with self._sweep_lock:
-            if now - self._last_sweep < every_s:
-                return 0
-            self._last_sweep = now
-        return self.expire_leases()
 
     def set_priority(self, case_id: str, score: float, reason: str) -> None:
         """Queue order hook for active learning: a higher score comes first (FIFO among equal scores)."""

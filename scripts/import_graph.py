@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # as part of `amoslabel.cli`: no module imports it.
 FLOORS: list[list[str]] = [
     ["amoslabel"],
+    ["amoslabel.cluster"],
     ["amoslabel.dicom"],
     ["amoslabel.data"],
     ["evaluation"],

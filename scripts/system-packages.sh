@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Debian packages that some tests run for real: PostgreSQL (the review store's PostgreSQL test), chromium
+# Debian packages that some tests run for real: PostgreSQL (the review store's PostgreSQL test and a team of servers),
+# HAProxy (the load balancer in front of a team), chromium
 # (the web pages' and the OHIF viewer's browser tests), Orthanc with its DICOMweb plugin (the DICOMweb datastore), and
 # iproute2 (brings up loopback inside the private network namespace those tests run in), and npm (fetches the
 # prebuilt OHIF viewer).
@@ -15,6 +16,7 @@ command -v Orthanc >/dev/null || missing+=(orthanc)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v npm >/dev/null || missing+=(npm)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

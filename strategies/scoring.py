@@ -171,9 +171,11 @@ class ScoringWorker:
         workflow: Workflow,
         settings: ActiveLearningSettings,
         member_versions: Callable[[], Dict[str, Optional[int]]],
+        may_run: Callable[[], bool] = lambda: True,
     ):
         self.scorer, self.workflow, self.settings = scorer, workflow, settings
         self.member_versions = member_versions
+        self.may_run = may_run  # only the team's leader scores (amoslabel.cluster.leadership)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -223,7 +225,8 @@ class ScoringWorker:
         except (OSError, AttributeError):
             pass
         while not self._stop.is_set():
-            self.run_once()
+            if self.may_run():
+                self.run_once()
             self._wake.wait(self.settings.interval_s)
             self._wake.clear()
 

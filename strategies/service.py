@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from amoslabel.config import AppConfig
 from amoslabel.data.tags import ATTENTION_TAG
 from amoslabel.errors import InputError
-from amoslabel.volume import Geometry, read_header
+from amoslabel.volume import Geometry, read_header, write_image
 from models.infer_task import SegmentationInferTask
 from models.prior_task import AtlasCache
 from review.service import ReviewService
@@ -48,7 +48,9 @@ class ActiveLearningService:
             self.save_attention,
             self.anatomy,
         )
-        self.worker = ScoringWorker(self.scorer, review.workflow, config.active_learning, self.member_versions)
+        self.worker = ScoringWorker(
+            self.scorer, review.workflow, config.active_learning, self.member_versions, review.leadership.is_leader
+        )
 
     def start(self) -> "ActiveLearningService":
         """Score in the background from now on; a new case wakes the worker at once."""
@@ -91,5 +93,5 @@ class ActiveLearningService:
         on_scan = sitk.Resample(heat, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         with tempfile.TemporaryDirectory(prefix="attention-") as tmp:
             file = Path(tmp) / "attention.nii.gz"
-            sitk.WriteImage(on_scan, str(file), useCompression=True)
+            write_image(on_scan, file)
             store.publish_label(case_id, str(file), ATTENTION_TAG, {"source": "active learning"})

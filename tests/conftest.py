@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -43,6 +44,23 @@ def shared() -> Path:
 def output_dir() -> Path:
     OUTPUT.mkdir(exist_ok=True)
     return OUTPUT
+
+
+@pytest.fixture
+def private_postgres(tmp_path_factory):
+    """A private PostgreSQL from Debian's package (:class:`amoslabel.cluster.postgres.PrivatePostgres`): a Unix
+    socket only, run as the postgres user; removed after the test."""
+    from amoslabel.cluster.postgres import PrivatePostgres
+
+    root = Path(tempfile.mkdtemp(prefix="amos-pg-"))
+    try:
+        database = PrivatePostgres(root).start()
+    except RuntimeError as missing:
+        pytest.fail(f"{missing}: `make test` installs Debian's postgresql package; see README")
+    try:
+        yield database
+    finally:
+        database.remove()
 
 
 def free_port() -> int:

@@ -47,6 +47,15 @@ def register(sub) -> None:
     web.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE / "dicomweb")
     web.set_defaults(run=_serve_dicomweb)
 
+    team = sub.add_parser("serve-team", help="a private PostgreSQL, several app servers and HAProxy in front")
+    team.add_argument("studies", nargs="?", default=None, help="as for serve (default: the sample data)")
+    team.add_argument("--host", default="127.0.0.1", help="where the load balancer listens")
+    team.add_argument("--port", type=int, default=8000, help="the load balancer's port; app servers on PORT+1...")
+    team.add_argument("--servers", type=int, default=2)
+    add_conf_option(team)
+    team.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE)
+    team.set_defaults(run=_serve_team)
+
     check = sub.add_parser("check-config", help="parse apps.yaml (with --conf overrides) and print the result")
     check.add_argument("--config", type=Path, default=None)
     add_conf_option(check)
@@ -64,6 +73,12 @@ def _serve_dicomweb(args) -> int:
 
     conf = conf_pairs(args.conf)
     return serve_dicomweb(args.workspace, args.host, args.port, conf, args.orthanc_port, args.ohif_port)
+
+
+def _serve_team(args) -> int:
+    from amoslabel.server.team_launch import run_team
+
+    return run_team(args.studies, args.host, args.port, args.servers, conf_pairs(args.conf), args.workspace)
 
 
 def _check_config(args) -> int:

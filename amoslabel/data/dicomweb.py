@@ -36,6 +36,7 @@ from amoslabel.dicom.series import read_series, series_headers
 from amoslabel.dicom.naming import PRELABEL_PREFIX, SegKind, seg_description, seg_uids
 from amoslabel.dicom.seg import write_seg
 from amoslabel.errors import InputError
+from amoslabel.volume import write_image
 from amoslabel.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class AmosDicomWebDatastore(AmosDatastore):
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
         nifti = scratch / f"{series}.nii.gz"
-        sitk.WriteImage(image, str(nifti), useCompression=True)
+        write_image(image, nifti)
         try:
             self.add_image(series, str(nifti), {"modality": "mri" if entry["modality"] == "MR" else "ct"})
         finally:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from amoslabel.errors import Unavailable
 from review.auth import Accounts, Principal, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ RULES: Tuple[Rule, ...] = (
     _rule(READ, r"/ohif(/.*)?", PUBLIC, "MONAI Label's OHIF viewer (static files)"),
     _rule("GET", r"/auth/?", PUBLIC, "is auth enabled"),
     _rule("POST", r"/auth/token", PUBLIC, "log in"),
+    _rule(READ, r"/health(/leader)?", PUBLIC, "health checks (the load balancer)"),
     _rule(ALL_METHODS, r"/review(/.*)?", DELEGATED, "review pages and API"),
     _rule("GET", r"/auth/token/valid", EVERYONE, "check a token"),
     # what every member of the team reads and does
@@ -220,7 +222,10 @@ class AccessControl:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         # in the thread pool: the token's row is read from the store (and its secret checked with Argon2, 50 ms,
         # the first time), which must not stall the event loop; the hop costs about 0.5 ms (make bench-auth)
-        decision = await anyio.to_thread.run_sync(self.gate.decide, scope["method"], scope["path"], headers)
+        try:
+            decision = await anyio.to_thread.run_sync(self.gate.decide, scope["method"], scope["path"], headers)
+        except Unavailable as down:  # the token cannot be checked while the database is down
+            decision = Decision(503, detail=down.message)
         if decision.status:
             body = json.dumps({"detail": decision.detail}).encode()
             response_headers = [
@@ -230,6 +235,8 @@ class AccessControl:
             ]
             if decision.status == 401:
                 response_headers.append((b"www-authenticate", b"Bearer"))
+            elif decision.status == 503:
+                response_headers.append((b"retry-after", b"5"))
             await send({"type": "http.response.start", "status": decision.status, "headers": response_headers})
             await send({"type": "http.response.body", "body": body})
             return

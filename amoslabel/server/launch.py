@@ -62,7 +62,7 @@ def server_command(studies: str, host: str, port: int, conf: Dict[str, str]) -> 
     cmd = [
         sys.executable,
         "-m",
-        "monailabel.main",
+        "amoslabel.server.start_server",
         "start_server",
         "--app",
         str(APP_DIR),

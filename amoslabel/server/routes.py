@@ -50,6 +50,7 @@ from amoslabel.data.dicomweb import AmosDicomWebDatastore, seg_for_infer
 from amoslabel.errors import InputError, NotFound
 from amoslabel.ids import check_id, check_tag
 from amoslabel.server.access import AccessGate
+from amoslabel.server.health import install_health_routes
 from amoslabel.server.identity import acting_for, install_auth_routes, protect, username
 from amoslabel.server.viewer_dicomweb import ViewerDicomWeb
 from review.api import create_review_api
@@ -76,6 +77,7 @@ def install(fastapi_app, review: ReviewService, datastore: AmosDatastore, auth: 
     ``auth`` is off), and the overrides."""
     mount_review_api(fastapi_app, review)
     install_auth_routes(fastapi_app, review.accounts, auth, override_route)
+    install_health_routes(fastapi_app, review, override_route)
     install_route_overrides(fastapi_app, ReviewQueueStrategy.NAME, review_sample, review)
     if isinstance(datastore, AmosDicomWebDatastore):
         use_coded_seg_for_infer_output()

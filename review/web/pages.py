@@ -28,7 +28,7 @@ from flask import Blueprint, Flask, redirect, render_template, request, session,
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadSignature
 
-from amoslabel.errors import InputError
+from amoslabel.errors import InputError, ServerUnable
 from amoslabel.organs import ORGANS
 from review.auth import Principal, Unauthorized, token_id_of
 from review.consensus import DECISIONS
@@ -163,6 +163,10 @@ def _plumbing(pages: Blueprint) -> None:
         if isinstance(error, Unauthorized):
             session.pop("tid", None)
             return redirect(url_for("pages.login", next=request.path))
+        return error_page(error.message, error.status)
+
+    @pages.errorhandler(ServerUnable)
+    def _server_unable(error: ServerUnable):
         return error_page(error.message, error.status)
 
 

@@ -6,15 +6,10 @@ client saw succeed is counted, and the store must hold exactly those effects: no
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -117,38 +112,8 @@ def test_twenty_parallel_clients_on_sqlite(tmp_path):
 
 
 @pytest.fixture
-def postgres_url():
-    """A private PostgreSQL 15 from Debian's package, on a Unix socket only, as the postgres user."""
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not bins:
-        pytest.fail("PostgreSQL is not installed: `make test` installs Debian's postgresql package; see README")
-    bindir = bins[-1].parent
-    root = Path(tempfile.mkdtemp(prefix="amos-pg-"))
-    data, sock = root / "data", root / "sock"
-    data.mkdir()
-    sock.mkdir()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(root, "postgres")
-        shutil.chown(data, "postgres")
-        shutil.chown(sock, "postgres")
-    subprocess.run(
-        as_postgres + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "amos"],
-        check=True,
-        capture_output=True,
-    )
-    ctl = as_postgres + [str(bindir / "pg_ctl"), "-D", str(data)]
-    subprocess.run(
-        ctl
-        + ["-o", f"-k {sock} -c listen_addresses='' -c max_connections=200", "-l", str(root / "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://amos@/postgres?host={sock}"
-    finally:
-        subprocess.run(ctl + ["-m", "immediate", "-w", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+def postgres_url(private_postgres):
+    return private_postgres.url
 
 
 def test_the_workflow_on_a_real_postgresql(tmp_path, postgres_url):

@@ -1,0 +1,166 @@
+"""A team on one machine: a private PostgreSQL, several app servers on one studies folder, HAProxy in front.
+
+``make run-team SERVERS=2`` (``python -m amoslabel serve-team --servers 2``) imports the studies as ``make run``
+does, makes the first users in PostgreSQL, starts the app servers on ``PORT+1 ...`` (loopback), and HAProxy on
+``PORT`` (the address every client uses) with its statistics page on ``PORT+100``. What each server shares with the
+others:
+
+* the review database: PostgreSQL (users, tokens, cases, versions, votes, the audit log; the leader's lock);
+* the studies folder with its workspace: label versions, model versions, the review pages' session secret;
+* MONAI Label's inference sessions (``MONAI_LABEL_SESSION_PATH``), so no request needs to stick to one server.
+
+On several machines the same holds with a PostgreSQL and a shared folder the hospital runs (README).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import requests
+
+from amoslabel.cluster.haproxy import HAProxy
+from amoslabel.cluster.postgres import PrivatePostgres
+from amoslabel.processes import LoggedProcess
+from amoslabel.server.launch import PROJECT_ROOT, server_command, server_environment
+
+SESSIONS_DIR = "monai-sessions"
+
+
+class Team:
+    """The processes of a team: its PostgreSQL (unless ``database_url`` names one), ``servers`` app servers, HAProxy.
+
+    Args:
+        studies: the studies folder every server serves.
+        root: where the team keeps its PostgreSQL, logs, HAProxy configuration and MONAI Label sessions.
+        ports: the app servers' ports; ``port``: the load balancer's.
+        conf: ``--conf`` overrides for every server (``review_database`` is set here).
+    """
+
+    def __init__(
+        self,
+        studies: str,
+        root: Path,
+        ports: List[int],
+        port: int,
+        conf: Optional[Dict[str, str]] = None,
+        database_url: Optional[str] = None,
+        stats_port: Optional[int] = None,
+        host: str = "127.0.0.1",
+    ):
+        self.studies, self.root, self.ports, self.port = studies, Path(root), list(ports), port
+        self.host = host  # where the load balancer listens (the app servers listen on loopback only)
+        self.stats_port = stats_port or port + 100
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.postgres = None if database_url else PrivatePostgres(self.root / "postgres")
+        self.database_url = database_url or self.postgres.url
+        self.conf = {**(conf or {}), "review_database": self.database_url}
+        self.servers: Dict[int, LoggedProcess] = {}
+        self.balancer: Optional[LoggedProcess] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def server_url(self, index: int) -> str:
+        return f"http://127.0.0.1:{self.ports[index]}"
+
+    def start_database(self) -> "Team":
+        if self.postgres is not None and not self.postgres.is_running():
+            self.postgres.start()
+        return self
+
+    def start_server(self, index: int) -> LoggedProcess:
+        """Start app server ``index`` (not waiting for it)."""
+        env = server_environment({"MONAI_LABEL_SESSION_PATH": str(self.root / SESSIONS_DIR)})
+        command = server_command(self.studies, "127.0.0.1", self.ports[index], self.conf)
+        self.servers[index] = LoggedProcess(command, self.root / f"server-{index + 1}.log", env=env, cwd=PROJECT_ROOT)
+        return self.servers[index]
+
+    def wait_ready(self, url: str, process: Optional[LoggedProcess], timeout_s: float = 600) -> None:
+        """Until ``GET url/health`` answers 200."""
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if process is not None and process.process.poll() is not None:
+                raise RuntimeError(f"{url} exited while starting:\n{process.tail()}")
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{url} did not answer /health within {timeout_s:.0f} s")
+
+    def start(self) -> "Team":
+        """PostgreSQL, every server (in parallel), then HAProxy once they answer."""
+        self.start_database()
+        for index in range(len(self.ports)):
+            self.start_server(index)
+        for index in range(len(self.ports)):
+            self.wait_ready(self.server_url(index), self.servers[index])
+        servers = [f"127.0.0.1:{p}" for p in self.ports]
+        haproxy = HAProxy(self.root / "haproxy.cfg", self.root / "haproxy.log")
+        haproxy.write(f"{self.host}:{self.port}", servers, f"127.0.0.1:{self.stats_port}")
+        self.balancer = haproxy.start()
+        self.wait_ready(self.url, self.balancer, timeout_s=30)
+        return self
+
+    def kill(self, index: int) -> None:
+        """kill -9 app server ``index`` (a crash: nothing is flushed, no request is finished)."""
+        process = self.servers[index].process
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop(self) -> None:
+        if self.balancer is not None:
+            self.balancer.stop(5)
+        for server in self.servers.values():
+            server.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
+def run_team(source: Optional[str], host: str, port: int, servers: int, conf: Dict[str, str], workspace: Path) -> int:
+    """``make run-team``: import, start the team, print where to connect, and wait until Ctrl-C."""
+    from amoslabel.config import load_config
+    from amoslabel.server.first_start import credentials_text, first_start
+    from amoslabel.server.launch import prepare_studies
+
+    config = load_config(Path(conf["config"]) if conf.get("config") else None, conf)
+    studies = prepare_studies(source, workspace, "final")
+    team = Team(studies, workspace / "team", [port + 1 + n for n in range(servers)], port, conf, host=host)
+    try:
+        team.start_database()
+        print(f"[amoslabel] PostgreSQL: {team.database_url}", flush=True)
+        team_config = load_config(Path(conf["config"]) if conf.get("config") else None, team.conf)
+        made = first_start(team_config, Path(studies), demo=not source) if config.auth.enabled else []
+        print(f"[amoslabel] starting {servers} app servers on ports {team.ports} ...", flush=True)
+        team.start()
+        url = f"http://{host}:{port}"
+        print("\n" + "=" * 78, flush=True)
+        print(f"  AMOS Label team: {servers} app servers behind HAProxy, serving {studies}", flush=True)
+        print(f"  Every client (3D Slicer, the review pages, OHIF): {url}", flush=True)
+        print(f"  HAProxy's statistics: http://127.0.0.1:{team.stats_port}/    logs: {team.root}", flush=True)
+        if made:
+            print("\n" + credentials_text(made, url, Path(studies)), flush=True)
+        print("=" * 78 + "\n", flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)
+        reported = set()
+        while any(s.process.poll() is None for s in team.servers.values()):
+            for index, server in team.servers.items():
+                if server.process.poll() is not None and index not in reported:
+                    reported.add(index)
+                    print(f"[amoslabel] app server {index + 1} exited; the others serve on ({server.log_path})")
+            time.sleep(1)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        team.stop()
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
