@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # test modules run on this many workers (pytest-xdist; each module stays whole, in order, on one worker)
 TEST_WORKERS ?= 2
 
-.PHONY: run run-dicomweb run-team test env reliability bench bench-metrics bench-review baselines prior-check learning-check al-simulation lint clean
+.PHONY: run run-dicomweb run-team test env reliability bench bench-metrics bench-review bench-review-profile bench-keepalive baselines prior-check learning-check al-simulation lint clean
 
 env:
 	@scripts/bootstrap.sh
@@ -41,7 +41,8 @@ test: env
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The reliability suite at full load (kill -9 x12 over 400 writes, 50 writers, the bad-input corpus, the role matrix,
-# schemathesis at 100 examples per operation, backup/restore), then the table of docs/reliability.md (about 8 min).
+# schemathesis at 100 examples per operation, a team of 2 servers: 3 kills, PostgreSQL stopped, a 30 s race; a full
+# label store; backup/restore), then the table of docs/reliability.md (about 10 min).
 # `make test` runs the same tests in their short form.
 reliability: env
 	@scripts/system-packages.sh
@@ -62,9 +63,20 @@ BASELINE_ARGS ?= --steps 150
 baselines: env
 	$(PY) -m bench.baselines $(BASELINE_ARGS)
 
-# The review workflow under load: 10,000 cases, 20 concurrent clients, against MONAI Label's datastore listing.
+# The review workflow under load: 10,000 cases, 20 concurrent clients, against MONAI Label's datastore listing; one
+# server on SQLite, then a team (2 and 1 app servers, 2 review workers, PostgreSQL, HAProxy); CPU per operation
+# (about 15 min).
 bench-review: env
+	@scripts/system-packages.sh
 	$(PY) -m bench.review_load
+
+# Where a review operation's CPU goes without HTTP: SQL statements, CPU and a cProfile per operation (10,000 cases).
+bench-review-profile: env
+	$(PY) -m bench.review_profile
+
+# Why a kept-alive request got no answer: POSTs sent as uvicorn closes an idle connection, at 5 s and at 75 s.
+bench-keepalive: env
+	$(PY) -m bench.keepalive
 
 # Active learning against random on synthetic volumes from the real label maps (3 seeds, about 30 min on 2 cores).
 al-simulation: env

@@ -79,12 +79,58 @@ def _fuzz(r: Dict) -> List[str]:
     ]
 
 
+def _team_race(r: Dict) -> List[str]:
+    return [
+        "R7 two servers race (`tests/reliability/test_team.py`)",
+        f"{r['writers']} writers for {r['seconds']} s, half straight to each of 2 app servers on one PostgreSQL",
+        "claims, submissions and votes on the same pool of cases from both servers at once",
+        f"acknowledged {r['acknowledged']}, every one stored",
+        "**0** lost updates, **0** double assignments",
+    ]
+
+
+def _team_kill(r: Dict) -> List[str]:
+    return [
+        "R7 app server killed (`tests/reliability/test_team.py`)",
+        f"{r['writers']} users submitting and voting through HAProxy to 2 app servers (+ 2 review workers)",
+        f"{r['kills']} x kill -9 of the leader; requests cut off: {r['cut_off']}",
+        f"{r['acknowledged']} acknowledged, all stored; the survivor led after {r['led_after_s']} s; "
+        f"{r['finalised_after_kill']} cases reached consensus and were finalised after a kill",
+        f"**{r['lost']}** acknowledged writes",
+    ]
+
+
+def _team_postgres(r: Dict) -> List[str]:
+    return [
+        "R7 PostgreSQL stopped (`tests/reliability/test_team.py`)",
+        f"50 users through HAProxy; `pg_ctl stop -m immediate`, {r['down_s']} s down, started again",
+        f"while down: {r['answer_while_down']}",
+        f"{r['acknowledged']} acknowledged, all stored; refused {r['refused']}; first write "
+        f"{r['first_write_after_s']} s after PostgreSQL was back, {r['restarts']} server restarts",
+        f"**{r['lost']}** acknowledged writes",
+    ]
+
+
+def _disk_full(r: Dict) -> List[str]:
+    return [
+        "R8 label store full (`tests/reliability/test_disk_full.py`)",
+        "a junior's save through the review API and through 3D Slicer's client",
+        f"the label store a 1 MB tmpfs with {r['free_kb_when_refused']} KB free",
+        f"{r['refusal']} with a message; no partial file; reads served; the same save stored once space was freed",
+        "**0** half-written files",
+    ]
+
+
 SECTIONS: Dict[str, Callable[[Dict], List[str]]] = {
     "r1_crash": _crash,
     "r2_concurrency": _concurrency,
     "r3_bad_input": _bad_input,
     "r4_roles": _roles,
     "r5_fuzz": _fuzz,
+    "team_race": _team_race,
+    "team_kill": _team_kill,
+    "team_postgres": _team_postgres,
+    "disk_full": _disk_full,
 }
 
 

@@ -202,6 +202,10 @@ def run_clients(url: str, users: dict, tokens: dict, seconds: float, think_s: fl
     }
 
 
+# Background scoring off: its CPU is the active learner's, not the operations' (the figures divide by operations).
+SERVER_CONF = {"preset": "cpu-fast", "active_learning": "false"}
+
+
 class CpuMeter:
     """CPU seconds (user + system) of some processes and their children, between two readings."""
 
@@ -276,6 +280,31 @@ def _phases(url: str, users: dict, tokens: dict, args, meter: CpuMeter, phases: 
     return out
 
 
+FLOOR = (  # what one request costs a server before any workflow work: (what, method, path)
+    ("HTTP, no SQL (GET /health/leader)", "GET", "/health/leader"),
+    ("+ one SELECT (GET /health)", "GET", "/health"),
+    ("+ the gate's token check (GET /auth/token/valid)", "GET", "/auth/token/valid"),
+    ("review API: Flask + token (GET /review/api/me)", "GET", "/review/api/me"),
+)
+
+
+def _floor(url: str, token: str, meter: CpuMeter, requests_each: int = 300) -> dict:
+    """Server CPU (ms) per request of the cheapest requests, one client: where an operation's time goes before the
+    workflow does anything."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    out = {}
+    for what, method, path in FLOOR:
+        for _ in range(10):  # warm: the token's Argon2 check is remembered after the first request
+            session.request(method, url + path, timeout=30).raise_for_status()
+        before = meter.read()
+        for _ in range(requests_each):
+            session.request(method, url + path, timeout=30).raise_for_status()
+        after = meter.read()
+        out[what] = {name: round((after[name] - before[name]) * 1000 / requests_each, 2) for name in after}
+    return out
+
+
 def _listing(url: str, auth: dict) -> dict:
     times = []
     for _ in range(5):
@@ -294,7 +323,7 @@ def bench_single(args) -> dict:
     log = open(work / "server.log", "w")
     started = time.time()
     server = subprocess.Popen(
-        server_command(str(studies), "127.0.0.1", port, {"preset": "cpu-fast"}),
+        server_command(str(studies), "127.0.0.1", port, SERVER_CONF),
         env=server_environment(),
         cwd=work,
         stdout=log,
@@ -306,6 +335,7 @@ def bench_single(args) -> dict:
         meter = CpuMeter({"app_servers": [server.pid]})
         report = _phases(url, users, tokens, args, meter, ("paced", "back_to_back", "two_clients"))
         report["monailabel_datastore_output_all_ms"] = _listing(url, auth)
+        report["cpu_ms_per_request_floor"] = _floor(url, tokens["junior0"], meter)
     finally:
         server.terminate()
         server.wait(30)
@@ -315,7 +345,8 @@ def bench_single(args) -> dict:
 
 
 def bench_team(args, servers: int, phases: Sequence[str]) -> dict:
-    """The team design: ``servers`` app servers on one PostgreSQL, the clients through HAProxy."""
+    """The team design: ``servers`` app servers and ``args.review_workers`` review workers on one PostgreSQL, the
+    clients through HAProxy."""
     work = Path(tempfile.mkdtemp(prefix="review-load-team-"))
     work.chmod(0o755)  # PostgreSQL runs as the postgres user below it
     database = PrivatePostgres(work / "postgres").start()
@@ -326,17 +357,23 @@ def bench_team(args, servers: int, phases: Sequence[str]) -> dict:
             work / "team",
             [_free_port() for _ in range(servers)],
             _free_port(),
-            {"preset": "cpu-fast"},
+            SERVER_CONF,
             database_url=database.url,
             stats_port=_free_port(),
+            review_workers=args.review_workers,
+            review_port=_free_port(),
         )
         started = time.time()
         try:
             team.start()
-            print(f"{servers} app server(s) on PostgreSQL behind HAProxy, up in {time.time() - started:.1f} s")
+            print(
+                f"{servers} app server(s), {args.review_workers} review worker(s) on PostgreSQL behind HAProxy, "
+                f"up in {time.time() - started:.1f} s"
+            )
+            reviewers = [team.reviewers.process.pid] if team.reviewers else []  # gunicorn's master and its workers
             meter = CpuMeter(
                 {
-                    "app_servers": [s.process.pid for s in team.servers.values()],
+                    "app_servers": [s.process.pid for s in team.servers.values()] + reviewers,
                     "postgresql": [database.postmaster_pid()],
                     "haproxy": [team.balancer.process.pid],
                 }
@@ -344,6 +381,7 @@ def bench_team(args, servers: int, phases: Sequence[str]) -> dict:
             report = _phases(team.url, users, tokens, args, meter, phases)
             if "paced" in phases:
                 report["monailabel_datastore_output_all_ms"] = _listing(team.url, auth)
+                report["cpu_ms_per_request_floor"] = _floor(team.url, tokens["junior0"], meter)
         finally:
             team.stop()
     finally:
@@ -371,6 +409,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60, help="length of each phase")
     parser.add_argument("--think-s", type=float, default=1.0, help="mean pause of a user between operations (paced)")
+    parser.add_argument("--review-workers", type=int, default=2, help="review API worker processes of a team")
+    parser.add_argument("--out", type=Path, default=BENCH_OUTPUT / "review_load.json", help="the report (JSON)")
     parser.add_argument(
         "--designs",
         default="single,team2,team1",
@@ -394,11 +434,14 @@ def main(argv=None) -> int:
         report[design]["goals"] = {
             p: goals(report[design][p]) for p in ("paced", "back_to_back") if p in report[design]
         }
-    out = BENCH_OUTPUT / "review_load.json"
-    out.parent.mkdir(exist_ok=True)
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print(table(report))
+    for design in designs:
+        for what, cpu in report[design].get("cpu_ms_per_request_floor", {}).items():
+            print(f"{design}: {what}: server CPU {cpu['app_servers']} ms per request")
     failed = sum(
         r["errors"]
         for d in designs

@@ -99,6 +99,11 @@ def _case_routes(app: Flask, service: ReviewService) -> None:
     def openapi():
         return jsonify(yaml.safe_load(OPENAPI.read_text()))
 
+    @app.get("/api/health")
+    def health():  # public: a load balancer's check of a review worker (one SELECT 1; 503 when the store is down)
+        service.store.ping()
+        return jsonify(status="ok")
+
     @app.get("/api/me")
     def me():
         who = principal()

@@ -57,6 +57,7 @@ class CaseFiles(Protocol):
 
     label_saver: Any
     image_added: Any
+    leads: Any
 
     def list_images(self) -> List[str]: ...
 
@@ -114,6 +115,7 @@ class ReviewService:
         self.ohif_viewer = ohif_viewer
         files.label_saver = self.save_from_viewer
         files.image_added = self.image_added
+        files.leads = self.leadership.is_leader
         self.workflow.version_listeners.append(files.version_for_readers)
 
     def image_file(self, case_id: str) -> Optional[str]:

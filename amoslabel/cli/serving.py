@@ -52,9 +52,17 @@ def register(sub) -> None:
     team.add_argument("--host", default="127.0.0.1", help="where the load balancer listens")
     team.add_argument("--port", type=int, default=8000, help="the load balancer's port; app servers on PORT+1...")
     team.add_argument("--servers", type=int, default=2)
+    team.add_argument("--review-workers", type=int, default=2, help="gunicorn processes for /review (0: none)")
     add_conf_option(team)
     team.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE)
     team.set_defaults(run=_serve_team)
+
+    haproxy = sub.add_parser("haproxy-config", help="print the HAProxy configuration for a team on real machines")
+    haproxy.add_argument("--bind", required=True, help="where HAProxy listens, host:port")
+    haproxy.add_argument("--server", action="append", required=True, help="an app server, host:port (repeat)")
+    haproxy.add_argument("--review", action="append", default=[], help="a review workers' address, host:port")
+    haproxy.add_argument("--stats", default="127.0.0.1:8404", help="HAProxy's statistics page, host:port")
+    haproxy.set_defaults(run=_haproxy_config)
 
     check = sub.add_parser("check-config", help="parse apps.yaml (with --conf overrides) and print the result")
     check.add_argument("--config", type=Path, default=None)
@@ -78,7 +86,15 @@ def _serve_dicomweb(args) -> int:
 def _serve_team(args) -> int:
     from amoslabel.server.team_launch import run_team
 
-    return run_team(args.studies, args.host, args.port, args.servers, conf_pairs(args.conf), args.workspace)
+    conf = conf_pairs(args.conf)
+    return run_team(args.studies, args.host, args.port, args.servers, conf, args.workspace, args.review_workers)
+
+
+def _haproxy_config(args) -> int:
+    from amoslabel.cluster.haproxy import render
+
+    print(render(args.bind, args.server, args.stats, args.review))
+    return 0
 
 
 def _check_config(args) -> int:

@@ -20,13 +20,16 @@ ERRORFILE_503 = Path(__file__).with_name("haproxy-503.http")
 ERRORFILE_502 = Path(__file__).with_name("haproxy-502.http")
 
 
-def render(bind: str, servers: Sequence[str], stats_bind: str) -> str:
-    """The configuration for ``servers`` (``host:port`` each), listening on ``bind`` (``host:port``)."""
+def render(bind: str, servers: Sequence[str], stats_bind: str, review: Sequence[str] = ()) -> str:
+    """The configuration for app ``servers`` and ``review`` workers (``host:port`` each; no review workers: the
+    app servers serve the review API too), listening on ``bind`` (``host:port``)."""
     lines = [f"    server app{n + 1} {address} check" for n, address in enumerate(servers)]
+    review_lines = [f"    server review{n + 1} {address} check" for n, address in enumerate(review)] or lines
     return Template(TEMPLATE.read_text()).substitute(
         bind=bind,
         servers_block="\n".join(lines),
         leader_block="\n".join(lines),
+        review_block="\n".join(review_lines),
         stats_bind=stats_bind,
         errorfile_503=ERRORFILE_503.resolve(),
         errorfile_502=ERRORFILE_502.resolve(),
@@ -46,9 +49,9 @@ class HAProxy:
             raise RuntimeError("HAProxy is not installed: run scripts/system-packages.sh (Debian's haproxy package)")
         return str(found)
 
-    def write(self, bind: str, servers: Sequence[str], stats_bind: str) -> "HAProxy":
+    def write(self, bind: str, servers: Sequence[str], stats_bind: str, review: Sequence[str] = ()) -> "HAProxy":
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render(bind, servers, stats_bind))
+        self.config_path.write_text(render(bind, servers, stats_bind, review))
         checked = subprocess.run([self.binary(), "-c", "-f", str(self.config_path)], capture_output=True, text=True)
         if checked.returncode != 0:
             raise RuntimeError(f"HAProxy refused {self.config_path}: {checked.stdout}{checked.stderr}")

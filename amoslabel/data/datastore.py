@@ -73,10 +73,13 @@ class AmosDatastore(LocalDatastore):
         self.max_upload_bytes = max_upload_bytes
         self.label_saver: Optional[LabelSaver] = None  # set when the review workflow runs
         self.image_added: Optional[Callable[[str], None]] = None  # told once a new scan is stored (the workflow)
+        # whether this process leads its team's background work (amoslabel.cluster.leadership); set by the workflow
+        self.leads: Callable[[], bool] = lambda: True
         self.index_delay_s = index_delay_s
         self._index_timer: Optional[threading.Timer] = None
         self._index_timer_lock = threading.Lock()
         self._status_cache: Optional[tuple] = None
+        self._refresh_lock = threading.Lock()
         self._started = False
         self.workspace = Workspace(Path(studies))
         self.records = CaseRecords(studies)
@@ -344,6 +347,7 @@ class AmosDatastore(LocalDatastore):
         self.records.update(image_id, {"image_info": {**self.records.get(image_id).get("image_info", {}), **info}})
 
     def get_image_info(self, image_id: str) -> Dict[str, Any]:
+        self.has_image(image_id)
         info = super().get_image_info(image_id)
         if info:
             info = {**self.records.get(image_id).get("image_info", {}), **info}
@@ -363,7 +367,36 @@ class AmosDatastore(LocalDatastore):
         return dict(cached[1])
 
     def has_image(self, image_id: str) -> bool:
+        """Whether the image is in the datastore. An image that another server of a team added (its file is in the
+        shared studies folder, this process's index does not have it yet) is taken into the index first."""
+        if image_id in self._datastore.objects:
+            return True
+        try:
+            check_id(image_id)
+        except InputError:
+            return False
+        if any((Path(self._datastore.base_path) / f"{image_id}{ext}").is_file() for ext in (".nii.gz", ".nii")):
+            with self._refresh_lock:
+                if image_id not in self._datastore.objects:
+                    logger.info(f"datastore: {image_id} was added by another server; reading the folder again")
+                    self.refresh()
         return image_id in self._datastore.objects
+
+    def get_image_uri(self, image_id: str) -> str:
+        self.has_image(image_id)
+        return super().get_image_uri(image_id)
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        """The label's file; a label that another server of a team linked (the index of this process does not have
+        it yet) is found at its place in the shared folder."""
+        uri = super().get_label_uri(label_id, label_tag)
+        if uri or not self.has_image(label_id):
+            return uri
+        try:
+            linked = Path(self._datastore.label_path(check_tag(label_tag))) / f"{check_id(label_id)}.nii.gz"
+        except InputError:
+            return ""
+        return str(linked.resolve()) if linked.is_file() else ""
 
     def case_record(self, image_id: str) -> Dict[str, Any]:
         return self.records.get(image_id)

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import pydicom
 import SimpleITK as sitk
+from filelock import FileLock
 from dicomweb_client.api import DICOMwebClient
 
 from amoslabel.data.datastore import AmosDatastore
@@ -89,10 +90,14 @@ class AmosDicomWebDatastore(AmosDatastore):
         return found
 
     def sync(self, force: bool = False) -> int:
-        """Fetch series that are new on the server, and resend SEGs that could not be sent. Returns how many new."""
-        if not force and time.monotonic() - self._synced_at < self.sync_interval_s:
+        """Fetch series that are new on the server, and resend SEGs that could not be sent. Returns how many new.
+
+        In a team, only the leader syncs periodically (the others find what it fetched in the shared working folder,
+        :meth:`has_image`); the start-up sync of every server takes a file lock on the working folder, so two
+        processes never fetch into it at once."""
+        if not force and (time.monotonic() - self._synced_at < self.sync_interval_s or not self.leads()):
             return 0
-        with self._sync_lock:
+        with self._sync_lock, FileLock(self.root / ".sync.lock"):
             self._synced_at = time.monotonic()
             added = 0
             for entry in self.remote_series():

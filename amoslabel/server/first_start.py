@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from amoslabel.config import AppConfig
 from amoslabel.data.tags import ORIGINAL_TAG
@@ -76,12 +76,13 @@ def stage_case_in_review(service: ReviewService, studies: Path, case_id: str, ju
     workflow.submit(who, case_id)
 
 
-def credentials_text(made: Sequence[Credential], url: str, studies: Path) -> str:
-    """What the run command prints once, when the server answers."""
+def credentials_text(made: Sequence[Credential], url: str, studies: Path, database: Optional[str] = None) -> str:
+    """What the run command prints once, when the server answers (``database``: a team's PostgreSQL URL)."""
     width = max(len(c.name) for c in made)
+    where = f"--studies {studies}" + (f" --database '{database}'" if database else "")
     lines = [
         "  Users made at this first start. Their passwords are shown only now; set another with",
-        f"  `.venv/bin/python -m amoslabel users password NAME --studies {studies}`.",
+        f"  `.venv/bin/python -m amoslabel users password NAME {where}`.",
         "",
         *(f"    {c.name:<{width}}  {c.role:<7}  {c.password}" for c in made),
         "",

@@ -26,6 +26,7 @@ from amoslabel.cluster.haproxy import HAProxy
 from amoslabel.cluster.postgres import PrivatePostgres
 from amoslabel.processes import LoggedProcess
 from amoslabel.server.launch import PROJECT_ROOT, server_command, server_environment
+from amoslabel.server.review_workers import worker_command, worker_environment
 
 SESSIONS_DIR = "monai-sessions"
 
@@ -50,6 +51,8 @@ class Team:
         database_url: Optional[str] = None,
         stats_port: Optional[int] = None,
         host: str = "127.0.0.1",
+        review_workers: int = 0,
+        review_port: Optional[int] = None,
     ):
         self.studies, self.root, self.ports, self.port = studies, Path(root), list(ports), port
         self.host = host  # where the load balancer listens (the app servers listen on loopback only)
@@ -60,6 +63,9 @@ class Team:
         self.conf = {**(conf or {}), "review_database": self.database_url}
         self.servers: Dict[int, LoggedProcess] = {}
         self.balancer: Optional[LoggedProcess] = None
+        self.review_workers = review_workers  # gunicorn worker processes serving /review (0: the app servers do)
+        self.review_port = review_port or port + 50
+        self.reviewers: Optional[LoggedProcess] = None
 
     @property
     def url(self) -> str:
@@ -101,9 +107,16 @@ class Team:
             self.start_server(index)
         for index in range(len(self.ports)):
             self.wait_ready(self.server_url(index), self.servers[index])
+        review = []
+        if self.review_workers:
+            command = worker_command(self.review_port, self.review_workers)
+            env = worker_environment(self.studies, self.conf)
+            self.reviewers = LoggedProcess(command, self.root / "review-workers.log", env=env, cwd=PROJECT_ROOT)
+            self.wait_ready(f"http://127.0.0.1:{self.review_port}/review/api", self.reviewers)
+            review = [f"127.0.0.1:{self.review_port}"]
         servers = [f"127.0.0.1:{p}" for p in self.ports]
         haproxy = HAProxy(self.root / "haproxy.cfg", self.root / "haproxy.log")
-        haproxy.write(f"{self.host}:{self.port}", servers, f"127.0.0.1:{self.stats_port}")
+        haproxy.write(f"{self.host}:{self.port}", servers, f"127.0.0.1:{self.stats_port}", review)
         self.balancer = haproxy.start()
         self.wait_ready(self.url, self.balancer, timeout_s=30)
         return self
@@ -119,11 +132,21 @@ class Team:
             self.balancer.stop(5)
         for server in self.servers.values():
             server.stop()
+        if self.reviewers is not None:
+            self.reviewers.stop()
         if self.postgres is not None:
             self.postgres.stop()
 
 
-def run_team(source: Optional[str], host: str, port: int, servers: int, conf: Dict[str, str], workspace: Path) -> int:
+def run_team(
+    source: Optional[str],
+    host: str,
+    port: int,
+    servers: int,
+    conf: Dict[str, str],
+    workspace: Path,
+    review_workers: int = 2,
+) -> int:
     """``make run-team``: import, start the team, print where to connect, and wait until Ctrl-C."""
     from amoslabel.config import load_config
     from amoslabel.server.first_start import credentials_text, first_start
@@ -131,7 +154,8 @@ def run_team(source: Optional[str], host: str, port: int, servers: int, conf: Di
 
     config = load_config(Path(conf["config"]) if conf.get("config") else None, conf)
     studies = prepare_studies(source, workspace, "final")
-    team = Team(studies, workspace / "team", [port + 1 + n for n in range(servers)], port, conf, host=host)
+    ports = [port + 1 + n for n in range(servers)]
+    team = Team(studies, workspace / "team", ports, port, conf, host=host, review_workers=review_workers)
     try:
         team.start_database()
         print(f"[amoslabel] PostgreSQL: {team.database_url}", flush=True)
@@ -141,11 +165,12 @@ def run_team(source: Optional[str], host: str, port: int, servers: int, conf: Di
         team.start()
         url = f"http://{host}:{port}"
         print("\n" + "=" * 78, flush=True)
-        print(f"  AMOS Label team: {servers} app servers behind HAProxy, serving {studies}", flush=True)
+        print(f"  AMOS Label team: {servers} app servers, {review_workers} review workers, HAProxy", flush=True)
+        print(f"  serving {studies}", flush=True)
         print(f"  Every client (3D Slicer, the review pages, OHIF): {url}", flush=True)
         print(f"  HAProxy's statistics: http://127.0.0.1:{team.stats_port}/    logs: {team.root}", flush=True)
         if made:
-            print("\n" + credentials_text(made, url, Path(studies)), flush=True)
+            print("\n" + credentials_text(made, url, Path(studies), team.database_url), flush=True)
         print("=" * 78 + "\n", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
         reported = set()

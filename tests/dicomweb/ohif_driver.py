@@ -87,7 +87,9 @@ def store_segmentation(page, timeout_s: float = 120.0, picture: Optional[Path] =
     page.get_by_role("menuitem", name="Export").click()
     page.get_by_role("menuitem", name="DICOM SEG").click()
     dialog = page.locator("[role=dialog]")
-    dialog.wait_for(timeout=90000)  # OHIF builds the SEG before it asks (seconds on software WebGL, more under load)
+    # OHIF builds the SEG before it asks: seconds on software WebGL, minutes when the other test worker saturates the
+    # two cores (a team of servers under 50 users)
+    dialog.wait_for(timeout=180000)
     dialog.locator("[data-cy=input-dialog-save-button] button").click()
     deadline, seen = time.time() + timeout_s, []
     while time.time() < deadline:

@@ -1,4 +1,4 @@
-"""The label store runs out of space: a save is refused with a clear error (507), nothing half-written stays behind,
+"""R8: the label store runs out of space: a save is refused with a clear error (507), nothing half-written stays behind,
 the server keeps serving reads, and saves work again once space is freed.
 
 The label version store (``<studies>/.amoslabel/label-versions``) is a real 1 MB tmpfs, filled to its last few KB;
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 import pytest
 import requests
@@ -94,7 +93,7 @@ def test_a_full_label_store_refuses_saves_cleanly_and_keeps_serving(shared, tmp_
         assert saved.status_code == 200, saved.text
         after = _versions(server, tokens["boss"], "ct_small")
         assert len(after) == len(before) + 1
-        report("disk_full", {"free_kb_when_refused": free_kb, "refusal": refused.status_code, "at": time.time()})
+        report("disk_full", {"free_kb_when_refused": free_kb, "refusal": refused.status_code})
     finally:
         if server is not None:
             server.stop()
