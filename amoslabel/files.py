@@ -59,12 +59,12 @@ def full_disk_refused() -> Iterator[None]:
         raise
 
 
-def check_complete(path: str | os.PathLike) -> None:
-    """Raise unless a file that ITK just wrote is whole.
+def check_complete(path: str | os.PathLike, data_bytes: int = 0) -> None:
+    """Raise OSError ENOSPC unless a file that ITK just wrote is whole.
 
-    ITK's NIfTI writer does not fail on a full disk: it prints "wrote only 0 of N bytes" and leaves a truncated
-    file. A gzip file is read to its end (its CRC and length are checked; about 10 ms per MB); an uncompressed one
-    must not have been cut at the disk's last free byte.
+    ITK's NIfTI writer does not fail on a full disk (or over quota): it prints "wrote only 0 of N bytes" and leaves a
+    truncated file. A gzip file is read to its end (its CRC and length are checked; about 10 ms per MB); an
+    uncompressed one must hold at least its ``data_bytes`` of voxels after its header.
     """
     path = Path(path)
     try:
@@ -72,11 +72,10 @@ def check_complete(path: str | os.PathLike) -> None:
             with gzip.open(path, "rb") as stream:
                 while stream.read(1 << 22):
                     pass
-        elif shutil.disk_usage(path.parent).free == 0:
-            raise OSError(errno.ENOSPC, "no space left while writing", str(path))
+        elif path.stat().st_size < data_bytes:
+            raise EOFError(f"{path.stat().st_size} bytes, fewer than its {data_bytes} bytes of voxels")
     except (EOFError, gzip.BadGzipFile, zlib.error) as cut:
-        free = shutil.disk_usage(path.parent).free
-        raise OSError(errno.ENOSPC if free < (1 << 20) else errno.EIO, f"{path.name} was cut short: {cut}") from cut
+        raise OSError(errno.ENOSPC, f"{path.name} was cut short while being written: {cut}") from cut
 
 
 def copy_atomic(src: str | os.PathLike, dest: str | os.PathLike, scratch_dir: str | os.PathLike | None = None) -> Path:

@@ -333,7 +333,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     failing: :func:`amoslabel.files.check_complete`); a full disk raises :class:`~amoslabel.errors.StorageFull`."""
     with full_disk_refused():
         sitk.WriteImage(image, str(path), useCompression=compress)
-        check_complete(path)
+        voxels = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+        check_complete(path, 0 if compress else voxels)  # compressed inside (NRRD): its size says nothing
 
 
 def strip_volume_suffix(filename: str) -> str:

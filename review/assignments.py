@@ -169,19 +169,24 @@ def expire_stale(s, case: Case) -> None:
 
 
 def expire_due(store: ReviewStore) -> int:
-    """Expire every lapsed lease in the store (one write transaction, only when there are some); how many."""
+    """Expire every lapsed lease in the store (one write transaction, only when there are some); how many.
+
+    Each case is locked first, as every transition locks it (so two leaders for a moment, or a claim renewing the
+    lease, cannot both act on it), and its leases are checked again under that lock."""
     now = utcnow()
     with store.read() as s:
-        due = (
-            s.execute(select(Assignment.id).where(Assignment.status == "active", Assignment.expires < now))
-            .scalars()
-            .all()
-        )
+        due = s.execute(
+            select(Assignment.id, Assignment.case_id).where(Assignment.status == "active", Assignment.expires < now)
+        ).all()
     if not due:
         return 0
+    expired = 0
     with store.write() as s:
-        for assignment in s.execute(select(Assignment).where(Assignment.id.in_(due))).scalars():
+        for case_id in sorted({case_id for _, case_id in due}):  # one order everywhere: no deadlock between sweeps
+            store.lock_case(s, case_id)
+        for assignment in s.execute(select(Assignment).where(Assignment.id.in_([i for i, _ in due]))).scalars():
             if assignment.status != "active" or assignment.expires >= now:
                 continue
             expire(s, assignment, s.get(Case, assignment.case_id))
-    return len(due)
+            expired += 1
+    return expired

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 
 from sqlalchemy import and_, exists, func, or_, select
 
-from amoslabel.errors import NotFound
+from amoslabel.errors import InputError, NotFound
 from amoslabel.organs import ORGAN_BY_ID
 from review.auth import Forbidden, Principal
 from review.consensus import aggregate_comments
@@ -92,7 +92,7 @@ def next_case(workflow: Workflow, who: Principal) -> Dict[str, Any] | None:
     for case in queue_cases(workflow, who, limit=5):
         try:
             return workflow.claim(who, case.id)
-        except Exception:  # taken by someone else between the read and the claim: try the next one
+        except InputError:  # taken by someone else between the read and the claim (409): try the next one
             continue
     return None
 

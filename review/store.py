@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from amoslabel.cluster.leadership import lock_key
 from amoslabel.errors import Unavailable
 from amoslabel.files import file_sha256, fsync_dir, fsync_file, full_disk_refused
 from amoslabel.ids import check_id
@@ -65,8 +66,10 @@ class ReviewStore:
             # connection PostgreSQL dropped (a restart): without it the first request of each pooled connection did
             self.engine = create_engine(url, pool_size=20, max_overflow=10, pool_pre_ping=True)
             self._read_engine = self.engine
-        Base.metadata.create_all(self.engine)
-        with self.engine.begin() as connection:  # columns and indexes added since a store was created
+        with self.engine.begin() as connection:  # the tables, and columns and indexes added since a store was made
+            if not self.is_sqlite:  # servers of a team starting (or upgraded) together: one at a time
+                connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("amoslabel:schema")})
+            Base.metadata.create_all(connection)
             _add_missing_columns(connection)
             for table in Base.metadata.sorted_tables:
                 for index in table.indexes:
@@ -123,8 +126,23 @@ def _unavailable_when_down() -> Iterator[None]:
     try:
         yield
     except (OperationalError, InterfaceError) as error:
+        if not _is_unreachable(error):
+            raise
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:200]
         raise Unavailable(f"the review database is unavailable ({reason}): try again shortly") from error
+
+
+def _is_unreachable(error: Exception) -> bool:
+    """A lost or refused connection (PostgreSQL's SQLSTATE classes 08 and 57P0x, or no SQLSTATE: the client library
+    lost the server), or SQLite's file locked past its busy timeout: not a deadlock, a timeout or a bad statement,
+    which stay errors of their own."""
+    if getattr(error, "connection_invalidated", False) or isinstance(error, InterfaceError):
+        return True
+    original = getattr(error, "orig", None)
+    if type(original).__module__.startswith("sqlite3"):
+        return "locked" in str(original) or "unable to open" in str(original)
+    state = getattr(original, "sqlstate", None)
+    return state is None or state.startswith("08") or state.startswith("57P0")
 
 
 def _add_missing_columns(connection) -> None:

@@ -461,15 +461,21 @@ class Workflow:
 
     def recover(self, settled_s: float = 0.0) -> int:
         """Finalise every case in ``consensus`` (a crash between the last vote and finalising, or a vote on another
-        server of the team) that has been there at least ``settled_s`` seconds; returns how many."""
+        server of the team) that has been there at least ``settled_s`` seconds, oldest first; returns how many were
+        finalised. A case that fails is logged and left for the next call."""
         query = select(Case.id).where(Case.state == "consensus")
         if settled_s > 0:
             query = query.where(Case.updated <= utcnow() - timedelta(seconds=settled_s))
         with self.store.read() as s:
-            pending = list(s.execute(query).scalars())
+            pending = list(s.execute(query.order_by(Case.updated)).scalars())
+        done = 0
         for case_id in pending:
-            self.finalise(case_id)
-        return len(pending)
+            try:
+                self.finalise(case_id)
+                done += 1
+            except Exception:  # one case that cannot be finalised must not hold up the others; retried next sweep
+                log.exception("finalising %s failed; the others go on", case_id)
+        return done
 
     def final_labels(self) -> List[Dict[str, Any]]:
         """Every final case with its final label file: the only labels training may use."""

@@ -8,10 +8,11 @@ a lost machine, PostgreSQL restarted) gives it up by itself, and another server 
 * a lost machine: PostgreSQL notices the dead TCP session by keepalives, which the lock's session sets short
   (:data:`SESSION_KEEPALIVES`: about 11 s); then within ``check_s``.
 
-A leader checks its session every ``check_s`` and stops leading when the check fails. Between a session's loss and
-that check the old leader may still run a job that the new one runs too: every job is written to be harmless twice
-(it re-reads and locks the rows it changes), so leadership decides who *does* the work, and the database's row
-locks decide what is *written*.
+A leader checks its session every ``check_s`` and stops leading when the check fails, or takes more than twice that
+(a check on a dead network fails after ``tcp_user_timeout``, 5 s). Between a session's loss and that check the old
+leader may still run a job that the new one runs too: the jobs lock the case rows they change and check them again
+under the lock (finalising, lease expiry), so leadership decides who *does* the work, and the database's row locks
+decide what is *written*.
 
 On SQLite (the embedded store, one server) this server always leads.
 """
@@ -34,7 +35,16 @@ log = logging.getLogger(__name__)
 
 BACKGROUND_LOCK = "amoslabel:background-work"
 # libpq keepalives (this side notices a dead PostgreSQL) and the session's own (PostgreSQL notices a dead server)
-CLIENT_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+# tcp_user_timeout: a check whose packets go unacknowledged this long fails, instead of waiting out TCP's
+# retransmissions (about 15 min) while PostgreSQL has long given the lock to another server
+CLIENT_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 5000,
+    "connect_timeout": 5,
+}
 SESSION_KEEPALIVES = ("SET tcp_keepalives_idle = 5", "SET tcp_keepalives_interval = 2", "SET tcp_keepalives_count = 3")
 
 
@@ -122,7 +132,10 @@ class AdvisoryLockLeadership(Leadership):
                 for statement in SESSION_KEEPALIVES:
                     self._connection.exec_driver_sql(statement)
             if self._leading:
+                started = time.monotonic()
                 self._connection.execute(text("SELECT 1"))
+                if time.monotonic() - started > 2 * self.check_s:  # its session may be gone: another may lead now
+                    raise TimeoutError(f"the leadership check took {time.monotonic() - started:.1f} s")
             else:
                 took = self._connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
                 if took:

@@ -239,7 +239,7 @@ class AmosDatastore(LocalDatastore):
         self._update_datastore_file(lock=False)
 
     def _object(self, image_id: str) -> ImageLabelModel:
-        obj = self._datastore.objects.get(image_id)
+        obj = self._datastore.objects.get(image_id) if self.has_image(image_id) else None
         if obj is None:
             raise NotFound(f"image {image_id!r} is not in the datastore")
         return obj
@@ -279,7 +279,7 @@ class AmosDatastore(LocalDatastore):
         """Move the scan and its labels out of the datastore into ``.amoslabel/withdrawn/<id>/`` (a linked scan: the
         link, never its target) and forget the image. Returns the archive folder (None: the image is not here)."""
         archive = self.workspace.withdrawn / check_id(image_id)
-        obj = self._datastore.objects.get(image_id)
+        obj = self._datastore.objects.get(image_id) if self.has_image(image_id) else None
         if obj is None:
             return archive if archive.is_dir() else None
         with FileLock(self._lock_file):
@@ -368,19 +368,32 @@ class AmosDatastore(LocalDatastore):
 
     def has_image(self, image_id: str) -> bool:
         """Whether the image is in the datastore. An image that another server of a team added (its file is in the
-        shared studies folder, this process's index does not have it yet) is taken into the index first."""
+        shared studies folder; this process's index does not have it yet) is taken into this index first, with the
+        labels its tag folders hold for it; the index file is left to the server that wrote it."""
         if image_id in self._datastore.objects:
             return True
         try:
             check_id(image_id)
         except InputError:
             return False
-        if any((Path(self._datastore.base_path) / f"{image_id}{ext}").is_file() for ext in (".nii.gz", ".nii")):
+        folder = Path(self._datastore.image_path())
+        ext = next((e for e in (".nii.gz", ".nii") if (folder / f"{image_id}{e}").is_file()), None)
+        if ext is not None:
             with self._refresh_lock:
                 if image_id not in self._datastore.objects:
-                    logger.info(f"datastore: {image_id} was added by another server; reading the folder again")
-                    self.refresh()
+                    self._datastore.objects[image_id] = self._adopted(folder, image_id, ext)
+                    logger.info(f"datastore: {image_id} was added by another server; taken into this index")
         return image_id in self._datastore.objects
+
+    def _adopted(self, folder: Path, image_id: str, ext: str) -> ImageLabelModel:
+        labels = {}
+        labels_root = Path(self._datastore.label_path(FINAL_TAG)).parent
+        for tag_dir in sorted(p for p in labels_root.iterdir() if p.is_dir()) if labels_root.is_dir() else []:
+            label_ext = next((e for e in (".nii.gz", ".nii") if (tag_dir / f"{image_id}{e}").is_file()), None)
+            if label_ext is not None:
+                labels[tag_dir.name] = DataModel(ext=label_ext, info={})
+        stamp = int((folder / f"{image_id}{ext}").stat().st_mtime)
+        return ImageLabelModel(image=DataModel(ext=ext, info={"ts": stamp}), labels=labels)
 
     def get_image_uri(self, image_id: str) -> str:
         self.has_image(image_id)

@@ -3,8 +3,9 @@
 * ``GET /health``: 200 ``{"status": "ok", "leader": ...}`` while the server reaches its review database, else 503
   with the reason. HAProxy's health check (``amoslabel/cluster/haproxy.cfg.template``) takes a server out of the
   rotation on a 503 or no answer.
-* ``GET /health/leader``: 200 on the team's leader, 503 on the others. HAProxy sends training requests to the
-  server that answers 200, so trainings queue in one place, in order (MONAI Label's own queue), one at a time.
+* ``GET /health/leader``: 200 on the team's leader (when it reaches the database), 503 on the others. HAProxy sends
+  training requests to the server that answers 200, so trainings queue in one place, in order (MONAI Label's own
+  queue), one at a time.
 
 Both are public (no token): they say nothing of cases, users or data. Each costs one ``SELECT 1``.
 """
@@ -33,6 +34,10 @@ def install_health_routes(fastapi_app, review, override_route) -> None:
         return body
 
     def leader():
+        try:
+            review.store.ping()  # a leader that cannot reach the database does not lead for long
+        except Unavailable as down:
+            return JSONResponse({"leader": False, "detail": down.message, "server": server}, status_code=503)
         if review.leadership.is_leader():
             return {"leader": True, "server": server}
         return JSONResponse({"leader": False, "detail": "another server leads", "server": server}, status_code=503)

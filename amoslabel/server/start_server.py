@@ -4,10 +4,10 @@
 ``monailabel.main``'s arguments. MONAI Label calls ``uvicorn.run`` without ``timeout_keep_alive``, so uvicorn closes a
 connection idle for 5 s. A client that sends its next request on that connection as the server closes it gets no
 answer at all (connection reset): a POST is not retried, so an acknowledged-or-not write is left to guess.
-``make bench-review`` hit it once in its paced phase, where users pause a random time between requests; a loop of
-60 POSTs sent about 5 s after the last answer on a kept-alive connection saw 2 resets at uvicorn's default
-(``bench/keepalive.py``), and none with the timeout below. A load balancer in front (HAProxy) keeps its idle
-connections to a server for less than this, so it always closes first (``amoslabel/cluster/haproxy.cfg.template``).
+``make bench-review`` hit it once in its paced phase, where users pause a random time between requests;
+``make bench-keepalive`` (``bench/keepalive.py``): 2 of 120 POSTs sent about 5 s after the last answer on a
+kept-alive connection got no answer at uvicorn's default, none with the timeout below. HAProxy in front purges its
+idle connections to a server (half of them every 5 s) long before this (``amoslabel/cluster/haproxy.cfg.template``).
 """
 
 from __future__ import annotations

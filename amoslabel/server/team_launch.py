@@ -69,7 +69,9 @@ class Team:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The load balancer's address, as this machine reaches it."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
     def server_url(self, index: int) -> str:
         return f"http://127.0.0.1:{self.ports[index]}"
@@ -150,9 +152,12 @@ def run_team(
     """``make run-team``: import, start the team, print where to connect, and wait until Ctrl-C."""
     from amoslabel.config import load_config
     from amoslabel.server.first_start import credentials_text, first_start
+    from amoslabel.server.identity import check_auth_off
     from amoslabel.server.launch import prepare_studies
 
     config = load_config(Path(conf["config"]) if conf.get("config") else None, conf)
+    if not config.auth.enabled:  # the app servers listen on loopback, but HAProxy publishes them on ``host``
+        check_auth_off(host)
     studies = prepare_studies(source, workspace, "final")
     ports = [port + 1 + n for n in range(servers)]
     team = Team(studies, workspace / "team", ports, port, conf, host=host, review_workers=review_workers)

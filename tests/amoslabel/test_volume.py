@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from amoslabel.errors import InputError, Unprocessable
-from amoslabel.files import copy_atomic
+from amoslabel.files import check_complete, copy_atomic
 from amoslabel.volume import OffGrid, Geometry, check_on_grid, onto_grid, read_image, read_label, write_atomic
 from tests.badfiles import BAD_IMAGES, CT, CT_LABEL, label_wrong_shape
 
@@ -117,3 +119,19 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.nii.gz"]
     assert list((tmp_path / "scratch").iterdir()) == []
     assert Geometry.of(read_image(tmp_path / "out" / "b.nii.gz")) == Geometry.of(image)
+
+
+def test_a_file_itk_cut_short_on_a_full_disk_is_refused_not_kept(tmp_path):
+    """ITK leaves a truncated file without failing when the disk fills: both kinds are caught (the real full disk is
+    tests/reliability/test_disk_full.py)."""
+    image = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 15, (32, 32, 32)).astype(np.uint8))
+    for name, compress in (("a.nii.gz", True), ("a.nrrd", False), ("a.nii", False)):
+        path = tmp_path / name
+        sitk.WriteImage(image, str(path), useCompression=compress)
+        data_bytes = 0 if compress else 32**3
+        check_complete(path, data_bytes)  # whole: no error
+        whole = path.read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])  # what a full disk leaves
+        with pytest.raises(OSError) as cut:
+            check_complete(path, data_bytes)
+        assert cut.value.errno == errno.ENOSPC, name

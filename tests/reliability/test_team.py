@@ -297,11 +297,16 @@ def test_postgresql_stopped_at_once_is_a_clean_503_and_the_servers_recover_by_th
         team.database.stop("immediate")
         stopped_at = time.time()
         time.sleep(3)
-        down = requests.post(
-            f"{team.url}/review/api/cases/case00000/submit",
-            headers={"Authorization": f"Bearer {team.tokens['junior0']}"},
-            timeout=30,
-        )
+        junior = {"Authorization": f"Bearer {team.tokens['junior0']}"}
+        down = requests.post(f"{team.url}/review/api/cases/case00000/submit", headers=junior, timeout=30)
+        # each process's own answer, not only HAProxy's: the gate (MONAI Label's endpoints), the app server's review
+        # API, the review workers', and the health checks
+        own = [
+            requests.post(f"{team.server_url(0)}/activelearning/review_queue", headers=junior, json={"client_id": "x"}),
+            requests.post(f"{team.server_url(1)}/review/api/cases/case00000/submit", headers=junior),
+            requests.get(f"http://127.0.0.1:{team.review_port}/review/api/queue", headers=junior),
+            requests.get(f"{team.server_url(0)}/health"),
+        ]
         team.database.start()
         started_at = time.time()
         _wait(lambda: requests.get(f"{team.url}/health", timeout=5).status_code == 200, 30, "the team answers again")
@@ -314,6 +319,9 @@ def test_postgresql_stopped_at_once_is_a_clean_503_and_the_servers_recover_by_th
     )
     assert down.status_code == 503, down.text
     assert "try again" in down.json()["detail"], down.text
+    for answer in own:
+        assert answer.status_code == 503, answer.text
+        assert "the review database is unavailable" in answer.json()["detail"], answer.text
     refused = [f for f in storm.failed if stopped_at - 1 < f[2] < started_at + 10]
     assert all(answer.startswith("503") or answer.startswith("no answer") for _, answer, _ in refused), refused
     assert all(s.process.pid == pids[i] and s.process.poll() is None for i, s in team.servers.items()), "a restart"

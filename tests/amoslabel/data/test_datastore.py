@@ -153,3 +153,23 @@ def test_a_linked_scan_and_the_workflow_labels_are_never_removed(shared, tmp_pat
     assert (source / "linked_ct.nii.gz").is_file() and store.has_image("linked_ct")
     assert store.get_label_uri("linked_ct", "final") and not store.get_label_uri("linked_ct", "draft")
     assert not _store(studies).get_label_uri("linked_ct", "draft")  # the index forgot it too
+
+
+def test_a_scan_and_a_label_another_server_added_are_found_on_a_miss(studies, tmp_path):
+    """Two servers of a team on one studies folder, each with its own index in memory: what one adds, the other finds
+    when a request names it (without writing the index, which stays the adding server's)."""
+    first, second = _store(studies), _store(studies)
+    first.add_image("new_case", str(CT), {})
+    version = tmp_path / ("a" * 64 + ".nii.gz")
+    shutil.copy(CT_LABEL, version)
+    first.link_label("new_case", version, "working", {})
+    first.flush_index()
+    index_before = (studies / INDEX_FILE).read_bytes()
+    assert "new_case" not in second._datastore.objects  # the second server's index does not have it yet
+    assert second.has_image("new_case") and second.image_file("new_case") == first.image_file("new_case")
+    assert second.get_image_info("new_case")
+    assert second.get_label_uri("new_case", "working") == str(version.resolve())
+    assert second.label_file("new_case", "working") == str(version.resolve())
+    assert (studies / INDEX_FILE).read_bytes() == index_before  # the second server wrote nothing
+    for bad in ("../new_case", "nope"):
+        assert not second.has_image(bad)
