@@ -281,7 +281,7 @@ def _phases(url: str, users: dict, tokens: dict, args, meter: CpuMeter, phases: 
 
 
 FLOOR = (  # what one request costs a server before any workflow work: (what, method, path)
-    ("HTTP, no SQL (GET /health/leader)", "GET", "/health/leader"),
+    ("HTTP, no SQL (GET /auth/)", "GET", "/auth/"),
     ("+ one SELECT (GET /health)", "GET", "/health"),
     ("+ the gate's token check (GET /auth/token/valid)", "GET", "/auth/token/valid"),
     ("review API: Flask + token (GET /review/api/me)", "GET", "/review/api/me"),

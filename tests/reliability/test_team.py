@@ -204,6 +204,20 @@ def test_one_login_through_the_balancer_holds_on_every_server(team, tmp_path):
     assert sorted(h["leader"] for h in health) == [False, True], health
 
 
+def test_a_monai_label_session_made_on_one_server_is_served_by_the_other(team):
+    """MONAI Label's inference sessions live in the team's shared folder: no request needs to stick to the server
+    that made the session (HAProxy routes without stickiness)."""
+    image = (Path(team.studies) / "case00000.nii.gz").read_bytes()
+    junior = {"Authorization": f"Bearer {team.tokens['junior0']}"}
+    made = requests.put(
+        f"{team.server_url(0)}/session/", headers=junior, files=[("files", ("scan.nii.gz", image))], timeout=60
+    )
+    assert made.status_code == 200, made.text
+    session_id = made.json()["session_id"]
+    other = requests.get(f"{team.server_url(1)}/session/{session_id}", headers=junior, params={"image": "true"})
+    assert other.status_code == 200 and other.content == image, other.text[:200]
+
+
 def test_fifty_writers_on_two_servers_race_on_the_same_cases_without_lost_updates(team):
     """The 50-writer race of the review store, spread over both servers (half the users on each, straight to it):
     every acknowledged write is stored, no case has two juniors, no reader is assigned a case twice."""
