@@ -1,10 +1,14 @@
-"""A child process whose output goes to a log file: the servers this project starts (Orthanc, MONAI Label)."""
+"""A child process whose output goes to a log file: the servers this project starts (Orthanc, MONAI Label, a
+team's PostgreSQL, HAProxy and review workers), and the wait until one answers HTTP."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
+
+import requests
 
 
 class LoggedProcess:
@@ -31,3 +35,23 @@ class LoggedProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+def answers(
+    url: str,
+    alive: Callable[[], bool],
+    timeout_s: float,
+    ready: Callable[[requests.Response], bool] = lambda reply: reply.ok,
+    headers: Optional[dict] = None,
+) -> bool:
+    """Poll ``GET url`` every 0.5 s until ``ready(reply)``: True; False once ``alive()`` is false (the process
+    exited) or ``timeout_s`` has passed."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and alive():
+        try:
+            if ready(requests.get(url, headers=headers, timeout=2)):
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    return False

@@ -54,6 +54,7 @@ from amoslabel.workspace import BENCH_OUTPUT  # noqa: E402
 
 from amoslabel.cluster.postgres import PrivatePostgres  # noqa: E402
 from amoslabel.config import load_config  # noqa: E402
+from amoslabel.processes import answers  # noqa: E402
 from amoslabel.server.team_launch import Team  # noqa: E402
 from amoslabel.server.launch import server_command, server_environment  # noqa: E402
 from review.auth import Accounts  # noqa: E402
@@ -239,15 +240,9 @@ def _measured(meter: CpuMeter, run) -> dict:
     return figures
 
 
-def _wait_answering(url: str, auth: dict, process_alive, started: float) -> None:
-    while True:
-        try:
-            if requests.get(f"{url}/info/", headers=auth, timeout=2).ok:
-                return
-        except requests.RequestException:
-            time.sleep(0.5)
-        if not process_alive() or time.time() - started > 600:
-            raise RuntimeError(f"{url} did not start")
+def _wait_answering(url: str, auth: dict, process_alive) -> None:
+    if not answers(f"{url}/info/", process_alive, 600, headers=auth):
+        raise RuntimeError(f"{url} did not start")
 
 
 def _setup(work: Path, args, database: Optional[str]) -> tuple:
@@ -330,7 +325,7 @@ def bench_single(args) -> dict:
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait_answering(url, auth, lambda: server.poll() is None, started)
+        _wait_answering(url, auth, lambda: server.poll() is None)
         print(f"one server on SQLite, up in {time.time() - started:.1f} s", flush=True)
         meter = CpuMeter({"app_servers": [server.pid]})
         report = _phases(url, users, tokens, args, meter, ("paced", "back_to_back", "two_clients"))

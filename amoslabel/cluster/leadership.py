@@ -48,6 +48,28 @@ CLIENT_KEEPALIVES = {
 SESSION_KEEPALIVES = ("SET tcp_keepalives_idle = 5", "SET tcp_keepalives_interval = 2", "SET tcp_keepalives_count = 3")
 
 
+class Every:
+    """A daemon thread that calls ``step`` every ``period_s`` seconds until :meth:`stop`."""
+
+    def __init__(self, name: str, period_s: float, step: Callable[[], object]):
+        self.period_s, self.step = period_s, step
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> "Every":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.step()
+
+
 def lock_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for a lock name."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
@@ -90,8 +112,7 @@ class AdvisoryLockLeadership(Leadership):
         self._engine = create_engine(url, poolclass=NullPool, connect_args=CLIENT_KEEPALIVES)
         self._connection: Optional[Connection] = None
         self._leading = False
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._checks = Every("leadership", check_s, self.check)
         self.since: Optional[float] = None  # time.time() when this server took the lead
 
     def is_leader(self) -> bool:
@@ -99,15 +120,12 @@ class AdvisoryLockLeadership(Leadership):
 
     def start(self) -> "AdvisoryLockLeadership":
         self.check()
-        self._thread = threading.Thread(target=self._run, name="leadership", daemon=True)
-        self._thread.start()
+        self._checks.start()
         return self
 
     def stop(self) -> None:
         """Stop checking and give the lock up (closing the session releases it)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.check_s + 5)
+        self._checks.stop(self.check_s + 5)
         self._drop()
         self._engine.dispose()
 
@@ -156,10 +174,6 @@ class AdvisoryLockLeadership(Leadership):
                 pass
             self._connection = None
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.check_s):
-            self.check()
-
 
 def leadership_for(url: str) -> Leadership:
     """The leadership a store at ``url`` allows: an advisory lock on PostgreSQL, the sole server on SQLite."""
@@ -184,22 +198,18 @@ class LeaderJobs:
         self.leadership = leadership
         self.tick_s = tick_s
         self.jobs: Dict[str, Job] = {}
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._ticks = Every("leader-jobs", tick_s, self.run_due)
         self.runs: Dict[str, int] = {}
 
     def add(self, name: str, every_s: float, run: Callable[[], object]) -> None:
         self.jobs[name] = Job(name, every_s, run)
 
     def start(self) -> "LeaderJobs":
-        self._thread = threading.Thread(target=self._run, name="leader-jobs", daemon=True)
-        self._thread.start()
+        self._ticks.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._ticks.stop()
 
     def run_due(self) -> List[str]:
         """Run every job whose period has passed, when this server leads; returns the names run."""
@@ -217,7 +227,3 @@ class LeaderJobs:
             self.runs[job.name] = self.runs.get(job.name, 0) + 1
             ran.append(job.name)
         return ran
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.tick_s):
-            self.run_due()

@@ -14,15 +14,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import requests
 
 from amoslabel.config import load_config
 from amoslabel.data.importer import import_source
 from amoslabel.data.stores import is_dicomweb, working_folder
+from amoslabel.processes import answers
 from amoslabel.server.first_start import DEMO_MANIFEST, credentials_text, first_start
 from amoslabel.workspace import PROJECT_ROOT, SHARED_DATA
 
@@ -99,15 +98,7 @@ def prepare_studies(source: Optional[str], workspace: Path, labels_as: str) -> s
 
 def wait_until_ready(url: str, process: subprocess.Popen, timeout: float = 300.0) -> bool:
     """True once the app answers (``GET /auth/``, public, is served from when the app is ready)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        try:
-            if requests.get(f"{url}/auth/", timeout=2).ok:
-                return True
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    return False
+    return answers(f"{url}/auth/", lambda: process.poll() is None, timeout)
 
 
 def run(source: Optional[str], host: str, port: int, conf: Dict[str, str], workspace: Path, labels_as: str) -> int:

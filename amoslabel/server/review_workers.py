@@ -26,7 +26,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from amoslabel.config import load_config
 from amoslabel.data.stores import open_datastore, working_folder
-from amoslabel.server.launch import PROJECT_ROOT
+from amoslabel.server.launch import PROJECT_ROOT, server_environment
 from amoslabel.workspace import Workspace
 from review.api import create_review_api
 from review.service import ReviewService
@@ -65,6 +65,4 @@ def worker_command(port: int, workers: int, log_level: str = "info") -> List[str
 
 
 def worker_environment(studies: str, conf: Dict[str, str]) -> Dict[str, str]:
-    from amoslabel.server.launch import server_environment
-
     return server_environment({STUDIES_ENV: studies, CONF_ENV: json.dumps(conf)})

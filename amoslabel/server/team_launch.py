@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import requests
 
 from amoslabel.cluster.haproxy import HAProxy
 from amoslabel.cluster.postgres import PrivatePostgres
-from amoslabel.processes import LoggedProcess
-from amoslabel.server.launch import PROJECT_ROOT, server_command, server_environment
+from amoslabel.config import load_config
+from amoslabel.processes import LoggedProcess, answers
+from amoslabel.server.first_start import credentials_text, first_start
+from amoslabel.server.identity import check_auth_off
+from amoslabel.server.launch import PROJECT_ROOT, prepare_studies, server_command, server_environment
 from amoslabel.server.review_workers import worker_command, worker_environment
 
 SESSIONS_DIR = "monai-sessions"
@@ -88,19 +90,14 @@ class Team:
         self.servers[index] = LoggedProcess(command, self.root / f"server-{index + 1}.log", env=env, cwd=PROJECT_ROOT)
         return self.servers[index]
 
-    def wait_ready(self, url: str, process: Optional[LoggedProcess], timeout_s: float = 600) -> None:
-        """Until ``GET url/health`` answers 200."""
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            if process is not None and process.process.poll() is not None:
-                raise RuntimeError(f"{url} exited while starting:\n{process.tail()}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{url} did not answer /health within {timeout_s:.0f} s")
+    @staticmethod
+    def wait_ready(health: str, process: LoggedProcess, timeout_s: float = 600) -> None:
+        """Until ``GET health`` answers 200; an error with the log's tail if the process exits first."""
+        if answers(health, lambda: process.process.poll() is None, timeout_s, lambda r: r.status_code == 200):
+            return
+        if process.process.poll() is not None:
+            raise RuntimeError(f"{health}: the process exited while starting:\n{process.tail()}")
+        raise RuntimeError(f"{health} did not answer 200 within {timeout_s:.0f} s")
 
     def start(self) -> "Team":
         """PostgreSQL, every server (in parallel), then HAProxy once they answer."""
@@ -108,19 +105,19 @@ class Team:
         for index in range(len(self.ports)):
             self.start_server(index)
         for index in range(len(self.ports)):
-            self.wait_ready(self.server_url(index), self.servers[index])
+            self.wait_ready(f"{self.server_url(index)}/health", self.servers[index])
         review = []
         if self.review_workers:
             command = worker_command(self.review_port, self.review_workers)
             env = worker_environment(self.studies, self.conf)
             self.reviewers = LoggedProcess(command, self.root / "review-workers.log", env=env, cwd=PROJECT_ROOT)
-            self.wait_ready(f"http://127.0.0.1:{self.review_port}/review/api", self.reviewers)
+            self.wait_ready(f"http://127.0.0.1:{self.review_port}/review/api/health", self.reviewers)
             review = [f"127.0.0.1:{self.review_port}"]
         servers = [f"127.0.0.1:{p}" for p in self.ports]
         haproxy = HAProxy(self.root / "haproxy.cfg", self.root / "haproxy.log")
         haproxy.write(f"{self.host}:{self.port}", servers, f"127.0.0.1:{self.stats_port}", review)
         self.balancer = haproxy.start()
-        self.wait_ready(self.url, self.balancer, timeout_s=30)
+        self.wait_ready(f"{self.url}/health", self.balancer, timeout_s=30)
         return self
 
     def kill(self, index: int) -> None:
@@ -150,11 +147,6 @@ def run_team(
     review_workers: int = 2,
 ) -> int:
     """``make run-team``: import, start the team, print where to connect, and wait until Ctrl-C."""
-    from amoslabel.config import load_config
-    from amoslabel.server.first_start import credentials_text, first_start
-    from amoslabel.server.identity import check_auth_off
-    from amoslabel.server.launch import prepare_studies
-
     config = load_config(Path(conf["config"]) if conf.get("config") else None, conf)
     if not config.auth.enabled:  # the app servers listen on loopback, but HAProxy publishes them on ``host``
         check_auth_off(host)

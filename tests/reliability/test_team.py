@@ -239,7 +239,7 @@ def _rejoin(team: Team) -> None:
     for index in team.servers:
         if team.servers[index].process.poll() is not None:
             team.start_server(index)
-            team.wait_ready(team.server_url(index), team.servers[index])
+            team.wait_ready(f"{team.server_url(index)}/health", team.servers[index])
 
 
 def test_kill_9_of_one_server_during_submissions_and_votes_loses_nothing(team):
