@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # test modules run on this many workers (pytest-xdist; each module stays whole, in order, on one worker)
 TEST_WORKERS ?= 2
 
-.PHONY: run run-dicomweb run-team test env reliability bench bench-metrics bench-review bench-review-profile bench-keepalive baselines prior-check learning-check al-simulation lint clean
+.PHONY: run run-dicomweb run-team test env reliability bench bench-effort bench-nnunet-model bench-metrics bench-review bench-review-profile bench-keepalive baselines prior-check learning-check al-simulation lint clean
 
 env:
 	@scripts/bootstrap.sh
@@ -52,6 +52,19 @@ reliability: env
 # Times pre-labelling end to end against MONAI Label's radiology SegResNet on the same volumes (about 20 min).
 bench: env
 	$(PY) -m bench.prelabel
+
+# The reference nnU-Net v2 model of bench-effort: nnU-Net's own commands (plan, preprocess, train 5 epochs on the CPU)
+# on a synthetic split made from the real AMOS label maps; .bench/nnunet/ (about an hour on 2 cores). Not
+# TotalSegmentator: its weights cannot be downloaded here.
+bench-nnunet-model: env
+	$(PY) -m bench.nnunet_reference
+
+# The correction time a pre-label saves on the real scans with labels: empty, the atlas prior, our cpu-preset UNet
+# and the imported nnU-Net model (both trained on the synthetic split only); per organ, with Dice (.bench/effort/).
+# Trains the nnU-Net model first if .bench/nnunet has none, and the UNet once (about 30 min on 2 cores).
+bench-effort: env
+	@test -f .bench/nnunet/reference.json || $(PY) -m bench.nnunet_reference
+	$(PY) -m bench.effort
 
 # Dice + NSD + HD95 for 15 organs on the real 512x512x82 AMOS label pair, against DeepMind's surface-distance.
 bench-metrics: env

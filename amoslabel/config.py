@@ -220,6 +220,8 @@ class AppConfig(_Strict):
     name: str
     labels: Dict[str, int]
     models: List[str]
+    # what pre-labels for a network with no trained version: the atlas prior, or an imported model's name
+    fallback_model: str = "prior"
     device: str
     preset: str
     modalities: Dict[Modality, ModalitySettings]
@@ -276,6 +278,7 @@ _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "preset": ("preset", str),
     "device": ("device", str),
     "models": ("models", lambda s: [m.strip() for m in s.split(",") if m.strip()]),
+    "fallback_model": ("fallback_model", str),
     "models_dir": ("storage.models_dir", str),
     "tta": ("presets.{preset}.inference.tta_flip", str),
     "sw_overlap": ("presets.{preset}.inference.sw_overlap", str),

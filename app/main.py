@@ -1,7 +1,8 @@
 """AMOS Label: the MONAI Label app. It only wires: each decision lives in the package that owns it.
 
 * the datastore (folder or DICOMweb, its checks and label links): ``amoslabel.data``;
-* the served models, their tasks and the prior fallback: ``models.serving``; retraining: ``models.retraining``;
+* the served models (trained here or imported), their tasks and the fallback: ``models.serving``;
+  retraining: ``models.retraining``;
 * the review workflow and what it does with saves, pre-labels and finals: ``review.service``;
 * Next Sample strategies and background scoring: ``strategies``;
 * what changes in MONAI Label's server (review API mount, endpoint overrides): ``amoslabel.server.routes``.
@@ -95,7 +96,7 @@ class AmosLabelApp(MONAILabelApp):
     def infer(self, request: Dict[str, Any], datastore=None):
         """Check the image and the model before MONAI Label runs the request; the review workflow records it."""
         request = (datastore or self.datastore()).infer_request(request)
-        request = route_request(request, self._infers)
+        request = route_request(request, self._infers, self.config.fallback_model)
         result = super().infer(request, datastore)
         self.review.record_inference(request, result)
         return result
@@ -131,4 +132,4 @@ class AmosLabelApp(MONAILabelApp):
         self.served.log_state()
 
     def _network_tasks(self):
-        return {name: task for name, task in self._infers.items() if name in self.served.networks}
+        return {name: task for name, task in self._infers.items() if name in self.served.scorers()}

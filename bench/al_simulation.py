@@ -16,8 +16,9 @@ the standardised descriptor distance to the labelled set, picked greedily). As i
 (:mod:`models.atlas_prior`, placed on each scan by :mod:`models.atlas_placement`) is the third disagreement member;
 to keep the preset under 30 minutes it is built once per seed from the start set rather than after every round.
 
-Also reported: per organ, the voxels (mL) the simulated junior had to change starting from the model's pre-label,
-against drawing from empty.
+Also reported: per organ, the estimated minutes (:mod:`evaluation.effort`: slices to edit, wrong contour, pieces to
+add or remove, slices to look at) and the mL the simulated junior had to change starting from the model's
+pre-label, against drawing from empty.
 
     python -m bench.al_simulation [--rounds 5 --k 4 --steps 25 --seeds 3 --grid 40 --spacing 10]
 """
@@ -43,6 +44,7 @@ from amoslabel.workspace import BENCH_OUTPUT, SHARED_DATA  # noqa: E402
 
 from amoslabel.organs import NUM_CLASSES, ORGANS  # noqa: E402
 from amoslabel.data.synthetic import draw_params, synthesise  # noqa: E402
+from evaluation.effort import EffortModel, OrganEffort, correction_effort, empty_effort  # noqa: E402
 from models.losses import build_loss  # noqa: E402
 from models.networks import build_network  # noqa: E402
 from models.atlas_prior import build_atlas  # noqa: E402
@@ -208,16 +210,39 @@ def select(
     return chosen
 
 
+EFFORT_MODELS = EffortModel.variants()
+STARTS = ("from_prelabel", "from_empty")
+
+
+def minutes_key(start: str, model: str) -> str:
+    """The effort entry of the minutes from ``start`` under the effort model ``model`` (a name in EFFORT_MODELS)."""
+    return f"{start}_min" if model == "stated" else f"{start}_min ({model})"
+
+
+def zero_effort() -> Dict[str, Dict[str, float]]:
+    keys = [f"{s}_ml" for s in STARTS] + [minutes_key(s, m) for s in STARTS for m in EFFORT_MODELS]
+    return {o.name: dict.fromkeys(keys, 0.0) for o in ORGANS}
+
+
 def effort(models, cases: Sequence[Case]) -> Dict[str, Dict[str, float]]:
-    """Per organ, mL the junior changes from the first model's pre-label, and from empty."""
+    """Per organ, summed over ``cases``: the mL the junior changes and the estimated minutes it takes
+    (:mod:`evaluation.effort`, under each of its model variants), from the first model's pre-label and from empty."""
     voxel_ml = SPACING**3 / 1000
-    out = {o.name: {"from_prelabel_ml": 0.0, "from_empty_ml": 0.0} for o in ORGANS}
+    spacing = (SPACING,) * 3  # the label maps are (z, y, x) arrays on the isotropic grid
+    out = zero_effort()
     for c in cases:
         prediction = models[0].probabilities(c).argmax(0)
+        counts = {
+            "from_prelabel": correction_effort(prediction, c.label, spacing),
+            "from_empty": empty_effort(c.label, spacing),
+        }
         for o in ORGANS:
-            truth = c.label == o.id
-            out[o.name]["from_prelabel_ml"] += float(((prediction == o.id) ^ truth).sum()) * voxel_ml
-            out[o.name]["from_empty_ml"] += float(truth.sum()) * voxel_ml
+            row = out[o.name]
+            for start, per_organ in counts.items():
+                organ = per_organ.get(o.id, OrganEffort())
+                row[f"{start}_ml"] += organ.voxels * voxel_ml
+                for name, model in EFFORT_MODELS.items():
+                    row[minutes_key(start, name)] += model.minutes(organ)
     return out
 
 
@@ -230,7 +255,7 @@ def run_strategy(strategy, pool, validation, start, args, seed, prior) -> Tuple[
     if strategy in ATTENTION_STRATEGIES:
         models.append(Learner(seed + 7, (6, 12, 24)))
     curve: List[Tuple[int, float]] = []
-    total = {o.name: {"from_prelabel_ml": 0.0, "from_empty_ml": 0.0} for o in ORGANS}
+    total = zero_effort()
     for round_ in range(args.rounds + 1):
         for m in models:
             m.train(labelled, args.steps)
@@ -239,8 +264,8 @@ def run_strategy(strategy, pool, validation, start, args, seed, prior) -> Tuple[
             break
         picked = select(strategy, unlabelled, labelled, min(args.k, len(unlabelled)), models, rng, prior)
         for organ, v in effort(models, picked).items():
-            for key, ml in v.items():
-                total[organ][key] += ml
+            for key, amount in v.items():
+                total[organ][key] += amount
         for c in picked:
             unlabelled.remove(c)
             labelled.append(c)
@@ -307,16 +332,38 @@ def table(seeds: Sequence[dict]) -> str:
 
 
 def effort_table(seeds: Sequence[dict]) -> str:
-    """Markdown: per organ, litres the simulated junior changed over the picked cases, from the model's pre-label
-    against from empty (mean over seeds and strategies)."""
+    """Markdown: per organ, the estimated minutes and the litres the simulated junior changed over the picked cases,
+    from the model's pre-label against from empty (mean over seeds and strategies), and a line naming the effort
+    model with the all-organ ratio under each of its variants."""
     organs = [o.name for o in ORGANS]
     runs = [r["effort"][strategy] for r in seeds for strategy in r["effort"]]
-    lines = ["| organ | from pre-label (L) | from empty (L) |", "|---|---|---|"]
+
+    def mean(pick: Sequence[str], key: str) -> float:  # nan for a results.json from before the minutes
+        return float(np.mean([sum(run[o].get(key, np.nan) for o in pick) for run in runs]))
+
+    def ratio(pre: float, empty: float) -> str:
+        return f"{pre / empty:.2f}" if empty > 0 else "n/a"
+
+    lines = [
+        "| organ | from pre-label (min) | from empty (min) | ratio | from pre-label (L) | from empty (L) |",
+        "|---" * 6 + "|",
+    ]
     for organ in organs + ["all organs"]:
         pick = organs if organ == "all organs" else [organ]
-        pre = np.mean([sum(run[o]["from_prelabel_ml"] for o in pick) for run in runs]) / 1000
-        empty = np.mean([sum(run[o]["from_empty_ml"] for o in pick) for run in runs]) / 1000
-        lines.append(f"| {organ} | {pre:.2f} | {empty:.2f} |")
+        pre, empty = mean(pick, "from_prelabel_min"), mean(pick, "from_empty_min")
+        pre_l, empty_l = mean(pick, "from_prelabel_ml") / 1000, mean(pick, "from_empty_ml") / 1000
+        lines.append(f"| {organ} | {pre:.1f} | {empty:.1f} | {ratio(pre, empty)} | {pre_l:.2f} | {empty_l:.2f} |")
+    variants = ", ".join(
+        f"{m} {ratio(mean(organs, minutes_key('from_prelabel', m)), mean(organs, minutes_key('from_empty', m)))}"
+        for m in EFFORT_MODELS
+    )
+    stated = EffortModel()
+    lines.append(
+        f"\nMinutes: estimated correction time, evaluation/effort.py ({stated.t_slice_s:g} s per slice to edit, "
+        f"{stated.draw_speed_mm_s:g} mm/s of contour wrong beyond the organ's NSD tolerance, {stated.t_piece_s:g} s "
+        f"per piece to add or remove, {stated.t_check_s:g} s per slice only looked at; assumptions, not "
+        f"measurements). All-organ ratio under its variants: {variants}."
+    )
     return "\n".join(lines)
 
 

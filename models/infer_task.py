@@ -14,7 +14,7 @@ import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from amoslabel.config import AppConfig, ModalityPlan, Normalisation
+from amoslabel.config import AppConfig, ModalityPlan, NetworkSettings, Normalisation
 from amoslabel.errors import Conflict, InputError
 from amoslabel.files import file_sha256
 from amoslabel.organs import NUM_CLASSES, label_table
@@ -84,12 +84,13 @@ class SegmentationInferTask(BasicInferTask):
         device: ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
-    def __init__(self, name: str, config: AppConfig, store: ModelStore):
+    def __init__(self, name: str, config: AppConfig, store: ModelStore, network: NetworkSettings | None = None):
         preset = config.active
         self.model_name = name
         self.app_config = config
         self.store = store
-        self.network_settings = preset.networks[name]
+        # a network of the preset, or one given by its model (an imported bundle's, fine-tuned here)
+        self.network_settings = network or preset.networks[name]
         self.gate = InferenceGate(store.root.parent)
         default_device = resolve_device(config.device)
         super().__init__(
@@ -157,7 +158,7 @@ class SegmentationInferTask(BasicInferTask):
         request = dict(request)
         version = self.store.resolve(request.get("model_version"))  # 409 before any work if nothing is trained
         request["model_version"] = version.number
-        request["device"] = resolve_device(_first(request.get("device")))
+        request["device"] = resolve_device(first_value(request.get("device")))
         with self.gate.held():  # a training run on this device waits between iterations (inference_gate.py)
             label_file, result = super().__call__(request, callbacks)
         return label_file, result
@@ -176,7 +177,7 @@ class SegmentationInferTask(BasicInferTask):
     def inferer(self, data=None) -> SlidingWindowPredictor:
         settings = self.app_config.active.inference
         recipe = VersionRecipe.of(self.store.get(int(data["model_version"])), self.app_config)
-        tta = _as_bool(data.get("tta", settings.tta_flip))
+        tta = as_bool(data.get("tta", settings.tta_flip))
         return SlidingWindowPredictor(
             zyx(recipe.patch_size(data["modality"])), settings.sw_overlap, settings.sw_batch_size, tta
         )
@@ -217,7 +218,7 @@ class SegmentationInferTask(BasicInferTask):
             "network": version.meta.get("network"),
             "preset": self.app_config.preset,
             "config_fingerprint": self.app_config.fingerprint(),
-            "tta_flip": _as_bool(data.get("tta", self.app_config.active.inference.tta_flip)),
+            "tta_flip": as_bool(data.get("tta", self.app_config.active.inference.tta_flip)),
             "sw_overlap": self.app_config.active.inference.sw_overlap,
             "device": str(data.get("device")),
             "input_sha256": sha256_of(data.get("image_path")),
@@ -262,11 +263,13 @@ def sha256_of(path: Any) -> str | None:
     return file_sha256(path)
 
 
-def _first(value: Any) -> Any:
+def first_value(value: Any) -> Any:
+    """A request parameter that a client may send as a list (MONAI Label's config lists): its first entry."""
     return value[0] if isinstance(value, (list, tuple)) and value else value
 
 
-def _as_bool(value: Any) -> bool:
+def as_bool(value: Any) -> bool:
+    """A request flag as a bool ("true", "1", "yes", "on" and true are true)."""
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)

@@ -3,9 +3,14 @@
 As in MONAI Label's radiology app, the app's ``init_infers`` and ``init_trainers`` only ask each model's config for
 its ``infer()`` and ``trainer()``; what a model needs (its version store, its tasks) is decided here.
 
-Routing a request: an unknown model is a 404; a network with no trained version hands its request to the atlas
-prior, and the result says so (``requested_model``, ``fallback``): random weights are never offered as a pre-label.
-A request that pins a version gets that version or a 404/409, never the prior.
+Imported pretrained models (``python -m amoslabel models import``, :mod:`models.pretrained`) are found in the models
+folder at start and served beside them by name; one whose network we can train (a MONAI bundle's) also gets a train
+task, which fine-tunes it.
+
+Routing a request: an unknown model is a 404; a network with no trained version hands its request to the fallback
+(``apps.yaml``'s ``fallback_model``: the atlas prior, or an imported model), and the result says so
+(``requested_model``, ``fallback``): random weights are never offered as a pre-label. A request that pins a version
+gets that version or a 404/409, never the fallback.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
-from amoslabel.config import AppConfig
+from amoslabel.config import AppConfig, NetworkSettings
 from amoslabel.errors import NotFound
 from models.infer_task import SegmentationInferTask
 from models.prior_task import PRIOR_MODEL, AtlasCache, PriorInferTask
+from models.pretrained.task import ImportedInferTask
 from models.train_task import SegmentationTrainTask
-from models.versions import ModelStore
+from models.versions import META_FILE, ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,36 @@ class NetworkConfig:
         return SegmentationTrainTask(self.name, self.config, self.store, studies, final_labels)
 
 
+class ImportedConfig:
+    """An imported pretrained model: its own infer task; a train task (fine-tuning) where its network is trainable."""
+
+    def __init__(self, name: str, config: AppConfig, store: ModelStore):
+        self.name = name
+        self.config = config
+        self.store = store
+        first = store.get(store.numbers()[0]).meta
+        spec = first.get("network")
+        self.trainable = NetworkSettings(network=spec["name"], params=spec["params"]) if spec else None
+
+    def infer(self) -> ImportedInferTask:
+        return ImportedInferTask(self.name, self.config, self.store, self.trainable)
+
+    def trainer(self, studies: str, final_labels: FinalLabels) -> Optional[SegmentationTrainTask]:
+        if self.trainable is None:
+            return None
+        return SegmentationTrainTask(self.name, self.config, self.store, studies, final_labels, self.trainable)
+
+
+def imported_models(models_dir: Path, taken: List[str]) -> List[str]:
+    """Names of the models in ``models_dir`` whose first version was imported (not one of ``taken``)."""
+    found = []
+    for folder in sorted(p for p in Path(models_dir).iterdir() if p.is_dir() and p.name not in taken):
+        first = folder / "v0001" / META_FILE
+        if first.is_file() and '"imported"' in first.read_text():
+            found.append(folder.name)
+    return found
+
+
 class PriorConfig:
     """The atlas prior, served as model ``prior``: no training, built from the final labels and label maps."""
 
@@ -58,24 +94,40 @@ class PriorConfig:
 
 
 class ServedModels:
-    """Every model of ``apps.yaml``'s ``models`` plus the atlas prior, with their tasks."""
+    """Every model of ``apps.yaml``'s ``models``, the imported models, and the atlas prior, with their tasks."""
 
     def __init__(self, config: AppConfig, models_dir: Path, atlas: AtlasCache):
         self.networks = {name: NetworkConfig(name, config, models_dir) for name in config.models}
+        self.imported = {
+            name: ImportedConfig(name, config, ModelStore(models_dir, name))
+            for name in imported_models(models_dir, list(config.models) + [PRIOR_MODEL])
+        }
         self.prior = PriorConfig(config, atlas)
 
     def infers(self) -> Dict[str, InferTask]:
-        return {**{name: c.infer() for name, c in self.networks.items()}, PRIOR_MODEL: self.prior.infer()}
+        return {
+            **{name: c.infer() for name, c in self.networks.items()},
+            **{name: c.infer() for name, c in self.imported.items()},
+            PRIOR_MODEL: self.prior.infer(),
+        }
 
     def trainers(self, studies: str, final_labels: FinalLabels) -> Dict[str, TrainTask]:
-        return {name: c.trainer(studies, final_labels) for name, c in self.networks.items()}
+        tasks = {name: c.trainer(studies, final_labels) for name, c in {**self.networks, **self.imported}.items()}
+        return {name: task for name, task in tasks.items() if task is not None}
 
     def stores(self) -> Dict[str, ModelStore]:
-        return {name: c.store for name, c in self.networks.items()}
+        """The version stores of the models that train here (the retraining trigger's)."""
+        trainable = {name: c.store for name, c in self.imported.items() if c.trainable is not None}
+        return {**{name: c.store for name, c in self.networks.items()}, **trainable}
+
+    def scorers(self) -> List[str]:
+        """The models whose soft predictions join the scoring ensemble: the networks and every imported model."""
+        return list(self.networks) + list(self.imported)
 
     def serving_versions(self) -> Dict[str, Optional[int]]:
-        """The version each network serves now (None: not trained yet)."""
-        return {name: (v.number if (v := store.champion()) else None) for name, store in self.stores().items()}
+        """The version each model serves now (None: not trained yet)."""
+        stores = {**self.stores(), **{name: c.store for name, c in self.imported.items()}}
+        return {name: (v.number if (v := store.champion()) else None) for name, store in stores.items()}
 
     def log_state(self) -> None:
         """Say which version serves, and which networks the prior stands in for."""
@@ -87,7 +139,9 @@ class ServedModels:
                 )
 
 
-def route_request(request: Dict[str, Any], infers: Mapping[str, InferTask]) -> Dict[str, Any]:
+def route_request(
+    request: Dict[str, Any], infers: Mapping[str, InferTask], fallback: str = PRIOR_MODEL
+) -> Dict[str, Any]:
     """The request with the model that answers it (see the module docstring); 404 for an unknown model."""
     model = request.get("model")
     if model and model not in infers:
@@ -95,8 +149,9 @@ def route_request(request: Dict[str, Any], infers: Mapping[str, InferTask]) -> D
     task = infers.get(model)
     pinned = str(request.get("model_version") or "latest").strip().lower() != "latest"
     if isinstance(task, SegmentationInferTask) and not pinned and task.store.champion() is None:
-        log.info(f"model {model!r} has no trained version: pre-labelling with the atlas prior")
-        request = {**request, "requested_model": model, "model": PRIOR_MODEL}
+        stand_in = fallback if fallback in infers and fallback != model else PRIOR_MODEL
+        log.info(f"model {model!r} has no trained version: pre-labelling with {stand_in!r}")
+        request = {**request, "requested_model": model, "model": stand_in}
     return request
 
 

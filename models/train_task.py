@@ -26,12 +26,12 @@ from monai.transforms import Compose, SelectItemsd
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from amoslabel.data.records import CaseRecords
-from amoslabel.config import AppConfig
+from amoslabel.config import AppConfig, NetworkSettings
 from amoslabel.modality import ModalityEvidence, resolve_modality
 from amoslabel.organs import ORGANS
 from amoslabel.volume import strip_volume_suffix
 from models.augmentation import RandClassBalancedCropd, SampleClassIndicesd, amos_augmentations
-from models.infer_task import resolve_device
+from models.infer_task import as_bool, resolve_device
 from models.inference import SlidingWindowPredictor
 from models.losses import build_loss
 from models.networks import build_network, count_parameters
@@ -73,6 +73,7 @@ class SegmentationTrainTask(BasicTrainTask):
         store: ModelStore,
         studies: str,
         final_labels: Optional[Callable[[], List[Dict[str, Any]]]] = None,
+        network: Optional[NetworkSettings] = None,
     ):
         preset = config.active
         self.final_labels = final_labels
@@ -80,7 +81,8 @@ class SegmentationTrainTask(BasicTrainTask):
         self.app_config = config
         self.store = store
         self.studies = studies
-        self.network_settings = preset.networks[name]
+        # a network of the preset, or one given by its model (an imported bundle's, which this fine-tunes)
+        self.network_settings = network or preset.networks[name]
         t = preset.train
         super().__init__(
             model_dir=str(store.root),
@@ -232,7 +234,7 @@ class SegmentationTrainTask(BasicTrainTask):
     # -- model and optimisation --------------------------------------------------------------------------------
     def network(self, context: Context) -> torch.nn.Module:
         network = build_network(self.network_settings.network, self.network_settings.params)
-        parent = self.store.champion() if _as_bool(context.request.get("pretrained", True)) else None
+        parent = self.store.champion() if as_bool(context.request.get("pretrained", True)) else None
         same_spec = parent is not None and parent.meta.get("network") == self._network_spec()
         if same_spec:
             network.load_state_dict(self.store.load_weights(parent))
@@ -242,6 +244,7 @@ class SegmentationTrainTask(BasicTrainTask):
                 logger.info(f"{self.model_name}: version {parent.number} has another architecture; from scratch")
             parent = None
         context.request["_parent_version"] = parent.number if parent else None
+        context.request["_parent_imported"] = (parent.meta.get("imported") if parent else None) or None
         return network
 
     def _network_spec(self) -> Dict[str, Any]:
@@ -336,6 +339,8 @@ class SegmentationTrainTask(BasicTrainTask):
             "network": self._network_spec(),
             "parameters": count_parameters(context.network),
             "parent_version": request.get("_parent_version"),
+            # a fine-tuned imported model names where its first weights came from
+            "parent_imported": request.get("_parent_imported"),
             "preset": self.app_config.preset,
             "plans": {m: p.model_dump(mode="json") for m, p in self.app_config.active.plans.items()},
             "normalisation": {
@@ -400,9 +405,3 @@ def _version(package: str) -> str:
         return version(package)
     except Exception:
         return "unknown"
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)

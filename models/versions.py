@@ -20,7 +20,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import torch
 
@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
 CHAMPION_FILE = "champion.json"
+#: an imported pretrained model's own files (an nnU-Net result folder, a MONAI bundle), inside its version folder
+IMPORTED_DIR = "imported"
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class ModelStore:
         found = []
         for entry in self.root.iterdir():
             if entry.is_dir() and entry.name.startswith("v") and entry.name[1:].isdigit():
-                if (entry / META_FILE).is_file() and (entry / WEIGHTS_FILE).is_file():
+                weights = (entry / WEIGHTS_FILE).is_file() or (entry / IMPORTED_DIR).is_dir()
+                if (entry / META_FILE).is_file() and weights:
                     found.append(int(entry.name[1:]))
         return sorted(found)
 
@@ -139,11 +142,25 @@ class ModelStore:
 
     def publish(self, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> ModelVersion:
         """Publish weights and metadata as the next version number; returns the new version."""
+
+        def write(staging: Path) -> None:
+            torch.save(dict(state_dict), staging / WEIGHTS_FILE)
+            fsync_file(staging / WEIGHTS_FILE)
+
+        return self.publish_staged(write, meta)
+
+    def publish_staged(
+        self, write: Callable[[Path], Optional[Mapping[str, Any]]], meta: Mapping[str, Any]
+    ) -> ModelVersion:
+        """Publish what ``write(staging_folder)`` puts in a staging folder, with ``meta``, as the next version.
+
+        ``write`` must leave :data:`WEIGHTS_FILE` or an :data:`IMPORTED_DIR` folder there, and may return more
+        metadata (what only the written files tell, such as their fingerprint); anything it raises leaves no trace.
+        """
         staging = self.root / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            torch.save(dict(state_dict), staging / WEIGHTS_FILE)
-            fsync_file(staging / WEIGHTS_FILE)
+            meta = {**meta, **(write(staging) or {})}
             with self._lock():
                 number = (self.numbers() or [0])[-1] + 1
                 while (self.root / f"v{number:04d}").exists():  # a crashed publish may have left one behind

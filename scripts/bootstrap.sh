@@ -25,7 +25,11 @@ rm -f "$STAMP"
 # torch sits on the same command line as monailabel (requirements.txt) so pip keeps the CPU build.
 "$VENV/bin/python" -m pip install --progress-bar on -r requirements.txt -r requirements-test.txt -c constraints.txt \
   2>&1 | { grep -v "^WARNING: Location 'file:" || true; } || { echo "bootstrap: pip install failed" >&2; exit 1; }
+# TotalSegmentator's class table (models/pretrained/label_maps: the shipped map is checked against it); without its
+# dependencies, which are for rendering and conversion (vtk, fury, dipy, ...) and are not needed here.
+"$VENV/bin/python" -m pip install --no-deps -q -c constraints.txt totalsegmentator \
+  || { echo "bootstrap: pip install totalsegmentator failed" >&2; exit 1; }
 # monai[torchvision] drags in a CUDA torchvision that cannot import beside CPU torch; nothing here uses it.
 "$VENV/bin/python" -m pip uninstall -y -q torchvision
-"$VENV/bin/python" -c "import monailabel, monai, torch, SimpleITK, nibabel, yaml, pydantic; print('bootstrap: torch', torch.__version__, '| monai', monai.__version__, '| monailabel', monailabel.__version__)"
+"$VENV/bin/python" -c "import monailabel, monai, torch, SimpleITK, nibabel, yaml, pydantic, nnunetv2, totalsegmentator.map_to_binary; print('bootstrap: torch', torch.__version__, '| monai', monai.__version__, '| monailabel', monailabel.__version__)"
 echo "$want" > "$STAMP"

@@ -1,4 +1,5 @@
-"""``models list|rollback``: a model's versions (metrics, parent, promotion, which serves), and rolling back."""
+"""``models list|rollback|import``: a model's versions (metrics, parent, promotion, which serves), rolling back, and
+importing a pretrained model (nnU-Net v2 result folders, MONAI bundles) as a served pre-labeler."""
 
 from __future__ import annotations
 
@@ -11,13 +12,49 @@ from amoslabel.workspace import Workspace
 
 
 def register(sub) -> None:
-    mod = sub.add_parser("models", help="a model's versions and which one serves; roll back to an earlier one")
-    mod.add_argument("action", choices=["list", "rollback"])
-    mod.add_argument("model", help="a served model, e.g. unet")
-    mod.add_argument("version", nargs="?", type=int, help="for rollback: the version to serve")
-    mod.add_argument("--studies", type=Path, required=True, help="the studies folder the server runs on")
-    mod.add_argument("--reason", default=None, help="for rollback: why (kept in the history)")
-    mod.set_defaults(run=_models)
+    mod = sub.add_parser("models", help="a model's versions, which one serves, rolling back; importing a model")
+    actions = mod.add_subparsers(dest="action", required=True)
+    for action, help_text in (("list", "a model's versions"), ("rollback", "serve an earlier (or later) version")):
+        one = actions.add_parser(action, help=help_text)
+        one.add_argument("model", help="a served model, e.g. unet")
+        one.add_argument("version", nargs="?", type=int, help="for rollback: the version to serve")
+        one.add_argument("--studies", type=Path, required=True, help="the studies folder the server runs on")
+        one.add_argument("--reason", default=None, help="for rollback: why (kept in the history)")
+        one.set_defaults(run=_models)
+    imp = actions.add_parser("import", help="import a pretrained model as a served pre-labeler (restart to serve)")
+    imp.add_argument("paths", nargs="+", type=Path, help="nnU-Net v2 result folder(s) (parts, in order), or a bundle")
+    imp.add_argument("--format", required=True, choices=["nnunetv2", "monai-bundle"])
+    imp.add_argument("--name", required=True, help="the model's name in /info, Slicer and OHIF")
+    imp.add_argument(
+        "--label-map", required=True, help="a shipped map (totalsegmentator_total, monai_wholebody_ct, amos) or YAML"
+    )
+    imp.add_argument("--folds", nargs="+", default=None, help="nnU-Net folds to use (default: every fold_* present)")
+    imp.add_argument("--studies", type=Path, required=True, help="the studies folder the server runs on")
+    imp.set_defaults(run=_import_model)
+
+
+def _import_model(args) -> int:
+    from models.pretrained.importer import import_model
+    from models.prior_task import PRIOR_MODEL
+
+    config = load_config()
+    version = import_model(
+        args.format,
+        args.paths,
+        args.name,
+        args.label_map,
+        Workspace(args.studies).models(config.storage.models_dir),
+        reserved=[*config.models, *config.active.networks, PRIOR_MODEL],
+        folds=args.folds,
+        actor=os.environ.get("USER", "operator"),
+    )
+    meta = version.meta
+    print(
+        f"imported {version.tag}: {meta['imported']['format']}, fingerprint {meta['imported']['fingerprint'][:16]}, "
+        f"label map {meta['label_map']['name']} ({len(meta['organs_mapped'])} organs)"
+        f"{', fine-tunable' if meta.get('network') else ''}. Restart the server to serve it."
+    )
+    return 0
 
 
 def _models(args) -> int:

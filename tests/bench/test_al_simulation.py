@@ -1,5 +1,5 @@
 """The active-learning simulation runs end to end (tiny settings): every strategy gets a learning curve, the
-cases-to-90% figure and the correction effort; `make al-simulation` runs the real settings."""
+cases-to-90% figure and the correction effort (minutes and mL); `make al-simulation` runs the real settings."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ def test_the_simulation_runs_every_strategy(tmp_path):
         assert [n for n, _ in curve] == [2, 3] and all(0 <= d <= 1 for _, d in curve)
     liver = run["effort"]["random"]["liver"]
     assert liver["from_empty_ml"] > 0 and liver["from_prelabel_ml"] >= 0
+    assert liver["from_empty_min"] > 0 and liver["from_prelabel_min"] >= 0
+    assert liver["from_empty_min (slices only)"] > 0 and liver["from_empty_min (contour only)"] > 0
     assert len(results["seeds"]) == 2
     for plot in ("learning_curves_seed0.png", "learning_curves_seed1.png", "learning_curves.png"):
         assert (tmp_path / plot).stat().st_size > 1000
     table = (tmp_path / "table.md").read_text()
     assert all(f"| {s} |" in table for s in STRATEGIES) and "| all organs |" in table
+    assert "from empty (min)" in table and "evaluation/effort.py" in table
