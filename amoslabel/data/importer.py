@@ -135,9 +135,12 @@ def _from_amos(root: Path, labels_as: str) -> List[ImportItem]:
         folder = root / images_dir
         if not folder.is_dir():
             continue
-        for image in sorted(p for p in folder.iterdir() if p.name.endswith(NIFTI_SUFFIXES)):
+        images = sorted(p for p in folder.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+        # nnU-Net's channel suffix: every image of an nnU-Net folder ends in _0000; in any other, synth_0000 is a name
+        channel_suffix = bool(images) and all(strip_volume_suffix(p.name).endswith("_0000") for p in images)
+        for image in images:
             stem = strip_volume_suffix(image.name)
-            case = re.sub(r"_0000$", "", stem)  # nnU-Net channel suffix
+            case = re.sub(r"_0000$", "", stem) if channel_suffix else stem
             label = None
             if labels_dir:
                 candidates = [root / labels_dir / f"{case}{s}" for s in NIFTI_SUFFIXES]

@@ -57,6 +57,23 @@ def test_amos_layout_imports_every_split_with_labels_and_modality(amos_dataset, 
     assert sorted(again.unchanged) == sorted(report.imported) and not again.imported
 
 
+def test_a_case_named_like_a_channel_suffix_keeps_its_name_unless_every_image_has_one(shared, tmp_path):
+    ct, label = shared / "ct" / "ts_abdomen_ct_small.nii.gz", shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"
+    for layout, names in (("ours", ["synth_0000", "synth_0001"]), ("nnunet", ["case_a_0000", "case_b_0000"])):
+        root = tmp_path / layout
+        (root / "imagesTr").mkdir(parents=True)
+        (root / "labelsTr").mkdir()
+        (root / "dataset.json").write_text(json.dumps({"name": layout, "modality": {"0": "CT"}}))
+        for name in names:
+            os.symlink(ct, root / "imagesTr" / f"{name}.nii.gz")
+            case = name.removesuffix("_0000") if layout == "nnunet" else name
+            os.symlink(label, root / "labelsTr" / f"{case}.nii.gz")
+        report = import_source(root, tmp_path / f"studies-{layout}", link_images=True, progress=False)
+        expected = ["synth_0000", "synth_0001"] if layout == "ours" else ["case_a", "case_b"]
+        assert sorted(report.imported) == expected and not report.skipped
+        assert len(list((tmp_path / f"studies-{layout}" / "labels" / "final").iterdir())) == 2
+
+
 def test_labels_can_come_in_as_prelabels(amos_dataset, tmp_path):
     studies = tmp_path / "studies"
     import_source(amos_dataset, studies, labels_as="prelabel", progress=False)
