@@ -140,11 +140,11 @@ def _organ_effort(pred: np.ndarray, ref: np.ndarray, sampling: Tuple[float, floa
         else:
             wrong = _far(edge_ref[z], edge_pred[z], tolerance, sampling)  # to draw
             wrong += _far(edge_pred[z], edge_ref[z], tolerance, sampling)  # to erase
-            if ref[z].any():  # a slice that is mostly wrong is wiped and drawn anew: never dearer than that
-                wrong = min(wrong, int(np.count_nonzero(edge_ref[z])))
         if wrong:
             effort.slices += 1
-            wrong_pixels += wrong
+            # a slice that is mostly wrong is wiped and drawn anew, never dearer than that; a slice where the organ
+            # should not be at all is wiped in one action (the slice's own t_slice), whatever the blob's size
+            wrong_pixels += min(wrong, int(np.count_nonzero(edge_ref[z])))
         else:
             effort.checked_slices += 1
     effort.contour_mm = wrong_pixels * float(np.mean(sampling))
@@ -163,7 +163,8 @@ def correction_effort(
     Organs absent from both maps are omitted (their effort is zero). A contour is wrong where it is farther from the
     other contour than the organ's tolerance, or than the in-plane voxel size if that is larger (nobody draws finer
     than a voxel). A slice's wrong contour counts at most its reference contour: a slice that is mostly wrong is
-    wiped and drawn anew, never dearer than drawing it from empty. The contour length is the number of wrong
+    wiped and drawn anew, never dearer than drawing it from empty; a slice where the organ should not be is wiped in
+    one action (its ``t_slice``). The contour length is the number of wrong
     boundary pixels (mask minus its 4-neighbour erosion) times the mean in-plane spacing; for edges at an angle this
     undercounts the length (by about 10 % averaged over directions).
 
