@@ -65,6 +65,26 @@ class VersionRecipe:
         return self.train_patch_xyz or self.plans[modality].patch_size
 
 
+def segmentation_task_args(config: AppConfig, description: str, **params: Any) -> Dict[str, Any]:
+    """MONAI Label's infer-task arguments for a 15-organ pre-labeler; ``params`` adds request parameters."""
+    default_device = resolve_device(config.device)
+    return {
+        "path": None,
+        "network": None,
+        "type": InferType.SEGMENTATION,
+        "labels": label_table(),
+        "dimension": 3,
+        "description": description,
+        "config": {
+            "model_version": "latest",
+            "modality": "auto",
+            "tta": config.active.inference.tta_flip,
+            **params,
+            "device": [default_device] + [d for d in ("cpu", "cuda") if d != default_device],
+        },
+    }
+
+
 def resolve_device(name: str | None) -> str:
     """'auto' or None -> 'cuda' when a GPU is present, else 'cpu'; 'cuda*' falls back to 'cpu' without one."""
     if not name or name == "auto":
@@ -92,20 +112,10 @@ class SegmentationInferTask(BasicInferTask):
         # a network of the preset, or one given by its model (an imported bundle's, fine-tuned here)
         self.network_settings = network or preset.networks[name]
         self.gate = InferenceGate(store.root.parent)
-        default_device = resolve_device(config.device)
         super().__init__(
-            path=None,
-            network=None,
-            type=InferType.SEGMENTATION,
-            labels=label_table(),
-            dimension=3,
-            description=f"15 AMOS organs, {self.network_settings.network} ({config.preset} preset)",
-            config={
-                "model_version": "latest",
-                "modality": "auto",
-                "tta": preset.inference.tta_flip,
-                "device": [default_device] + [d for d in ("cpu", "cuda") if d != default_device],
-            },
+            **segmentation_task_args(
+                config, f"15 AMOS organs, {self.network_settings.network} ({config.preset} preset)"
+            )
         )
 
     # -- for scoring ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ gets that version or a 404/409, never the fallback.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -75,7 +76,7 @@ def imported_models(models_dir: Path, taken: List[str]) -> List[str]:
     found = []
     for folder in sorted(p for p in Path(models_dir).iterdir() if p.is_dir() and p.name not in taken):
         first = folder / "v0001" / META_FILE
-        if first.is_file() and '"imported"' in first.read_text():
+        if first.is_file() and "imported" in json.loads(first.read_text()):
             found.append(folder.name)
     return found
 

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 
@@ -59,7 +59,7 @@ def _nnunet(paths: Sequence[Path], folds: Optional[Sequence[str]]) -> CheckedMod
             for i, part in enumerate(parts)
         ]
     }
-    return CheckedModel(combined_classes(parts), files, record)
+    return CheckedModel(combined_classes([part.classes for part in parts]), files, record)
 
 
 def _bundle(paths: Sequence[Path], folds: Optional[Sequence[str]]) -> CheckedModel:
@@ -154,8 +154,3 @@ def fingerprint(folder: Path) -> str:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(f"{path.relative_to(folder)}\0{file_sha256(path)}\n".encode())
     return digest.hexdigest()
-
-
-def imported_versions(store: ModelStore) -> List[int]:
-    """The versions of ``store`` that were imported (not trained here)."""
-    return [n for n in store.numbers() if "imported" in store.get(n).meta]

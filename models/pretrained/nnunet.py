@@ -102,13 +102,14 @@ def inspect_part(folder: Path, folds: Optional[Sequence[str]] = None) -> NnUNetP
     )
 
 
-def combined_classes(parts: Sequence[NnUNetPart]) -> Dict[str, int]:
-    """Class name -> ``part * PART_STRIDE + index``; a name in two parts is taken from the first."""
+def combined_classes(tables: Sequence[Mapping[str, int]]) -> Dict[str, int]:
+    """Class name -> ``part * PART_STRIDE + index`` over the parts' ``{name: index}`` tables; a name in two parts is
+    taken from the first."""
     table: Dict[str, int] = {}
-    for p, part in enumerate(parts):
-        for name, index in part.classes.items():
-            if index > 0:
-                table.setdefault(name, p * PART_STRIDE + index)
+    for p, classes in enumerate(tables):
+        for name, index in classes.items():
+            if int(index) > 0:
+                table.setdefault(str(name), p * PART_STRIDE + int(index))
     return table
 
 
@@ -140,13 +141,8 @@ class NnUNetRunner:
         self._loaded: Dict[Tuple[str, bool], list] = {}
 
     def classes(self) -> Dict[str, int]:
-        """The parts' classes, combined as :func:`combined_classes` does."""
-        table: Dict[str, int] = {}
-        for p, folder in enumerate(self.folders):
-            for name, index in json.loads((folder / "dataset.json").read_text())["labels"].items():
-                if int(index) > 0:
-                    table.setdefault(str(name), p * PART_STRIDE + int(index))
-        return table
+        """The parts' classes, combined (:func:`combined_classes`)."""
+        return combined_classes([json.loads((f / "dataset.json").read_text())["labels"] for f in self.folders])
 
     def _predictors(self, device: str, use_mirroring: bool) -> list:
         key = (device, use_mirroring)

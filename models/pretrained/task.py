@@ -19,16 +19,15 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from amoslabel.config import AppConfig, NetworkSettings
 from amoslabel.dicom.series import series_headers
 from amoslabel.errors import Conflict
-from amoslabel.organs import label_table
 from amoslabel.volume import Geometry
 from models.infer_task import (
     SegmentationInferTask,
+    segmentation_task_args,
     as_bool,
     first_value,
     labels_present,
@@ -58,23 +57,10 @@ class ImportedInferTask(BasicInferTask):
         self.trained = SegmentationInferTask(name, config, store, trainable) if trainable else None
         self._runners: Dict[int, Any] = {}
         first = store.get(store.numbers()[0]).meta
-        default_device = resolve_device(config.device)
-        super().__init__(
-            path=None,
-            network=None,
-            type=InferType.SEGMENTATION,
-            labels=label_table(),
-            dimension=3,
-            description=f"15 AMOS organs, imported {first['imported']['format']} model "
-            f"(label map {first['label_map']['name']})",
-            config={
-                "model_version": "latest",
-                "modality": "auto",
-                "tta": config.active.inference.tta_flip,
-                "sex": "unknown",
-                "device": [default_device] + [d for d in ("cpu", "cuda") if d != default_device],
-            },
+        description = (
+            f"15 AMOS organs, imported {first['imported']['format']} model (label map {first['label_map']['name']})"
         )
+        super().__init__(**segmentation_task_args(config, description, sex="unknown"))
 
     def is_valid(self) -> bool:
         return True
