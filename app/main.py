@@ -91,7 +91,7 @@ class AmosLabelApp(MONAILabelApp):
         return self.served.trainers(self.studies, self.review.workflow.final_labels)
 
     def init_strategies(self):
-        return next_sample_strategies(self.review)
+        return next_sample_strategies(self.review, self._organ_cases)
 
     def infer(self, request: Dict[str, Any], datastore=None):
         """Check the image and the model before MONAI Label runs the request; the review workflow records it."""
@@ -130,6 +130,10 @@ class AmosLabelApp(MONAILabelApp):
             f"newest versions {self.served.serving_versions()}"
         )
         self.served.log_state()
+
+    def _organ_cases(self):
+        service = getattr(self, "active_learning", None)
+        return service.organ_cases() if service is not None else {}
 
     def _network_tasks(self):
         return {name: task for name, task in self._infers.items() if name in self.served.scorers()}

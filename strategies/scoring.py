@@ -32,6 +32,7 @@ from review.store import ReviewStore, utcnow
 from review.workflow import Workflow
 from strategies.anatomy import AnatomyPrior, learn
 from strategies.attention import AttentionSettings, attention, heat_image
+from strategies.clasp import class_entropies
 from strategies.diversity import describe, diversity_scores
 from strategies.members import MemberOutput
 
@@ -82,6 +83,8 @@ class CaseScorer:
             self.save_attention(case_id, heat_image(result, grid))
         voxel_ml = float(np.prod(grid.GetSpacing())) / 1000.0
         mean = np.mean([o.probabilities for o in outputs], axis=0)
+        # ClaSP's per-organ entropy from the networks alone when there are any (the smoothed atlas is unsure everywhere)
+        sharp = np.mean([outputs[n].probabilities for n in networks], axis=0) if networks else mean
         descriptor = describe(sitk.ReadImage(path), "ct" if modality == "CT" else "mri")
         row = {
             "members": {o.name: o.version for o in outputs},
@@ -89,7 +92,11 @@ class CaseScorer:
             "uncertainty": predictive_entropy(outputs),
             "foreground_ml": float((mean.argmax(axis=0) > 0).sum()) * voxel_ml,
             "descriptor": list(descriptor.values()),
-            "components": {**result.components(), "reason": result.reason()},
+            "components": {
+                **result.components(),
+                "reason": result.reason(),
+                "class_entropy": {str(organ): round(v, 5) for organ, v in class_entropies(sharp).items()},
+            },
         }
         with self.store.write() as s:
             existing = s.get(CaseScore, case_id)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+import zlib
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
+from amoslabel.organs import ORGAN_BY_ID
 from review.schema import CaseScore
 from review.service import ReviewQueueStrategy, ReviewService
 from review.store import ReviewStore
 from strategies.baselines import ForegroundRandom
-from strategies.scoring import best_unlabelled, combined
+from strategies.clasp import ClaspSelector
+from strategies.scoring import best_unlabelled, combined, final_cases, open_cases, scores
 
 
 class StoredScoreStrategy(Strategy):
@@ -43,7 +46,44 @@ class WeightedStrategy(Strategy):
         return {"id": best, "priority": ranked[best][0], "reason": ranked[best][1]}
 
 
-def score_strategies(store: ReviewStore) -> Dict[str, Strategy]:
+class ClaspStrategy(Strategy):
+    """ClaSP-style: the organs take turns (those in the fewest final labels first), each turn taking the unlabelled
+    case most uncertain about that organ, with power noise that fades as the cohort gets labelled
+    (:mod:`strategies.clasp`). The noise's seed is the number of finals, so the same state gives the same pick."""
+
+    def __init__(
+        self,
+        store: ReviewStore,
+        organ_cases: Callable[[], Mapping[int, int]] = dict,
+        selector: Optional[ClaspSelector] = None,
+    ):
+        super().__init__("Class-stratified predictive entropy with scheduled power noise (ClaSP-style)")
+        self.store, self.organ_cases, self.selector = store, organ_cases, selector or ClaspSelector()
+
+    def __call__(self, request: Dict[str, Any], datastore) -> Optional[Dict[str, Any]]:
+        unlabelled = set(datastore.get_unlabeled_images())
+        table = scores(self.store)
+        entropies = {
+            case: {int(organ): float(v) for organ, v in table[case].components.get("class_entropy", {}).items()}
+            for case in unlabelled
+            if case in table
+        }
+        if not entropies:
+            return None
+        finals, still_open = len(final_cases(self.store)), len(open_cases(self.store))
+        seed = zlib.crc32(f"clasp:{finals}".encode())
+        selection = self.selector.select(
+            entropies, 1, finals / max(finals + still_open, 1), self.organ_cases(), offset=finals, seed=seed
+        )
+        pick = selection.picks[0]
+        organ = ORGAN_BY_ID[pick.organ].name if pick.organ in ORGAN_BY_ID else "none in play"
+        reason = (
+            f"clasp: {organ} entropy {pick.entropy:.3f}, noise {pick.noise:+.3f} (scale {selection.noise_scale:.2f})"
+        )
+        return {"id": pick.case, "reason": reason, "selection": selection.as_json()}
+
+
+def score_strategies(store: ReviewStore, organ_cases: Callable[[], Mapping[int, int]] = dict) -> Dict[str, Strategy]:
     return {
         "uncertainty": StoredScoreStrategy(
             store, lambda r: r.uncertainty, "Highest predictive entropy (flip TTA, all members) over the foreground"
@@ -54,16 +94,19 @@ def score_strategies(store: ReviewStore) -> Dict[str, Strategy]:
         "attention_diversity": WeightedStrategy(
             store, {"attention": 1.0, "diversity": 1.0}, "Attention plus distance from the final-labelled cases"
         ),
+        "clasp": ClaspStrategy(store, organ_cases),
     }
 
 
-def next_sample_strategies(review: ReviewService) -> Dict[str, Strategy]:
+def next_sample_strategies(
+    review: ReviewService, organ_cases: Callable[[], Mapping[int, int]] = dict
+) -> Dict[str, Strategy]:
     """Every strategy by name: the review queue, MONAI Label's random and first, foreground-aware random, and the
-    score-based ones."""
+    score-based ones. ``organ_cases`` says how many final labels have each organ (ClaSP's turn order)."""
     return {
         ReviewQueueStrategy.NAME: ReviewQueueStrategy(review),
         "random": Random(),
         "first": First(),
         "foreground_random": ForegroundRandom(),
-        **score_strategies(review.store),
+        **score_strategies(review.store, organ_cases),
     }

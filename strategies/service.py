@@ -83,6 +83,11 @@ class ActiveLearningService:
                 self._anatomy = (key, learn_anatomy([f["label"] for f in finals]))
             return self._anatomy[1]
 
+    def organ_cases(self) -> Dict[int, int]:
+        """Per organ id, how many final labels have it (from the cached anatomical prior)."""
+        anatomy = self.anatomy()
+        return {organ: prior.cases for organ, prior in anatomy.organs.items()} if anatomy else {}
+
     def save_attention(self, case_id: str, heat: sitk.Image) -> None:
         """The heat map, on the scan's own grid, as the case's label tagged ``attention``."""
         store = self.datastore()

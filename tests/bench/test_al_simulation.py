@@ -9,7 +9,22 @@ from bench.al_simulation import STRATEGIES, main
 
 
 def test_the_simulation_runs_every_strategy(tmp_path):
-    tiny = ["--per-source", "3", "--rounds", "1", "--steps", "1", "--k", "1", "--start", "2", "--seeds", "2"]
+    tiny = [
+        "--per-source",
+        "3",
+        "--rounds",
+        "1",
+        "--first-steps",
+        "1",
+        "--steps",
+        "1",
+        "--k",
+        "1",
+        "--start",
+        "2",
+        "--seeds",
+        "2",
+    ]
     assert main(tiny + ["--grid", "32", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     run = results["seeds"][0]

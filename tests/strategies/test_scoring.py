@@ -16,7 +16,8 @@ from review.queries import queue
 from review.schema import CaseScore
 from strategies.members import case_members
 from strategies.scoring import CaseScorer, ScoringWorker, apply_priorities, scores
-from strategies.selection import score_strategies
+from strategies.clasp import ClaspSelector, NoiseSchedule
+from strategies.selection import ClaspStrategy, score_strategies
 from tests.review.conftest import LABEL, make_team
 
 CASES = {"ct_small": ("ct/ts_abdomen_ct_small.nii.gz", "CT"), "mr_small": ("mr/ts_abdomen_mr_small.nii.gz", "MR")}
@@ -64,6 +65,8 @@ def test_scores_are_computed_stored_and_explained(setup):
     assert set(row["components"]["per_criterion_ml"]) == {"disagreement", "entropy", "overlap", "prior"}
     assert row["components"]["per_criterion_ml"]["disagreement"] > 0  # a random UNet and the prior disagree
     assert "attention" in row["components"]["reason"]
+    per_organ = row["components"]["class_entropy"]  # ClaSP's per-organ entropy, from the network members
+    assert per_organ and all(1 <= int(organ) <= 15 and value >= 0 for organ, value in per_organ.items())
     heat = saved["ct_small"]
     assert heat.GetPixelID() == sitk.sitkUInt8 and sitk.GetArrayViewFromImage(heat).max() >= 1
     stored = scores(team.store)["ct_small"]
@@ -87,6 +90,16 @@ def test_a_new_model_version_makes_scores_stale_and_priorities_follow(setup):
     assert picked == {"id": top}
     weighted = score_strategies(team.store)["attention_diversity"]({}, FakeDatastore(CASES))
     assert weighted["id"] in CASES and "attention" in weighted["reason"]
+    # ClaSP: the same state gives the same pick, with why; without noise, the case most uncertain about the first organ
+    clasp = score_strategies(team.store)["clasp"]
+    first = clasp({}, FakeDatastore(CASES))
+    assert first["id"] in CASES and first["reason"].startswith("clasp: ") and first == clasp({}, FakeDatastore(CASES))
+    in_play = {c: {int(o): v for o, v in table[c].components["class_entropy"].items()} for c in CASES}
+    organ = min(set().union(*in_play.values()))  # an organ some case has in play; no final has it yet: first turn
+    counts = {o: 1 for o in range(1, 16)} | {organ: 0}
+    quiet = ClaspStrategy(team.store, lambda: counts, ClaspSelector(NoiseSchedule(0, 0)))
+    expected = max((c for c in CASES if organ in in_play[c]), key=lambda c: in_play[c][organ])
+    assert quiet({}, FakeDatastore(CASES))["id"] == expected
     # the review queue is ordered by these priorities, each with its reason
     for case_id in CASES:
         team.workflow.record_prelabel(case_id, LABEL, "prior", {})

@@ -7,7 +7,7 @@ import time
 import pytest
 
 
-@pytest.mark.parametrize("strategy", ["foreground_random", "attention", "uncertainty", "attention_diversity"])
+@pytest.mark.parametrize("strategy", ["foreground_random", "attention", "uncertainty", "attention_diversity", "clasp"])
 def test_next_sample_returns_an_unlabelled_image(client, server, strategy):
     deadline = time.time() + 180  # the score strategies wait for the background scorer's first pass
     sample = client.next_sample(strategy, {})

@@ -1,0 +1,87 @@
+"""Does a heat map point at the pre-label's errors? Voxel- and case-level detection metrics.
+
+* **Voxel level**: the error map is where the pre-label differs from the reference label; inside the body, the
+  heat (attention, entropy, any per-voxel score) is scored as a detector of it by the area under the ROC curve and
+  the average precision (scikit-learn's, ties handled as theirs are).
+* **Case level**: a case *fails* when some organ present in its reference has Dice below ``dice_threshold`` (0.8) in
+  its pre-label. Cases are ranked by a score (attention mL, mean entropy); the share of failing cases among the top
+  10 % or 20 % is the recall at that budget. Random ordering finds, in expectation, the budget's share itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from amoslabel.organs import ORGANS
+
+#: The organ Dice below which a pre-labelled organ counts as a failure.
+FAILURE_DICE = 0.8
+
+
+@dataclass(frozen=True)
+class VoxelDetection:
+    """How well a heat map separates wrong voxels from right ones inside the body."""
+
+    auroc: float
+    average_precision: float
+    error_voxels: int
+    body_voxels: int
+
+    @property
+    def error_rate(self) -> float:
+        """The share of body voxels that are wrong: the average precision of a heat that knows nothing."""
+        return self.error_voxels / self.body_voxels if self.body_voxels else float("nan")
+
+
+def voxel_detection(heat: np.ndarray, error: np.ndarray, body: np.ndarray) -> VoxelDetection:
+    """AUROC and average precision of ``heat`` against the boolean ``error`` map, over the ``body`` voxels.
+
+    Both are undefined (nan) when the body holds only right or only wrong voxels.
+    """
+    heat, error, body = np.asarray(heat), np.asarray(error, bool), np.asarray(body, bool)
+    if heat.shape != error.shape or error.shape != body.shape:
+        raise ValueError(f"heat {heat.shape}, error {error.shape} and body {body.shape} must share a grid")
+    scores, truth = heat[body].astype(np.float64).ravel(), error[body].ravel()
+    positives = int(truth.sum())
+    if positives == 0 or positives == truth.size:
+        return VoxelDetection(float("nan"), float("nan"), positives, int(truth.size))
+    return VoxelDetection(
+        float(roc_auc_score(truth, scores)), float(average_precision_score(truth, scores)), positives, int(truth.size)
+    )
+
+
+def organ_dice(prediction: np.ndarray, reference: np.ndarray) -> Dict[int, float]:
+    """Dice per organ present in the reference (an organ the pre-label misses entirely scores 0)."""
+    out = {}
+    for organ in ORGANS:
+        truth = reference == organ.id
+        if truth.any():
+            guess = prediction == organ.id
+            out[organ.id] = float(2 * (guess & truth).sum() / (guess.sum() + truth.sum()))
+    return out
+
+
+def failed_organs(prediction: np.ndarray, reference: np.ndarray, threshold: float = FAILURE_DICE) -> List[int]:
+    """The organs present in the reference whose pre-label Dice is below ``threshold``."""
+    return [organ for organ, dice in organ_dice(prediction, reference).items() if dice < threshold]
+
+
+def top_fraction_recall(scores: Mapping[str, float], failing: Sequence[str], fraction: float) -> float:
+    """Of the ``failing`` cases, the share among the top ``ceil(fraction * n)`` cases by score (ties: by name).
+
+    nan when no case fails."""
+    if not failing:
+        return float("nan")
+    budget = math.ceil(fraction * len(scores))
+    top = sorted(scores, key=lambda case: (-scores[case], case))[:budget]
+    return len(set(top) & set(failing)) / len(failing)
+
+
+def random_recall(cases: int, fraction: float) -> float:
+    """The expected recall of a random ordering at the same budget: the budget's share of the cases."""
+    return math.ceil(fraction * cases) / cases if cases else float("nan")
