@@ -193,6 +193,8 @@ class ActiveLearningSettings(_Strict):
     weights: Dict[Literal["attention", "uncertainty", "diversity"], float] = Field(
         default_factory=lambda: {"attention": 1.0, "uncertainty": 0.0, "diversity": 0.0}
     )
+    # the junior queue's order (strategies/queue_order.py): weighted (by `weights`), foreground_random or clasp
+    queue_order: Literal["weighted", "foreground_random", "clasp"] = "weighted"
 
 
 class RetrainingSettings(_Strict):

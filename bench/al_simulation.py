@@ -428,7 +428,16 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
     needed = {s: cases_to_reach(c, 0.9 * reference) for s, c in curves.items()}
     title = f"Active learning on synthetic volumes ({SPACING:g} mm), seed {seed}"
     plot(curves, reference, args.out / f"learning_curves_seed{seed}.png", title)
-    return {"seed": seed, "full_pool_mdice": reference, "curves": curves, "cases_to_90pct": needed, "effort": efforts}
+    result = {"seed": seed, "full_pool_mdice": reference, "curves": curves, "cases_to_90pct": needed, "effort": efforts}
+    (args.out / f"seed{seed}.json").write_text(json.dumps(result, indent=1))  # kept if a later seed is interrupted
+    return result
+
+
+def load_seeds(path: Path) -> List[dict]:
+    """The seeds of an earlier run: its results.json, or a folder's seedN.json files (an interrupted run's)."""
+    if path.is_dir():
+        return [json.loads(f.read_text()) for f in sorted(path.glob("seed*.json"), key=lambda f: int(f.stem[4:]))]
+    return json.loads(path.read_text())["seeds"]
 
 
 def main(argv=None) -> int:
@@ -441,15 +450,18 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps after each round's picks")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--grid", type=int, default=GRID, help="voxels per side of the simulation grid")
     parser.add_argument("--spacing", type=float, default=SPACING, help="mm per voxel of the simulation grid")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, in separate processes")
     parser.add_argument("--out", type=Path, default=BENCH_OUTPUT / "al_simulation")
-    parser.add_argument("--report", type=Path, help="only print the tables of an earlier run's results.json")
+    parser.add_argument(
+        "--report", type=Path, help="only print the tables of an earlier run (results.json, or a folder of seedN.json)"
+    )
     args = parser.parse_args(argv)
     if args.report:
-        seeds = json.loads(args.report.read_text())["seeds"]
+        seeds = load_seeds(args.report)
         print(table(seeds) + "\n\n" + effort_table(seeds))
         return 0
     if BASELINE not in args.strategies:
@@ -458,11 +470,12 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results = {"settings": vars(args) | {"out": str(args.out)}, "seeds": []}
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as workers:
-            results["seeds"] = list(workers.map(run_seed, range(args.seeds), [args] * args.seeds))
+            results["seeds"] = list(workers.map(run_seed, seeds, [args] * len(seeds)))
     else:
-        results["seeds"] = [run_seed(seed, args) for seed in range(args.seeds)]
+        results["seeds"] = [run_seed(seed, args) for seed in seeds]
     reference = float(np.mean([r["full_pool_mdice"] for r in results["seeds"]]))
     title = f"Active learning on synthetic volumes ({args.spacing:g} mm), mean of {args.seeds} seeds"
     plot(mean_curves(results["seeds"]), reference, args.out / "learning_curves.png", title)

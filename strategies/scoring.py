@@ -154,14 +154,6 @@ def combined(store: ReviewStore, weights: Dict[str, float]) -> Dict[str, tuple]:
     return out
 
 
-def apply_priorities(workflow: Workflow, weights: Dict[str, float]) -> int:
-    """Set every scored open case's queue priority from its scores; returns how many were set."""
-    ranked = combined(workflow.store, weights)
-    for case_id, (priority, reason) in ranked.items():
-        workflow.set_priority(case_id, priority, reason)
-    return len(ranked)
-
-
 def best_unlabelled(store: ReviewStore, key: Callable[[CaseScore], float], candidates: Sequence[str]) -> Optional[str]:
     """The candidate with the highest ``key`` (one pass, top-1: no full sort of a large pool)."""
     table = scores(store)
@@ -179,9 +171,12 @@ class ScoringWorker:
         settings: ActiveLearningSettings,
         member_versions: Callable[[], Dict[str, Optional[int]]],
         may_run: Callable[[], bool] = lambda: True,
+        prioritise: Callable[[], int] = lambda: 0,
     ):
         self.scorer, self.workflow, self.settings = scorer, workflow, settings
         self.member_versions = member_versions
+        self.prioritise = prioritise  # sets the queue's order from the scores (strategies.queue_order)
+        self._finals_seen: Optional[int] = None
         self.may_run = may_run  # only the team's leader scores (amoslabel.cluster.leadership)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -220,8 +215,11 @@ class ScoringWorker:
                     done += 1
             except Exception:  # one bad scan must not stop the others; it is retried next pass
                 log.exception("active learning: scoring %s failed", case_id)
+        finals = len(final_cases(self.workflow.store))
+        if done or finals != self._finals_seen:  # an order may follow the finals too (ClaSP's turns, its noise)
+            self.prioritise()
+            self._finals_seen = finals
         if done:
-            apply_priorities(self.workflow, dict(self.settings.weights))
             log.info("active learning: scored %d case(s)", done)
         self.passes += 1
         return done

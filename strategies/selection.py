@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import zlib
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from amoslabel.organs import ORGAN_BY_ID
 from review.schema import CaseScore
 from review.service import ReviewQueueStrategy, ReviewService
 from review.store import ReviewStore
 from strategies.baselines import ForegroundRandom
 from strategies.clasp import ClaspSelector
-from strategies.scoring import best_unlabelled, combined, final_cases, open_cases, scores
+from strategies.queue_order import clasp_selection, pick_reason
+from strategies.scoring import best_unlabelled, combined
 
 
 class StoredScoreStrategy(Strategy):
@@ -58,29 +57,14 @@ class ClaspStrategy(Strategy):
         selector: Optional[ClaspSelector] = None,
     ):
         super().__init__("Class-stratified predictive entropy with scheduled power noise (ClaSP-style)")
-        self.store, self.organ_cases, self.selector = store, organ_cases, selector or ClaspSelector()
+        self.store, self.organ_cases, self.selector = store, organ_cases, selector
 
     def __call__(self, request: Dict[str, Any], datastore) -> Optional[Dict[str, Any]]:
         unlabelled = set(datastore.get_unlabeled_images())
-        table = scores(self.store)
-        entropies = {
-            case: {int(organ): float(v) for organ, v in table[case].components.get("class_entropy", {}).items()}
-            for case in unlabelled
-            if case in table
-        }
-        if not entropies:
+        selection = clasp_selection(self.store, unlabelled, self.organ_cases(), 1, self.selector)
+        if selection is None:
             return None
-        finals, still_open = len(final_cases(self.store)), len(open_cases(self.store))
-        seed = zlib.crc32(f"clasp:{finals}".encode())
-        selection = self.selector.select(
-            entropies, 1, finals / max(finals + still_open, 1), self.organ_cases(), offset=finals, seed=seed
-        )
-        pick = selection.picks[0]
-        organ = ORGAN_BY_ID[pick.organ].name if pick.organ in ORGAN_BY_ID else "none in play"
-        reason = (
-            f"clasp: {organ} entropy {pick.entropy:.3f}, noise {pick.noise:+.3f} (scale {selection.noise_scale:.2f})"
-        )
-        return {"id": pick.case, "reason": reason, "selection": selection.as_json()}
+        return {"id": selection.picks[0].case, "reason": pick_reason(selection, 0), "selection": selection.as_json()}
 
 
 def score_strategies(store: ReviewStore, organ_cases: Callable[[], Mapping[int, int]] = dict) -> Dict[str, Strategy]:

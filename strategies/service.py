@@ -20,6 +20,7 @@ from models.prior_task import AtlasCache
 from review.service import ReviewService
 from strategies.anatomy import AnatomyPrior
 from strategies.members import case_members, grid_image
+from strategies.queue_order import apply_priorities
 from strategies.scoring import CaseScorer, ScoringWorker, learn_anatomy
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,12 @@ class ActiveLearningService:
             self.anatomy,
         )
         self.worker = ScoringWorker(
-            self.scorer, review.workflow, config.active_learning, self.member_versions, review.leadership.is_leader
+            self.scorer,
+            review.workflow,
+            config.active_learning,
+            self.member_versions,
+            review.leadership.is_leader,
+            lambda: apply_priorities(review.workflow, config.active_learning, self.organ_cases()),
         )
 
     def start(self) -> "ActiveLearningService":

@@ -8,7 +8,7 @@ import json
 from bench.al_simulation import STRATEGIES, main
 
 
-def test_the_simulation_runs_every_strategy(tmp_path):
+def test_the_simulation_runs_every_strategy(tmp_path, capsys):
     tiny = [
         "--per-source",
         "3",
@@ -41,3 +41,9 @@ def test_the_simulation_runs_every_strategy(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert all(f"| {s} |" in table for s in STRATEGIES) and "| all organs |" in table
     assert "from empty (min)" in table and "evaluation/effort.py" in table
+    assert "mean [95 % CI]" in table and "over foreground_random" in table
+    # each seed is kept as it ends, and the tables can be made again from those files alone
+    assert [json.loads((tmp_path / f"seed{n}.json").read_text())["seed"] for n in (0, 1)] == [0, 1]
+    capsys.readouterr()
+    assert main(["--report", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == table.strip()

@@ -4,6 +4,7 @@ AUROC and AP per heat, case- and organ-level recall against random; the real set
 from __future__ import annotations
 
 import json
+import re
 
 from bench.attention import HEATS, main
 
@@ -20,9 +21,12 @@ def test_the_attention_bench_measures_every_heat_on_both_sets(tmp_path):
             for heat in HEATS:
                 voxel = part["voxel"][heat]
                 assert 0 <= voxel["auroc"] <= 1 and 0 < voxel["error_rate"] <= 1
-        level = synthetic["case_level"]
+        assert set(synthetic["case_level"]) == {"all", "segmentable"}
+        level = synthetic["case_level"]["all"]
         assert level["random"]["cases top 10%"] == 0.1 and level["random"]["cases top 20%"] == 0.2
         assert all(0 <= level[h]["organs top 20%"] <= 1 for h in HEATS)
+        assert level["counts"]["failing cases"] == sum(bool(m["failed"]) for m in synthetic["cases"].values())
         assert "case_level" not in real  # three real scans make no case-level figure
     table = (tmp_path / "table.md").read_text()
-    assert "| synthetic | 2 | attention |" in table and "| real | 1 | entropy |" in table
+    assert len(re.findall(r"^\| synthetic \| 2 \| [0-9.]+ \| attention \|", table, re.M)) == 1  # voxel level
+    assert "| synthetic | 1 | all: all |" in table and "| synthetic | 1 | segmentable: " in table

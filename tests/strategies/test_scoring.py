@@ -15,7 +15,8 @@ from models.versions import ModelStore
 from review.queries import queue
 from review.schema import CaseScore
 from strategies.members import case_members
-from strategies.scoring import CaseScorer, ScoringWorker, apply_priorities, scores
+from strategies.queue_order import apply_priorities
+from strategies.scoring import CaseScorer, ScoringWorker, scores
 from strategies.clasp import ClaspSelector, NoiseSchedule
 from strategies.selection import ClaspStrategy, score_strategies
 from tests.review.conftest import LABEL, make_team
@@ -75,15 +76,24 @@ def test_scores_are_computed_stored_and_explained(setup):
 
 def test_a_new_model_version_makes_scores_stale_and_priorities_follow(setup):
     config, task, team, scorer, _ = setup
-    worker = ScoringWorker(scorer, team.workflow, config.active_learning, lambda: {"unet": task.store.latest().number})
+    orders = []
+    worker = ScoringWorker(
+        scorer,
+        team.workflow,
+        config.active_learning,
+        lambda: {"unet": task.store.latest().number},
+        prioritise=lambda: orders.append("set") or 0,
+    )
     assert worker.run_once() == 1  # mr_small had no score yet; ct_small is fresh
-    assert worker.stale() == []
+    assert worker.stale() == [] and orders == ["set"]
+    assert worker.run_once() == 0 and orders == ["set"]  # nothing new scored, no new final: the order stands
     settings = config.active.networks["unet"]
     task.store.publish(build_network(settings.network, settings.params).state_dict(), {"parent_version": 1})
     assert sorted(worker.stale()) == ["ct_small", "mr_small"]  # a training ended: every score is stale
-    assert worker.run_once() == 2 and worker.stale() == []
+    assert worker.run_once() == 2 and worker.stale() == [] and orders == ["set", "set"]
 
-    assert apply_priorities(team.workflow, {"attention": 1.0}) == 2
+    assert config.active_learning.weights["attention"] == 1.0
+    assert apply_priorities(team.workflow, config.active_learning.model_copy(update={"queue_order": "weighted"})) == 2
     table = scores(team.store)
     top = max(table, key=lambda c: table[c].attention_ml)
     picked = score_strategies(team.store)["attention"]({}, FakeDatastore(CASES))
@@ -93,7 +103,9 @@ def test_a_new_model_version_makes_scores_stale_and_priorities_follow(setup):
     # ClaSP: the same state gives the same pick, with why; without noise, the case most uncertain about the first organ
     clasp = score_strategies(team.store)["clasp"]
     first = clasp({}, FakeDatastore(CASES))
-    assert first["id"] in CASES and first["reason"].startswith("clasp: ") and first == clasp({}, FakeDatastore(CASES))
+    assert (
+        first["id"] in CASES and first["reason"].startswith("clasp #1: ") and first == clasp({}, FakeDatastore(CASES))
+    )
     in_play = {c: {int(o): v for o, v in table[c].components["class_entropy"].items()} for c in CASES}
     organ = min(set().union(*in_play.values()))  # an organ some case has in play; no final has it yet: first turn
     counts = {o: 1 for o in range(1, 16)} | {organ: 0}
@@ -108,3 +120,27 @@ def test_a_new_model_version_makes_scores_stale_and_priorities_follow(setup):
     assert all(line["priority"] > 0 and "attention" in line["priority_reason"] for line in lines)
     priority = {line["case_id"]: line["priority"] for line in lines}
     assert priority[top] == pytest.approx(1.0)  # the highest-attention case, normalised to 1
+    # the other queue orders: ClaSP's pick order, and foreground-aware random as a stable weighted permutation
+    al = config.active_learning
+    assert apply_priorities(team.workflow, al.model_copy(update={"queue_order": "clasp"})) == 2
+    lines = queue(team.workflow, team.users["j1"]) + queue(team.workflow, team.users["j2"])
+    ranks = sorted((line["priority"], line["priority_reason"]) for line in lines)
+    assert [p for p, _ in ranks] == [0.5, 1.0] and ranks[1][1].startswith("clasp #1: ")
+    assert apply_priorities(team.workflow, al.model_copy(update={"queue_order": "foreground_random"})) == 2
+    lines = queue(team.workflow, team.users["j1"]) + queue(team.workflow, team.users["j2"])
+    assert all(0 < line["priority"] < 1 and "foreground-aware random" in line["priority_reason"] for line in lines)
+    again = {line["case_id"]: line["priority"] for line in lines}
+    apply_priorities(team.workflow, al.model_copy(update={"queue_order": "foreground_random"}))
+    lines = queue(team.workflow, team.users["j1"]) + queue(team.workflow, team.users["j2"])
+    assert {line["case_id"]: line["priority"] for line in lines} == again  # no reshuffle from pass to pass
+
+
+def test_foreground_random_order_draws_big_bodies_first_in_proportion():
+    """Efraimidis-Spirakis keys: the first of two cases is the heavier with probability w1 / (w1 + w2)."""
+    from strategies.queue_order import stable_uniform
+
+    first_is_big = 0
+    for n in range(4000):
+        big, small = stable_uniform(f"big{n}") ** (1 / 1.0), stable_uniform(f"small{n}") ** (1 / (1 / 3))
+        first_is_big += big > small
+    assert first_is_big / 4000 == pytest.approx(0.75, abs=0.03)
