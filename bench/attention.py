@@ -11,7 +11,8 @@ with labels in ``../shared/data``:
    scans (organ contrast spread four times the usual, three times the noise), where pre-labels fail as they do on
    a team's odd scans. Each is pre-labelled by the first network; the error map is pre-label != reference.
 3. Heats: the attention heat (:mod:`strategies.attention`: the two networks and the atlas prior, anatomy learned
-   from the training labels, as the server scores), and plain predictive entropy (the first network, flip TTA).
+   from the training labels, as the server scores) graded by the networks' doubt, its 15 saved levels, the bare
+   count of criteria (the heat before grading), and plain predictive entropy (the first network, flip TTA).
 4. Voxel level: AUROC and average precision inside the body (:mod:`evaluation.error_detection`). Case level: the
    share of failing cases (an organ of the reference with Dice < 0.8) in the top 10 % and 20 % by attention mL, by
    mean foreground entropy, and for a random order. Organ level: the same with each (case, organ) as a unit, ranked
@@ -71,7 +72,9 @@ REAL = {
         SHARED_DATA / "mr" / "ts_abdomen_mr_small_label.nii.gz",
     ),
 }
-HEATS = ("attention", "entropy")
+# voxel heats: the graded attention (what ranks), its saved levels, the bare criteria count, and plain entropy
+HEATS = ("attention", "attention levels", "criteria count", "entropy")
+SCORES = ("attention", "entropy")  # case and organ scores: attention mL, mean entropy
 BUDGETS = (0.1, 0.2)
 
 
@@ -100,10 +103,13 @@ def measure_case(case: simulation.Case, models, prior: np.ndarray, anatomy) -> d
     entropy = voxel_entropy(sharp)
     error = prelabel != case.label
     body = case.image_array > -500
-    voxel = {
-        "attention": voxel_detection(result.heat, error, body),
-        "entropy": voxel_detection(entropy, error, body),
+    heats = {
+        "attention": result.graded(),
+        "attention levels": result.levels(),
+        "criteria count": result.heat,
+        "entropy": entropy,
     }
+    voxel = {name: voxel_detection(heat, error, body) for name, heat in heats.items()}
     foreground = prelabel > 0
     per_organ_entropy = {}
     for organ in organ_dice(prelabel, case.label):
@@ -144,7 +150,7 @@ def case_level(measured: Dict[str, dict], organs: Optional[Sequence[int]] = None
     failing_units = [f"{c}/{o}" for (c, o), m in units.items() if o in m["failed"]]
     failing = sorted({unit.split("/")[0] for unit in failing_units})
     out: Dict[str, Dict[str, float]] = {}
-    for heat in HEATS:
+    for heat in SCORES:
         cases = {c: m["score"][heat] for c, m in measured.items()}
         scored = {f"{c}/{o}": m["organ_score"][heat][o] for (c, o), m in units.items()}
         out[heat] = {
@@ -197,7 +203,7 @@ def table(results: dict) -> str:
                 )
             for definition, recalls in part.get("case_level", {}).items():
                 c = recalls["counts"]
-                for heat in (*HEATS, "random"):
+                for heat in (*SCORES, "random"):
                     r = recalls[heat]
                     level.append(
                         f"| {name} | {stage['steps']} | {definition}: {c['organs']} | {c['failing cases']} of "

@@ -7,10 +7,14 @@ Per organ, four criteria mark voxels (AbdomenAtlas's ``create_attention.py`` has
 * **overlap**: one model calls the voxel this organ while another calls it a different organ;
 * **prior**: the organ breaks the anatomical prior learned from final labels (:mod:`strategies.anatomy`).
 
-The heat of a voxel is how many criteria fire there for its most-flagged organ (0-4); it is saved as a label-like
-volume for the viewers (values within the label ids, so every viewer shows it as a segmentation). The case score
-is the total attention in mL, with its per-criterion and per-organ parts kept so that a user can see why a case
-ranks where it does.
+The heat of a voxel is how many criteria fire there for its most-flagged organ (0-4). Within a level, voxels are
+told apart by the networks' **doubt** (1 - the largest class probability of their mean): with the count alone many
+voxels tie, and the graded heat (count + doubt) ranks the pre-label's wrong voxels above its right ones far better
+(``make bench-attention``: voxel AUROC). It is saved for the viewers as a label-like volume of levels 0-14 (values
+within the label ids, so every viewer shows it as a segmentation, hotter = higher): ``3 * count + doubt band``, the
+bands being sure (top probability above 0.95), unsure (0.7-0.95) and doubtful (below 0.7). The case score is the
+total attention in mL, with its per-criterion and per-organ parts kept so that a user can see why a case ranks
+where it does.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from amoslabel.organs import ORGAN_BY_ID, ORGANS
 from strategies.anatomy import AnatomyPrior, Violation, violations
 
 CRITERIA = ("disagreement", "entropy", "overlap", "prior")
+DOUBT_BANDS = (0.05, 0.3)  # doubt = 1 - top probability: below 0.05 sure, up to 0.3 unsure, above doubtful
 
 
 @dataclass
@@ -42,6 +47,16 @@ class Attention:
     per_criterion_ml: Dict[str, float]
     per_organ_ml: Dict[str, float]
     violations: List[Violation] = field(default_factory=list)
+    doubt: Optional[np.ndarray] = None  # (z, y, x) float32: 1 - the top class probability of the networks' mean
+
+    def graded(self) -> np.ndarray:
+        """The heat with the doubt as a fraction within each level (float, 0 to < 5): the ranking of voxels."""
+        return self.heat.astype(np.float32) + (0 if self.doubt is None else np.minimum(self.doubt, 0.999))
+
+    def levels(self) -> np.ndarray:
+        """The graded heat in 15 label-like levels (uint8 0-14): ``3 * criteria + doubt band``, what is saved."""
+        doubt = np.zeros(self.heat.shape, np.float32) if self.doubt is None else self.doubt
+        return (3 * self.heat.astype(np.uint8) + np.digitize(doubt, DOUBT_BANDS).astype(np.uint8)).astype(np.uint8)
 
     def components(self) -> Dict[str, object]:
         """The score and its parts, JSON-ready (what the queue shows as the priority's reason)."""
@@ -129,11 +144,13 @@ def attention(
         if organ_ml:
             per_organ[organ.name] = organ_ml
             np.maximum(heat, organ_heat, out=heat)
-    return Attention(heat, sum(per_criterion.values()), per_criterion, per_organ, found)
+    doubt = (1.0 - sharp.mean(axis=0).max(axis=0)).astype(np.float32) if len(sharp) else None
+    return Attention(heat, sum(per_criterion.values()), per_criterion, per_organ, found, doubt)
 
 
 def heat_image(result: Attention, reference: sitk.Image) -> sitk.Image:
-    """The heat as a label-like image on the reference grid (what is saved under the tag ``attention``)."""
-    image = sitk.GetImageFromArray(np.minimum(result.heat, 255).astype(np.uint8))
+    """The graded heat's levels (0-14) as a label-like image on the reference grid (saved under the tag
+    ``attention``)."""
+    image = sitk.GetImageFromArray(result.levels())
     image.CopyInformation(reference)
     return image

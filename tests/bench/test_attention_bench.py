@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from bench.attention import HEATS, main
+from bench.attention import HEATS, SCORES, main
 
 
 def test_the_attention_bench_measures_every_heat_on_both_sets(tmp_path):
@@ -24,7 +24,7 @@ def test_the_attention_bench_measures_every_heat_on_both_sets(tmp_path):
         assert set(synthetic["case_level"]) == {"all", "segmentable"}
         level = synthetic["case_level"]["all"]
         assert level["random"]["cases top 10%"] == 0.1 and level["random"]["cases top 20%"] == 0.2
-        assert all(0 <= level[h]["organs top 20%"] <= 1 for h in HEATS)
+        assert all(0 <= level[h]["organs top 20%"] <= 1 for h in SCORES)
         assert level["counts"]["failing cases"] == sum(bool(m["failed"]) for m in synthetic["cases"].values())
         assert "case_level" not in real  # three real scans make no case-level figure
     table = (tmp_path / "table.md").read_text()

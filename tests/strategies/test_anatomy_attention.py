@@ -91,7 +91,13 @@ def test_attention_marks_where_models_disagree_and_where_the_prior_breaks(amos_l
     assert result.per_organ_ml["pancreas"] > 0 and result.per_criterion_ml["overlap"] > 0
     assert result.score_ml > agreeing.score_ml
     assert result.heat[label == 10].mean() > result.heat[label == 6].mean()
-    assert result.heat.max() <= 4  # criteria count of the most-flagged organ: a valid label map for the viewers
+    assert result.heat.max() <= 4  # criteria count of the most-flagged organ
+    # graded: the count, and within it the networks' doubt; saved as levels 3 * count + doubt band (0-14)
+    graded, levels = result.graded(), result.levels()
+    assert np.array_equal(np.floor(graded), result.heat) and graded[label == 10].mean() > graded[label == 6].mean()
+    assert levels.dtype == np.uint8 and levels.max() <= 14 and np.array_equal(levels // 3, result.heat)
+    doubtful = result.doubt > 0.3
+    assert doubtful.any() and (levels[doubtful] % 3 == 2).all() and (levels[result.doubt < 0.05] % 3 == 0).all()
     assert "pancreas" in result.reason() or "duodenum" in result.reason()
 
     swapped = label.copy()
@@ -100,6 +106,7 @@ def test_attention_marks_where_models_disagree_and_where_the_prior_breaks(amos_l
     assert {v.check for v in flagged.violations} >= {"side"} and flagged.per_criterion_ml["prior"] > 0
     image = heat_image(flagged, reference)
     assert image.GetSize() == reference.GetSize() and image.GetSpacing() == reference.GetSpacing()
+    assert np.array_equal(sitk.GetArrayFromImage(image), flagged.levels())
 
 
 def test_k_center_greedy_reaches_for_the_unlike_cases():
