@@ -14,9 +14,10 @@ with labels in ``../shared/data``:
    from the training labels, as the server scores) graded by the networks' doubt, its 15 saved levels, the bare
    count of criteria (the heat before grading), and plain predictive entropy (the first network, flip TTA).
 4. Voxel level: AUROC and average precision inside the body (:mod:`evaluation.error_detection`). Case level: the
-   share of failing cases (an organ of the reference with Dice < 0.8) in the top 10 % and 20 % by attention mL, by
-   mean foreground entropy, and for a random order. Organ level: the same with each (case, organ) as a unit, ranked
-   by that organ's attention mL or mean entropy. At 10 mm the small organs (adrenal glands, esophagus) never reach
+   share of failing cases (an organ of the reference with Dice < 0.8) in the top 10 % and 20 % by the server's
+   attention mL, by the worst organ's mean graded heat (attention per organ), by mean foreground entropy, by the
+   worst organ's mean entropy, and for a random order. Organ level: the same with each (case, organ) as a unit, ranked
+   by that organ's attention mL, mean graded heat or mean entropy. At 10 mm the small organs (adrenal glands, esophagus) never reach
    0.8, so under that plain definition every case fails and every ranking finds the budget's share; the table adds
    the same figures counting only the *segmentable* organs (median Dice over the test cases >= 0.8).
 
@@ -49,7 +50,7 @@ from amoslabel.workspace import BENCH_OUTPUT, SHARED_DATA  # noqa: E402
 import bench.al_simulation as simulation  # noqa: E402
 from amoslabel.dicom.series import read_series  # noqa: E402
 from amoslabel.data.synthetic import SyntheticParams, draw_params, synthesise  # noqa: E402
-from amoslabel.organs import ORGAN_BY_ID  # noqa: E402
+from amoslabel.organs import ORGAN_BY_ID, ORGANS  # noqa: E402
 from evaluation.error_detection import (  # noqa: E402
     FAILURE_DICE,
     failed_organs,
@@ -74,7 +75,9 @@ REAL = {
 }
 # voxel heats: the graded attention (what ranks), its saved levels, the bare criteria count, and plain entropy
 HEATS = ("attention", "attention levels", "criteria count", "entropy")
-SCORES = ("attention", "entropy")  # case and organ scores: attention mL, mean entropy
+# case scores: the server's attention mL; the worst organ's mean graded heat over its region; the mean entropy over
+# the predicted foreground; the worst organ's mean entropy. Organ units: the same per organ.
+SCORES = ("attention mL", "attention per organ", "entropy", "entropy per organ")
 BUDGETS = (0.1, 0.2)
 
 
@@ -111,21 +114,26 @@ def measure_case(case: simulation.Case, models, prior: np.ndarray, anatomy) -> d
     }
     voxel = {name: voxel_detection(heat, error, body) for name, heat in heats.items()}
     foreground = prelabel > 0
-    per_organ_entropy = {}
-    for organ in organ_dice(prelabel, case.label):
-        region = (prelabel == organ) | (sharp[organ] > 0.1)  # where the model has it in play: no peeking
-        per_organ_entropy[organ] = float(entropy[region].mean()) if region.any() else 0.0
+    graded = heats["attention"]
+    in_play = {o.id: (prelabel == o.id) | (sharp[o.id] > 0.1) for o in ORGANS}  # the model's regions: no peeking
+    share = {o: float(graded[r].mean()) for o, r in in_play.items() if r.any()}
+    doubt = {o: float(entropy[r].mean()) for o, r in in_play.items() if r.any()}
+    units = organ_dice(prelabel, case.label)  # the reference's organs are the organ-level units
     return {
         "voxel": {h: vars(v) for h, v in voxel.items()},
         "failed": failed_organs(prelabel, case.label),
-        "dice": organ_dice(prelabel, case.label),
+        "dice": units,
         "score": {
-            "attention": result.score_ml,
-            "entropy": float(entropy[foreground].mean()) if foreground.any() else 0,
+            "attention mL": result.score_ml,
+            "attention per organ": max(share.values(), default=0.0),
+            "entropy": float(entropy[foreground].mean()) if foreground.any() else 0.0,
+            "entropy per organ": max(doubt.values(), default=0.0),
         },
         "organ_score": {
-            "attention": {o: result.per_organ_ml.get(ORGAN_BY_ID[o].name, 0.0) for o in per_organ_entropy},
-            "entropy": per_organ_entropy,
+            "attention mL": {o: result.per_organ_ml.get(ORGAN_BY_ID[o].name, 0.0) for o in units},
+            "attention per organ": {o: share.get(o, 0.0) for o in units},
+            "entropy": {o: doubt.get(o, 0.0) for o in units},
+            "entropy per organ": {o: doubt.get(o, 0.0) for o in units},
         },
     }
 
@@ -146,7 +154,7 @@ def case_level(measured: Dict[str, dict], organs: Optional[Sequence[int]] = None
         organs: the organs whose failure counts (default: every organ of the reference, the plain definition).
     """
     counted = (lambda o: True) if organs is None else (lambda o: o in set(organs))
-    units = {(c, o): m for c, m in measured.items() for o in m["organ_score"]["attention"] if counted(o)}
+    units = {(c, o): m for c, m in measured.items() for o in m["dice"] if counted(o)}
     failing_units = [f"{c}/{o}" for (c, o), m in units.items() if o in m["failed"]]
     failing = sorted({unit.split("/")[0] for unit in failing_units})
     out: Dict[str, Dict[str, float]] = {}

@@ -59,7 +59,7 @@ async function start() {
   const scan = { url: d.scanUrl, name: d.scanName, colormap: "gray" };
   if (d.modality === "CT") Object.assign(scan, { cal_min: -160, cal_max: 240 });   // abdomen window W400 L40
   const overlays = d.attentionUrl
-    ? [{ url: d.attentionUrl, name: d.attentionName, colormap: "hot", opacity: 0.6, cal_min: 1, cal_max: 255 }]
+    ? [{ url: d.attentionUrl, name: d.attentionName, colormap: "hot", opacity: 0.6, cal_min: 1, cal_max: 14 }]
     : [];
   // the label is NiiVue's drawing layer: coloured at draw time, so an organ toggle is one redraw
   const [, label] = await Promise.all([

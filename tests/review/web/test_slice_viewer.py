@@ -42,7 +42,7 @@ def case_in_review(shared, tmp_path_factory):
     scan = shared / "ct" / "ts_abdomen_ct_small.nii.gz"
     (studies / f"{CASE}.nii.gz").symlink_to(scan)
     organs = sitk.GetArrayFromImage(sitk.ReadImage(str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"))) > 0
-    heat = np.clip(255 - 25 * ndimage.distance_transform_edt(~organs), 0, 255).astype(np.uint8) * ~organs
+    heat = np.clip(14 - 2 * ndimage.distance_transform_edt(~organs), 0, 14).astype(np.uint8) * ~organs  # levels 0-14
     attention = sitk.GetImageFromArray(heat)
     attention.CopyInformation(sitk.ReadImage(str(scan)))
     (studies / "labels" / "attention").mkdir(parents=True)
