@@ -16,10 +16,10 @@ with labels in ``../shared/data``:
 4. Voxel level: AUROC and average precision inside the body (:mod:`evaluation.error_detection`). Case level: the
    share of failing cases (an organ of the reference with Dice < 0.8) in the top 10 % and 20 % by the server's
    attention mL, by the worst organ's mean graded heat (attention per organ), by mean foreground entropy, by the
-   worst organ's mean entropy, and for a random order. Organ level: the same with each (case, organ) as a unit, ranked
-   by that organ's attention mL, mean graded heat or mean entropy. At 10 mm the small organs (adrenal glands, esophagus) never reach
-   0.8, so under that plain definition every case fails and every ranking finds the budget's share; the table adds
-   the same figures counting only the *segmentable* organs (median Dice over the test cases >= 0.8).
+   worst organ's mean entropy, and for a random order. Organ level: the same with each (case, organ) as a unit,
+   ranked by that organ's attention mL, mean graded heat or mean entropy. At 10 mm the small organs (adrenal glands,
+   esophagus) never reach 0.8, so under that plain definition every case fails and every ranking finds the budget's
+   share; the table adds the same figures counting only the *segmentable* organs (median test Dice >= 0.8).
 
 The real scans are few (no case-level figures) and the networks never saw a real scan: they say how the heat
 behaves under a domain shift, not how it does on a team's own trained model.
@@ -222,10 +222,11 @@ def table(results: dict) -> str:
     notes = (
         "\nVoxel level: mean over cases, inside the body (> -500 HU); the AP of a heat that knows nothing is the error "
         "rate. Case level: a case fails when a counted organ of its reference has Dice < 0.8 in the pre-label; the "
-        "share of failing cases among the top 10 % / 20 % by attention mL, by mean foreground entropy, or at random "
-        "(expected). Organ level: each (case, counted organ) a unit, ranked by that organ's attention mL or mean "
-        "entropy. 'all': the plain definition; 'segmentable': only organs whose median Dice over the test cases "
-        "reaches 0.8."
+        "share of failing cases among the top 10 % / 20 % by each score (attention mL: the server's case score; per "
+        "organ: the worst organ's mean graded heat or mean entropy over its region; entropy: over the predicted "
+        "foreground), or at random (expected). Organ level: each (case, counted organ) a unit, ranked by that organ's "
+        "attention mL, mean graded heat or mean entropy. 'all': the plain definition; 'segmentable': only organs "
+        "whose median Dice over the test cases reaches 0.8."
     )
     return "\n".join(voxel) + "\n\n" + "\n".join(level) + "\n" + notes
 
