@@ -190,8 +190,10 @@ class ActiveLearningSettings(_Strict):
     grid_mm: float = Field(default=4.0, gt=0)  # the shared grid when no network is trained yet
     std_threshold: float = Field(default=0.1, gt=0, lt=1)
     entropy_threshold: float = Field(default=0.05, gt=0, lt=1)
+    # uncertainty orders the queue by default: it needed the fewest cases in the simulation (docs/active-learning.md);
+    # attention ordered worst there, and serves instead as the reviewers' map of probable errors
     weights: Dict[Literal["attention", "uncertainty", "diversity"], float] = Field(
-        default_factory=lambda: {"attention": 1.0, "uncertainty": 0.0, "diversity": 0.0}
+        default_factory=lambda: {"attention": 0.0, "uncertainty": 1.0, "diversity": 0.0}
     )
     # the junior queue's order (strategies/queue_order.py): weighted (by `weights`), foreground_random or clasp
     queue_order: Literal["weighted", "foreground_random", "clasp"] = "weighted"

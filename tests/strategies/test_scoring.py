@@ -92,8 +92,8 @@ def test_a_new_model_version_makes_scores_stale_and_priorities_follow(setup):
     assert sorted(worker.stale()) == ["ct_small", "mr_small"]  # a training ended: every score is stale
     assert worker.run_once() == 2 and worker.stale() == [] and orders == ["set", "set"]
 
-    assert config.active_learning.weights["attention"] == 1.0
-    assert apply_priorities(team.workflow, config.active_learning.model_copy(update={"queue_order": "weighted"})) == 2
+    by_attention = config.active_learning.model_copy(update={"queue_order": "weighted", "weights": {"attention": 1.0}})
+    assert apply_priorities(team.workflow, by_attention) == 2
     table = scores(team.store)
     top = max(table, key=lambda c: table[c].attention_ml)
     picked = score_strategies(team.store)["attention"]({}, FakeDatastore(CASES))
