@@ -61,6 +61,7 @@ from evaluation.error_detection import (  # noqa: E402
 )
 from strategies.anatomy import learn  # noqa: E402
 from strategies.attention import attention  # noqa: E402
+from strategies.clasp import IN_PLAY, class_entropies  # noqa: E402
 
 REAL = {
     "ts_abdomen_ct": (SHARED_DATA / "ct" / "ts_abdomen_ct.nii.gz", SHARED_DATA / "ct" / "ts_abdomen_ct_label.nii.gz"),
@@ -115,9 +116,10 @@ def measure_case(case: simulation.Case, models, prior: np.ndarray, anatomy) -> d
     voxel = {name: voxel_detection(heat, error, body) for name, heat in heats.items()}
     foreground = prelabel > 0
     graded = heats["attention"]
-    in_play = {o.id: (prelabel == o.id) | (sharp[o.id] > 0.1) for o in ORGANS}  # the model's regions: no peeking
+    # each organ's region as ClaSP's per-organ entropy takes it (the model's own regions: no peeking at the reference)
+    in_play = {o.id: (prelabel == o.id) | (sharp[o.id] > IN_PLAY) for o in ORGANS}
     share = {o: float(graded[r].mean()) for o, r in in_play.items() if r.any()}
-    doubt = {o: float(entropy[r].mean()) for o, r in in_play.items() if r.any()}
+    doubt = class_entropies(sharp)
     units = organ_dice(prelabel, case.label)  # the reference's organs are the organ-level units
     return {
         "voxel": {h: vars(v) for h, v in voxel.items()},
