@@ -98,7 +98,7 @@ def test_review_round_trip_in_the_browser(web, shared, tmp_path):
     shot(junior, "queue-junior")
     junior.click(f"a:text('{CASE}')")
     for view in ("axial", "coronal", "sagittal"):  # server-rendered previews arrived and decoded
-        junior.wait_for_function(f"document.querySelector(\"img[data-view='{view}']\").naturalWidth > 0")
+        junior.wait_for_function(f"document.querySelector(\"img[data-view='{view}']\")?.naturalWidth > 0")
     junior.click("#submit")
     junior.wait_for_url(re.compile(r".*/review/$"))
     assert junior.locator(f"tr[data-case='{CASE}']").count() == 0  # with the reviewers now
@@ -141,8 +141,10 @@ def test_review_round_trip_in_the_browser(web, shared, tmp_path):
     junior.click(f"a:text('{CASE}')")
     comment = junior.locator("tr[data-organ='pancreas'] .comment")
     assert XSS in comment.locator(".text").inner_text()
-    comment.locator("a.point").click()  # the slices through the comment's point
-    junior.wait_for_function("document.querySelector(\"img[data-view='axial']\").naturalWidth > 0")
+    comment.locator("a.point").click()  # the slices through the comment's point: a link, so the page reloads
+    junior.wait_for_url(re.compile(r".*[?&]at="))
+    # null-safe: the predicate may run while the new document is still being parsed
+    junior.wait_for_function("document.querySelector(\"img[data-view='axial']\")?.naturalWidth > 0")
     assert "at=" in junior.locator("img[data-view='axial']").get_attribute("src")
     junior.click("#submit")
     junior.wait_for_url(re.compile(r".*/review/$"))
