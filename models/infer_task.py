@@ -128,17 +128,26 @@ class SegmentationInferTask(BasicInferTask):
         Returns:
             (class probabilities (C, z, y, x) float32 on the network's grid, that grid, the version number).
         """
-        version = self.store.champion()
+        data = self.prepare(image_path, modality)
+        return self.predict(data, resolve_device(None)), data["grid"], int(data["model_version"])
+
+    def prepare(self, image_path: str, modality: str, version: int | None = None) -> Dict[str, Any]:
+        """Read and preprocess a scan for the serving version (or ``version``): the CPU half of a prediction."""
         if version is None:
-            raise Conflict(f"model {self.model_name!r} has no trained version yet")
-        data: Dict[str, Any] = {"image": image_path, "model_version": version.number, "modality": modality}
+            champion = self.store.champion()
+            if champion is None:
+                raise Conflict(f"model {self.model_name!r} has no trained version yet")
+            version = champion.number
+        data: Dict[str, Any] = {"image": image_path, "model_version": version, "modality": modality}
         for transform in self.pre_transforms(data):
             data = transform(data)
-        device = resolve_device(None)
+        return data
+
+    def predict(self, data: Dict[str, Any], device: str) -> np.ndarray:
+        """Class probabilities (C, z, y, x) float32 on the network grid of a prepared scan: the network's half."""
         network = self._get_network(device, data)
         inputs = torch.as_tensor(data["image"])[None].to(device)
-        probabilities = self.inferer(data)(inputs, network)[0].float().cpu().numpy()
-        return probabilities, data["grid"], version.number
+        return self.inferer(data)(inputs, network)[0].float().cpu().numpy()
 
     # -- MONAI Label hooks --------------------------------------------------------------------------------------
     def is_valid(self) -> bool:

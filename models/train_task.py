@@ -4,6 +4,15 @@ Built on MONAI Label's ``BasicTrainTask`` (so ``POST /train/{model}``, its subpr
 as in any MONAI Label app), with the AMOS recipe: Dice + cross-entropy, SGD (momentum 0.99, Nesterov), poly
 learning-rate decay, nnU-Net patch sampling and the AMOS augmentations. Every run publishes a new numbered version
 (see :mod:`models.versions`) with its parent, training and validation cases, epochs and per-organ validation Dice.
+
+Data-parallel training (DDP) runs this same task on every rank, by two routes:
+
+* ``python -m amoslabel train --nproc-per-node N`` launches torchrun on :mod:`models.distributed_training`, which
+  calls :meth:`BasicTrainTask.train` with the global rank; on CPU (gloo) and CUDA (NCCL), one machine or several.
+* ``POST /train/{model}`` with ``multi_gpu`` keeps MONAI Label's own path (``torch.multiprocessing.spawn``, one
+  process per visible GPU, one machine): the server's training subprocess and its queue stay MONAI Label's, and
+  there the rank given is also the local rank. Without two GPUs MONAI Label trains in one process. The overrides
+  below make both routes pick the device from the true local rank and give DDP ``device_ids`` only on CUDA.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from models.networks import build_network, count_parameters
 from models.preprocessing import LoadVolumed, NormaliseIntensityd, ResampleToPland, ResolveModalityd, zyx
 from models.training_handlers import ProgressLogger, PublishVersion, ValidateOrgans
 from models.inference_gate import InferenceGate, PauseForInference, should_pause
+from models.distributed import LOCAL_RANK_KEY, RankConsistencyCheck, rank_device, wrap_ddp
 from models.versions import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -63,7 +73,9 @@ class SegmentationTrainTask(BasicTrainTask):
 
     Request parameters (``POST /train/{model}`` body) may override: max_epochs, iterations_per_epoch, batch_size,
     learning_rate, val_fraction, val_interval, seed, pretrained (start from the newest version; default true),
-    modality (force one), cache (disk|memory|none), device, multi_gpu, gpus.
+    modality (force one), cache (disk|memory|none), augment, device, multi_gpu, gpus, and for DDP
+    distributed_backend, distributed_url, consistency_every (iterations between rank-consistency checks) and
+    ``_local_rank`` (see :data:`models.distributed.LOCAL_RANK_KEY`).
     """
 
     def __init__(
@@ -188,6 +200,10 @@ class SegmentationTrainTask(BasicTrainTask):
     def train_pre_transforms(self, context: Context):
         request = context.request
         seed = int(request["seed"])
+        # Random crops and augmentations draw from seed + rank: with one seed every rank would cut the same patches
+        # of its data (and of all of it when there are fewer cases than ranks), wasting the extra ranks.
+        # Class-index sampling stays on the base seed: it is deterministic preprocessing, cached on disk by case.
+        data_seed = seed + self._rank(context)
         plans = self.app_config.active.plans
         modalities = {d.get("modality") or d.get("modality_hint") or "ct" for d in context.train_datalist}
         # One patch size per run so that batches stack: the CT plan's, unless every case is MRI.
@@ -199,11 +215,19 @@ class SegmentationTrainTask(BasicTrainTask):
             ToTensorsd(),
             RandClassBalancedCropd(patch, self.app_config.active.train.foreground_fraction),
         ]
-        transforms[-1].set_random_state(seed=seed)
-        if self.app_config.active.train.augment:
-            transforms.append(amos_augmentations(seed))
+        transforms[-1].set_random_state(seed=data_seed)
+        if self._augment(request):
+            transforms.append(amos_augmentations(data_seed))
         transforms.append(SelectItemsd(keys=["image", "label"]))
         return Compose(transforms)
+
+    def _augment(self, request: Dict[str, Any]) -> bool:
+        return as_bool(request.get("augment", self.app_config.active.train.augment))
+
+    @staticmethod
+    def _rank(context: Context) -> int:
+        """The global rank (MONAI Label's ``train`` stores the rank it is given as ``context.local_rank``)."""
+        return int(context.local_rank) if context.multi_gpu else 0
 
     def train_post_transforms(self, context: Context):
         return None
@@ -230,6 +254,28 @@ class SegmentationTrainTask(BasicTrainTask):
         if cache == "disk":
             return PersistentDataset(datalist, transforms, cache_dir=os.path.join(context.cache_dir, "pds")), datalist
         return Dataset(datalist, transforms), datalist
+
+    # -- devices and DDP ---------------------------------------------------------------------------------------
+    def _device(self, context: Context) -> torch.device:
+        """Under DDP: ``cuda:{local rank}`` with CUDA, else the CPU (MONAI Label's is CUDA-only and indexes GPUs by
+        the global rank). Alone: the requested device, the CPU without CUDA."""
+        if not context.multi_gpu:
+            return torch.device(resolve_device(str(context.request["device"])))
+        local_rank = int(context.request.get(LOCAL_RANK_KEY, context.local_rank))
+        # MONAI Label's train() set LOCAL_RANK to the global rank; put the truth back for whatever reads it later
+        os.environ["LOCAL_RANK"] = str(local_rank)
+        device = rank_device(context.request, local_rank)
+        logger.info(f"rank {context.local_rank}/{context.world_size} (local {local_rank}): {device}")
+        return device
+
+    def _create_network_and_optimizer(self, context: Context):
+        """The network on its device and its optimiser; under DDP the network wrapped, ``device_ids`` on CUDA only."""
+        network = self.network(context).to(context.device)
+        context.network = network  # optimizer() reads the parameters from here
+        optimizer = self.optimizer(context)
+        if context.multi_gpu:
+            network = wrap_ddp(network, context.device, self._find_unused_parameters)
+        return network, optimizer
 
     # -- model and optimisation --------------------------------------------------------------------------------
     def network(self, context: Context) -> torch.nn.Module:
@@ -303,6 +349,14 @@ class SegmentationTrainTask(BasicTrainTask):
 
     def finalize(self, context: Context) -> None:
         request = context.request
+        consistency = None
+        if context.multi_gpu:
+            # attached first, on every rank: a collective call, so it must run before rank 0's validation at the end
+            every = int(request.get("consistency_every", self.app_config.active.train.log_every))
+            consistency = RankConsistencyCheck(context.network, every, context.device)
+            consistency.attach(context.trainer)
+        if self._rank(context) != 0:
+            return  # validation, progress and publishing are rank 0's; the other ranks only train
         plan_settings = self.app_config.active
         validate = ValidateOrgans(
             loader=self._dataloader(context, self._dataset(context, context.val_datalist, False)[0], 1, 0),
@@ -319,10 +373,10 @@ class SegmentationTrainTask(BasicTrainTask):
             reference=self._champion_network(context),
         )
         validate.attach(context.trainer)
-        if context.local_rank == 0:
-            ProgressLogger(self.model_name, every=self.app_config.active.train.log_every).attach(context.trainer)
-            epsilon = self.app_config.retraining.promotion_epsilon
-            PublishVersion(self.store, self._version_meta(context), validate, epsilon).attach(context.trainer)
+        ProgressLogger(self.model_name, every=self.app_config.active.train.log_every).attach(context.trainer)
+        epsilon = self.app_config.retraining.promotion_epsilon
+        late_meta = (lambda: {"rank_consistency_checks": consistency.summary()}) if consistency else None
+        PublishVersion(self.store, self._version_meta(context), validate, epsilon, late_meta).attach(context.trainer)
 
     def _champion_network(self, context: Context) -> Optional[torch.nn.Module]:
         """The serving version, to measure on the same validation cases (None if none, or another architecture)."""
@@ -357,8 +411,11 @@ class SegmentationTrainTask(BasicTrainTask):
             "optimizer": self.app_config.active.train.optimizer,
             "loss": self.app_config.active.train.loss,
             "learning_rate": float(request["learning_rate"]),
-            "augment": self.app_config.active.train.augment,
+            "augment": self._augment(request),
             "seed": int(request["seed"]),
+            "data_seed": "seed + rank" if context.multi_gpu else "seed",
+            "world_size": int(context.world_size) if context.multi_gpu else 1,
+            "distributed_backend": request.get("distributed_backend", "nccl") if context.multi_gpu else None,
             "device": str(context.device),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(context.start_ts)),
             "software": {"torch": torch.__version__, "monai": _version("monai"), "monailabel": _version("monailabel")},
@@ -387,15 +444,19 @@ class SegmentationTrainTask(BasicTrainTask):
     def cleanup(self, request: Dict[str, Any]) -> None:
         shutil.rmtree(os.path.join(self._model_dir, request.get("name", "")), ignore_errors=True)
 
-    def __call__(self, request: Dict[str, Any], datastore):
+    def run_request(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """``request`` with the keys MONAI Label's ``BasicTrainTask.train`` reads (ours are batch_size and cache)
+        and a fresh run folder name."""
         request = dict(request)
         request["name"] = f".runs/run_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
-        # keys MONAI Label's BasicTrainTask.train reads; ours are batch_size and cache
         batch = request.get("batch_size", self._config["batch_size"])
         request.update(
             {"train_batch_size": batch, "val_batch_size": 1, "dataset": "ours", "dataloader": "ThreadDataLoader"}
         )
-        return super().__call__(request, datastore)
+        return request
+
+    def __call__(self, request: Dict[str, Any], datastore):
+        return super().__call__(self.run_request(request), datastore)
 
 
 def _version(package: str) -> str:

@@ -140,12 +140,21 @@ class PublishVersion:
     """At the end of training, publish the weights as the model's next version and decide whether it serves.
 
     The new version (the challenger) is always kept, with its metrics, parent and training set; it becomes the
-    champion only if :func:`models.promotion.decide` says so.
+    champion only if :func:`models.promotion.decide` says so. ``late_meta`` adds what is known only at the end (e.g.
+    the count of rank-consistency checks passed).
     """
 
-    def __init__(self, store: ModelStore, meta: Mapping[str, Any], validation: ValidateOrgans, epsilon: float = 0.0):
+    def __init__(
+        self,
+        store: ModelStore,
+        meta: Mapping[str, Any],
+        validation: ValidateOrgans,
+        epsilon: float = 0.0,
+        late_meta: Optional[Callable[[], Mapping[str, Any]]] = None,
+    ):
         self.store = store
         self.meta = dict(meta)
+        self.late_meta = late_meta
         self.validation = validation
         self.epsilon = epsilon
         self.started = time.time()
@@ -171,6 +180,7 @@ class PublishVersion:
             promote, reason = True, "the champion could not be measured (another architecture): the newest serves"
         meta = {
             **self.meta,
+            **(self.late_meta() if self.late_meta else {}),
             "epochs_completed": engine.state.epoch,
             "iterations_completed": engine.state.iteration,
             "train_seconds": round(time.time() - self.started, 1),

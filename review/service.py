@@ -227,11 +227,21 @@ class ReviewService:
             model = request.get("requested_model") or request.get("model")
             self.workflow.record_opened(str(request["client_id"]), case_id, f"viewer /infer/{model}")
         if result.get("file") and self.workflow.register_case(case_id) == "new":
-            params = result.get("params") or {}
-            tag = params.get("model_tag") or f"{params.get('model')}:v{params.get('model_version')}"
-            version = self.workflow.record_prelabel(case_id, result["file"], tag, {"params": params})
-            if self.files is not None:
-                self.files.prelabel_recorded(case_id, result["file"], tag, version)
+            self.store_prelabel(case_id, result["file"], result.get("params") or {})
+
+    def store_prelabel(self, case_id: str, label_file: str, params: Dict[str, Any]) -> int:
+        """A model's pre-label of a case as a new label version, with the infer task's result as its provenance
+        (``params``: model, version, tag, preset, preprocessing ...); the datastore's viewers are told. The one path
+        by which a server's ``/infer`` and a cohort run (:mod:`cohort`) store a pre-label. Returns the version id.
+
+        Raises:
+            Conflict: the case is past pre-labelling (with a junior, in review, final).
+        """
+        tag = params.get("model_tag") or f"{params.get('model')}:v{params.get('model_version')}"
+        version = self.workflow.record_prelabel(case_id, label_file, tag, {"params": params})
+        if self.files is not None:
+            self.files.prelabel_recorded(case_id, label_file, tag, version)
+        return version
 
     def record_download(self, who: str, case_id: str, what: str) -> None:
         """Audit a download of a case's scan or label through the server (``what``: ``image``, ``label final``...)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -65,6 +65,9 @@ def prior_probabilities(atlas: Atlas, scan: sitk.Image, modality: str, target: s
     return np.concatenate([background[None], organs]).reshape((NUM_CLASSES,) + array.shape).astype(np.float32)
 
 
+NetworkPrediction = Tuple[str, np.ndarray, Geometry, int]  # (model, probabilities on its grid, that grid, version)
+
+
 def case_members(
     scan_path: str,
     modality: str,
@@ -73,12 +76,29 @@ def case_members(
     fallback_mm: float = 4.0,
 ) -> tuple:
     """Every member's probabilities on the shared grid; returns (outputs, grid image, scan on that grid)."""
-    outputs: List[MemberOutput] = []
-    reference: Optional[sitk.Image] = None
+    predictions = []
     for name, task in networks.items():
         if task.store.champion() is None:
             continue
         probabilities, grid, version = task.probabilities(scan_path, modality)
+        predictions.append((name, probabilities, grid, version))
+    return assemble_members(predictions, scan_path, modality, atlas, fallback_mm)
+
+
+def assemble_members(
+    predictions: Sequence[NetworkPrediction],
+    scan_path: str,
+    modality: str,
+    atlas: Optional[Atlas],
+    fallback_mm: float = 4.0,
+) -> tuple:
+    """The networks' predictions put on one grid (the first network's), with the atlas prior's beside them.
+
+    Split from :func:`case_members` so that a cohort run predicts on its model workers and assembles on CPU workers.
+    """
+    outputs: List[MemberOutput] = []
+    reference: Optional[sitk.Image] = None
+    for name, probabilities, grid, version in predictions:
         source = grid_image(grid)
         if reference is None:
             reference = source

@@ -19,7 +19,7 @@ import heapq
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -71,16 +71,25 @@ class CaseScorer:
         path = self.locate_image(case_id)
         if not path:
             return None
-        modality = self.modality_of(case_id)
-        outputs, grid, scan = self.members(path, modality)
+        computed = self.compute(path, self.modality_of(case_id))
+        if computed is None:
+            return None
+        row, heat = computed
+        if self.save_attention is not None:
+            self.save_attention(case_id, heat)
+        store_score(self.store, case_id, row)
+        return row
+
+    def compute(self, path: str, modality: str, outputs: Optional[tuple] = None) -> Optional[Tuple[Dict, sitk.Image]]:
+        """One scan's scores and attention heat, stored nowhere (a cohort run computes on workers, stores on its
+        driver). ``outputs``: the members' (outputs, grid, scan on grid) when computed already."""
+        outputs, grid, scan = outputs if outputs is not None else self.members(path, modality)
         if not outputs:
             return None
         thresholds = AttentionSettings(self.settings.std_threshold, self.settings.entropy_threshold)
         prior = self.anatomy() if self.anatomy else None
         networks = [n for n, o in enumerate(outputs) if o.name != "prior"]
         result = attention([o.probabilities for o in outputs], grid, prior, scan, thresholds, entropy_from=networks)
-        if self.save_attention is not None:
-            self.save_attention(case_id, heat_image(result, grid))
         voxel_ml = float(np.prod(grid.GetSpacing())) / 1000.0
         mean = np.mean([o.probabilities for o in outputs], axis=0)
         # ClaSP's per-organ entropy from the networks alone when there are any (the smoothed atlas is unsure everywhere)
@@ -98,15 +107,19 @@ class CaseScorer:
                 "class_entropy": {str(organ): round(v, 5) for organ, v in class_entropies(sharp).items()},
             },
         }
-        with self.store.write() as s:
-            existing = s.get(CaseScore, case_id)
-            if existing is None:
-                s.add(CaseScore(case_id=case_id, computed=utcnow(), **row))
-            else:
-                existing.computed = utcnow()
-                for key, value in row.items():
-                    setattr(existing, key, value)
-        return row
+        return row, heat_image(result, grid)
+
+
+def store_score(store: ReviewStore, case_id: str, row: Dict[str, Any]) -> None:
+    """Keep a case's scores (replacing the ones it had): the server's scorer and a cohort run both store here."""
+    with store.write() as s:
+        existing = s.get(CaseScore, case_id)
+        if existing is None:
+            s.add(CaseScore(case_id=case_id, computed=utcnow(), **row))
+        else:
+            existing.computed = utcnow()
+            for key, value in row.items():
+                setattr(existing, key, value)
 
 
 def scores(store: ReviewStore) -> Dict[str, CaseScore]:

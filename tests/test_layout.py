@@ -7,7 +7,7 @@ import sys
 
 from tests.conftest import ROOT
 
-PACKAGES = ("amoslabel", "app", "bench", "evaluation", "models", "review", "strategies", "scripts", "tests")
+PACKAGES = ("amoslabel", "app", "bench", "cohort", "evaluation", "models", "review", "strategies", "scripts", "tests")
 MAX_LINES = 600
 
 

@@ -12,11 +12,11 @@ import logging
 import sys
 from typing import List, Optional
 
-from amoslabel.cli import case_commands, data_commands, evaluate, model_versions, serving, team
+from amoslabel.cli import case_commands, cohort, data_commands, evaluate, model_versions, serving, team, training
 from amoslabel.config import ConfigError
 from amoslabel.errors import InputError
 
-COMMAND_GROUPS = (serving, data_commands, evaluate, team, case_commands, model_versions)
+COMMAND_GROUPS = (serving, data_commands, evaluate, team, case_commands, model_versions, training, cohort)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,208 @@
+"""The two cohort jobs: what each plans, the stages its cases stream through, and how the driver stores a result.
+
+A job is the only place that knows its kind of work; :mod:`cohort.runner` runs any job the same way (a registry,
+:data:`JOBS`, not an if-chain).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from amoslabel.errors import InputError
+from amoslabel.workspace import Workspace
+from cohort.plan import PRELABEL_STATES, CohortPlan, plan_cases, prelabelled_by, scored_with, states
+from cohort.spec import CohortSpec, network_task
+from cohort.stages import (
+    NetworkWorker,
+    PreprocessStage,
+    ReadStage,
+    RestoreStage,
+    ScoreNetworkWorker,
+    ScorePrepareStage,
+    ScoreStage,
+    guarded,
+    heat_image,
+    label_image,
+)
+from review.states import CLOSED
+from review.service import ReviewService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each stage asks of the Ray cluster.
+
+    Attributes:
+        workers: model actors in the pool (one per GPU on a GPU cluster).
+        gpus_per_worker: GPUs each model actor holds (0 on CPU).
+        cpus_per_worker: CPUs each model actor holds (its torch threads on a CPU).
+        cpus_per_task: CPUs of each read / preprocess / restore / score task. Different from the actors' so that
+            Ray Data keeps the CPU stages as tasks of their own (equal requests would fuse them into the actor).
+    """
+
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    cpus_per_task: float = 0.5
+
+    def actor_pool(self) -> Dict[str, Any]:
+        import ray.data
+
+        return {
+            "compute": ray.data.ActorPoolStrategy(size=self.workers),
+            "batch_size": 1,
+            "num_cpus": self.cpus_per_worker,
+            "num_gpus": self.gpus_per_worker,
+        }
+
+
+class PrelabelJob:
+    """Pre-label every case still before its junior with one model version; skip those it pre-labelled already."""
+
+    kind = "prelabel"
+
+    def __init__(self, review: ReviewService, datastore: Any, spec: CohortSpec):
+        self.review, self.datastore, self.spec = review, datastore, spec
+        self.task = network_task(spec)
+        self.tag = self.task.store.get(spec.version).tag
+
+    @property
+    def title(self) -> str:
+        return f"pre-label with {self.tag}"
+
+    def plan(self, wanted: Optional[Sequence[str]], limit: Optional[int]) -> CohortPlan:
+        store = self.review.store
+        done = prelabelled_by(store, self.tag)
+        return plan_cases(states(store), done, PRELABEL_STATES, f"pre-labelled by {self.tag} already", wanted, limit)
+
+    def first_payload(self, case_id: str) -> Dict[str, Any]:
+        """What the server's ``/infer`` request carries once MONAI Label resolved the image (see
+        :meth:`amoslabel.data.datastore.AmosDatastore.infer_request`)."""
+        path = self.datastore.image_file(case_id)
+        if not path:
+            raise InputError(f"{case_id}: the scan's file is missing")
+        config = self.spec.config()
+        return {
+            "image": path,
+            "image_path": path,
+            "case_id": case_id,
+            "case_record": self.datastore.case_record(case_id),
+            "model_version": self.spec.version,
+            "modality": "auto",
+            "tta": config.active.inference.tta_flip,
+        }
+
+    def pipeline(self, ds, resources: Resources):
+        cpu = {"num_cpus": resources.cpus_per_task}
+        ds = ds.map(guarded("read", ReadStage(self.spec)), **cpu)
+        ds = ds.map(guarded("preprocess", PreprocessStage(self.spec)), **cpu)
+        ds = ds.map_batches(NetworkWorker, fn_constructor_args=(self.spec,), **resources.actor_pool())
+        return ds.map(guarded("restore", RestoreStage(self.spec)), **cpu)
+
+    def store(self, case_id: str, data: Dict[str, Any]) -> str:
+        """Write the label as the infer task's writer does and store it as a pre-label version, unless this model
+        version pre-labelled the case meanwhile (a retried case is written once). Returns what happened."""
+        if case_id in prelabelled_by_case(self.review, case_id, self.tag):
+            return "skipped"
+        data["pred"] = label_image(data)
+        path, result = self.task.writer(data)
+        try:
+            result["label_names"] = self.task.labels
+            result["latencies"] = {stage: round(s, 2) for stage, s in data.get("timings", {}).items()}
+            result["cohort"] = True
+            self.review.store_prelabel(case_id, path, result)
+        finally:
+            os.unlink(path)
+        return "done"
+
+
+def prelabelled_by_case(review: ReviewService, case_id: str, tag: str) -> set:
+    from sqlalchemy import select
+
+    from review.schema import LabelVersion
+
+    with review.store.read() as s:
+        query = select(LabelVersion.case_id).where(
+            LabelVersion.case_id == case_id, LabelVersion.kind == "prelabel", LabelVersion.author_model == tag
+        )
+        return set(s.execute(query).scalars())
+
+
+class ScoreJob:
+    """Score every open case with the scoring networks' current versions and the atlas prior, as the server's
+    background scorer does; skip cases scored with those versions already."""
+
+    kind = "score"
+
+    def __init__(self, review: ReviewService, datastore: Any, spec: CohortSpec, models: Sequence[str]):
+        from models.prior_task import AtlasCache
+        from strategies.scoring import learn_anatomy
+        from strategies.service import ActiveLearningService
+
+        self.review, self.datastore, self.spec = review, datastore, spec
+        config = spec.config()
+        self.members: Dict[str, CohortSpec] = {}
+        for name in models:
+            champion = network_task(replace(spec, model=name)).store.champion()
+            if champion is None:
+                raise InputError(f"model {name!r} has no trained version: nothing to score with")
+            self.members[name] = replace(spec, model=name, version=champion.number)
+        atlas_cache = AtlasCache(
+            config, lambda: datastore, Workspace(spec.studies).prior_cache(config.storage.models_dir)
+        )
+        try:
+            self.atlas = atlas_cache.get()
+        except InputError as error:  # as the server: score with the networks alone
+            log.info("cohort: no atlas prior (%s)", error.message)
+            self.atlas = None
+        self.anatomy = learn_anatomy([f["label"] for f in review.workflow.final_labels()])
+        self.service = ActiveLearningService(config, review, dict, atlas_cache, lambda: datastore)
+
+    @property
+    def title(self) -> str:
+        return "score with " + ", ".join(f"{m}:v{s.version}" for m, s in self.members.items())
+
+    def plan(self, wanted: Optional[Sequence[str]], limit: Optional[int]) -> CohortPlan:
+        store = self.review.store
+        table = states(store)
+        done = scored_with(store, {m: s.version for m, s in self.members.items()})
+        open_states = sorted({s for s in table.values() if s not in CLOSED})
+        return plan_cases(table, done, open_states, "scored with these versions already", wanted, limit)
+
+    def first_payload(self, case_id: str) -> Dict[str, Any]:
+        path = self.datastore.image_file(case_id)
+        if not path:
+            raise InputError(f"{case_id}: the scan's file is missing")
+        modality = self.review.modality_of(case_id)
+        return {"image_path": path, "case_id": case_id, "modality": modality, "modality_short": short(modality)}
+
+    def pipeline(self, ds, resources: Resources):
+        cpu = {"num_cpus": resources.cpus_per_task}
+        ds = ds.map(guarded("read+preprocess", ScorePrepareStage(self.members)), **cpu)
+        ds = ds.map_batches(ScoreNetworkWorker, fn_constructor_args=(self.spec,), **resources.actor_pool())
+        return ds.map(guarded("score", ScoreStage(self.spec, self.atlas, self.anatomy)), **cpu)
+
+    def store(self, case_id: str, data: Dict[str, Any]) -> str:
+        from strategies.scoring import store_score
+
+        self.service.save_attention(case_id, heat_image(data))
+        store_score(self.review.store, case_id, data["score"])
+        return "done"
+
+    def finish(self) -> None:
+        """The queue's order follows the new scores, as after the server's scoring pass."""
+        from strategies.queue_order import apply_priorities
+
+        apply_priorities(self.review.workflow, self.spec.config().active_learning, self.service.organ_cases())
+
+
+def short(modality_code: str) -> str:
+    return "ct" if modality_code == "CT" else "mri"
+
+
+JOBS: Dict[str, Callable[..., Any]] = {"prelabel": PrelabelJob, "score": ScoreJob}

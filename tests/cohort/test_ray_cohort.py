@@ -1,0 +1,198 @@
+"""A cohort on a real local Ray cluster (``ray start --head``, 2 model workers): ``python -m amoslabel cohort
+prelabel`` over 20 cases with one model worker killed (SIGKILL) midway, every case pre-labelled exactly once, a corrupt
+scan reported and nothing else lost, a re-run that skips everything, provenance identical to the real server's
+pre-label of the same case (``monailabel.client``, the class Slicer uses); then ``cohort score``, whose stored scores
+are the server's scorer's.
+
+The scans are the real small CT linked under 20 case ids (each its own case: own id, own workflow, own label
+versions), plus one corrupt file. The UNet version has random weights (published here, as in the scoring tests): the
+pipeline is under test, not the network's quality; the equal labels of the cohort and the server are the check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import SimpleITK as sitk
+
+from amoslabel.config import load_config
+from amoslabel.processes import LoggedProcess
+from amoslabel.workspace import Workspace
+from models.networks import build_network
+from models.versions import ModelStore
+from tests.conftest import ROOT, ServerProcess, free_port
+
+N_CASES = 20
+CORRUPT = "cohort_corrupt"
+CONF = {"preset": "cpu-fast"}
+# what identifies a pre-label's making; the rest (latencies, the device name, the cohort mark) says how it ran
+PROVENANCE = (
+    "model",
+    "model_version",
+    "model_tag",
+    "network",
+    "preset",
+    "config_fingerprint",
+    "tta_flip",
+    "sw_overlap",
+    "input_sha256",
+    "preprocessing",
+    "organs_found",
+    "label_names",
+)
+
+
+@pytest.fixture(scope="module")
+def studies(shared, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cohort") / "studies"
+    folder.mkdir()
+    for i in range(N_CASES):
+        (folder / f"cohort_{i:03d}.nii.gz").symlink_to(shared / "ct" / "ts_abdomen_ct_small.nii.gz")
+    (folder / f"{CORRUPT}.nii.gz").write_bytes(b"\x1f\x8b not a NIfTI file")
+    config = load_config(overrides=CONF)
+    settings = config.active.networks["unet"]
+    store = ModelStore(Workspace(folder).models(config.storage.models_dir), "unet")
+    spec = {"name": settings.network, "params": dict(settings.params)}
+    store.publish(build_network(settings.network, settings.params).state_dict(), {"network": spec})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local Ray cluster of its own (a short temp dir: Ray's socket paths must stay under 108 characters)."""
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    port = free_port()
+    head = LoggedProcess(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=3",
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={temp}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        tmp_path_factory.mktemp("ray") / "head.log",
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    try:
+        deadline = time.time() + 120
+        while "Ray runtime started" not in head.tail(200) and time.time() < deadline:
+            assert head.process.poll() is None, head.tail()
+            time.sleep(1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.stop(grace_s=30)
+
+
+def cohort(studies: Path, address: str, *extra: str, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "amoslabel", "cohort", *extra, "--studies", str(studies)]
+    command += ["--address", address, "--conf", "preset", "cpu-fast"]
+    return subprocess.Popen(command, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def prelabels(studies: Path, tag: str) -> dict:
+    """case -> how many pre-label versions this model version wrote (read from the review store's own SQLite)."""
+    path = studies / ".amoslabel" / "review.db"
+    if not path.exists():
+        return {}
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:  # read-only: never creates the file
+        try:
+            rows = db.execute(
+                "SELECT case_id, count(*) FROM label_versions WHERE kind = 'prelabel' AND author_model = ?"
+                " GROUP BY case_id",
+                (tag,),
+            ).fetchall()
+        except sqlite3.OperationalError:  # the command has not made its tables yet
+            return {}
+    return dict(rows)
+
+
+def model_workers() -> list:
+    return [p for p in psutil.process_iter(["cmdline"]) if "NetworkWorker" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_prelabel_a_cohort_with_a_worker_killed_midway(studies, ray_cluster, tmp_path):
+    summary_file = tmp_path / "summary.json"
+    log = tmp_path / "cohort.log"
+    run = cohort(
+        studies, ray_cluster, "prelabel", "--model", "unet", "--workers", "2", "--json", str(summary_file), log=log
+    )
+    killed = None
+    deadline = time.time() + 600
+    while run.poll() is None and time.time() < deadline:
+        if killed is None and len(prelabels(studies, "unet:v1")) >= 3:
+            workers = model_workers()
+            if len(workers) == 2:
+                killed = workers[0].pid
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.5)
+    assert run.wait(timeout=60) == 1, log.read_text()[-3000:]  # 1: a case failed (the corrupt one), said below
+    assert killed is not None, "the run ended before a worker could be killed"
+
+    counts = prelabels(studies, "unet:v1")
+    assert counts == {f"cohort_{i:03d}": 1 for i in range(N_CASES)}  # every case, each exactly once
+    summary = json.loads(summary_file.read_text())
+    assert sorted(summary["done"]) == sorted(counts)
+    assert list(summary["failed"]) == [CORRUPT] and "read" in summary["failed"][CORRUPT]
+    assert str(killed) in summary["workers"] and len(summary["workers"]) >= 2  # the killed worker had done cases
+    assert sum(summary["workers"].values()) == N_CASES
+    assert {"read", "preprocess", "network", "restore", "write"} <= set(summary["stage_s"])
+    output = log.read_text()
+    assert "20 done, 0 skipped, 1 failed" in output and "cases/s" in output
+
+    # a re-run does nothing twice: everything is skipped, the corrupt scan fails again with its reason
+    again = cohort(studies, ray_cluster, "prelabel", "--model", "unet", log=tmp_path / "again.log")
+    assert again.wait(timeout=300) == 1
+    text = (tmp_path / "again.log").read_text()
+    assert "0 done, 20 skipped, 1 failed" in text and "pre-labelled by unet:v1 already" in text
+    assert prelabels(studies, "unet:v1") == counts
+
+
+def test_score_a_cohort_as_the_server_scores(studies, ray_cluster, tmp_path):
+    from review.service import ReviewService
+    from strategies.scoring import scores
+
+    run = cohort(studies, ray_cluster, "score", "--limit", "3", "--workers", "1", log=tmp_path / "score.log")
+    assert run.wait(timeout=600) == 0, (tmp_path / "score.log").read_text()[-3000:]
+    review = ReviewService(load_config(overrides=CONF), str(studies))
+    table = scores(review.store)
+    assert len(table) == 3
+    for row in table.values():
+        assert row.members.get("unet") == 1 and "prior" in row.members
+        assert np.isfinite(row.uncertainty) and row.components["class_entropy"]
+    assert all((studies / "labels" / "attention").glob(f"{case}*") for case in table)
+
+
+def test_a_cohort_prelabel_has_the_provenance_of_the_servers(studies, tmp_path):
+    """The real server pre-labels a case the cohort did (it answers, without storing: the case is pre-labelled)."""
+    server = ServerProcess(studies, tmp_path, CONF)
+    try:
+        server.wait_ready()
+        client = server.client(tmp_path)
+        label_file, params = client.infer("unet", "cohort_007", {})
+        with sqlite3.connect(studies / ".amoslabel" / "review.db") as db:
+            path, info = db.execute(
+                "SELECT path, info FROM label_versions WHERE case_id = 'cohort_007' AND author_model = 'unet:v1'"
+            ).fetchone()
+        stored = json.loads(info)["params"]
+        assert {k: stored[k] for k in PROVENANCE} == {k: params[k] for k in PROVENANCE}
+        ours = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(path) if Path(path).is_absolute() else studies / path)))
+        theirs = sitk.GetArrayFromImage(sitk.ReadImage(label_file))
+        assert ours.shape == theirs.shape and (ours == theirs).mean() > 0.999
+    finally:
+        server.stop()
