@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # test modules run on this many workers (pytest-xdist; each module stays whole, in order, on one worker)
 TEST_WORKERS ?= 2
 
-.PHONY: run run-dicomweb run-team test env reliability bench bench-attention bench-effort bench-nnunet-model bench-metrics bench-review bench-review-profile bench-keepalive baselines prior-check learning-check al-simulation lint clean
+.PHONY: run run-dicomweb run-team test env reliability bench bench-attention bench-cohort bench-effort bench-nnunet-model bench-metrics bench-review bench-review-profile bench-keepalive baselines prior-check learning-check al-simulation lint clean
 
 env:
 	@scripts/bootstrap.sh
@@ -103,6 +103,12 @@ al-simulation: env
 # entropy, on synthetic held-out volumes and the real scans with labels (.bench/attention/; about 20 min on 2 cores).
 bench-attention: env
 	$(PY) -m bench.attention
+
+# A simulated AbdomenAtlas-size cohort (2,000 synthetic cases) pre-labelled on Ray with 1 and 2 model workers, per
+# stage, against the infer task one case at a time; the store with every case (.bench/cohort/; COHORT_ARGS: --full
+# pre-labels all 2,000, about 30 min more on 2 cores).
+bench-cohort: env
+	$(PY) -m bench.cohort $(COHORT_ARGS)
 
 # The atlas prior on the real CT and MRI, from an atlas built without them (per-organ Dice).
 prior-check: env

@@ -16,6 +16,7 @@ from amoslabel.workspace import Workspace
 from cohort.plan import PRELABEL_STATES, CohortPlan, plan_cases, prelabelled_by, scored_with, states
 from cohort.spec import CohortSpec, network_task
 from cohort.stages import (
+    CpuStage,
     NetworkWorker,
     PreprocessStage,
     ReadStage,
@@ -23,7 +24,6 @@ from cohort.stages import (
     ScoreNetworkWorker,
     ScorePrepareStage,
     ScoreStage,
-    guarded,
     heat_image,
     label_image,
 )
@@ -41,16 +41,20 @@ class Resources:
         workers: model actors in the pool (one per GPU on a GPU cluster).
         gpus_per_worker: GPUs each model actor holds (0 on CPU).
         cpus_per_worker: CPUs each model actor holds (its torch threads on a CPU).
-        cpus_per_task: CPUs of each read / preprocess / restore / score task. Different from the actors' so that
-            Ray Data keeps the CPU stages as tasks of their own (equal requests would fuse them into the actor).
+        cpu_stage_workers: the most workers of each CPU stage pool (read + preprocess; restore or score); Ray Data
+            grows a pool from one as cases queue up in front of it.
+        cpus_per_cpu_stage: what each CPU stage worker asks of Ray's CPU bookkeeping (they wait on files and on the
+            model actors much of the time).
     """
 
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
-    cpus_per_task: float = 0.5
+    cpu_stage_workers: int = 2
+    cpus_per_cpu_stage: float = 0.25
 
     def actor_pool(self) -> Dict[str, Any]:
+        """The model actors: a fixed pool, one case per call."""
         import ray.data
 
         return {
@@ -58,6 +62,15 @@ class Resources:
             "batch_size": 1,
             "num_cpus": self.cpus_per_worker,
             "num_gpus": self.gpus_per_worker,
+        }
+
+    def cpu_pool(self) -> Dict[str, Any]:
+        """A CPU stage's workers: from one up to :attr:`cpu_stage_workers`, as the queue in front of them asks."""
+        import ray.data
+
+        return {
+            "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, self.cpu_stage_workers)),
+            "num_cpus": self.cpus_per_cpu_stage,
         }
 
 
@@ -98,11 +111,10 @@ class PrelabelJob:
         }
 
     def pipeline(self, ds, resources: Resources):
-        cpu = {"num_cpus": resources.cpus_per_task}
-        ds = ds.map(guarded("read", ReadStage(self.spec)), **cpu)
-        ds = ds.map(guarded("preprocess", PreprocessStage(self.spec)), **cpu)
+        prepare = (("read", ReadStage(self.spec)), ("preprocess", PreprocessStage(self.spec)))
+        ds = ds.map(CpuStage, fn_constructor_args=prepare, **resources.cpu_pool())
         ds = ds.map_batches(NetworkWorker, fn_constructor_args=(self.spec,), **resources.actor_pool())
-        return ds.map(guarded("restore", RestoreStage(self.spec)), **cpu)
+        return ds.map(CpuStage, fn_constructor_args=(("restore", RestoreStage(self.spec)),), **resources.cpu_pool())
 
     def store(self, case_id: str, data: Dict[str, Any]) -> str:
         """Write the label as the infer task's writer does and store it as a pre-label version, unless this model
@@ -182,10 +194,11 @@ class ScoreJob:
         return {"image_path": path, "case_id": case_id, "modality": modality, "modality_short": short(modality)}
 
     def pipeline(self, ds, resources: Resources):
-        cpu = {"num_cpus": resources.cpus_per_task}
-        ds = ds.map(guarded("read+preprocess", ScorePrepareStage(self.members)), **cpu)
+        prepare = (("read+preprocess", ScorePrepareStage(self.members)),)
+        ds = ds.map(CpuStage, fn_constructor_args=prepare, **resources.cpu_pool())
         ds = ds.map_batches(ScoreNetworkWorker, fn_constructor_args=(self.spec,), **resources.actor_pool())
-        return ds.map(guarded("score", ScoreStage(self.spec, self.atlas, self.anatomy)), **cpu)
+        score = (("score", ScoreStage(self.spec, self.atlas, self.anatomy)),)
+        return ds.map(CpuStage, fn_constructor_args=score, **resources.cpu_pool())
 
     def store(self, case_id: str, data: Dict[str, Any]) -> str:
         from strategies.scoring import store_score

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ class CohortSummary:
     failed: Dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
     stage_s: Dict[str, float] = field(default_factory=dict)  # summed over cases (worker seconds)
+    stage_median_s: Dict[str, float] = field(default_factory=dict)  # a typical case (a worker's start-up aside)
     workers: Dict[str, int] = field(default_factory=dict)  # model actor pid -> cases
 
     @property
@@ -57,7 +59,8 @@ class CohortSummary:
             out.append(f"  failed {case_id}: {reason}")
         if self.done:
             per_case = ", ".join(f"{k} {v / len(self.done):.3f}" for k, v in self.stage_s.items())
-            out.append(f"  seconds per case by stage: {per_case}")
+            typical = ", ".join(f"{k} {v:.3f}" for k, v in self.stage_median_s.items())
+            out.append(f"  seconds per case by stage: {per_case} (median case: {typical})")
             out.append(f"  cases per model worker: {dict(sorted(self.workers.items()))}")
         return out
 
@@ -66,8 +69,8 @@ def connect(address: str, resources: Resources) -> Dict[str, float]:
     """Join a Ray cluster (``auto``: the one ``ray start`` made here; ``host:port``) or start one in this process
     (``local``). Returns the cluster's resources.
 
-    A local cluster gets at least a CPU per model actor plus one for the CPU stages: CPUs are Ray's bookkeeping,
-    and each model actor on a CPU runs ``torch_threads`` threads, so a 2-core machine can host 2 actors.
+    A local cluster gets at least the CPUs the model actors and the CPU stage pools ask for: CPUs are Ray's
+    bookkeeping, and each model actor on a CPU runs ``torch_threads`` threads, so a 2-core machine can host 2 actors.
     """
     # Token authentication, as `ray start` sets up a cluster by default (the token in ~/.ray/auth_token, or
     # RAY_AUTH_TOKEN): Ray 2.60's driver does not turn it on by itself when it joins, and is then refused. Read
@@ -83,7 +86,8 @@ def connect(address: str, resources: Resources) -> Dict[str, float]:
     options: Dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
 
     if address == "local":
-        needed = resources.workers * resources.cpus_per_worker + 1
+        cpu_stages = 2 * resources.cpu_stage_workers * resources.cpus_per_cpu_stage  # prepare and restore pools
+        needed = resources.workers * resources.cpus_per_worker + cpu_stages
         options["num_cpus"] = max(float(os.cpu_count() or 1), needed)
     else:
         options["address"] = address
@@ -123,7 +127,7 @@ def run(
             summary.failed[case_id] = e.message
     log.info(f"cohort: {job.title}: {len(rows)} case(s) to do, {len(plan.skipped)} skipped")
     started = time.perf_counter()
-    stage_s: Dict[str, float] = defaultdict(float)
+    stage_s: Dict[str, List[float]] = defaultdict(list)
     workers: Counter = Counter()
     if rows:
         resources = join() or resources
@@ -145,13 +149,14 @@ def run(
                         summary.done.append(case_id)
                         workers[str(row.get("worker"))] += 1
                         for stage, seconds in data["timings"].items():
-                            stage_s[stage] += seconds
+                            stage_s[stage].append(seconds)
                 bar.update(1)
                 bar.set_postfix(done=len(summary.done), failed=len(summary.failed))
     if hasattr(job, "finish") and summary.done:
         job.finish()
     summary.wall_s = time.perf_counter() - started
-    summary.stage_s = {k: round(v, 3) for k, v in stage_s.items()}
+    summary.stage_s = {k: round(sum(v), 3) for k, v in stage_s.items()}
+    summary.stage_median_s = {k: round(statistics.median(v), 4) for k, v in stage_s.items()}
     summary.workers = dict(workers)
     return summary
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,6 +41,25 @@ def guarded(stage: str, work: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Cal
             return {**row, "payload": b"", "error": f"{stage}: {type(e).__name__}: {e}"[:500]}
 
     return run
+
+
+class CpuStage:
+    """A Ray Data callable class: a CPU stage (or two in a row) in a long-lived worker process.
+
+    Tasks would do: but Ray ends idle task workers, and each new one pays for importing torch, MONAI and the app
+    and for building the infer task (6 s, measured here) before its first case; a pool of these workers pays once.
+
+    Args:
+        stages: ``(name, callable on a case's data)`` pairs, run in order, each timed under its own name.
+    """
+
+    def __init__(self, *stages: Tuple[str, Callable[[Dict[str, Any]], Dict[str, Any]]]):
+        self.stages = [guarded(name, work) for name, work in stages]
+
+    def __call__(self, row: Row) -> Row:
+        for stage in self.stages:
+            row = stage(row)
+        return row
 
 
 def _transforms(spec: CohortSpec, data: Dict[str, Any]):
@@ -104,7 +123,7 @@ class NetworkWorker:
     case, so that a run can say which worker did what (and a test can kill one).
     """
 
-    def __init__(self, spec: CohortSpec, scoring_models: List[str] | None = None):
+    def __init__(self, spec: CohortSpec):
         import torch
 
         from models.infer_task import resolve_device

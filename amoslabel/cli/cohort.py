@@ -35,7 +35,8 @@ def register(sub) -> None:
         job.add_argument("--limit", type=int, default=None, help="at most this many cases")
         job.add_argument("--database", default=None, help="the review database URL (default: the folder's SQLite)")
         job.add_argument("--json", type=Path, default=None, help="write the summary here as JSON")
-        add_conf_option(job, "apps.yaml override (e.g. --conf preset cpu-fast)")
+        job.add_argument("--preset", default=None, help="apps.yaml preset (the server's; default: the file's)")
+        add_conf_option(job, "apps.yaml override (e.g. --conf review_database URL)")
         job.set_defaults(run=_run)
 
 
@@ -52,6 +53,8 @@ def _run(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise InputError(f"{name} must be at least 1")
     overrides = conf_pairs(args.conf)
+    if args.preset:
+        overrides["preset"] = args.preset
     if args.database:
         overrides["review_database"] = args.database
     config = load_config(overrides=overrides)

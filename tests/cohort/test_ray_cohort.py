@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,12 @@ def studies(shared, tmp_path_factory) -> Path:
     return folder
 
 
+@dataclass(frozen=True)
+class RayCluster:
+    address: str
+    head_pid: int
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """A local Ray cluster of its own (a short temp dir: Ray's socket paths must stay under 108 characters)."""
@@ -94,14 +101,14 @@ def ray_cluster(tmp_path_factory):
         while "Ray runtime started" not in head.tail(200) and time.time() < deadline:
             assert head.process.poll() is None, head.tail()
             time.sleep(1)
-        yield f"127.0.0.1:{port}"
+        yield RayCluster(f"127.0.0.1:{port}", head.process.pid)
     finally:
         head.stop(grace_s=30)
 
 
-def cohort(studies: Path, address: str, *extra: str, log: Path) -> subprocess.Popen:
+def cohort(studies: Path, cluster: RayCluster, *extra: str, log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "amoslabel", "cohort", *extra, "--studies", str(studies)]
-    command += ["--address", address, "--conf", "preset", "cpu-fast"]
+    command += ["--address", cluster.address, "--preset", "cpu-fast"]
     return subprocess.Popen(command, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -122,11 +129,28 @@ def prelabels(studies: Path, tag: str) -> dict:
     return dict(rows)
 
 
-def model_workers() -> list:
-    return [p for p in psutil.process_iter(["cmdline"]) if "NetworkWorker" in " ".join(p.info["cmdline"] or [])]
+def model_workers(cluster: RayCluster) -> list:
+    """The model actors of this test's cluster (its head's descendants: another Ray on the machine is not ours)."""
+    found = []
+    for process in psutil.Process(cluster.head_pid).children(recursive=True):
+        try:
+            if "NetworkWorker" in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return found
 
 
 def test_prelabel_a_cohort_with_a_worker_killed_midway(studies, ray_cluster, tmp_path):
+    # the driver itself killed midway: what it stored stays, once; the next run resumes from there
+    stopped = cohort(studies, ray_cluster, "prelabel", "--model", "unet", log=tmp_path / "stopped.log")
+    while stopped.poll() is None and len(prelabels(studies, "unet:v1")) < 3:
+        time.sleep(0.2)
+    stopped.kill()
+    stopped.wait()
+    before = prelabels(studies, "unet:v1")
+    assert 3 <= len(before) < N_CASES and set(before.values()) == {1}, (tmp_path / "stopped.log").read_text()[-3000:]
+
     summary_file = tmp_path / "summary.json"
     log = tmp_path / "cohort.log"
     run = cohort(
@@ -135,8 +159,8 @@ def test_prelabel_a_cohort_with_a_worker_killed_midway(studies, ray_cluster, tmp
     killed = None
     deadline = time.time() + 600
     while run.poll() is None and time.time() < deadline:
-        if killed is None and len(prelabels(studies, "unet:v1")) >= 3:
-            workers = model_workers()
+        if killed is None and len(prelabels(studies, "unet:v1")) >= len(before) + 3:
+            workers = model_workers(ray_cluster)
             if len(workers) == 2:
                 killed = workers[0].pid
                 os.kill(killed, signal.SIGKILL)
@@ -147,13 +171,14 @@ def test_prelabel_a_cohort_with_a_worker_killed_midway(studies, ray_cluster, tmp
     counts = prelabels(studies, "unet:v1")
     assert counts == {f"cohort_{i:03d}": 1 for i in range(N_CASES)}  # every case, each exactly once
     summary = json.loads(summary_file.read_text())
-    assert sorted(summary["done"]) == sorted(counts)
+    assert sorted(summary["done"]) == sorted(set(counts) - set(before))  # resumed: the rest, nothing again
+    assert set(summary["skipped"]) == set(before)
     assert list(summary["failed"]) == [CORRUPT] and "read" in summary["failed"][CORRUPT]
     assert str(killed) in summary["workers"] and len(summary["workers"]) >= 2  # the killed worker had done cases
-    assert sum(summary["workers"].values()) == N_CASES
+    assert sum(summary["workers"].values()) == N_CASES - len(before)
     assert {"read", "preprocess", "network", "restore", "write"} <= set(summary["stage_s"])
     output = log.read_text()
-    assert "20 done, 0 skipped, 1 failed" in output and "cases/s" in output
+    assert f"{N_CASES - len(before)} done, {len(before)} skipped, 1 failed" in output and "cases/s" in output
 
     # a re-run does nothing twice: everything is skipped, the corrupt scan fails again with its reason
     again = cohort(studies, ray_cluster, "prelabel", "--model", "unet", log=tmp_path / "again.log")
