@@ -210,20 +210,24 @@ def store_figures(studies: Path) -> Dict[str, Any]:
 def markdown(results: Dict[str, Any]) -> str:
     header = "| run | cases | wall s | cases/s | " + " | ".join(STAGE_NAMES) + " |"
     rows = [header, "|---" * (4 + len(STAGE_NAMES)) + "|"]
-    for run in results["runs"]:
+    for run in results.get("runs", []):
         stages = " | ".join(f"{run['stage_s_per_case'].get(s, 0):.3f}" for s in STAGE_NAMES)
         rows.append(f"| {run['name']} | {run['cases']} | {run['run_wall_s']} | {run['cases_per_s']:.3f} | {stages} |")
-    peer = results["peer"]
-    rows.append(f"| peer: infer task one at a time | {peer['cases']} | {peer['wall_s']} | {peer['cases_per_s']:.3f} |")
+    peer = results.get("peer")
+    if peer:
+        rows.append(
+            f"| peer: infer task one at a time | {peer['cases']} | {peer['wall_s']} | {peer['cases_per_s']:.3f} |"
+        )
     lines = ["Seconds per case by stage (summed over workers); wall and cases/s of the whole run.", "", *rows, ""]
-    lines += ["Store with the whole cohort:", "", "```json", json.dumps(results["store"], indent=2), "```", ""]
+    if results.get("store"):
+        lines += ["Store with the whole cohort:", "", "```json", json.dumps(results["store"], indent=2), "```", ""]
     if results.get("clinical"):
         lines += ["Clinical size (512x512x300, cpu preset, 1.5 mm), 1 worker:", "", "```json"]
         lines += [json.dumps(results["clinical"], indent=2), "```"]
     return "\n".join(lines) + "\n"
 
 
-STAGE_NAMES = ("read", "preprocess", "network", "restore", "write")
+STAGE_NAMES = ("read", "preprocess", "network", "restore", "encode", "write")
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -235,29 +239,36 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="pre-label every case (2 workers)")
     parser.add_argument("--fresh", action="store_true", help="start from an empty cohort")
     parser.add_argument("--clinical", type=int, default=3, help="512x512x300 cases: 1.5 mm stage costs (0: none)")
+    parser.add_argument("--parts", default="cohort,peer,store,clinical", help="which parts to run (comma-separated)")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
     studies = OUT / "studies"
     if args.fresh:
         shutil.rmtree(studies, ignore_errors=True)
     OUT.mkdir(parents=True, exist_ok=True)
+    results_file = OUT / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() and not args.fresh else {}
     make_cohort(studies, make_volumes(OUT / "volumes", args.volumes), args.cases)
     add_junior(studies)
-    runs = []
-    for workers in (1, 2):
-        run = cohort_run(studies, workers, args.measure, f"workers{workers}")
-        runs.append({"name": f"Ray, {workers} model worker(s)", **run})
-        print(f"{workers} worker(s): {run['cases_per_s']:.3f} cases/s; per case {run['stage_s_per_case']}")
-    if args.full:
-        run = cohort_run(studies, 2, None, "full")
-        runs.append({"name": "Ray, 2 workers, the rest of the cohort", **run})
-    peer = peer_sequential(studies, args.peer_cases)
-    print(f"peer (one at a time): {peer['cases_per_s']:.3f} cases/s")
-    results = {"cohort_cases": args.cases, "volumes": args.volumes, "runs": runs, "peer": peer}
-    results["store"] = store_figures(studies)
-    if args.clinical:
+    if "cohort" in parts:
+        runs = []
+        for workers in (1, 2):
+            run = cohort_run(studies, workers, args.measure, f"workers{workers}")
+            runs.append({"name": f"Ray, {workers} model worker(s)", **run})
+            print(f"{workers} worker(s): {run['cases_per_s']:.3f} cases/s; per case {run['stage_s_per_case']}")
+        if args.full:
+            run = cohort_run(studies, 2, None, "full")
+            runs.append({"name": "Ray, 2 workers, the rest of the cohort", **run})
+        results.update({"cohort_cases": args.cases, "volumes": args.volumes, "runs": runs})
+    if "peer" in parts:
+        results["peer"] = peer_sequential(studies, args.peer_cases)
+        print(f"peer (one at a time): {results['peer']['cases_per_s']:.3f} cases/s")
+    if "store" in parts:
+        results["store"] = store_figures(studies)
+    if "clinical" in parts and args.clinical:
         results["clinical"] = clinical_stages(args.clinical)
         print(f"clinical size, 1.5 mm: per case {results['clinical']['stage_s_per_case']}")
-    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    results_file.write_text(json.dumps(results, indent=2))
     (OUT / "results.md").write_text(markdown(results))
     print(markdown(results))
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -17,6 +18,7 @@ from cohort.plan import PRELABEL_STATES, CohortPlan, plan_cases, prelabelled_by,
 from cohort.spec import CohortSpec, network_task
 from cohort.stages import (
     CpuStage,
+    EncodeStage,
     NetworkWorker,
     PreprocessStage,
     ReadStage,
@@ -25,7 +27,6 @@ from cohort.stages import (
     ScorePrepareStage,
     ScoreStage,
     heat_image,
-    label_image,
 )
 from review.states import CLOSED
 from review.service import ReviewService
@@ -114,19 +115,21 @@ class PrelabelJob:
         prepare = (("read", ReadStage(self.spec)), ("preprocess", PreprocessStage(self.spec)))
         ds = ds.map(CpuStage, fn_constructor_args=prepare, **resources.cpu_pool())
         ds = ds.map_batches(NetworkWorker, fn_constructor_args=(self.spec,), **resources.actor_pool())
-        return ds.map(CpuStage, fn_constructor_args=(("restore", RestoreStage(self.spec)),), **resources.cpu_pool())
+        finish = (("restore", RestoreStage(self.spec)), ("encode", EncodeStage(self.spec)))
+        return ds.map(CpuStage, fn_constructor_args=finish, **resources.cpu_pool())
 
     def store(self, case_id: str, data: Dict[str, Any]) -> str:
-        """Write the label as the infer task's writer does and store it as a pre-label version, unless this model
+        """Store the label file the infer task's writer made (on a worker) as a pre-label version, unless this model
         version pre-labelled the case meanwhile (a retried case is written once). Returns what happened."""
         if case_id in prelabelled_by_case(self.review, case_id, self.tag):
             return "skipped"
-        data["pred"] = label_image(data)
-        path, result = self.task.writer(data)
+        result = data["result"]
+        result["latencies"] = {stage: round(s, 2) for stage, s in data.get("timings", {}).items()}
+        result["cohort"] = True
+        fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="cohort-")
         try:
-            result["label_names"] = self.task.labels
-            result["latencies"] = {stage: round(s, 2) for stage, s in data.get("timings", {}).items()}
-            result["cohort"] = True
+            with os.fdopen(fd, "wb") as f:
+                f.write(data["label_file"])
             self.review.store_prelabel(case_id, path, result)
         finally:
             os.unlink(path)
