@@ -1,0 +1,92 @@
+"""The simulated annotator: where it clicks, and how clicks-to-goal counts."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from evaluation.clicks import Click, clicks_to_goal, next_click, organ_dice
+
+LIVER, SPLEEN = 6, 1
+
+
+def ball(shape, centre, radius):
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius**2
+
+
+def test_a_missed_part_gets_a_foreground_click_at_its_centre():
+    truth = np.zeros((40, 40, 40), np.uint8)
+    truth[ball(truth.shape, (20, 20, 20), 12)] = LIVER
+    prediction = truth.copy()
+    prediction[:, :, 25:][truth[:, :, 25:] == LIVER] = 0  # the liver's right part missed
+    click = next_click(prediction, truth, LIVER)
+    assert click is not None and click.positive and click.organ == LIVER
+    missed = (truth == LIVER) & (prediction != LIVER)
+    assert missed[click.voxel]
+    depth = ndimage.distance_transform_edt(np.pad(missed, 1))[1:-1, 1:-1, 1:-1]
+    assert depth[click.voxel] == depth.max()  # the deepest voxel of the region, not its edge
+
+
+def test_the_largest_error_wins_and_a_false_blob_gets_a_background_click():
+    truth = np.zeros((40, 40, 40), np.uint8)
+    truth[ball(truth.shape, (20, 20, 20), 8)] = LIVER
+    prediction = truth.copy()
+    prediction[ball(truth.shape, (20, 20, 20), 8) & (np.indices(truth.shape)[0] < 17)] = 0  # a small miss
+    prediction[ball(truth.shape, (8, 8, 30), 6)] = LIVER  # a larger false blob
+    click = next_click(prediction, truth, LIVER)
+    assert click is not None and not click.positive
+    assert ball(truth.shape, (8, 8, 30), 6)[click.voxel]
+
+
+def test_spacing_counts_in_millimetres():
+    """A missed slab 5 slices thick at 5 mm: in voxels its centre is anywhere on the middle slice; in mm, the
+    slab's in-plane centre is the one voxel farthest from every border."""
+    truth = np.zeros((5, 21, 21), np.uint8)
+    truth[:] = SPLEEN
+    click = next_click(np.zeros_like(truth), truth, SPLEEN, spacing=(5.0, 1.0, 1.0))
+    assert click is not None and click.positive and click.voxel == (2, 10, 10)
+
+
+def test_no_error_no_click_and_dice():
+    truth = np.zeros((10, 10, 10), np.uint8)
+    truth[2:5, 2:5, 2:5] = LIVER
+    assert next_click(truth, truth, LIVER) is None
+    assert organ_dice(truth, truth, LIVER) == 1.0 and organ_dice(truth, truth, SPLEEN) == 1.0
+    assert organ_dice(np.zeros_like(truth), truth, LIVER) == 0.0
+
+
+def fill_component(truth):
+    """An oracle refinement: each click fixes the whole error region it lies in (and nothing else)."""
+
+    def refine(label, clicks):
+        click: Click = clicks[-1]
+        wrong = (truth == click.organ) != (label == click.organ)
+        components, _ = ndimage.label(wrong)
+        part = components == components[click.voxel]
+        out = label.copy()
+        out[part] = np.where(truth[part] == click.organ, click.organ, 0)
+        return out
+
+    return refine
+
+
+def test_clicks_to_goal_counts_one_click_per_error_region():
+    truth = np.zeros((30, 30, 30), np.uint8)
+    truth[5:25, 5:25, 5:25] = LIVER
+    start = truth.copy()
+    for z in (6, 12, 18):  # three separate missed slabs
+        start[z : z + 3, 5:25, 5:25] = 0
+    run = clicks_to_goal(start, truth, LIVER, fill_component(truth), goal=0.99)
+    assert run.reached_at == 3 and len(run.clicks) == 3 and all(c.positive for c in run.clicks)
+    assert run.dice[0] < run.dice[1] < run.dice[2] < run.dice[3] and run.dice[-1] == 1.0
+
+
+def test_a_refinement_that_never_helps_is_counted_at_the_cap():
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[5:15, 5:15, 5:15] = LIVER
+    start = np.zeros_like(truth)
+    run = clicks_to_goal(start, truth, LIVER, lambda label, clicks: label, goal=0.9, cap=4)
+    assert run.reached_at is None and len(run.clicks) == 4 and run.noc(20) == 20
+    already = clicks_to_goal(truth, truth, LIVER, lambda label, clicks: label)
+    assert already.reached_at == 0 and already.clicks == []
