@@ -47,9 +47,10 @@ def registered_networks() -> Dict[str, NetworkEntry]:
 
 
 def build_network(
-    name: str, params: Mapping[str, Any] | None = None, out_channels: int = NUM_CLASSES
+    name: str, params: Mapping[str, Any] | None = None, out_channels: int = NUM_CLASSES, in_channels: int = 1
 ) -> torch.nn.Module:
-    """Build a registered network with one input channel and ``out_channels`` outputs.
+    """Build a registered network with ``in_channels`` inputs (the scan; a click model adds guidance channels) and
+    ``out_channels`` outputs.
 
     Raises:
         KeyError: ``name`` is not registered.
@@ -63,7 +64,7 @@ def build_network(
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise TypeError(f"network {name!r} does not take {unknown}; it takes {sorted(accepted)}")
-    return factory(in_channels=1, out_channels=out_channels, **params)
+    return factory(in_channels=in_channels, out_channels=out_channels, **params)
 
 
 def count_parameters(network: torch.nn.Module) -> int:
