@@ -31,6 +31,12 @@ def register(sub) -> None:
         job.add_argument("--workers", type=int, default=None, help="model actors (default: GPUs in the cluster, or 1)")
         job.add_argument("--gpus-per-worker", type=float, default=None, help="default 1 on a GPU cluster, else 0")
         job.add_argument("--cpus-per-worker", type=float, default=1.0, help="a model actor's CPUs (torch threads)")
+        job.add_argument(
+            "--cpu-workers",
+            type=int,
+            default=None,
+            help="most workers of each CPU stage pool (default: half the CPUs the model actors leave, at least 2)",
+        )
         job.add_argument("--cases", default=None, help="comma-separated case ids (default: every case)")
         job.add_argument("--limit", type=int, default=None, help="at most this many cases")
         job.add_argument("--database", default=None, help="the review database URL (default: the folder's SQLite)")
@@ -49,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if not args.studies.is_dir():
         raise InputError(f"--studies {args.studies}: not a folder")
-    for name, value in (("--workers", args.workers), ("--limit", args.limit)):
+    for name, value in (("--workers", args.workers), ("--limit", args.limit), ("--cpu-workers", args.cpu_workers)):
         if value is not None and value < 1:
             raise InputError(f"{name} must be at least 1")
     overrides = conf_pairs(args.conf)
@@ -85,10 +91,13 @@ def _run(args: argparse.Namespace) -> int:
         gpus = cluster.get("GPU", 0.0)
         per_worker = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if gpus else 0.0)
         workers = args.workers or (max(1, int(gpus // per_worker)) if per_worker else 1)
+        left = cluster.get("CPU", 0.0) - workers * resources.cpus_per_worker
+        cpu_workers = args.cpu_workers or max(2, int(left // 2))
         logging.getLogger(__name__).info(
-            f"cohort: Ray cluster with {cluster.get('CPU', 0):g} CPU(s), {gpus:g} GPU(s); {workers} model worker(s)"
+            f"cohort: Ray cluster with {cluster.get('CPU', 0):g} CPU(s), {gpus:g} GPU(s); {workers} model worker(s), "
+            f"up to {cpu_workers} worker(s) in each CPU stage pool"
         )
-        return replace(resources, workers=workers, gpus_per_worker=per_worker)
+        return replace(resources, workers=workers, gpus_per_worker=per_worker, cpu_stage_workers=cpu_workers)
 
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else None
     summary = run(job, resources, wanted, args.limit, join)

@@ -197,10 +197,29 @@ def test_score_a_cohort_as_the_server_scores(studies, ray_cluster, tmp_path):
     review = ReviewService(load_config(overrides=CONF), str(studies))
     table = scores(review.store)
     assert len(table) == 3
-    for row in table.values():
+    for case, row in table.items():
         assert row.members.get("unet") == 1 and "prior" in row.members
         assert np.isfinite(row.uncertainty) and row.components["class_entropy"]
-    assert all((studies / "labels" / "attention").glob(f"{case}*") for case in table)
+        assert list((studies / "labels" / "attention").glob(f"{case}.*")), f"{case}: no attention map saved"
+
+    # the server's scorer on the same case, in this process: the same members, the same scores
+    from models.infer_task import SegmentationInferTask
+    from models.prior_task import AtlasCache
+    from strategies.members import case_members
+    from strategies.scoring import CaseScorer
+
+    config = load_config(overrides=CONF)
+    workspace = Workspace(studies)
+    task = SegmentationInferTask("unet", config, ModelStore(workspace.models(config.storage.models_dir), "unet"))
+    atlas = AtlasCache(config, lambda: None, workspace.prior_cache(config.storage.models_dir)).get()
+    members = lambda path, modality: case_members(path, "ct", {"unet": task}, atlas, config.active_learning.grid_mm)  # noqa: E731
+    scorer = CaseScorer(None, config.active_learning, members, None, None)
+    case = sorted(table)[0]
+    ours, _ = scorer.compute(str(studies / f"{case}.nii.gz"), "CT")
+    theirs = table[case]
+    assert ours["members"] == theirs.members
+    for key in ("uncertainty", "attention_ml", "foreground_ml"):
+        assert ours[key] == pytest.approx(getattr(theirs, key), rel=1e-3, abs=1e-3), key
 
 
 def test_a_cohort_prelabel_has_the_provenance_of_the_servers(studies, tmp_path):
