@@ -71,15 +71,22 @@ def make_volumes(folder: Path, count: int) -> List[Path]:
 
 def make_cohort(studies: Path, volumes: List[Path], cases: int) -> None:
     """``cases`` case ids linking the volumes in turn, and the UNet version (random weights)."""
-    from models.networks import build_network
-    from models.versions import ModelStore
 
     studies.mkdir(parents=True, exist_ok=True)
     for n in range(cases):
         link = studies / f"cohort_{n:05d}.nii.gz"
         if not link.is_symlink():
             link.symlink_to(volumes[n % len(volumes)])
-    config = load_config(overrides=CONF)
+    publish_random_unet(studies, CONF["preset"])
+
+
+def publish_random_unet(studies: Path, preset: str) -> None:
+    """The preset's UNet with random weights as version 1 of ``studies``, once (a pre-label's time does not depend
+    on the weights)."""
+    from models.networks import build_network
+    from models.versions import ModelStore
+
+    config = load_config(overrides={"preset": preset})
     store = ModelStore(Workspace(studies).models(config.storage.models_dir), "unet")
     if not store.numbers():
         settings = config.active.networks["unet"]
@@ -128,8 +135,6 @@ def clinical_stages(cases: int) -> Dict[str, Any]:
     are restoring's worst case (every organ wins somewhere): ``make bench`` measured 21.9 s with them, 2.6 s with a
     realistic prediction."""
     from bench.prelabel import prepare_volumes
-    from models.networks import build_network
-    from models.versions import ModelStore
 
     big = prepare_volumes()["ct512x300"]
     studies = OUT / "clinical"
@@ -138,12 +143,7 @@ def clinical_stages(cases: int) -> Dict[str, Any]:
         link = studies / f"clinical_{n:02d}.nii.gz"
         if not link.is_symlink():
             link.symlink_to(big)
-    config = load_config(overrides={"preset": "cpu"})
-    store = ModelStore(Workspace(studies).models(config.storage.models_dir), "unet")
-    if not store.numbers():
-        settings = config.active.networks["unet"]
-        spec = {"name": settings.network, "params": dict(settings.params)}
-        store.publish(build_network(settings.network, settings.params).state_dict(), {"network": spec})
+    publish_random_unet(studies, "cpu")
     return {"volume": big.name, **cohort_run(studies, 1, None, "clinical", preset="cpu")}
 
 

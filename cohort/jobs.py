@@ -121,7 +121,7 @@ class PrelabelJob:
     def store(self, case_id: str, data: Dict[str, Any]) -> str:
         """Store the label file the infer task's writer made (on a worker) as a pre-label version, unless this model
         version pre-labelled the case meanwhile (a retried case is written once). Returns what happened."""
-        if case_id in prelabelled_by_case(self.review, case_id, self.tag):
+        if prelabelled_by(self.review.store, self.tag, case_id):
             return "skipped"
         result = data["result"]
         result["latencies"] = {stage: round(s, 2) for stage, s in data.get("timings", {}).items()}
@@ -134,18 +134,6 @@ class PrelabelJob:
         finally:
             os.unlink(path)
         return "done"
-
-
-def prelabelled_by_case(review: ReviewService, case_id: str, tag: str) -> set:
-    from sqlalchemy import select
-
-    from review.schema import LabelVersion
-
-    with review.store.read() as s:
-        query = select(LabelVersion.case_id).where(
-            LabelVersion.case_id == case_id, LabelVersion.kind == "prelabel", LabelVersion.author_model == tag
-        )
-        return set(s.execute(query).scalars())
 
 
 class ScoreJob:

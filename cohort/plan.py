@@ -31,12 +31,13 @@ def states(store: ReviewStore, cases: Optional[Sequence[str]] = None) -> Dict[st
     return table if cases is None else {c: table[c] for c in cases if c in table}
 
 
-def prelabelled_by(store: ReviewStore, model_tag: str) -> set:
-    """Cases that already have a pre-label version from this model version (``model_tag``: e.g. ``unet:v3``)."""
+def prelabelled_by(store: ReviewStore, model_tag: str, case_id: Optional[str] = None) -> set:
+    """Cases (or just ``case_id``) that already have a pre-label version from this model version (``model_tag``:
+    e.g. ``unet:v3``)."""
+    query = select(LabelVersion.case_id).where(LabelVersion.kind == "prelabel", LabelVersion.author_model == model_tag)
+    if case_id is not None:
+        query = query.where(LabelVersion.case_id == case_id)
     with store.read() as s:
-        query = select(LabelVersion.case_id).where(
-            LabelVersion.kind == "prelabel", LabelVersion.author_model == model_tag
-        )
         return set(s.execute(query).scalars())
 
 

@@ -14,6 +14,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from evaluation.metrics import dice_of as organ_dice
+
 
 @dataclass(frozen=True)
 class Click:
@@ -28,13 +30,6 @@ class Click:
     organ: int
     voxel: Tuple[int, int, int]
     positive: bool
-
-
-def organ_dice(prediction: np.ndarray, truth: np.ndarray, organ: int) -> float:
-    """Dice of one organ (1.0 when it is absent from both)."""
-    p, t = prediction == organ, truth == organ
-    total = int(p.sum()) + int(t.sum())
-    return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
 
 
 def next_click(

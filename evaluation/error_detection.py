@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from amoslabel.organs import ORGANS
+from evaluation.metrics import dice_of
 
 #: The organ Dice below which a pre-labelled organ counts as a failure.
 FAILURE_DICE = 0.8
@@ -57,13 +58,7 @@ def voxel_detection(heat: np.ndarray, error: np.ndarray, body: np.ndarray) -> Vo
 
 def organ_dice(prediction: np.ndarray, reference: np.ndarray) -> Dict[int, float]:
     """Dice per organ present in the reference (an organ the pre-label misses entirely scores 0)."""
-    out = {}
-    for organ in ORGANS:
-        truth = reference == organ.id
-        if truth.any():
-            guess = prediction == organ.id
-            out[organ.id] = float(2 * (guess & truth).sum() / (guess.sum() + truth.sum()))
-    return out
+    return {o.id: dice_of(prediction, reference, o.id) for o in ORGANS if (reference == o.id).any()}
 
 
 def failed_organs(prediction: np.ndarray, reference: np.ndarray, threshold: float = FAILURE_DICE) -> List[int]:

@@ -51,6 +51,13 @@ def nan_mean(values) -> float:
     return float(np.mean(kept)) if kept else math.nan
 
 
+def dice_of(prediction: np.ndarray, reference: np.ndarray, organ: int) -> float:
+    """Dice of one organ (1.0 when it is absent from both)."""
+    p, t = prediction == organ, reference == organ
+    total = int(p.sum()) + int(t.sum())
+    return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
+
+
 def confusion(prediction: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """16x16 confusion counts, ``[reference, prediction]``.
 

@@ -6,7 +6,8 @@ import getpass
 import json
 from pathlib import Path
 
-from amoslabel.cli.team import review_service
+from amoslabel.cli.team import attach_datastore, review_service
+from amoslabel.config import load_config
 from amoslabel.errors import InputError
 
 
@@ -60,12 +61,8 @@ def _case_history(args) -> int:
 def _attached(args):
     """The review service with the studies' datastore attached (the folder's own, opened here), its cases synced as
     at a server's start."""
-    from amoslabel.config import load_config
-    from amoslabel.data.stores import open_datastore
-
     service = review_service(args.studies, args.database)
-    service.attach(open_datastore(str(args.studies), load_config().storage))
-    service.sync_cases()
+    attach_datastore(service, args.studies, load_config().storage)
     return service
 
 

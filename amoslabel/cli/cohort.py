@@ -48,10 +48,10 @@ def register(sub) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from amoslabel.config import load_config
-    from amoslabel.data.stores import open_datastore
+    from amoslabel.cli.team import attach_datastore
     from cohort.jobs import JOBS, Resources
     from cohort.runner import connect, run, write_summary
-    from cohort.spec import CohortSpec, network_task
+    from cohort.spec import CohortSpec
 
     if not args.studies.is_dir():
         raise InputError(f"--studies {args.studies}: not a folder")
@@ -71,14 +71,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.cohort_job == "prelabel":
         if len(models) != 1:
             raise InputError("cohort prelabel takes one --model")
-        spec = replace(spec, version=_version(spec, args.model_version, network_task))
+        spec = replace(spec, version=_version(spec, args.model_version))
 
     from review.service import ReviewService
 
     review = ReviewService(config, str(args.studies))
-    datastore = open_datastore(str(args.studies), config.storage)
-    review.attach(datastore)
-    review.sync_cases()
+    datastore = attach_datastore(review, args.studies, config.storage)
 
     resources = Resources(workers=args.workers or 1, cpus_per_worker=args.cpus_per_worker)
     if args.cohort_job == "prelabel":
@@ -108,8 +106,10 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _version(spec, requested, network_task) -> int:
+def _version(spec, requested) -> int:
     """The version to pre-label with: the one asked for, else the serving one (Conflict when none is trained)."""
+    from cohort.spec import network_task
+
     try:
         store = network_task(spec).store
     except KeyError:

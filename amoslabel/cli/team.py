@@ -32,6 +32,17 @@ def review_service(studies: Path, database):
     return ReviewService(load_config(overrides=overrides), str(studies))
 
 
+def attach_datastore(service, studies: Path, storage):
+    """Attach the studies folder's own datastore (opened here with ``storage``, apps.yaml's limits) to a review
+    service and sync its cases, as at a server's start; returns the datastore."""
+    from amoslabel.data.stores import open_datastore
+
+    datastore = open_datastore(str(studies), storage)
+    service.attach(datastore)
+    service.sync_cases()
+    return datastore
+
+
 def _users(args) -> int:
     accounts = review_service(args.studies, args.database).accounts
     actor = f"cli:{getpass.getuser()}"

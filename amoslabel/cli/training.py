@@ -85,9 +85,8 @@ def user_request(args) -> Dict[str, Any]:
 
 
 def _train(args) -> int:
-    from amoslabel.cli.team import review_service
+    from amoslabel.cli.team import attach_datastore, review_service
     from amoslabel.config import load_config
-    from amoslabel.data.stores import open_datastore
     from amoslabel.workspace import Workspace
     from models.train_task import SegmentationTrainTask
     from models.versions import ModelStore
@@ -100,9 +99,8 @@ def _train(args) -> int:
     store = ModelStore(Workspace(args.studies).models(config.storage.models_dir), args.model)
     service = review_service(args.studies, args.database)
     try:
-        datastore = open_datastore(str(args.studies), config.storage)
-        service.attach(datastore)
-        service.sync_cases()  # as at a server's start: imported final labels become the workflow's finals
+        # as at a server's start: imported final labels become the workflow's finals
+        datastore = attach_datastore(service, args.studies, config.storage)
         task = SegmentationTrainTask(args.model, config, store, str(args.studies), service.workflow.final_labels)
         request = user_request(args)
         if args.nproc_per_node == 1 and (args.nnodes or 1) == 1:
