@@ -218,6 +218,19 @@ class AuthSettings(_Strict):
     access_token_hours: float = Field(default=12.0, gt=0, le=24 * 30)  # what a login (POST /auth/token) is good for
 
 
+class ClickSettings(_Strict):
+    """The click model (interactive correction, :mod:`models.click_task`): a ``deepedit``-type model for 3D Slicer's
+    and OHIF's click tools, learned from the final labels with MONAI DeepEdit's simulated clicks."""
+
+    enabled: bool = True
+    model: str = "deepedit"  # the name it is served and trained by
+    base_model: str = "unet"  # the segmentor whose architecture it has, and whose serving version it starts from
+    margin_mm: float = Field(default=40.0, gt=0, le=500)  # a click changes its organ at most this far from it
+    context_mm: float = Field(default=24.0, ge=0, le=200)  # image the network sees beyond that box
+    deepgrow_probability: float = Field(default=0.5, ge=0, le=1)  # share of training steps with simulated clicks
+    max_interactions: int = Field(default=3, ge=1, le=20)  # click rounds simulated in one training step
+
+
 class AppConfig(_Strict):
     """The whole parsed configuration. ``preset`` names the active entry of ``presets``."""
 
@@ -235,6 +248,7 @@ class AppConfig(_Strict):
     active_learning: ActiveLearningSettings = Field(default_factory=ActiveLearningSettings)
     retraining: RetrainingSettings = Field(default_factory=RetrainingSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    clicks: ClickSettings = Field(default_factory=ClickSettings)
     presets: Dict[str, PresetConfig]
     source_dir: str = ""  # folder of the apps.yaml read; filled in by load_config, not written in the file
 
@@ -264,6 +278,9 @@ class AppConfig(_Strict):
                 raise ValueError(f"presets.{name}.networks has no entry for served model(s) {missing}")
         if not self.models:
             raise ValueError("models: at least one model must be served")
+        if self.clicks.enabled:
+            if self.clicks.model in self.models or self.clicks.model == "prior":
+                raise ValueError(f"clicks.model {self.clicks.model!r} is already the name of another model")
         return self
 
     @property
@@ -296,6 +313,7 @@ _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "auth": ("auth.enabled", str),
     "access_token_hours": ("auth.access_token_hours", str),
     "active_learning": ("active_learning.enabled", str),
+    "clicks": ("clicks.enabled", str),
 }
 # Keys that MONAI Label itself reads from --conf; accepted and left to it.
 _MONAILABEL_KEYS = {"server_mode"}

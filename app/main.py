@@ -85,7 +85,7 @@ class AmosLabelApp(MONAILabelApp):
         return store
 
     def init_infers(self):
-        return self.served.infers()
+        return self.served.infers(current_label=self.review.current_label_file)
 
     def init_trainers(self):
         return self.served.trainers(self.studies, self.review.workflow.final_labels)
@@ -97,6 +97,8 @@ class AmosLabelApp(MONAILabelApp):
         """Check the image and the model before MONAI Label runs the request; the review workflow records it."""
         request = (datastore or self.datastore()).infer_request(request)
         request = route_request(request, self._infers, self.config.fallback_model)
+        if self.served.clicks and request.get("model") == self.served.clicks.name:
+            request["save_label"] = False  # a click's answer is the user's label version (review.record_inference)
         result = super().infer(request, datastore)
         self.review.record_inference(request, result)
         return result

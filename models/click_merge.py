@@ -3,7 +3,12 @@
 A click refines one organ. Whatever the network predicts, the answer may only move that organ's voxels, only near
 the clicks, and never touch another organ's voxels: a junior who fixes the pancreas must not find the duodenum
 changed. :func:`click_box` bounds the region (which also bounds the inference, so a click stays interactive on a
-large scan); :func:`merge_organ` writes the organ's new mask into the label under those rules.
+large scan); :func:`merge_organ` writes an organ's new mask into the label under those rules, and
+:func:`refine_organ` decides that mask from the network's answer and the clicks.
+
+A click does what the junior asked and no more (:func:`refine_organ`): a foreground click only adds to the organ (the
+network's region that holds the click), a background click only takes away (a false blob it lands on, whole, or the
+part of the organ around it that the network rejects). The clicked voxel itself always obeys the click.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import numpy as np
+from scipy import ndimage
 
 Box = Tuple[slice, slice, slice]
 
@@ -55,3 +61,66 @@ def merge_organ(label: np.ndarray, organ: int, organ_mask: np.ndarray, box: Box)
     region[free & ~mask.astype(bool)] = 0
     region[free & mask.astype(bool)] = organ
     return out
+
+
+def refine_organ(
+    label: np.ndarray,
+    organ: int,
+    network_mask: np.ndarray,
+    positives: Sequence[Sequence[int]],
+    negatives: Sequence[Sequence[int]],
+    box: Box,
+) -> np.ndarray:
+    """The label after the clicks on ``organ``, changed inside ``box`` only (:func:`merge_organ`'s rules).
+
+    * A foreground click adds the connected region of ``network_mask`` (inside the box, on voxels that are background
+      or the organ) that holds the click, and the clicked voxel itself.
+    * A background click on the organ removes the organ's connected part that holds it when that part lies inside
+      the box (a false blob, whole); when the part reaches past the box (the organ itself), it removes only the
+      voxels of that part, inside the box, that ``network_mask`` rejects. The clicked voxel is never the organ.
+
+    Args:
+        label: the current label map (z, y, x).
+        network_mask: where the network puts the organ, of the label's shape or of the box's.
+        positives, negatives: clicked voxels (z, y, x) inside the box.
+    """
+    region = label[box]
+    net = (network_mask[box] if network_mask.shape == label.shape else network_mask).astype(bool)
+    if net.shape != region.shape:
+        raise ValueError(f"the network's mask is {net.shape}, the box {region.shape}")
+    local = [[tuple(int(v) - b.start for v, b in zip(p, box)) for p in points] for points in (positives, negatives)]
+    for point in local[0] + local[1]:
+        if not all(0 <= v < n for v, n in zip(point, region.shape)):
+            raise ValueError("a click lies outside the box")
+    organ_now = region == organ
+    free = (region == 0) | organ_now
+    mask = organ_now.copy()
+    grow, count = ndimage.label(net & free)
+    for point in local[0]:
+        if count and grow[point]:
+            mask |= grow == grow[point]
+        if free[point]:
+            mask[point] = True
+    parts, _ = ndimage.label(organ_now)
+    inner_faces = _inner_faces(box, label.shape)
+    for point in local[1]:
+        if parts[point]:
+            part = parts == parts[point]
+            mask &= ~(part if not _touches(part, inner_faces) else part & ~net)
+        mask[point] = False
+    return merge_organ(label, organ, mask, box)
+
+
+def _inner_faces(box: Box, shape: Sequence[int]) -> list:
+    """The box's faces that lie inside the volume (a face on the volume's edge bounds nothing)."""
+    faces = []
+    for axis, (s, n) in enumerate(zip(box, shape)):
+        if s.start > 0:
+            faces.append((axis, 0))
+        if s.stop < n:
+            faces.append((axis, -1))
+    return faces
+
+
+def _touches(part: np.ndarray, faces: list) -> bool:
+    return any(np.take(part, index, axis=axis).any() for axis, index in faces)

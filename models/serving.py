@@ -25,6 +25,8 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from amoslabel.config import AppConfig, NetworkSettings
 from amoslabel.errors import NotFound
+from models.click_task import ClickInferTask, CurrentLabel
+from models.click_train import ClickTrainTask
 from models.infer_task import SegmentationInferTask
 from models.prior_task import PRIOR_MODEL, AtlasCache, PriorInferTask
 from models.pretrained.task import ImportedInferTask
@@ -46,6 +48,9 @@ class NetworkConfig:
 
     def infer(self) -> SegmentationInferTask:
         return SegmentationInferTask(self.name, self.config, self.store)
+
+    def network_settings(self) -> NetworkSettings:
+        return self.config.active.networks[self.name]
 
     def trainer(self, studies: str, final_labels: FinalLabels) -> SegmentationTrainTask:
         return SegmentationTrainTask(self.name, self.config, self.store, studies, final_labels)
@@ -94,6 +99,26 @@ class PriorConfig:
         return PriorInferTask(self.config, self.atlas)
 
 
+class ClickConfig:
+    """The click model (``apps.yaml`` ``clicks``): the base model's architecture with guidance inputs; own versions."""
+
+    def __init__(self, config: AppConfig, models_dir: Path, base: NetworkConfig):
+        self.name = config.clicks.model
+        self.config = config
+        self.store = ModelStore(models_dir, self.name)
+        self.base = base
+
+    def infer(self, current_label: Optional[CurrentLabel] = None) -> ClickInferTask:
+        return ClickInferTask(
+            self.name, self.config, self.store, self.base.store, self.base.network_settings(), current_label
+        )
+
+    def trainer(self, studies: str, final_labels: FinalLabels) -> ClickTrainTask:
+        return ClickTrainTask(
+            self.name, self.config, self.store, self.base.store, self.base.network_settings(), studies, final_labels
+        )
+
+
 class ServedModels:
     """Every model of ``apps.yaml``'s ``models``, the imported models, and the atlas prior, with their tasks."""
 
@@ -104,22 +129,32 @@ class ServedModels:
             for name in imported_models(models_dir, list(config.models) + [PRIOR_MODEL])
         }
         self.prior = PriorConfig(config, atlas)
+        base = self.networks.get(config.clicks.base_model)
+        self.clicks = ClickConfig(config, models_dir, base) if config.clicks.enabled and base else None
+        if config.clicks.enabled and base is None:
+            log.warning(f"clicks: base model {config.clicks.base_model!r} is not served, so no click model is")
 
-    def infers(self) -> Dict[str, InferTask]:
+    def infers(self, current_label: Optional[CurrentLabel] = None) -> Dict[str, InferTask]:
+        """Every model's infer task; ``current_label`` tells the click model a case's label for a user."""
         return {
             **{name: c.infer() for name, c in self.networks.items()},
             **{name: c.infer() for name, c in self.imported.items()},
             PRIOR_MODEL: self.prior.infer(),
+            **({self.clicks.name: self.clicks.infer(current_label)} if self.clicks else {}),
         }
 
     def trainers(self, studies: str, final_labels: FinalLabels) -> Dict[str, TrainTask]:
-        tasks = {name: c.trainer(studies, final_labels) for name, c in {**self.networks, **self.imported}.items()}
+        configs: Dict[str, Any] = {**self.networks, **self.imported}
+        if self.clicks:
+            configs[self.clicks.name] = self.clicks
+        tasks = {name: c.trainer(studies, final_labels) for name, c in configs.items()}
         return {name: task for name, task in tasks.items() if task is not None}
 
     def stores(self) -> Dict[str, ModelStore]:
         """The version stores of the models that train here (the retraining trigger's)."""
         trainable = {name: c.store for name, c in self.imported.items() if c.trainable is not None}
-        return {**{name: c.store for name, c in self.networks.items()}, **trainable}
+        clicks = {self.clicks.name: self.clicks.store} if self.clicks else {}
+        return {**{name: c.store for name, c in self.networks.items()}, **trainable, **clicks}
 
     def scorers(self) -> List[str]:
         """The models whose soft predictions join the scoring ensemble: the networks and every imported model."""
@@ -133,7 +168,10 @@ class ServedModels:
     def log_state(self) -> None:
         """Say which version serves, and which networks the prior stands in for."""
         for name, number in self.serving_versions().items():
-            if number is None:
+            if self.clicks and name == self.clicks.name:
+                if number is None:
+                    log.info(f"Click model {name!r}: no version trained on clicks; {self.clicks.base.name}'s answers")
+            elif number is None:
                 log.warning(
                     f"Model {name!r} has no trained version: the atlas prior pre-labels in its place until it is "
                     f"trained (POST /train/{name})."

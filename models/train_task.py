@@ -279,7 +279,7 @@ class SegmentationTrainTask(BasicTrainTask):
 
     # -- model and optimisation --------------------------------------------------------------------------------
     def network(self, context: Context) -> torch.nn.Module:
-        network = build_network(self.network_settings.network, self.network_settings.params)
+        network = self.build(self.network_settings)
         parent = self.store.champion() if as_bool(context.request.get("pretrained", True)) else None
         same_spec = parent is not None and parent.meta.get("network") == self._network_spec()
         if same_spec:
@@ -341,11 +341,20 @@ class SegmentationTrainTask(BasicTrainTask):
             inferer=SimpleInferer(),
             amp=context.device.type == "cuda",
             train_handlers=handlers,
+            iteration_update=self.iteration_update(context),
         )
         retraining = self.app_config.retraining
         if should_pause(retraining.pause_for_inference, context.device.type):
             PauseForInference(InferenceGate(self.store.root.parent), retraining.max_pause_s).attach(trainer)
         return trainer
+
+    def iteration_update(self, context: Context):
+        """What runs each training iteration in place of the trainer's own step (None: its own step)."""
+        return None
+
+    def validation_network(self, network: torch.nn.Module) -> torch.nn.Module:
+        """The module validation runs on a scan alone (the network itself; a click model adds empty guidance)."""
+        return network
 
     def finalize(self, context: Context) -> None:
         request = context.request
@@ -366,7 +375,7 @@ class SegmentationTrainTask(BasicTrainTask):
                 plan_settings.inference.sw_batch_size,
                 tta_flip=False,
             ),
-            network=context.network,
+            network=self.validation_network(context.network),
             device=context.device,
             interval=int(request["val_interval"]),
             spacing_for=lambda modality: plan_settings.plans[modality].spacing,
@@ -383,9 +392,13 @@ class SegmentationTrainTask(BasicTrainTask):
         champion = self.store.champion()
         if champion is None or champion.meta.get("network") != self._network_spec():
             return None
-        network = build_network(self.network_settings.network, self.network_settings.params)
+        network = self.build(self.network_settings)
         network.load_state_dict(self.store.load_weights(champion))
-        return network.to(context.device).eval()
+        return self.validation_network(network.to(context.device).eval())
+
+    def build(self, settings: NetworkSettings) -> torch.nn.Module:
+        """A fresh network of this model's architecture."""
+        return build_network(settings.network, settings.params)
 
     def _version_meta(self, context: Context) -> Dict[str, Any]:
         request = context.request

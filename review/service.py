@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Protocol, Set
 
 import SimpleITK as sitk
+from sqlalchemy import select
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from amoslabel.cluster.leadership import LeaderJobs, leadership_for
@@ -36,6 +37,7 @@ from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, ORIGINAL_TAG, WORKING_
 from amoslabel.errors import Conflict, InputError, Unprocessable
 from amoslabel.volume import Geometry, check_on_grid
 from amoslabel.workspace import Workspace
+from models.click_task import CLICK_RESULT
 from review import audit
 from review.auth import Accounts, Forbidden, Principal
 from review.queries import case_detail, next_case
@@ -223,6 +225,10 @@ class ReviewService:
         case_id = request.get("case_id")
         if not case_id:
             return
+        params = result.get("params") or {}
+        if params.get("interaction") == CLICK_RESULT and result.get("file"):
+            params["label_version"] = self.save_click(request.get("client_id"), case_id, result["file"], params)
+            return
         if request.get("client_id"):
             model = request.get("requested_model") or request.get("model")
             self.workflow.record_opened(str(request["client_id"]), case_id, f"viewer /infer/{model}")
@@ -355,6 +361,48 @@ class ReviewService:
         self.workflow.save_version(who, image_id, stored.path, submit=(tag == FINAL_TAG and who.role == "junior"))
         return stored.path
 
+    def save_click(self, client_id: Any, case_id: str, label_file: str, params: Dict[str, Any]) -> int:
+        """A click-refined label (:mod:`models.click_task`) as a label version by the user who clicked, kept as the
+        datastore's ``working`` label like any viewer save. Returns the version id.
+
+        Raises:
+            Forbidden: the user may not save this case's label now (not its junior or one of its reviewers).
+        """
+        who = self.principal_for_client(client_id)
+        info = {"via": "clicks", "clicks": {k: params.get(k) for k in ("model", "network_from", "organs", "clicks")}}
+        # read, not copied: the answer may be NRRD (Slicer's and OHIF's format), the store keeps NIfTI
+        return self._save_edit(who, case_id, sitk.ReadImage(str(label_file)), info)
+
+    def current_label_file(self, case_id: str, user: str) -> Optional[str]:
+        """The label a user's next click starts from: the newest version this user saved in the case's current
+        round, else the case's current label (the pre-label or the junior's), else None."""
+        principal = self.accounts.by_name(user) if user else None
+        with self.store.read() as s:
+            case = s.get(Case, case_id)
+            if case is None:
+                return None
+            if principal is not None:
+                own = s.execute(
+                    select(LabelVersion.path)
+                    .where(LabelVersion.case_id == case_id, LabelVersion.author_user_id == principal.id)
+                    .where(LabelVersion.round == case.round)
+                    .order_by(LabelVersion.id.desc())
+                    .limit(1)
+                ).scalar()
+                if own:
+                    return own
+            current = s.get(LabelVersion, case.current_version) if case.current_version else None
+            return current.path if current else None
+
+    def _save_edit(self, who: Principal, case_id: str, label: Any, info: Dict[str, Any]) -> int:
+        """A user's label as a version (a junior's draft; a reviewer's edit) and the datastore's working label."""
+        version_id = self.workflow.save_version(who, case_id, label, info=info)
+        with self.store.read() as s:
+            path = Path(s.get(LabelVersion, version_id).path)
+        if self.files is not None:
+            self.files.link_label(case_id, path, WORKING_TAG, {"client_id": who.name, "version": version_id})
+        return version_id
+
     def save_from_dicomweb(self, who: Principal, case_id: str, label: sitk.Image) -> Dict[str, Any]:
         """A segmentation stored from a DICOM viewer (OHIF's STOW-RS), already read onto its series' grid: a label
         version by ``who`` (a junior's draft, which the case page's *Submit for review* hands on; a reviewer's edit,
@@ -364,12 +412,9 @@ class ReviewService:
             ``{"case_id", "version", "round", "kind", "author"}``: what the stored SEG is named after.
         """
         label = self.check_label_grid(case_id, label)
-        version_id = self.workflow.save_version(who, case_id, label, info={"via": "dicomweb", "seg_stored": True})
+        version_id = self._save_edit(who, case_id, label, {"via": "dicomweb", "seg_stored": True})
         with self.store.read() as s:
-            version = s.get(LabelVersion, version_id)
-            path, round_ = Path(version.path), version.round
-        if self.files is not None:
-            self.files.link_label(case_id, path, WORKING_TAG, {"client_id": who.name, "version": version_id})
+            round_ = s.get(LabelVersion, version_id).round
         kind = SegKind.DRAFT if who.role == "junior" else SegKind.REVIEWER_EDIT
         return {"case_id": case_id, "version": version_id, "round": round_, "kind": kind, "author": who.pseudonym}
 

@@ -31,7 +31,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -53,6 +55,7 @@ from amoslabel.server.access import AccessGate
 from amoslabel.server.health import install_health_routes
 from amoslabel.server.identity import acting_for, install_auth_routes, protect, username
 from amoslabel.server.viewer_dicomweb import ViewerDicomWeb
+from models.click_request import CURRENT_LABEL_KEY
 from review.api import create_review_api
 from review.web.pages import SessionCookies
 from review.service import ReviewQueueStrategy, ReviewService
@@ -215,8 +218,13 @@ def install_route_overrides(
     ):
         if not image and file is None and not session_id:
             raise InputError("name an image (?image=ID), upload one (form field 'file') or give a session_id")
-        params = own(params, "params", request)
-        return run_inference(background_tasks, model, image, session_id, params, file, label, output)
+        fields = json.loads(own(params, "params", request))
+        fields.pop(CURRENT_LABEL_KEY, None)  # a path is named by the server only
+        if label is not None:
+            # The uploaded label is the label to correct. MONAI Label would put its path under "label", where
+            # Slicer's click request names the organ; here it gets a key of its own.
+            fields[CURRENT_LABEL_KEY] = keep_upload(label, background_tasks)
+        return run_inference(background_tasks, model, image, session_id, json.dumps(fields), file, None, output)
 
     def reload_refused():
         return JSONResponse(
@@ -257,6 +265,16 @@ def install_route_overrides(
     for path, endpoint, methods, tag in overrides:
         extra: Dict[str, Any] = {"tags": [tag]} if tag else {"include_in_schema": False}
         override_route(fastapi_app, API + path, endpoint, methods, **extra)
+
+
+def keep_upload(upload: UploadFile, background_tasks: BackgroundTasks) -> str:
+    """An uploaded file in a temporary file of its own (deleted after the answer); its path."""
+    suffix = "".join(Path(upload.filename or "label.nii.gz").suffixes[-2:])[:16] or ".nii.gz"
+    fd, path = tempfile.mkstemp(suffix=suffix, prefix="upload-")
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(upload.file, out)
+    background_tasks.add_task(Path(path).unlink, missing_ok=True)
+    return path
 
 
 def _existing(path: Optional[str], what: str) -> str:

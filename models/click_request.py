@@ -1,0 +1,138 @@
+"""What a click request asks: which organs to refine, and the clicks, as 3D Slicer and OHIF send them.
+
+Three clients, one model (``deepedit`` type, labels = the 15 organs):
+
+* 3D Slicer's MONAI Label module (multi-label DeepEdit): ``label`` is the segment being edited; every organ's
+  landmarks come under the organ's name, ``{"liver": [[i, j, k], ...], "spleen": [], ...}``.
+* MONAI Label's OHIF panel (DeepEdit point prompts): the clicked labels' points under their names, and
+  ``background``; no ``label``.
+* Our API and the single-label form: ``label`` (or ``organ``), ``foreground`` and ``background``.
+
+Points are voxel indices (i, j, k) of the scan, as both viewers send them; here they become array indices
+(z, y, x). The organs refined: ``label``/``organ`` when given; else every organ with clicks; else, for background
+clicks alone, the organ each one lands on in the current label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from amoslabel.errors import InputError, Unprocessable
+from amoslabel.organs import ORGANS
+
+Voxel = Tuple[int, int, int]
+BACKGROUND = "background"
+ORGAN_NAMES: Dict[int, str] = {o.id: o.name for o in ORGANS}
+_BY_NAME: Dict[str, int] = {o.name.lower(): o.id for o in ORGANS}
+CURRENT_LABEL_KEY = "current_label_file"  # the uploaded label to correct: set by the server, never by a client
+MAX_CLICKS = 200  # per request: far beyond any correction, and a bound on the work one request can ask for
+
+
+@dataclass
+class ClickRequest:
+    """The parsed request.
+
+    Attributes:
+        organs: the organ ids to refine (may be empty until :meth:`resolve_organs` looks at the label).
+        clicks: label name (an organ's or ``background``) -> clicked voxels (z, y, x): every click, for the guidance.
+        foreground: clicks from ``foreground`` (single-label form): positive for every refined organ.
+    """
+
+    organs: List[int]
+    clicks: Dict[str, List[Voxel]] = field(default_factory=dict)
+    foreground: List[Voxel] = field(default_factory=list)
+
+    def positives(self, organ: int) -> List[Voxel]:
+        return self.clicks.get(ORGAN_NAMES[organ], []) + self.foreground
+
+    def negatives(self) -> List[Voxel]:
+        return list(self.clicks.get(BACKGROUND, []))
+
+    def guidance(self, organ: int) -> Dict[str, List[Voxel]]:
+        """The clicks as the network's guidance when refining ``organ``: its positives under its name."""
+        out = {name: list(points) for name, points in self.clicks.items()}
+        if self.foreground:
+            out[ORGAN_NAMES[organ]] = self.positives(organ)
+        return out
+
+    def all_clicks(self) -> List[Voxel]:
+        return [p for points in self.clicks.values() for p in points] + self.foreground
+
+    def resolve_organs(self, label: np.ndarray) -> List[int]:
+        """The organs to refine; background clicks alone refine the organ they land on."""
+        if not self.organs:
+            found = {int(label[p]) for p in self.negatives()} - {0}
+            self.organs = sorted(found)
+        if not self.organs:
+            raise InputError("no organ to refine: name one ('label'), or click on one")
+        return self.organs
+
+
+def organ_id(value: Any) -> int:
+    """An organ's id from its name (any case) or id; 400 naming the organs otherwise."""
+    if isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, int) and value in ORGAN_NAMES:
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit() and int(text) in ORGAN_NAMES:
+            return int(text)
+        if text.lower() in _BY_NAME:
+            return _BY_NAME[text.lower()]
+    shown = str(value)[:40]
+    raise InputError(f"unknown organ {shown!r}: clicks are for one of {sorted(_BY_NAME)} (or ids 1-15)")
+
+
+def parse_clicks(request: Mapping[str, Any], size_xyz: Sequence[int]) -> ClickRequest:
+    """The clicks of an ``/infer`` request on a scan of ``size_xyz`` voxels.
+
+    Raises:
+        InputError: no clicks, an unknown organ, a point that is not three integers, too many clicks (400).
+        Unprocessable: a click outside the scan (422).
+    """
+    named = request.get("organ", request.get("label"))
+    organs = [organ_id(named)] if named not in (None, "") else []
+    clicks: Dict[str, List[Voxel]] = {}
+    for name in [BACKGROUND] + [o.name for o in ORGANS]:
+        points = _points(request.get(name), name, size_xyz)
+        if points:
+            clicks[name] = points
+    foreground = _points(request.get("foreground"), "foreground", size_xyz)
+    if "background" not in clicks and request.get("background"):
+        clicks[BACKGROUND] = _points(request.get("background"), BACKGROUND, size_xyz)
+    parsed = ClickRequest(organs, clicks, foreground)
+    count = len(parsed.all_clicks())
+    if count == 0:
+        raise InputError("no clicks: send points as {organ name or 'background': [[i, j, k], ...]}")
+    if count > MAX_CLICKS:
+        raise InputError(f"{count} clicks in one request; at most {MAX_CLICKS}")
+    if not organs and not foreground:
+        parsed.organs = sorted(organ_id(n) for n in clicks if n != BACKGROUND)
+    elif not organs:
+        raise InputError("foreground clicks need the organ they are for ('label')")
+    return parsed
+
+
+def _points(value: Any, name: str, size_xyz: Sequence[int]) -> List[Voxel]:
+    """Voxel indices (i, j, k) -> array indices (z, y, x), checked."""
+    if value in (None, "", []):
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise InputError(f"clicks for {name!r} must be a list of [i, j, k] voxel indices")
+    out = []
+    for point in value:
+        if (
+            not isinstance(point, (list, tuple))
+            or len(point) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in point)
+        ):
+            raise InputError(f"a click for {name!r} is not three voxel indices [i, j, k]: {str(point)[:60]}")
+        ijk = [int(round(v)) for v in point]
+        if any(v < 0 or v >= n for v, n in zip(ijk, size_xyz)):
+            raise Unprocessable(f"the click {ijk} for {name!r} lies outside the image of {list(size_xyz)} voxels")
+        out.append((ijk[2], ijk[1], ijk[0]))
+    return out

@@ -1,0 +1,172 @@
+"""Interactive correction through the real server and the client class 3D Slicer uses: the click model trains on
+the final labels (MONAI DeepEdit's simulated clicks), a junior's clicks change one organ near them, and each answer is
+a label version by the junior's token.
+
+The click model here has had two training steps: its network is barely trained, so these tests check what the
+server guarantees whatever the network says (the click rules of models.click_merge, the saves, the refusals);
+``make bench-clicks`` measures what a trained one is worth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from monailabel.client.client import MONAILabelClientException
+from scipy import ndimage
+
+from amoslabel.config import load_config
+from review.schema import Case, LabelVersion, User
+from review.service import ReviewService
+from tests.app.test_server import status_of, train
+from tests.conftest import login
+from tests.review.conftest import add_users
+
+CASE = "click_ct"
+LIVER = 6
+
+
+@pytest.fixture(scope="module")
+def scan(shared):
+    return shared / "ct" / "ts_abdomen_ct.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def truth(shared) -> sitk.Image:
+    return sitk.ReadImage(str(shared / "ct" / "ts_abdomen_ct_label.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def trained(client):
+    """The click model with one version, trained through POST /train/deepedit."""
+    info = client.info()["models"]["deepedit"]
+    assert info["type"] == "deepedit" and list(info["labels"]) == list(client.info()["labels"])
+    status = train(client, "deepedit", {"max_epochs": 1, "iterations_per_epoch": 2, "val_interval": 1})
+    assert status["status"] == "DONE", status
+    return client.info()["models"]["deepedit"]
+
+
+@pytest.fixture(scope="module")
+def junior(server, client, sample_studies, scan, tmp_path_factory):
+    """The junior the click case is with, logged in as Slicer logs in (the case is routed to the least loaded)."""
+    add_users(sample_studies, [("clicker", "junior")])
+    client.upload_image(str(scan), image_id=CASE)
+    client.infer("prior", CASE, {})  # the first pre-label starts the case's workflow
+    service = ReviewService(load_config(), str(sample_studies))
+    try:
+        with service.store.read() as s:
+            junior_id = s.get(Case, CASE).junior_id
+            name = s.get(User, junior_id).name if junior_id else "clicker"
+        token = service.accounts.issue_token(name, actor="tests")
+    finally:
+        service.store.dispose()
+    user = login(server.url, tmp_path_factory.mktemp("junior"), name, token)
+    assert user.next_sample("review_queue", {})["id"] == CASE
+    return name, user
+
+
+def versions_of(sample_studies, case_id):
+    service = ReviewService(load_config(), str(sample_studies))
+    try:
+        with service.store.read() as s:
+            rows = s.query(LabelVersion).filter(LabelVersion.case_id == case_id).order_by(LabelVersion.id).all()
+            names = {u.id: u.name for u in s.query(User).all()}
+            return [(v.id, v.kind, names.get(v.author_user_id), dict(v.info or {})) for v in rows]
+    finally:
+        service.store.dispose()
+
+
+def centre(mask: np.ndarray):
+    return tuple(int(v) for v in np.argwhere(mask).mean(axis=0).round())
+
+
+def ijk(zyx):
+    return [int(zyx[2]), int(zyx[1]), int(zyx[0])]
+
+
+def test_the_click_model_is_listed_for_slicer_and_trains_on_finals(trained, sample_studies):
+    assert trained["trained"] is True and trained["serving_version"] == 1
+    meta = (sample_studies / ".amoslabel" / "models" / "deepedit" / "v0001" / "meta.json").read_text()
+    assert '"kind": "click"' in meta and '"guidance_labels"' in meta
+
+
+def test_clicks_grow_a_missed_part_and_remove_a_false_blob_and_nothing_else(
+    trained, junior, truth, sample_studies, tmp_path
+):
+    name, user = junior
+    reference = sitk.GetArrayFromImage(truth)
+    start = reference.copy()
+    liver = reference == LIVER
+    hole_at = tuple(int(v) for v in np.unravel_index(ndimage.distance_transform_edt(liver).argmax(), liver.shape))
+    zz, yy, xx = np.ogrid[: start.shape[0], : start.shape[1], : start.shape[2]]
+    hole = liver & ((zz - hole_at[0]) ** 2 + (yy - hole_at[1]) ** 2 + (xx - hole_at[2]) ** 2 <= 4**2)
+    start[hole] = 0  # a missed part inside the liver
+    empty = ndimage.binary_erosion(start == 0, iterations=6) & (ndimage.distance_transform_edt(~liver) > 30)
+    blob_at = tuple(int(v) for v in np.argwhere(empty)[len(np.argwhere(empty)) // 2])
+    blob = np.zeros_like(liver)
+    blob[tuple(slice(c - 2, c + 3) for c in blob_at)] = True
+    start[blob] = LIVER  # a false blob of liver, far from it
+    uploaded = sitk.GetImageFromArray(start)
+    uploaded.CopyInformation(truth)
+    path = tmp_path / "current.nii.gz"
+    sitk.WriteImage(uploaded, str(path))
+    others = (start != 0) & (start != LIVER)
+
+    # 1. Slicer's form: the segment being edited and its landmarks; the label to correct uploaded
+    result_file, params = user.infer("deepedit", CASE, {"label": "liver", "liver": [ijk(hole_at)]}, label_in=str(path))
+    grown = sitk.GetArrayFromImage(sitk.ReadImage(result_file))
+    assert params["organs"] == ["liver"] and params["started_from"] == "upload"
+    assert grown[hole_at] == LIVER and (grown == LIVER).sum() > (start == LIVER).sum()
+    assert np.array_equal(grown[others], start[others])  # every other organ, voxel for voxel
+    assert not ((grown != start) & (grown != LIVER) & (grown != 0)).any()  # and no voxel became another organ
+    changed = np.argwhere(grown != start)
+    spacing = np.array(truth.GetSpacing())[::-1]
+    margin = load_config().clicks.margin_mm + spacing.max()  # the box is whole voxels
+    assert (np.abs(changed - hole_at) * spacing <= margin).all()  # near the click
+
+    # 2. OHIF's form: background points only, no organ named, no upload: the server's current label (the version
+    # step 1 saved) and the organ under the click
+    result_file, params = user.infer("deepedit", CASE, {"background": [ijk(blob_at)]})
+    cleaned = sitk.GetArrayFromImage(sitk.ReadImage(result_file))
+    assert params["organs"] == ["liver"] and params["started_from"] == "case"
+    assert not (cleaned[blob] == LIVER).any()  # the false blob, whole
+    assert np.array_equal(cleaned[cleaned != grown], np.zeros((cleaned != grown).sum(), np.uint8))
+    assert np.array_equal(cleaned[others], start[others])
+
+    # each answer is a label version by the junior whose token asked, kept as the working label
+    saved = [v for v in versions_of(sample_studies, CASE) if v[3].get("via") == "clicks"]
+    assert [(v[0], v[1], v[2]) for v in saved] == [
+        (params_id, "junior", name) for params_id in (saved[0][0], params["label_version"])
+    ]
+    stored = sample_studies / "labels" / "working" / f"{CASE}.nii.gz"
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(stored))), cleaned)
+
+
+def test_bad_clicks_are_refused_and_nothing_is_saved(trained, junior, client, server, shared, sample_studies):
+    name, user = junior
+    before = versions_of(sample_studies, CASE)
+    off_grid = str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz")
+    cases = [
+        ({"label": "liver", "liver": [[9999, 5, 5]]}, None, 422, "outside the image"),
+        ({"label": "liver", "liver": [[-1, 5, 5]]}, None, 422, "outside the image"),
+        ({"label": "tumour", "tumour": [[5, 5, 5]]}, None, 400, "unknown organ"),
+        ({"label": "liver", "liver": [["a", 5, 5]]}, None, 400, "three voxel indices"),
+        ({"label": "liver"}, None, 400, "no clicks"),
+        ({"label": "liver", "liver": [[50, 50, 50]]}, off_grid, 422, "grid"),
+        ({"label": "liver", "liver": [[50, 50, 50]], "current_label_file": "/etc/passwd"}, None, None, None),
+    ]
+    for params, label_in, expected, words in cases:
+        if expected is None:  # a client cannot name a file for the server to read: the key is dropped
+            _, answer = user.infer("deepedit", CASE, params)
+            assert answer["started_from"] == "case"
+            before = versions_of(sample_studies, CASE)
+            continue
+        with pytest.raises(MONAILabelClientException) as err:
+            user.infer("deepedit", CASE, params, label_in=label_in)
+        assert status_of(err.value) == expected and words in err.value.msg, err.value.msg
+    # the admin is not the case's junior: a click it asks for is not saved as anybody's
+    with pytest.raises(MONAILabelClientException) as err:
+        client.infer("deepedit", CASE, {"label": "liver", "liver": [[50, 50, 50]]})
+    assert status_of(err.value) == 403
+    assert versions_of(sample_studies, CASE) == before
+    assert server.alive()
