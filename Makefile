@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # test modules run on this many workers (pytest-xdist; each module stays whole, in order, on one worker)
 TEST_WORKERS ?= 2
 
-.PHONY: run run-dicomweb run-team test env reliability bench bench-attention bench-cohort bench-effort bench-nnunet-model bench-metrics bench-review bench-review-profile bench-keepalive baselines prior-check learning-check al-simulation lint clean
+.PHONY: run run-dicomweb run-team test env reliability bench bench-attention bench-clicks bench-cohort bench-effort bench-nnunet-model bench-metrics bench-review bench-review-profile bench-keepalive baselines prior-check learning-check al-simulation lint clean
 
 env:
 	@scripts/bootstrap.sh
@@ -109,6 +109,12 @@ bench-attention: env
 # pre-labels all 2,000, about 30 min more on 2 cores).
 bench-cohort: env
 	$(PY) -m bench.cohort $(COHORT_ARGS)
+
+# Clicks to Dice 0.90 (NoC@90) from the atlas prior and from a trained segmentor, with and without a click model
+# trained on simulated clicks, on synthetic held-out volumes and the real scans; the click round trip through the real
+# server (.bench/clicks/; about 25 min on 2 cores; CLICK_ARGS: --parts latency for the round trip alone).
+bench-clicks: env
+	$(PY) -m bench.clicks $(CLICK_ARGS)
 
 # The atlas prior on the real CT and MRI, from an atlas built without them (per-organ Dice).
 prior-check: env

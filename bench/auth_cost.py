@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,21 +23,14 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
-import yaml  # noqa: E402
 
 from amoslabel.config import load_config  # noqa: E402
 from amoslabel.data.importer import import_source  # noqa: E402
-from amoslabel.server.launch import server_command, server_environment  # noqa: E402
 from amoslabel.workspace import BENCH_OUTPUT, PROJECT_ROOT  # noqa: E402
+from bench.server import start_bench_server  # noqa: E402
 from review.service import ReviewService  # noqa: E402
 
 PASSWORD = "bench-password-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _percentiles(ms: List[float]) -> Dict[str, float]:
@@ -61,31 +52,8 @@ def _time(session: requests.Session, method: str, url: str, n: int, **kwargs) ->
 
 
 def _server(studies: Path, work: Path, auth: bool):
-    port = _free_port()
-    config = yaml.safe_load((PROJECT_ROOT / "apps.yaml").read_text())
-    config["active_learning"]["enabled"] = False
-    (work / "apps.yaml").write_text(yaml.safe_dump(config))
-    conf = {"preset": "cpu-fast", "auth": "true" if auth else "false", "config": str(work / "apps.yaml")}
-    log = open(work / f"server-{'auth' if auth else 'open'}.log", "w")
-    process = subprocess.Popen(
-        server_command(str(studies), "127.0.0.1", port, conf),
-        env=server_environment({"OMP_NUM_THREADS": "1"}),
-        cwd=work,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{url}/auth/", timeout=2).ok:
-                return process, url
-        except requests.RequestException:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.5)
-    raise RuntimeError(f"server did not start; see {log.name}")
+    conf = {"preset": "cpu-fast", "auth": "true" if auth else "false"}
+    return start_bench_server(studies, work, conf, f"server-{'auth' if auth else 'open'}.log", {"OMP_NUM_THREADS": "1"})
 
 
 def main(argv=None) -> int:

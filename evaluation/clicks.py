@@ -75,6 +75,7 @@ class ClicksToGoal:
     dice: List[float] = field(default_factory=list)
     clicks: List[Click] = field(default_factory=list)
     reached_at: Optional[int] = None  # clicks to the goal; None: not within the cap
+    final: Optional[np.ndarray] = field(default=None, repr=False)  # the label after the last click
 
     def noc(self, cap: int) -> int:
         """Number of clicks to the goal, counted as ``cap`` when it was not reached (the usual NoC convention)."""
@@ -94,6 +95,7 @@ def clicks_to_goal(
     run = ClicksToGoal(organ)
     label = start
     run.dice.append(organ_dice(label, truth, organ))
+    run.final = label
     if run.dice[0] >= goal:
         run.reached_at = 0
         return run
@@ -103,8 +105,20 @@ def clicks_to_goal(
             break
         run.clicks.append(click)
         label = refine(label, list(run.clicks))
+        run.final = label
         run.dice.append(organ_dice(label, truth, organ))
         if run.dice[-1] >= goal:
             run.reached_at = len(run.clicks)
             break
     return run
+
+
+#: Seconds per click round, an assumption like :class:`evaluation.effort.EffortModel`'s: find the error on the
+#: slice (the voxel-editing model's 4 s per slice), click, wait for the answer (1-2 s measured on CPU) and look at it.
+T_CLICK_S = 6.0
+
+
+def click_minutes(run: ClicksToGoal, minutes_left: float, t_click_s: float = T_CLICK_S) -> float:
+    """Estimated minutes of a correction by clicks: the clicks made, plus voxel editing of whatever they left wrong
+    (``minutes_left``: :func:`evaluation.effort.correction_effort` of the last label)."""
+    return len(run.clicks) * t_click_s / 60 + minutes_left

@@ -19,6 +19,7 @@ rules alone). Without either: 409.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -124,7 +125,7 @@ class ClickInferTask(InferTask):
         spacing = tuple(reversed(geometry.spacing))
         margin = self.app_config.clicks.margin_mm
         boxes = {organ: click_box(self._organ_clicks(clicks, organ), label.shape, margin, spacing) for organ in organs}
-        roi = _union(boxes.values(), label.shape, self.app_config.clicks.context_mm, spacing)
+        roi = region_around(boxes.values(), label.shape, self.app_config.clicks.context_mm, spacing)
         before = label.copy()
         with self.gate.held():
             for organ in organs:
@@ -159,7 +160,8 @@ class ClickInferTask(InferTask):
     def _scan(self, request: Dict[str, Any]) -> Dict[str, Any]:
         """The loaded scan (SimpleITK) with its modality; the last few stay in memory for the next click."""
         path = request["image"]
-        key = f"{path}|{request.get('modality')}"
+        changed = os.path.getmtime(path) if os.path.exists(path) else 0.0  # a replaced file is read anew
+        key = f"{path}|{changed}|{request.get('modality')}"
         with self._lock:
             cached = self._scans.get(key)
             if cached is not None:
@@ -242,16 +244,34 @@ class ClickInferTask(InferTask):
             data = transform(data)
         grid: Geometry = data["grid"]
         on_grid = {name: _to_grid(points, roi, crop, grid) for name, points in guidance.items()}
-        inputs = guidance_channels(data["image"], {n: p for n, p in on_grid.items() if p})
-        predictor = SlidingWindowPredictor(zyx(recipe.patch_size(data["modality"])), 0.25, 1, tta_flip=False)
-        probabilities = predictor(torch.as_tensor(inputs)[None].to(device), network)[0]
-        organ_on_grid = (probabilities.argmax(dim=0) == organ).to(torch.uint8).cpu().numpy()
+        patch = zyx(recipe.patch_size(data["modality"]))
+        organ_on_grid = organ_mask(network, data["image"], on_grid, organ, patch, device).astype(np.uint8)
         mask = grid.apply_to(sitk.GetImageFromArray(organ_on_grid))
         back = sitk.Resample(mask, crop, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         return sitk.GetArrayFromImage(back).astype(bool)
 
 
-def _union(boxes, shape: Sequence[int], context_mm: float, spacing: Sequence[float]) -> Box:
+def organ_mask(
+    network: torch.nn.Module,
+    image: np.ndarray,
+    guidance: Dict[str, List[Voxel]],
+    organ: int,
+    patch_zyx: Sequence[int],
+    device: str,
+) -> np.ndarray:
+    """Where the click network puts ``organ`` in ``image`` (1, z, y, x) given the clicks (label name -> voxels).
+
+    A region smaller than the training patch runs in one window of its own size (rounded up to 16 voxels, what a
+    five-level UNet divides by), so a click near a small organ costs a small forward pass.
+    """
+    inputs = guidance_channels(image, {name: points for name, points in guidance.items() if points})
+    window = [min(int(p), int(np.ceil(n / 16) * 16)) for p, n in zip(patch_zyx, image.shape[1:])]
+    predictor = SlidingWindowPredictor(window, 0.25, 1, tta_flip=False)
+    probabilities = predictor(torch.as_tensor(inputs)[None].to(device), network)[0]
+    return (probabilities.argmax(dim=0) == organ).cpu().numpy()
+
+
+def region_around(boxes, shape: Sequence[int], context_mm: float, spacing: Sequence[float]) -> Box:
     """The smallest box holding ``boxes``, widened by ``context_mm`` and clipped to the volume."""
     boxes = list(boxes)
     margin = np.ceil(context_mm / np.asarray(spacing, dtype=float)).astype(int)

@@ -34,7 +34,7 @@ from monai.apps.deepedit.transforms import (
 from monai.transforms import Activationsd, AsDiscreted, Compose, SelectItemsd, ToNumpyd, ToTensord
 from monailabel.tasks.train.basic_train import Context
 
-from amoslabel.config import AppConfig, NetworkSettings
+from amoslabel.config import AppConfig, ClickSettings, NetworkSettings
 from models.click_network import CLICK_INPUT_CHANNELS, GUIDANCE_LABELS, build_click_network, warm_start
 from models.infer_task import as_bool
 from models.train_task import SegmentationTrainTask
@@ -90,6 +90,34 @@ class GuidanceAsText:
         return d
 
 
+def simulated_clicks(clicks: ClickSettings) -> Interaction:
+    """MONAI DeepEdit's click simulation for a trainer's ``iteration_update``: predict, find where the prediction is
+    wrong, click there, for up to ``max_interactions`` rounds in a share ``deepgrow_probability`` of the steps."""
+    return Interaction(
+        deepgrow_probability=clicks.deepgrow_probability,
+        transforms=[
+            Activationsd(keys="pred", softmax=True),
+            AsDiscreted(keys="pred", argmax=True),
+            ToNumpyd(keys=("image", "label", "pred")),
+            FindDiscrepancyRegionsDeepEditd(keys="label", pred="pred", discrepancy="discrepancy"),
+            AddRandomGuidanceDeepEditd(
+                keys="NA", guidance="guidance", discrepancy="discrepancy", probability="probability"
+            ),
+            AddGuidanceSignalDeepEditd(keys="image", guidance="guidance", number_intensity_ch=1),
+            GuidanceAsText(),
+            ToTensord(keys=("image", "label")),
+        ],
+        train=True,
+        label_names=dict(GUIDANCE_LABELS),
+        max_interactions=clicks.max_interactions,
+    )
+
+
+def with_initial_clicks(seed: int) -> list:
+    """The transforms that end a click model's training pipeline (after patches and augmentation)."""
+    return [InitialClicks(seed), GuidanceAsText(), SelectItemsd(keys=["image", "label", "label_names", "guidance"])]
+
+
 class ClickTrainTask(SegmentationTrainTask):
     """Train the click model on the final labels with simulated clicks; publish its next version."""
 
@@ -128,31 +156,10 @@ class ClickTrainTask(SegmentationTrainTask):
     def train_pre_transforms(self, context: Context):
         segmentation = super().train_pre_transforms(context).transforms
         seed = int(context.request["seed"]) + self._rank(context)
-        return Compose(
-            list(segmentation[:-1])
-            + [InitialClicks(seed), GuidanceAsText(), SelectItemsd(keys=["image", "label", "label_names", "guidance"])]
-        )
+        return Compose(list(segmentation[:-1]) + with_initial_clicks(seed))
 
     def iteration_update(self, context: Context) -> Interaction:
-        clicks = self.app_config.clicks
-        return Interaction(
-            deepgrow_probability=clicks.deepgrow_probability,
-            transforms=[
-                Activationsd(keys="pred", softmax=True),
-                AsDiscreted(keys="pred", argmax=True),
-                ToNumpyd(keys=("image", "label", "pred")),
-                FindDiscrepancyRegionsDeepEditd(keys="label", pred="pred", discrepancy="discrepancy"),
-                AddRandomGuidanceDeepEditd(
-                    keys="NA", guidance="guidance", discrepancy="discrepancy", probability="probability"
-                ),
-                AddGuidanceSignalDeepEditd(keys="image", guidance="guidance", number_intensity_ch=1),
-                GuidanceAsText(),
-                ToTensord(keys=("image", "label")),
-            ],
-            train=True,
-            label_names=dict(GUIDANCE_LABELS),
-            max_interactions=clicks.max_interactions,
-        )
+        return simulated_clicks(self.app_config.clicks)
 
     def validation_network(self, network: torch.nn.Module) -> torch.nn.Module:
         return WithoutClicks(network)

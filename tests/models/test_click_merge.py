@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.click_merge import click_box, merge_organ
+from models.click_merge import click_box, merge_organ, refine_organ
 
 LIVER, STOMACH = 6, 7
 
@@ -52,3 +52,60 @@ def test_a_box_sized_mask_is_accepted_and_a_wrong_one_refused(label):
 def test_clicks_outside_the_volume_or_malformed_are_refused(label, voxels):
     with pytest.raises(ValueError):
         click_box(voxels, label.shape, margin_mm=10.0, spacing=(1.0, 1.0, 1.0))
+
+
+@pytest.fixture
+def clean():
+    out = np.zeros((40, 40, 40), np.uint8)
+    out[5:25, 5:25, 5:25] = LIVER
+    out[5:25, 26:36, 5:25] = STOMACH
+    return out
+
+
+def test_a_foreground_click_adds_the_networks_region_that_holds_it_and_nothing_else(clean):
+    label = clean.copy()
+    label[10:16, 10:16, 10:16] = 0  # a missed part of the liver
+    network = clean == LIVER
+    network[30:38, 30:38, 30:38] = True  # a false region of the network's, away from the click
+    box = click_box([[13, 13, 13]], label.shape, margin_mm=40.0, spacing=(1.0, 1.0, 1.0))
+    out = refine_organ(label, LIVER, network, [(13, 13, 13)], [], box)
+    assert (out[10:16, 10:16, 10:16] == LIVER).all()  # the missed part is back
+    assert not (out[30:38, 30:38, 30:38] == LIVER).any()  # not connected to the click: not added
+    assert np.array_equal(out == STOMACH, clean == STOMACH)
+    # a foreground click never takes anything away, even where the network disagrees
+    assert not ((label == LIVER) & (out != LIVER)).any()
+
+
+def test_a_foreground_click_the_network_misses_still_takes_its_voxel_but_never_another_organs(clean):
+    nothing = np.zeros(clean.shape, bool)
+    box = click_box([[30, 30, 30]], clean.shape, margin_mm=5.0, spacing=(1.0, 1.0, 1.0))
+    out = refine_organ(clean, LIVER, nothing, [(30, 30, 30)], [], box)
+    assert out[30, 30, 30] == LIVER and (out != clean).sum() == 1
+    on_stomach = click_box([[10, 30, 10]], clean.shape, margin_mm=5.0, spacing=(1.0, 1.0, 1.0))
+    assert np.array_equal(refine_organ(clean, LIVER, ~nothing, [(10, 30, 10)], [], on_stomach), clean)
+
+
+def test_a_background_click_removes_a_false_blob_whole_but_only_what_the_network_rejects_of_the_organ(clean):
+    label = clean.copy()
+    label[30:34, 30:34, 30:34] = LIVER  # a false blob, inside the click's box
+    network = clean == LIVER  # the network keeps the true liver, blob or not
+    network[30:34, 30:34, 30:34] = True  # and even agrees with the blob: it goes anyway
+    box = click_box([[32, 32, 32]], label.shape, margin_mm=6.0, spacing=(1.0, 1.0, 1.0))
+    out = refine_organ(label, LIVER, network, [], [(32, 32, 32)], box)
+    assert np.array_equal(out, clean)
+    # a leak of the liver itself (reaching past the box): only the voxels the network rejects go
+    leak = clean.copy()
+    leak[25:28, 5:25, 5:25] = LIVER
+    box = click_box([[26, 15, 15]], leak.shape, margin_mm=4.0, spacing=(1.0, 1.0, 1.0))
+    out = refine_organ(leak, LIVER, clean == LIVER, [], [(26, 15, 15)], box)
+    inside = np.zeros(leak.shape, bool)
+    inside[box] = True
+    assert not (out[25:28][inside[25:28]] == LIVER).any()  # the leak, inside the box
+    assert np.array_equal(out[~inside], leak[~inside])  # outside the box nothing moves
+    assert (out[5:25, 5:25, 5:25] == LIVER).all()  # the organ itself stays
+
+
+def test_clicks_outside_the_box_are_refused(clean):
+    box = click_box([[10, 10, 10]], clean.shape, margin_mm=2.0, spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="outside the box"):
+        refine_organ(clean, LIVER, clean == LIVER, [(30, 30, 30)], [], box)

@@ -1,0 +1,311 @@
+"""Clicks to a Dice goal (NoC@90) and the click round trip (``make bench-clicks``).
+
+On SYNTHETIC volumes made from the real label maps (:mod:`amoslabel.data.synthetic`, the active-learning
+simulation's cases at ``--spacing`` mm on a ``--grid``^3 grid) and on the REAL scans with labels in
+``../shared/data``:
+
+1. A segmentor (the simulation's small 3D UNet) trains ``--seg-steps`` on the synthetic pool. The click model is
+   that network with MONAI DeepEdit's guidance channels, warm-started from it (:func:`models.click_network.warm_start`)
+   and trained ``--click-steps`` more with DeepEdit's simulated clicks, by the same transforms and MONAI
+   ``Interaction`` as the server's train task (:func:`models.click_train.simulated_clicks`).
+2. Starts: the atlas prior's pre-label (an atlas of pool labels, placed on each scan as the server places it) and
+   the segmentor's pre-label. Refiners: ``rules`` (the segmentor's network answers, the clicks act through
+   :func:`models.click_merge.refine_organ`'s rules alone: the click model before any click training) and ``clicks``
+   (the trained click model). Both run as the server does: :func:`models.click_task.organ_mask` on a region around
+   the clicks, then :func:`~models.click_merge.refine_organ`.
+3. The simulated annotator (:mod:`evaluation.clicks`) clicks at the centre of an organ's largest error region, one
+   click a round, until Dice 0.90 or 20 clicks (NoC@90, a run that misses counts 20), per organ present in the
+   reference, on validation volumes no model trained on and on the real scans. Per organ: the median NoC and the
+   share that reached the goal; the headline is the median organ's NoC (goal: <= 5 on the synthetic set).
+4. Minutes (assumptions, :mod:`evaluation.effort` and :data:`evaluation.clicks.T_CLICK_S`): voxel editing of the
+   start against clicks plus voxel editing of what the clicks left.
+5. ``latency``: one click round trip through the real server (``monailabel.client``, a junior's token, the click
+   saved as a label version) on the real CHAOS CT series (512 x 512 x 78) and the real 3 mm CT, at the ``cpu-fast``
+   preset: p50 and p95 over ``--latency-clicks`` clicks (target: p95 <= 2 s on 2 cores).
+
+    python -m bench.clicks [--parts synthetic,real,latency --seg-steps 1000 --click-steps 400 --cases 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from amoslabel.workspace import BENCH_OUTPUT  # noqa: E402
+
+import bench.al_simulation as simulation  # noqa: E402
+from amoslabel.config import ClickSettings, load_config  # noqa: E402
+from amoslabel.organs import ORGANS  # noqa: E402
+from bench.attention import real_cases  # noqa: E402
+from evaluation.clicks import Click, click_minutes, clicks_to_goal  # noqa: E402
+from evaluation.effort import correction_effort  # noqa: E402
+from models.click_merge import click_box, refine_organ  # noqa: E402
+from models.click_network import build_click_network, warm_start  # noqa: E402
+from models.click_request import BACKGROUND, ORGAN_NAMES  # noqa: E402
+from models.click_task import organ_mask, region_around  # noqa: E402
+from models.click_train import simulated_clicks, with_initial_clicks  # noqa: E402
+from models.losses import build_loss  # noqa: E402
+
+CHANNELS = (8, 16, 32, 64)
+STARTS = ("prior", "segmentor")
+REFINERS = ("rules", "clicks")
+PARTS = ("synthetic", "real", "latency")
+
+
+class Refiner:
+    """A click network answering as the server's click task does: on a region around the clicks, one organ."""
+
+    def __init__(self, network: torch.nn.Module, case: simulation.Case, settings: ClickSettings):
+        self.network = network.eval()
+        self.case = case
+        self.settings = settings
+        self.spacing = (simulation.SPACING,) * 3
+
+    def __call__(self, label: np.ndarray, clicks: List[Click]) -> np.ndarray:
+        organ = clicks[0].organ
+        positives = [c.voxel for c in clicks if c.positive]
+        negatives = [c.voxel for c in clicks if not c.positive]
+        box = click_box([c.voxel for c in clicks], label.shape, self.settings.margin_mm, self.spacing)
+        roi = region_around([box], label.shape, self.settings.context_mm, self.spacing)
+        local = {
+            ORGAN_NAMES[organ]: [_local(p, roi) for p in positives],
+            BACKGROUND: [_local(p, roi) for p in negatives],
+        }
+        image = self.case.input[(slice(None),) + roi]
+        mask = organ_mask(self.network, image, local, organ, (simulation.GRID,) * 3, "cpu")
+        inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, roi))
+        return refine_organ(label, organ, mask[inner], positives, negatives, box)
+
+
+def _local(voxel, roi):
+    return tuple(int(v) - r.start for v, r in zip(voxel, roi))
+
+
+def click_network_from(segmentor: torch.nn.Module) -> torch.nn.Module:
+    network = build_click_network("dynunet", {"filters": list(CHANNELS), "norm": "instance"})
+    warm_start(network, segmentor.state_dict())
+    return network
+
+
+def train_click_model(segmentor, pool: Sequence[simulation.Case], steps: int, seed: int, lr: float):
+    """The segmentor warm-started into a click network and trained with MONAI DeepEdit's simulated clicks."""
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedTrainer
+    from monai.inferers import SimpleInferer
+    from monai.transforms import Compose
+    from ignite.engine import Events
+    from torch.utils.data import RandomSampler
+
+    network = click_network_from(segmentor)
+    items = [{"image": c.input, "label": c.label[None].astype(np.float32)} for c in pool]
+    data = Dataset(items, Compose(with_initial_clicks(seed)))
+    loader = DataLoader(data, batch_size=2, sampler=RandomSampler(data, replacement=True, num_samples=2 * steps))
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        epoch_length=steps,
+        train_data_loader=loader,
+        network=network,
+        optimizer=torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-5),
+        loss_function=build_loss("dice_balanced_ce"),
+        inferer=SimpleInferer(),
+        iteration_update=simulated_clicks(ClickSettings()),
+    )
+    bar = tqdm(total=steps, desc="click model (simulated clicks)", unit="step")
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: bar.update(1))
+    trainer.run()
+    bar.close()
+    return network.eval()
+
+
+def prior_prelabels(pool, cases, threshold: float) -> Dict[str, np.ndarray]:
+    """The atlas prior's pre-label of each case: the most probable organ where it reaches ``threshold``."""
+    labels = {}
+    for name, probabilities in simulation.prior_members(pool, cases).items():
+        organs = probabilities[1:]
+        labels[name] = np.where(organs.max(axis=0) >= threshold, organs.argmax(axis=0) + 1, 0)
+    return labels
+
+
+def measure(cases, starts: Dict[str, Dict[str, np.ndarray]], refiners, goal: float, cap: int, desc: str) -> dict:
+    """NoC per (start, refiner, case, organ), with the minutes by voxel editing and by clicks."""
+    spacing = (simulation.SPACING,) * 3
+    runs: Dict[str, List[dict]] = {}
+    total = len(starts) * len(refiners) * len(cases)
+    bar = tqdm(total=total, desc=desc, unit="case")
+    for start_name, labels in starts.items():
+        for refiner_name, network in refiners.items():
+            key = f"{start_name} + {refiner_name}"
+            runs[key] = []
+            for case in cases:
+                start = labels[case.name].astype(np.uint8)
+                truth = case.label.astype(np.uint8)
+                voxel = correction_effort(start, truth, spacing)
+                refine = Refiner(network, case, ClickSettings())
+                for organ in ORGANS:
+                    if not (truth == organ.id).any():
+                        continue
+                    run = clicks_to_goal(start, truth, organ.id, refine, goal, cap, spacing)
+                    left = correction_effort(run.final, truth, spacing, organs=[organ]).get(organ.id)
+                    runs[key].append(
+                        {
+                            "case": case.name,
+                            "organ": organ.name,
+                            "noc": run.noc(cap),
+                            "reached": run.reached_at is not None,
+                            "dice": [round(d, 4) for d in run.dice],
+                            "voxel_minutes": round(voxel[organ.id].minutes if organ.id in voxel else 0.0, 3),
+                            "click_minutes": round(click_minutes(run, left.minutes if left else 0.0), 3),
+                        }
+                    )
+                bar.update(1)
+    bar.close()
+    return {key: {"runs": rows, **summary(rows)} for key, rows in runs.items()}
+
+
+def summary(rows: List[dict]) -> dict:
+    """Per organ: median NoC and the share that reached the goal; the median organ's NoC; minutes in all."""
+    organs = {}
+    for organ in ORGANS:
+        mine = [r for r in rows if r["organ"] == organ.name]
+        if mine:
+            organs[organ.name] = {
+                "median_noc": float(statistics.median(r["noc"] for r in mine)),
+                "reached": round(sum(r["reached"] for r in mine) / len(mine), 3),
+                "start_dice": round(float(np.mean([r["dice"][0] for r in mine])), 3),
+                "runs": len(mine),
+            }
+    return {
+        "organs": organs,
+        "median_organ_noc": float(statistics.median(o["median_noc"] for o in organs.values())) if organs else None,
+        "voxel_minutes": round(sum(r["voxel_minutes"] for r in rows), 1),
+        "click_minutes": round(sum(r["click_minutes"] for r in rows), 1),
+    }
+
+
+def synthetic_and_real(args, parts: Sequence[str]) -> Dict[str, Any]:
+    simulation.GRID, simulation.SPACING = args.grid, args.spacing
+    torch.manual_seed(args.seed)
+    pool, validation = simulation.make_cases(args.per_source, args.seed)
+    validation = validation[: args.cases]
+    segmentor = simulation.Learner(args.seed, CHANNELS, args.lr)
+    started = time.time()
+    for _ in tqdm(range(args.seg_steps // 50 or 1), desc=f"segmentor ({args.seg_steps} steps)", unit="x50 steps"):
+        segmentor.train(pool, min(50, args.seg_steps))
+    seg_s = time.time() - started
+    started = time.time()
+    clicks = train_click_model(segmentor.network, pool, args.click_steps, args.seed, args.click_lr)
+    click_s = time.time() - started
+    refiners = {"rules": click_network_from(segmentor.network).eval(), "clicks": clicks}
+    threshold = load_config().prior.threshold
+    out: Dict[str, Any] = {
+        "training": {
+            "pool": len(pool),
+            "segmentor_steps": args.seg_steps,
+            "segmentor_seconds": round(seg_s),
+            "click_steps": args.click_steps,
+            "click_seconds": round(click_s),
+            "validation_mdice": round(simulation.validate(segmentor, validation), 4),
+        }
+    }
+    sets = {"synthetic": validation, "real": real_cases() if "real" in parts else []}
+    for name, cases in sets.items():
+        if name not in parts or not cases:
+            continue
+        starts = {
+            "prior": prior_prelabels(pool, cases, threshold),
+            "segmentor": {c.name: segmentor.probabilities(c).argmax(0) for c in cases},
+        }
+        out[name] = measure(cases, starts, refiners, args.goal, args.cap, f"NoC@{int(args.goal * 100)} {name}")
+    return out
+
+
+def latency(clicks: int) -> Dict[str, Any]:
+    """Click round trips through the real server, as a junior in Slicer's client class (see the module docstring)."""
+    from bench.click_latency import measure_round_trips
+
+    return measure_round_trips(clicks)
+
+
+def markdown(results: Dict[str, Any], goal: float, cap: int) -> str:
+    lines = [f"# Clicks to Dice {goal:.2f} (NoC@{int(goal * 100)}, capped at {cap})", ""]
+    if "training" in results:
+        t = results["training"]
+        lines += [
+            f"Segmentor: {t['segmentor_steps']} steps ({t['segmentor_seconds']} s), validation mDice "
+            f"{t['validation_mdice']}; click model: {t['click_steps']} steps with simulated clicks "
+            f"({t['click_seconds']} s); pool {t['pool']} synthetic volumes.",
+            "",
+        ]
+    for name in ("synthetic", "real"):
+        if name not in results:
+            continue
+        lines += [f"## {name}", "", "| start + refiner | median organ NoC | voxel-editing min | click min |"]
+        lines += ["|---|---|---|---|"]
+        for key, s in results[name].items():
+            lines.append(f"| {key} | {s['median_organ_noc']} | {s['voxel_minutes']} | {s['click_minutes']} |")
+        lines += ["", "| organ | " + " | ".join(results[name]) + " |", "|---" * (1 + len(results[name])) + "|"]
+        for organ in ORGANS:
+            cells = []
+            for s in results[name].values():
+                o = s["organs"].get(organ.name)
+                cells.append(f"{o['median_noc']:g} ({o['reached']:.0%}, Dice {o['start_dice']})" if o else "-")
+            lines.append(f"| {organ.name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "latency" in results:
+        lines += ["## Click round trip (real server, cpu-fast, 2 cores)", "", "| scan | size | p50 s | p95 s | n |"]
+        lines.append("|---|---|---|---|---|")
+        for scan, r in results["latency"].items():
+            lines.append(f"| {scan} | {r['size']} | {r['p50_s']} | {r['p95_s']} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--grid", type=int, default=48, help="voxels per side of the synthetic grid")
+    parser.add_argument("--spacing", type=float, default=8.0, help="mm per voxel of the synthetic grid")
+    parser.add_argument("--per-source", type=int, default=8, help="synthetic volumes per real label map (2 held out)")
+    parser.add_argument("--cases", type=int, default=6, help="synthetic validation volumes measured")
+    parser.add_argument("--seg-steps", type=int, default=1000)
+    parser.add_argument("--click-steps", type=int, default=400)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--click-lr", type=float, default=1e-3)
+    parser.add_argument("--goal", type=float, default=0.9)
+    parser.add_argument("--cap", type=int, default=20)
+    parser.add_argument("--latency-clicks", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=BENCH_OUTPUT / "clicks")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}; parts: {', '.join(PARTS)}")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    results: Dict[str, Any] = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    if {"synthetic", "real"} & set(parts):
+        results.update(synthetic_and_real(args, parts))
+    if "latency" in parts:
+        results["latency"] = latency(args.latency_clicks)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    table = markdown(results, args.goal, args.cap)
+    (args.out / "table.md").write_text(table)
+    print(table)
+    print(f"results: {args.out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
