@@ -85,7 +85,7 @@ class Refiner:
         image = self.case.input[(slice(None),) + roi]
         mask = organ_mask(self.network, image, local, organ, (simulation.GRID,) * 3, "cpu")
         inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, roi))
-        return refine_organ(label, organ, mask[inner], positives, negatives, box)
+        return refine_organ(label, organ, mask[inner], positives, negatives, box, self.case.image_array[box])
 
 
 def _local(voxel, roi):
@@ -163,6 +163,7 @@ def measure(cases, starts: Dict[str, Dict[str, np.ndarray]], refiners, goal: flo
                             "case": case.name,
                             "organ": organ.name,
                             "noc": run.noc(cap),
+                            "clicks": len(run.clicks),  # fewer than the cap: no error left this organ's clicks fix
                             "reached": run.reached_at is not None,
                             "dice": [round(d, 4) for d in run.dice],
                             "voxel_minutes": round(voxel[organ.id].minutes if organ.id in voxel else 0.0, 3),

@@ -2,8 +2,11 @@
 
 The simulated annotator looks at one organ, finds its largest error region (a missed part or a false blob), and
 clicks at that region's centre: the voxel farthest from the region's border, in millimetres. A missed part gets a
-foreground click for the organ, a false blob a background click. This is the click model of the interactive
-segmentation literature (DeepEdit's and DeepGrow's evaluation, NoC@85/90 since Xu et al. 2016), one click per round.
+foreground click for the organ, a false blob a background click. A click on one organ never changes another organ's
+voxels (:mod:`models.click_merge`), so a missed part that another organ holds is that organ's error, fixed by its
+own clicks: the annotator of one organ clicks only missed parts that lie on background. This is the click model of
+the interactive segmentation literature (DeepEdit's and DeepGrow's evaluation, NoC@85/90 since Xu et al. 2016), one
+click per round.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def next_click(
     """
     best: Optional[Tuple[int, np.ndarray, bool]] = None
     for positive, region in (
-        (True, (truth == organ) & (prediction != organ)),
+        (True, (truth == organ) & (prediction == 0)),
         (False, (prediction == organ) & (truth != organ)),
     ):
         if not region.any():

@@ -131,8 +131,15 @@ class ClickInferTask(InferTask):
             for organ in organs:
                 mask = self._predict(scan, recipe, network, roi, clicks.guidance(organ), organ, device)
                 box = boxes[organ]
+                intensities = sitk.GetArrayFromImage(scan["image"][_xyz(box)])
                 label = refine_organ(
-                    label, organ, _in_box(mask, roi, box), clicks.positives(organ), clicks.negatives(), box
+                    label,
+                    organ,
+                    _in_box(mask, roi, box),
+                    clicks.positives(organ),
+                    clicks.negatives(),
+                    box,
+                    intensities,
                 )
         image = geometry.apply_to(sitk.GetImageFromArray(label))
         path = write_prelabel(image, request.get("result_extension"))
@@ -237,8 +244,7 @@ class ClickInferTask(InferTask):
         device: str,
     ) -> np.ndarray:
         """Where the network puts ``organ`` in ``roi`` (a bool array of the roi's shape on the scan's grid)."""
-        image: sitk.Image = scan["image"]
-        crop = image[roi[2].start : roi[2].stop, roi[1].start : roi[1].stop, roi[0].start : roi[0].stop]
+        crop = scan["image"][_xyz(roi)]
         data = {**scan, "image": crop}
         for transform in (NormaliseIntensityd(recipe.normalisation), ResampleToPland(recipe.plans)):
             data = transform(data)
@@ -278,6 +284,11 @@ def region_around(boxes, shape: Sequence[int], context_mm: float, spacing: Seque
     low = np.maximum(np.min([[s.start for s in b] for b in boxes], axis=0) - margin, 0)
     high = np.minimum(np.max([[s.stop for s in b] for b in boxes], axis=0) + margin, np.asarray(shape))
     return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+
+def _xyz(box: Box) -> Tuple[slice, slice, slice]:
+    """A (z, y, x) box as SimpleITK indexes an image: (x, y, z)."""
+    return box[2], box[1], box[0]
 
 
 def _in_box(mask: np.ndarray, roi: Box, box: Box) -> np.ndarray:

@@ -39,6 +39,19 @@ def test_the_largest_error_wins_and_a_false_blob_gets_a_background_click():
     assert ball(truth.shape, (8, 8, 30), 6)[click.voxel]
 
 
+def test_a_missed_part_another_organ_holds_is_not_this_organs_click():
+    truth = np.zeros((40, 40, 40), np.uint8)
+    truth[ball(truth.shape, (20, 20, 20), 12)] = LIVER
+    prediction = truth.copy()
+    prediction[:, :, 22:][truth[:, :, 22:] == LIVER] = SPLEEN  # a large part held by the spleen
+    prediction[18:22, 18:22, 10:14] = 0  # a small part missed on background
+    click = next_click(prediction, truth, LIVER)
+    assert click is not None and click.positive and prediction[click.voxel] == 0
+    prediction[18:22, 18:22, 10:14] = LIVER
+    assert next_click(prediction, truth, LIVER) is None  # what is left is the spleen's to give back
+    assert next_click(prediction, truth, SPLEEN) is not None and not next_click(prediction, truth, SPLEEN).positive
+
+
 def test_spacing_counts_in_millimetres():
     """A missed slab 5 slices thick at 5 mm: in voxels its centre is anywhere on the middle slice; in mm, the
     slab's in-plane centre is the one voxel farthest from every border."""
