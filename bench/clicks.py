@@ -11,8 +11,8 @@ simulation's cases at ``--spacing`` mm on a ``--grid``^3 grid) and on the REAL s
 2. Starts: the atlas prior's pre-label (an atlas of pool labels, placed on each scan as the server places it) and
    the segmentor's pre-label. Refiners: ``rules`` (the segmentor's network answers, the clicks act through
    :func:`models.click_merge.refine_organ`'s rules alone: the click model before any click training) and ``clicks``
-   (the trained click model). Both run as the server does: :func:`models.click_task.organ_mask` on a region around
-   the clicks, then :func:`~models.click_merge.refine_organ`.
+   (the trained click model). Both run as the server does: :func:`models.click_task.organ_probability` on a region
+   around the clicks, then :func:`~models.click_merge.refine_organ` on that probability.
 3. The simulated annotator (:mod:`evaluation.clicks`) clicks at the centre of an organ's largest error region, one
    click a round, until Dice 0.90 or 20 clicks (NoC@90, a run that misses counts 20), per organ present in the
    reference, on validation volumes no model trained on and on the real scans. Per organ: the median NoC and the
@@ -53,7 +53,7 @@ from evaluation.effort import correction_effort  # noqa: E402
 from models.click_merge import click_box, refine_organ  # noqa: E402
 from models.click_network import build_click_network, warm_start  # noqa: E402
 from models.click_request import BACKGROUND, ORGAN_NAMES  # noqa: E402
-from models.click_task import organ_mask, region_around  # noqa: E402
+from models.click_task import organ_probability, region_around  # noqa: E402
 from models.click_train import simulated_clicks, with_initial_clicks  # noqa: E402
 from models.losses import build_loss  # noqa: E402
 
@@ -83,9 +83,9 @@ class Refiner:
             BACKGROUND: [_local(p, roi) for p in negatives],
         }
         image = self.case.input[(slice(None),) + roi]
-        mask = organ_mask(self.network, image, local, organ, (simulation.GRID,) * 3, "cpu")
+        probability = organ_probability(self.network, image, local, organ, (simulation.GRID,) * 3, "cpu")
         inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, roi))
-        return refine_organ(label, organ, mask[inner], positives, negatives, box, self.case.image_array[box])
+        return refine_organ(label, organ, probability[inner], positives, negatives, box)
 
 
 def _local(voxel, roi):

@@ -7,19 +7,16 @@ large scan); :func:`merge_organ` writes an organ's new mask into the label under
 :func:`refine_organ` decides that mask from the network's answer and the clicks.
 
 A click does what the junior asked and no more (:func:`refine_organ`): a foreground click only adds to the organ (the
-network's region that holds the click), a background click only takes away (a false blob it lands on, whole, or the
-part of the organ around it that the network rejects). Where the network disagrees with the click, the click still
-acts: on the region of like intensity around it (SimpleITK's confidence-connected region growing, as Slicer's
-seed-growing tools do), so no click is lost on a network that has not learned clicks yet. The clicked voxel itself
-always obeys the click.
+region around it that the network thinks may be the organ), a background click only takes away (a false blob it
+lands on, whole, or the part of the organ around it that the network doubts). The clicked voxel itself always obeys
+the click.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 Box = Tuple[slice, slice, slice]
@@ -67,35 +64,40 @@ def merge_organ(label: np.ndarray, organ: int, organ_mask: np.ndarray, box: Box)
     return out
 
 
+#: A click tips the network's doubt its way: a foreground click takes voxels the network gives the organ at least
+#: this probability (it may have put another class first), a background click takes away those it gives the organ
+#: less than ``1 - CLICK_TIPS``.
+CLICK_TIPS = 0.2
+
+
 def refine_organ(
     label: np.ndarray,
     organ: int,
-    network_mask: np.ndarray,
+    network_probability: np.ndarray,
     positives: Sequence[Sequence[int]],
     negatives: Sequence[Sequence[int]],
     box: Box,
-    image: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """The label after the clicks on ``organ``, changed inside ``box`` only (:func:`merge_organ`'s rules).
 
-    * A foreground click adds the connected region of ``network_mask`` (inside the box, on voxels that are background
-      or the organ) that holds the click, and the clicked voxel itself; when the network does not hold a click on
-      background, the background region of like intensity around it (with ``image``).
-    * A background click on the organ removes the organ's connected part that holds it when that part lies inside
-      the box (a false blob, whole); when the part reaches past the box (the organ itself), it removes the voxels of
-      that part, inside the box, that ``network_mask`` rejects, or when the network keeps the clicked voxel, the
-      region of like intensity around it (with ``image``). The clicked voxel is never the organ.
+    * A foreground click adds the connected region, holding the click, of voxels (background or the organ, inside the
+      box) to which the network gives the organ at least :data:`CLICK_TIPS`; and the clicked voxel itself.
+    * A background click on a false blob of the organ (a connected part inside the box, smaller than the rest of the
+      organ) removes it whole. On the organ itself it removes the connected region, holding the click, of the
+      organ's voxels to which the network gives less than ``1 - CLICK_TIPS``; and the clicked voxel itself. So a
+      click never wipes a small organ that lies whole inside the box.
 
     Args:
         label: the current label map (z, y, x).
-        network_mask: where the network puts the organ, of the label's shape or of the box's.
+        network_probability: the network's probability of the organ (a bool mask counts as 0 or 1), of the label's
+            shape or of the box's.
         positives, negatives: clicked voxels (z, y, x) inside the box.
-        image: the scan's intensities in the box (the box's shape), for clicks the network disagrees with.
     """
     region = label[box]
-    net = (network_mask[box] if network_mask.shape == label.shape else network_mask).astype(bool)
-    if net.shape != region.shape:
-        raise ValueError(f"the network's mask is {net.shape}, the box {region.shape}")
+    prob = network_probability[box] if network_probability.shape == label.shape else network_probability
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.shape != region.shape:
+        raise ValueError(f"the network's probability is {prob.shape}, the box {region.shape}")
     local = [[tuple(int(v) - b.start for v, b in zip(p, box)) for p in points] for points in (positives, negatives)]
     for point in local[0] + local[1]:
         if not all(0 <= v < n for v, n in zip(point, region.shape)):
@@ -103,45 +105,26 @@ def refine_organ(
     organ_now = region == organ
     free = (region == 0) | organ_now
     mask = organ_now.copy()
-    grow, count = ndimage.label(net & free)
+    grow, count = ndimage.label((prob >= CLICK_TIPS) & free)
     for point in local[0]:
         if count and grow[point]:
             mask |= grow == grow[point]
-        elif image is not None and region[point] == 0:  # a missed part: grow over background only
-            mask |= like_intensity(image, point, region == 0)
         if free[point]:
             mask[point] = True
     parts, _ = ndimage.label(organ_now)
     inner_faces = _inner_faces(box, label.shape)
+    total = int((label == organ).sum())
     for point in local[1]:
         if parts[point]:
             part = parts == parts[point]
-            if not _touches(part, inner_faces):
-                mask &= ~part
-            elif net[point] and image is not None:
-                mask &= ~like_intensity(image, point, part)
+            if not _touches(part, inner_faces) and part.sum() < total - part.sum():
+                mask &= ~part  # a false blob: an island, smaller than the rest of the organ
             else:
-                mask &= ~(part & ~net)
+                doubt, _ = ndimage.label(part & (prob < 1 - CLICK_TIPS))
+                if doubt[point]:
+                    mask &= ~(doubt == doubt[point])
         mask[point] = False
     return merge_organ(label, organ, mask, box)
-
-
-def like_intensity(image: np.ndarray, seed: Tuple[int, ...], allowed: np.ndarray) -> np.ndarray:
-    """The connected region of ``allowed`` voxels around ``seed`` whose intensity is like the seed's neighbourhood
-    (SimpleITK ``ConfidenceConnected``: mean +/- 2.5 standard deviations, re-estimated twice; holes filled)."""
-    volume = sitk.GetImageFromArray(np.ascontiguousarray(image, dtype=np.float32))
-    grown = sitk.ConfidenceConnected(
-        volume,
-        seedList=[tuple(int(v) for v in reversed(seed))],
-        numberOfIterations=2,
-        multiplier=2.5,
-        initialNeighborhoodRadius=1,
-        replaceValue=1,
-    )
-    # noise leaves single voxels out of a region of like intensity: its holes are filled
-    region = ndimage.binary_fill_holes(sitk.GetArrayFromImage(grown).astype(bool)) & allowed
-    parts, _ = ndimage.label(region)
-    return parts == parts[seed] if parts[seed] else np.zeros_like(region)
 
 
 def _inner_faces(box: Box, shape: Sequence[int]) -> list:

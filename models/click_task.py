@@ -8,8 +8,9 @@ tools and MONAI Label's OHIF panel its point prompts (:mod:`models.click_request
    ``current_label``), else none;
 2. runs the network on a region around the clicks only (:func:`models.click_merge.click_box` widened by
    ``clicks.context_mm``), at the version's spacing and normalisation, with the clicks as MONAI DeepEdit guidance;
-3. changes the organ under :func:`models.click_merge.refine_organ`'s rules and answers the whole label map on the
-   scan's grid. The review service saves it as a label version by the user who clicked.
+3. changes the organ under :func:`models.click_merge.refine_organ`'s rules, from the network's probability of it,
+   and answers the whole label map on the scan's grid. The review service saves it as a label version by the user
+   who clicked.
 
 The network: the click model's serving version; before it has one, the base segmentor's serving version,
 warm-started (:func:`models.click_network.warm_start`: it answers as the segmentor, and the clicks act through the
@@ -131,15 +132,8 @@ class ClickInferTask(InferTask):
             for organ in organs:
                 mask = self._predict(scan, recipe, network, roi, clicks.guidance(organ), organ, device)
                 box = boxes[organ]
-                intensities = sitk.GetArrayFromImage(scan["image"][_xyz(box)])
                 label = refine_organ(
-                    label,
-                    organ,
-                    _in_box(mask, roi, box),
-                    clicks.positives(organ),
-                    clicks.negatives(),
-                    box,
-                    intensities,
+                    label, organ, _in_box(mask, roi, box), clicks.positives(organ), clicks.negatives(), box
                 )
         image = geometry.apply_to(sitk.GetImageFromArray(label))
         path = write_prelabel(image, request.get("result_extension"))
@@ -243,7 +237,7 @@ class ClickInferTask(InferTask):
         organ: int,
         device: str,
     ) -> np.ndarray:
-        """Where the network puts ``organ`` in ``roi`` (a bool array of the roi's shape on the scan's grid)."""
+        """The network's probability of ``organ`` over ``roi`` (float32, the roi's shape on the scan's grid)."""
         crop = scan["image"][_xyz(roi)]
         data = {**scan, "image": crop}
         for transform in (NormaliseIntensityd(recipe.normalisation), ResampleToPland(recipe.plans)):
@@ -251,13 +245,13 @@ class ClickInferTask(InferTask):
         grid: Geometry = data["grid"]
         on_grid = {name: _to_grid(points, roi, crop, grid) for name, points in guidance.items()}
         patch = zyx(recipe.patch_size(data["modality"]))
-        organ_on_grid = organ_mask(network, data["image"], on_grid, organ, patch, device).astype(np.uint8)
-        mask = grid.apply_to(sitk.GetImageFromArray(organ_on_grid))
-        back = sitk.Resample(mask, crop, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        return sitk.GetArrayFromImage(back).astype(bool)
+        on_network_grid = organ_probability(network, data["image"], on_grid, organ, patch, device)
+        probability = grid.apply_to(sitk.GetImageFromArray(on_network_grid))
+        back = sitk.Resample(probability, crop, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        return sitk.GetArrayFromImage(back)
 
 
-def organ_mask(
+def organ_probability(
     network: torch.nn.Module,
     image: np.ndarray,
     guidance: Dict[str, List[Voxel]],
@@ -265,7 +259,8 @@ def organ_mask(
     patch_zyx: Sequence[int],
     device: str,
 ) -> np.ndarray:
-    """Where the click network puts ``organ`` in ``image`` (1, z, y, x) given the clicks (label name -> voxels).
+    """The click network's probability of ``organ`` over ``image`` (1, z, y, x), given the clicks (label name ->
+    voxels); float32 (z, y, x).
 
     A region smaller than the training patch runs in one window of its own size (rounded up to 16 voxels, what a
     five-level UNet divides by), so a click near a small organ costs a small forward pass.
@@ -274,7 +269,7 @@ def organ_mask(
     window = [min(int(p), int(np.ceil(n / 16) * 16)) for p, n in zip(patch_zyx, image.shape[1:])]
     predictor = SlidingWindowPredictor(window, 0.25, 1, tta_flip=False)
     probabilities = predictor(torch.as_tensor(inputs)[None].to(device), network)[0]
-    return (probabilities.argmax(dim=0) == organ).cpu().numpy()
+    return probabilities[organ].float().cpu().numpy()
 
 
 def region_around(boxes, shape: Sequence[int], context_mm: float, spacing: Sequence[float]) -> Box:
