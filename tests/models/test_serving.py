@@ -9,6 +9,8 @@ from amoslabel.config import load_config
 from amoslabel.errors import NotFound
 from models.infer_task import SegmentationInferTask
 from models.prior_task import PRIOR_MODEL, AtlasCache, PriorInferTask
+from models.click_task import ClickInferTask
+from models.click_train import ClickTrainTask
 from models.serving import ServedModels, check_model_name, route_request
 from models.train_task import SegmentationTrainTask
 
@@ -22,13 +24,17 @@ def served(tmp_path):
 
 def test_each_model_sets_up_its_own_tasks_on_its_own_store(served, tmp_path):
     infers = served.infers()
-    assert sorted(infers) == ["prior", "unet", "vnet"]
+    assert sorted(infers) == ["deepedit", "prior", "unet", "vnet"]
     assert isinstance(infers["unet"], SegmentationInferTask) and isinstance(infers[PRIOR_MODEL], PriorInferTask)
     assert infers["vnet"].store.root == tmp_path / "models" / "vnet"
     trainers = served.trainers(str(tmp_path), lambda: [])
-    assert sorted(trainers) == ["unet", "vnet"] and isinstance(trainers["unet"], SegmentationTrainTask)
+    assert sorted(trainers) == ["deepedit", "unet", "vnet"] and isinstance(trainers["unet"], SegmentationTrainTask)
     assert trainers["unet"].store.root == infers["unet"].store.root
-    assert served.serving_versions() == {"unet": None, "vnet": None}
+    # the click model: its own store, the base segmentor's architecture and store to start from
+    assert isinstance(infers["deepedit"], ClickInferTask) and isinstance(trainers["deepedit"], ClickTrainTask)
+    assert infers["deepedit"].store.root == trainers["deepedit"].store.root == tmp_path / "models" / "deepedit"
+    assert infers["deepedit"].base_store.root == infers["unet"].store.root
+    assert served.serving_versions() == {"unet": None, "vnet": None, "deepedit": None}
 
 
 def test_an_untrained_network_hands_its_request_to_the_prior_unless_a_version_is_pinned(served):
