@@ -21,12 +21,11 @@ from tqdm import tqdm
 
 from amoslabel.config import load_config
 from amoslabel.data.importer import import_source
-from amoslabel.workspace import SHARED_DATA
+from amoslabel.workspace import PROJECT_ROOT, SHARED_DATA
 from bench.cohort import publish_random_unet
 from bench.server import start_bench_server
 from review.service import ReviewService
 
-ROOT = Path(__file__).resolve().parent.parent
 LIVER = 6
 # case id -> (scan to upload, or None for an imported sample; the liver's reference on the scan's grid)
 SCANS = {
@@ -47,7 +46,7 @@ def measure_round_trips(clicks: int, seed: int = 0) -> Dict[str, Any]:
     """p50/p95 of ``clicks`` click round trips on each scan of :data:`SCANS`."""
     work = Path(tempfile.mkdtemp(prefix="bench-clicks-"))
     studies = work / "studies"
-    import_source(ROOT / "samples" / "shared-data.yaml", studies, link_images=True, progress=False)
+    import_source(PROJECT_ROOT / "samples" / "shared-data.yaml", studies, link_images=True, progress=False)
     publish_random_unet(studies, "cpu-fast")
     service = ReviewService(load_config(), str(studies))
     secrets = {}

@@ -232,13 +232,6 @@ def synthetic_and_real(args, parts: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
-def latency(clicks: int) -> Dict[str, Any]:
-    """Click round trips through the real server, as a junior in Slicer's client class (see the module docstring)."""
-    from bench.click_latency import measure_round_trips
-
-    return measure_round_trips(clicks)
-
-
 def markdown(results: Dict[str, Any], goal: float, cap: int) -> str:
     lines = [f"# Clicks to Dice {goal:.2f} (NoC@{int(goal * 100)}, capped at {cap})", ""]
     if "training" in results:
@@ -293,12 +286,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         parser.error(f"unknown part(s) {unknown}; parts: {', '.join(PARTS)}")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     results: Dict[str, Any] = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     if {"synthetic", "real"} & set(parts):
         results.update(synthetic_and_real(args, parts))
     if "latency" in parts:
-        results["latency"] = latency(args.latency_clicks)
+        from bench.click_latency import measure_round_trips
+
+        results["latency"] = measure_round_trips(args.latency_clicks)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     table = markdown(results, args.goal, args.cap)

@@ -113,7 +113,8 @@ def refine_organ(
             mask[point] = True
     parts, _ = ndimage.label(organ_now)
     inner_faces = _inner_faces(box, label.shape)
-    total = int((label == organ).sum())
+    # counted over the whole label only when a background click needs it: a foreground click stays cheap
+    total = int((label == organ).sum()) if local[1] else 0
     for point in local[1]:
         if parts[point]:
             part = parts == parts[point]

@@ -156,7 +156,7 @@ class ClickInferTask(InferTask):
     # -- the parts ------------------------------------------------------------------------------------------------
     @staticmethod
     def _organ_clicks(clicks: ClickRequest, organ: int) -> List[Voxel]:
-        return clicks.positives(organ) + [p for p in clicks.negatives()] or clicks.all_clicks()
+        return clicks.positives(organ) + clicks.negatives() or clicks.all_clicks()
 
     def _scan(self, request: Dict[str, Any]) -> Dict[str, Any]:
         """The loaded scan (SimpleITK) with its modality; the last few stay in memory for the next click."""
