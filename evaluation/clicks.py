@@ -84,6 +84,11 @@ class ClicksToGoal:
         """Number of clicks to the goal, counted as ``cap`` when it was not reached (the usual NoC convention)."""
         return self.reached_at if self.reached_at is not None else cap
 
+    def clicks_to(self, goal: float, cap: int) -> int:
+        """Clicks until the Dice first reached ``goal`` (a lower goal than the run's: NoC@85 from a NoC@90 run),
+        ``cap`` when it never did."""
+        return next((i for i, d in enumerate(self.dice) if d >= goal), cap)
+
 
 def clicks_to_goal(
     start: np.ndarray,

@@ -64,6 +64,10 @@ class VersionRecipe:
         """Sliding-window size (x, y, z): the training patch when recorded, else the modality plan's."""
         return self.train_patch_xyz or self.plans[modality].patch_size
 
+    def patch_mm(self, modality: str) -> Tuple[float, float, float]:
+        """The extent (x, y, z) in mm of one patch at the modality's spacing: the context the network learned from."""
+        return tuple(float(n) * s for n, s in zip(self.patch_size(modality), self.plans[modality].spacing))
+
 
 def segmentation_task_args(config: AppConfig, description: str, **params: Any) -> Dict[str, Any]:
     """MONAI Label's infer-task arguments for a 15-organ pre-labeler; ``params`` adds request parameters."""

@@ -12,8 +12,10 @@ from bench.clicks import REFINERS, STARTS, main
 def test_the_click_bench_counts_clicks_per_organ_and_times_the_round_trip(tmp_path):
     tiny = ["--grid", "24", "--spacing", "16", "--per-source", "3", "--cases", "2", "--seg-steps", "2"]
     tiny += ["--click-steps", "2", "--cap", "3", "--latency-clicks", "2", "--parts", "synthetic,latency"]
-    assert main(tiny + ["--out", str(tmp_path)]) == 0
+    networks = ["--networks", str(tmp_path / "networks")]
+    assert main(tiny + ["--out", str(tmp_path)] + networks) == 0
     results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "networks" / "networks.pt").is_file()
     assert results["training"]["click_steps"] == 2
     assert "real" not in results
     for name in ("synthetic",):
@@ -25,7 +27,17 @@ def test_the_click_bench_counts_clicks_per_organ_and_times_the_round_trip(tmp_pa
             assert all(r["clicks"] == r["noc"] for r in runs if r["reached"])
             assert all(r["reached"] == (max(r["dice"]) >= 0.9) for r in runs)
             assert figures["median_organ_noc"] is not None and figures["voxel_minutes"] >= 0
+            assert all(r["noc_lower"] <= r["noc"] and 0 < r["border_share"] <= 1 for r in runs)
+            assert figures["median_organ_noc_lower"] <= figures["median_organ_noc"]
+            assert 0 <= figures["dice_after_5"] <= 1
     for scan, timing in results["latency"].items():
         assert timing["n"] == 2 and 0 < timing["p50_s"] <= timing["p95_s"], scan
     table = (tmp_path / "table.md").read_text()
-    assert "| prior + clicks |" in table and "## Click round trip" in table
+    assert "| prior + clicks |" in table and "## Click round trip" in table and "NoC@85" in table
+
+    # the trained pair is reused by a run with the same settings: the same figures without training again
+    again = tmp_path / "again"
+    assert main(tiny + ["--parts", "synthetic", "--out", str(again)] + networks) == 0
+    rerun = json.loads((again / "results.json").read_text())
+    assert rerun["training"] == results["training"]
+    assert rerun["synthetic"] == results["synthetic"]

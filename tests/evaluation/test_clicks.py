@@ -93,6 +93,10 @@ def test_clicks_to_goal_counts_one_click_per_error_region():
     run = clicks_to_goal(start, truth, LIVER, fill_component(truth), goal=0.99)
     assert run.reached_at == 3 and len(run.clicks) == 3 and all(c.positive for c in run.clicks)
     assert run.dice[0] < run.dice[1] < run.dice[2] < run.dice[3] and run.dice[-1] == 1.0
+    # a lower goal read off the same run: the first click at which the Dice reached it
+    lower = run.dice[2] - 1e-6
+    assert run.clicks_to(lower, cap=20) == 2 and run.clicks_to(run.dice[0], cap=20) == 0
+    assert run.clicks_to(1.01, cap=20) == 20
 
 
 def test_a_refinement_that_never_helps_is_counted_at_the_cap():
