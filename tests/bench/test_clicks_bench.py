@@ -29,7 +29,8 @@ def test_the_click_bench_counts_clicks_per_organ_and_times_the_round_trip(tmp_pa
             assert figures["median_organ_noc"] is not None and figures["voxel_minutes"] >= 0
             assert all(r["noc_lower"] <= r["noc"] and 0 < r["border_share"] <= 1 for r in runs)
             assert figures["median_organ_noc_lower"] <= figures["median_organ_noc"]
-            assert 0 <= figures["dice_after_5"] <= 1
+            assert all(0 <= figures[key] <= 1 for key in ("dice_start", "dice_after_5", "dice_last"))
+            assert figures["dice_start"] == round(sum(r["dice"][0] for r in runs) / len(runs), 3)
     for scan, timing in results["latency"].items():
         assert timing["n"] == 2 and 0 < timing["p50_s"] <= timing["p95_s"], scan
     table = (tmp_path / "table.md").read_text()
