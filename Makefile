@@ -112,7 +112,7 @@ bench-cohort: env
 
 # Clicks to Dice 0.90 (NoC@90) from the atlas prior and from a trained segmentor, with and without a click model
 # trained on simulated clicks, on synthetic held-out volumes and the real scans; the click round trip through the real
-# server (.bench/clicks/; about 80 min on 2 cores, 15 of them training; the trained pair is kept in
+# server (.bench/clicks/; about an hour on 2 cores, 14 min of it training; the trained pair is kept in
 # .bench/clicks/networks/ and reused by a run with the same settings; CLICK_ARGS: --parts latency for the round trip).
 bench-clicks: env
 	$(PY) -m bench.clicks $(CLICK_ARGS)
