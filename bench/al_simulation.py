@@ -56,6 +56,7 @@ from amoslabel.data.synthetic import draw_params, synthesise  # noqa: E402
 from evaluation.learning_curves import cases_to_reach, compare  # noqa: E402
 from evaluation.effort import EffortModel, OrganEffort, correction_effort, empty_effort  # noqa: E402
 from models.losses import build_loss  # noqa: E402
+from models.infer_task import resolve_device  # noqa: E402
 from models.networks import build_network  # noqa: E402
 from models.atlas_prior import build_atlas  # noqa: E402
 from strategies.anatomy import learn  # noqa: E402
@@ -120,7 +121,8 @@ class Learner:
 
     def __init__(self, seed: int, channels: Sequence[int], lr: float = 3e-3):
         torch.manual_seed(seed)
-        self.network = build_network("dynunet", {"filters": list(channels), "norm": "instance"})
+        self.device = torch.device(resolve_device("auto"))  # a GPU when there is one
+        self.network = build_network("dynunet", {"filters": list(channels), "norm": "instance"}).to(self.device)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=lr, weight_decay=1e-5)
         self.loss = build_loss("dice_balanced_ce")
         self.rng = random.Random(seed)
@@ -129,8 +131,8 @@ class Learner:
         self.network.train()
         for _ in range(steps):
             chosen = [self.rng.choice(cases) for _ in range(batch)]
-            x = torch.as_tensor(np.stack([c.input for c in chosen]))
-            y = torch.as_tensor(np.stack([c.label[None] for c in chosen]))
+            x = torch.as_tensor(np.stack([c.input for c in chosen])).to(self.device)
+            y = torch.as_tensor(np.stack([c.label[None] for c in chosen])).to(self.device)
             if self.rng.random() < 0.5:
                 x, y = torch.flip(x, (4,)), torch.flip(y, (4,))
             self.optimizer.zero_grad()
@@ -141,11 +143,11 @@ class Learner:
     @torch.inference_mode()
     def probabilities(self, case: Case, flips: bool = False) -> np.ndarray:
         self.network.eval()
-        x = torch.as_tensor(case.input[None])
+        x = torch.as_tensor(case.input[None]).to(self.device)
         p = torch.softmax(self.network(x), 1)
         if flips:
             p = (p + torch.flip(torch.softmax(self.network(torch.flip(x, (4,))), 1), (4,))) / 2
-        return p[0].numpy()
+        return p[0].cpu().numpy()
 
 
 def mean_dice(prediction: np.ndarray, truth: np.ndarray) -> float:

@@ -87,7 +87,8 @@ class Refiner:
             BACKGROUND: [_local(p, roi) for p in negatives],
         }
         image = self.case.input[(slice(None),) + roi]
-        probability = organ_probability(self.network, image, local, organ, (simulation.GRID,) * 3, "cpu")
+        device = str(next(self.network.parameters()).device)
+        probability = organ_probability(self.network, image, local, organ, (simulation.GRID,) * 3, device)
         inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, roi))
         return refine_organ(label, organ, probability[inner], positives, negatives, box)
 
@@ -97,9 +98,10 @@ def _local(voxel, roi):
 
 
 def click_network_from(segmentor: torch.nn.Module) -> torch.nn.Module:
+    """A click network warm-started from ``segmentor``, on the segmentor's device."""
     network = build_click_network("dynunet", {"filters": list(CHANNELS), "norm": "instance"})
-    warm_start(network, segmentor.state_dict())
-    return network
+    warm_start(network, {k: v.cpu() for k, v in segmentor.state_dict().items()})
+    return network.to(next(segmentor.parameters()).device)
 
 
 def train_click_model(segmentor, pool: Sequence[simulation.Case], steps: int, seed: int, lr: float):
@@ -116,7 +118,7 @@ def train_click_model(segmentor, pool: Sequence[simulation.Case], steps: int, se
     data = Dataset(items, Compose(with_initial_clicks(seed)))
     loader = DataLoader(data, batch_size=2, sampler=RandomSampler(data, replacement=True, num_samples=2 * steps))
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"),
+        device=next(network.parameters()).device,
         max_epochs=1,
         epoch_length=steps,
         train_data_loader=loader,
