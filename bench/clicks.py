@@ -73,22 +73,22 @@ class Refiner:
         self.case = case
         self.settings = settings
         self.spacing = (simulation.SPACING,) * 3
+        self.device = str(next(network.parameters()).device)
+        # the server's rule: at least one training patch of context (this network trained on the whole volume)
+        self.patch_mm = [n * simulation.SPACING for n in case.label.shape]
 
     def __call__(self, label: np.ndarray, clicks: List[Click]) -> np.ndarray:
         organ = clicks[0].organ
         positives = [c.voxel for c in clicks if c.positive]
         negatives = [c.voxel for c in clicks if not c.positive]
         box = click_box([c.voxel for c in clicks], label.shape, self.settings.margin_mm, self.spacing)
-        # the server's rule: at least one training patch of context (this network trained on the whole volume)
-        whole_mm = [n * s for n, s in zip(label.shape, self.spacing)]
-        roi = region_around([box], label.shape, self.settings.context_mm, self.spacing, whole_mm)
+        roi = region_around([box], label.shape, self.settings.context_mm, self.spacing, self.patch_mm)
         local = {
             ORGAN_NAMES[organ]: [_local(p, roi) for p in positives],
             BACKGROUND: [_local(p, roi) for p in negatives],
         }
         image = self.case.input[(slice(None),) + roi]
-        device = str(next(self.network.parameters()).device)
-        probability = organ_probability(self.network, image, local, organ, (simulation.GRID,) * 3, device)
+        probability = organ_probability(self.network, image, local, organ, (simulation.GRID,) * 3, self.device)
         inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, roi))
         return refine_organ(label, organ, probability[inner], positives, negatives, box)
 
