@@ -1,25 +1,27 @@
 # AMOS Label. The two commands a user needs:
 #   make run     set up .venv if needed, import the sample studies, start the MONAI Label server
 #   make test    set up .venv if needed, run the test suite (what CI runs)
-# Options: make run STUDIES=/path/to/amos PORT=8000 HOST=127.0.0.1 PRESET=cpu
+# Options: make run STUDIES=/path/to/amos PORT=8000 HOST=127.0.0.1 PRESET=cpu LABELS_AS=final
 
 PY      := .venv/bin/python
 STUDIES ?=
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 PRESET  ?= cpu
+# what the labels of a dataset in STUDIES become at import: final (training data) or prelabel (the juniors' work)
+LABELS_AS ?= final
 PYTEST_ARGS ?=
 # test modules run on this many workers (pytest-xdist; each module stays whole, in order, on one worker)
 TEST_WORKERS ?= 2
 
-.PHONY: run run-dicomweb run-team test env reliability bench bench-attention bench-clicks bench-cohort bench-effort bench-nnunet-model bench-metrics bench-review bench-review-profile bench-keepalive baselines prior-check learning-check al-simulation lint clean
+.PHONY: run run-dicomweb run-team test env reliability bench gpu-check bench-attention bench-clicks bench-cohort bench-effort bench-nnunet-model bench-metrics bench-review bench-review-profile bench-keepalive baselines prior-check learning-check al-simulation lint clean
 
 env:
 	@scripts/bootstrap.sh
 
 run: env
 	@scripts/fetch-niivue.sh >/dev/null || echo "NiiVue not fetched (npm?): the case page's slice viewer is off"
-	$(PY) -m amoslabel serve $(STUDIES) --host $(HOST) --port $(PORT) --conf preset $(PRESET)
+	$(PY) -m amoslabel serve $(STUDIES) --host $(HOST) --port $(PORT) --conf preset $(PRESET) --labels-as $(LABELS_AS)
 
 # The same server on a private Orthanc (DICOMweb) with the de-identified sample series, and OHIF on port 3000.
 run-dicomweb: env
@@ -32,13 +34,14 @@ SERVERS ?= 2
 run-team: env
 	@scripts/system-packages.sh
 	@scripts/fetch-niivue.sh >/dev/null || echo "NiiVue not fetched (npm?): the case page's slice viewer is off"
-	$(PY) -m amoslabel serve-team $(STUDIES) --servers $(SERVERS) --host $(HOST) --port $(PORT) --conf preset $(PRESET)
+	$(PY) -m amoslabel serve-team $(STUDIES) --servers $(SERVERS) --host $(HOST) --port $(PORT) --conf preset $(PRESET) \
+	  --labels-as $(LABELS_AS)
 
 test: env
 	@scripts/system-packages.sh
 	@scripts/fetch-niivue.sh >/dev/null
 	.venv/bin/ruff check amoslabel models app bench evaluation review strategies scripts tests
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The reliability suite at full load (kill -9 x12 over 400 writes, 50 writers, the bad-input corpus, the role matrix,
 # schemathesis at 100 examples per operation, a team of 2 servers: 3 kills, PostgreSQL stopped, a 30 s race; a full
@@ -116,6 +119,16 @@ bench-cohort: env
 # .bench/clicks/networks/ and reused by a run with the same settings; CLICK_ARGS: --parts latency for the round trip).
 bench-clicks: env
 	$(PY) -m bench.clicks $(CLICK_ARGS)
+
+# What one GPU does for this project (bench/gpu_check.py): pre-label a 512x512x300 CT with the full preset (with and
+# without flip TTA), training steps/s (AMP, fp32), one DDP step over NCCL, the click round trip; one JSON
+# (.bench/gpu-check.json). Here it runs in .venv; on a GPU machine without this environment (README: The GPU check) it
+# installs the carried wheels (.whl/, from scripts/gpu-wheels.sh) into /tmp/amoslabel-site and runs with python3.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	@if [ -x $(PY) ]; then $(PY) -m bench.gpu_check $(GPU_CHECK_ARGS); \
+	else python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/amoslabel-site .whl/*.whl && \
+	  PYTHONPATH=/tmp/amoslabel-site python3 -m bench.gpu_check $(GPU_CHECK_ARGS); fi
 
 # The atlas prior on the real CT and MRI, from an atlas built without them (per-organ Dice).
 prior-check: env

@@ -14,6 +14,7 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
 
@@ -216,6 +217,28 @@ class AuthSettings(_Strict):
 
     enabled: bool = True
     access_token_hours: float = Field(default=12.0, gt=0, le=24 * 30)  # what a login (POST /auth/token) is good for
+    # the review pages' session cookie only over HTTPS (set it behind TLS: README, A team on several servers)
+    cookie_secure: bool = False
+    # other origins (scheme://host[:port]) whose pages may call this server with a user's credentials; the server's
+    # own pages and the OHIF viewer it serves (same origin, through its proxy) need none
+    cors_origins: List[str] = Field(default_factory=list)
+    # failed logins before each further try of that user from that address waits (doubling up to login_max_delay_s)
+    login_free_failures: int = Field(default=5, ge=1, le=100)
+    login_max_delay_s: float = Field(default=300.0, ge=1, le=86400)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: List[str]) -> List[str]:
+        for origin in v:
+            if origin == "*" or not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path, no wildcard)")
+        return v
+
+
+class ServingSettings(_Strict):
+    """Fair shares of the server between its users."""
+
+    infer_per_user: int = Field(default=2, ge=1, le=64)  # inference requests one user may have running (429 beyond)
 
 
 class ClickSettings(_Strict):
@@ -248,6 +271,7 @@ class AppConfig(_Strict):
     active_learning: ActiveLearningSettings = Field(default_factory=ActiveLearningSettings)
     retraining: RetrainingSettings = Field(default_factory=RetrainingSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
     clicks: ClickSettings = Field(default_factory=ClickSettings)
     presets: Dict[str, PresetConfig]
     source_dir: str = ""  # folder of the apps.yaml read; filled in by load_config, not written in the file

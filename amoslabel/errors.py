@@ -54,6 +54,15 @@ class TooLarge(InputError):
     status = 413
 
 
+class TooManyRequests(InputError):
+    """429: too many attempts or requests at once; ``Retry-After`` says when to try again."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: float = 1):
+        super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after_s + 0.999)))})
+
+
 class Unprocessable(InputError):
     """A readable file whose content is not acceptable (wrong dimensionality, label ids, geometry, NaN)."""
 

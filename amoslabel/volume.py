@@ -24,8 +24,24 @@ from amoslabel.organs import MAX_LABEL_ID
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-DEFAULT_MAX_VOXELS = 1024**3
+DEFAULT_MAX_VOXELS = 512 * 512 * 1200  # storage.max_image_voxels of apps.yaml; the config passes its own
 MIN_EDGE_VOXELS = 2
+# The byte budget of a volume: max_voxels voxels of this many bytes (an int16 CT). A wider voxel type gets fewer voxels
+# (a float64 volume a quarter of them): what a reader allocates, and what processing copies, grows with the bytes.
+BUDGET_BYTES_PER_VOXEL = 2
+# bytes per voxel of what SimpleITK reads, for files whose header is not NIfTI's
+_ITK_BYTES = {
+    sitk.sitkUInt8: 1,
+    sitk.sitkInt8: 1,
+    sitk.sitkUInt16: 2,
+    sitk.sitkInt16: 2,
+    sitk.sitkUInt32: 4,
+    sitk.sitkInt32: 4,
+    sitk.sitkUInt64: 8,
+    sitk.sitkInt64: 8,
+    sitk.sitkFloat32: 4,
+    sitk.sitkFloat64: 8,
+}
 
 # Geometry is compared with these tolerances: label maps written by other tools round spacing and origin.
 _SPACING_RTOL = 1e-3
@@ -172,6 +188,28 @@ def check_on_grid(grid: Geometry | str | os.PathLike, label: sitk.Image, name: s
     return grid.apply_to(label)
 
 
+def read_label_on_grid(
+    grid: Geometry | str | os.PathLike, path: str | os.PathLike, max_voxels: int, name: str
+) -> sitk.Image:
+    """A label map for an image, on the image's exact grid: its header's grid is checked against the image's before a
+    voxel is read (a label off the grid costs no memory), then :func:`read_label` and :func:`check_on_grid`.
+
+    Raises:
+        OffGrid: the header's size, spacing, origin or direction differs from the grid's; and as :func:`read_label`.
+    """
+    if not isinstance(grid, Geometry):
+        grid = Geometry.of(read_header(grid))
+    try:
+        header = read_header(path)
+    except RuntimeError:
+        header = None  # not readable as an image: read_label says why
+    if header is not None and header.GetDimension() == 3:
+        reason = grid.mismatch(Geometry.of(header))
+        if reason:
+            raise OffGrid(name, reason)
+    return check_on_grid(grid, read_label(path, max_voxels, name), name)
+
+
 def onto_grid(
     grid: Geometry, label: sitk.Image, name: str, tolerance_mm: float = 1.0
 ) -> Tuple[sitk.Image, Optional[str]]:
@@ -220,7 +258,7 @@ def _read_checked(path: str | os.PathLike, max_voxels: int, name: str) -> sitk.I
         if header.GetNumberOfComponents() != 1:
             raise Unprocessable(f"{name}: {header.GetNumberOfComponents()} components per voxel; one is required")
         size, spacing = list(header.GetSize()), list(header.GetSpacing())
-    _check_shape(size, spacing, max_voxels, name)
+        _check_shape(size, spacing, max_voxels, name, _ITK_BYTES.get(header.GetPixelID(), 8))
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -230,7 +268,8 @@ def _read_checked(path: str | os.PathLike, max_voxels: int, name: str) -> sitk.I
     return image
 
 
-def _check_shape(size, spacing, max_voxels: int, name: str) -> None:
+def _check_shape(size, spacing, max_voxels: int, name: str, bytes_per_voxel: int = 1) -> None:
+    """Refuse, from the header alone, what is not a 3D volume or exceeds the voxel or byte budget."""
     size = list(size)
     while len(size) > 3 and size[-1] == 1:  # a 4D file with one time point is a 3D volume
         size.pop()
@@ -243,6 +282,12 @@ def _check_shape(size, spacing, max_voxels: int, name: str) -> None:
     voxels = int(np.prod(size, dtype=np.int64))
     if voxels > max_voxels:
         raise TooLarge(f"{name}: {voxels:,} voxels is more than the limit of {max_voxels:,}")
+    budget = max_voxels * BUDGET_BYTES_PER_VOXEL
+    if voxels * bytes_per_voxel > budget:
+        raise TooLarge(
+            f"{name}: {voxels:,} voxels of {bytes_per_voxel} bytes is {voxels * bytes_per_voxel / 2**20:,.0f} MB, more "
+            f"than the limit of {budget / 2**20:,.0f} MB (store the scan as int16, a label map as uint8)"
+        )
     if not all(np.isfinite(s) and s > 0 for s in list(spacing)[:3]):
         raise Unprocessable(f"{name}: spacing {[float(s) for s in list(spacing)[:3]]} must be positive and finite")
 
@@ -256,10 +301,10 @@ def _check_nifti(path: Path, max_voxels: int, name: str):
     except Exception as e:  # nibabel raises several types for a damaged header
         raise InputError(f"{name}: not a readable NIfTI file ({_without(path, str(e))[:200]})") from None
     spacing = [float(p) for p in _raw_pixdim(path)[1 : 1 + min(len(shape), 3)]]
-    _check_shape(shape, spacing, max_voxels, name)
     dtype = header.get_data_dtype()
     if dtype.fields is not None or dtype.kind not in "uif":
         raise Unprocessable(f"{name}: voxel type {dtype} is not a scalar number")
+    _check_shape(shape, spacing, max_voxels, name, dtype.itemsize)
     expected = int(header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     _check_complete(path, expected, name)
     if dtype.kind == "f":

@@ -121,7 +121,7 @@ class AmosLabelApp(MONAILabelApp):
         if routes.in_server_process():
             import monailabel.app as server  # the FastAPI app this process serves (absent in training subprocesses)
 
-            routes.install(server.app, self.review, self.datastore(), auth=self.config.auth.enabled)
+            routes.install(server.app, self.review, self.datastore(), self.config)
             self.review.start_background()
             if self.config.active_learning.enabled:
                 self.active_learning = ActiveLearningService(

@@ -11,7 +11,7 @@ simulation's cases at ``--spacing`` mm on a ``--grid``^3 grid) and on the REAL s
 2. Starts: the atlas prior's pre-label (an atlas of pool labels, placed on each scan as the server places it) and
    the segmentor's pre-label. Refiners: ``rules`` (the segmentor's network answers, the clicks act through
    :func:`models.click_merge.refine_organ`'s rules alone: the click model before any click training) and ``clicks``
-   (the trained click model). Both run as the server does: :func:`models.click_task.organ_probability` on a region
+   (the trained click model). Both run as the server does: :func:`models.click_region.organ_probability` on a region
    around the clicks, then :func:`~models.click_merge.refine_organ` on that probability.
 3. The simulated annotator (:mod:`evaluation.clicks`) clicks at the centre of an organ's largest error region, one
    click a round, until Dice 0.90 or 20 clicks (NoC@90, a run that misses counts 20), per organ present in the
@@ -54,7 +54,7 @@ from evaluation.effort import correction_effort  # noqa: E402
 from models.click_merge import click_box, refine_organ  # noqa: E402
 from models.click_network import build_click_network, warm_start  # noqa: E402
 from models.click_request import BACKGROUND, ORGAN_NAMES  # noqa: E402
-from models.click_task import organ_probability, region_around  # noqa: E402
+from models.click_region import organ_probability, region_around  # noqa: E402
 from models.click_train import simulated_clicks, with_initial_clicks  # noqa: E402
 from models.losses import build_loss  # noqa: E402
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from tqdm import tqdm
 
 from amoslabel.errors import InputError
+from cohort.cluster import join
 from cohort.jobs import Resources
 from cohort.spec import pack, unpack
 
@@ -67,38 +68,25 @@ class CohortSummary:
 
 def connect(address: str, resources: Resources) -> Dict[str, float]:
     """Join a Ray cluster (``auto``: the one ``ray start`` made here; ``host:port``) or start one in this process
-    (``local``). Returns the cluster's resources.
+    (``local``), as :func:`cohort.cluster.join` does. Returns the cluster's resources.
 
     A local cluster gets at least the CPUs the model actors and the CPU stage pools ask for: CPUs are Ray's
     bookkeeping, and each model actor on a CPU runs ``torch_threads`` threads, so a 2-core machine can host 2 actors.
+    Workers import this project's packages: they get the driver's sys.path (Ray's default on one machine; on several,
+    every node needs the repository and its environment at the same path, and the studies on shared storage).
     """
-    # Token authentication, as `ray start` sets up a cluster by default (the token in ~/.ray/auth_token, or
-    # RAY_AUTH_TOKEN): Ray 2.60's driver does not turn it on by itself when it joins, and is then refused. Read
-    # when ray is first imported.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import ray
-
-    if ray.is_initialized():
-        return ray.cluster_resources()
-    # Workers import this project's packages: they get the driver's sys.path (Ray's default on one machine; on
-    # several, every node needs the repository and its environment at the same path, and the studies on shared
-    # storage).
-    options: Dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-
+    num_cpus = None
     if address == "local":
         cpu_stages = 2 * resources.cpu_stage_workers * resources.cpus_per_cpu_stage  # prepare and restore pools
         needed = resources.workers * resources.cpus_per_worker + cpu_stages
-        options["num_cpus"] = max(float(os.cpu_count() or 1), needed)
-    else:
-        options["address"] = address
-    try:
-        ray.init(**options)
-    except ConnectionError as e:
-        raise InputError(f"cannot join the Ray cluster at {address!r}: {e} (start one with `ray start --head`)") from e
+        num_cpus = max(float(os.cpu_count() or 1), needed)
+    cluster = join(address, num_cpus)
+    import ray.data
+
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # one bar, the driver's, in cases/s
     context.print_on_execution_start = False
-    return ray.cluster_resources()
+    return cluster
 
 
 def run(

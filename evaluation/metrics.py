@@ -128,6 +128,18 @@ def _area_percentile(distances: np.ndarray, areas: np.ndarray, percent: float) -
     return float(distances[order][index])
 
 
+def _joint_box(a: np.ndarray, b: np.ndarray) -> Tuple[slice, ...]:
+    """The smallest box holding every true voxel of ``a`` and ``b`` (the whole array when both are empty)."""
+    union = a | b
+    box = []
+    for axis in range(union.ndim):
+        along = np.flatnonzero(union.any(axis=tuple(other for other in range(union.ndim) if other != axis)))
+        if len(along) == 0:
+            return tuple(slice(None) for _ in union.shape)
+        box.append(slice(int(along[0]), int(along[-1]) + 1))
+    return tuple(box)
+
+
 def surface_scores(
     prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], tolerance_mm: float
 ) -> Tuple[float, float]:
@@ -135,9 +147,11 @@ def surface_scores(
 
     Cropping the masks to their joint bounding box first changes nothing and saves time.
     """
-    # one voxel of padding on each side so every boundary cube is seen (DeepMind crops with the same padding)
-    pred = np.pad(prediction, 1)
-    ref = np.pad(reference, 1)
+    # the joint bounding box, with one voxel of padding on each side so every boundary cube is seen (DeepMind crops
+    # with the same padding)
+    box = _joint_box(prediction, reference)
+    pred = np.pad(prediction[box], 1)
+    ref = np.pad(reference[box], 1)
     table = _surface_area_table(tuple(float(s) for s in spacing))
     step = np.asarray(spacing, dtype=np.float64)
     ref_points, ref_areas = _surface(ref, table)

@@ -19,7 +19,8 @@ from typing import Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-Box = Tuple[slice, slice, slice]
+Box = Tuple[slice, slice, slice]  # (z, y, x)
+Voxel = Tuple[int, int, int]  # (z, y, x)
 
 
 def click_box(voxels: Sequence[Sequence[int]], shape: Sequence[int], margin_mm: float, spacing: Sequence[float]) -> Box:

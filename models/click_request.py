@@ -16,15 +16,16 @@ clicks alone, the organ each one lands on in the current label.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
 from amoslabel.errors import InputError, Unprocessable
 from amoslabel.organs import ORGANS
+from models.click_merge import Voxel
 
-Voxel = Tuple[int, int, int]
 BACKGROUND = "background"
+CLICK_RESULT = "click"  # a click result's ``interaction``: what the review service saves as the user's label version
 ORGAN_NAMES: Dict[int, str] = {o.id: o.name for o in ORGANS}
 _BY_NAME: Dict[str, int] = {o.name.lower(): o.id for o in ORGANS}
 CURRENT_LABEL_KEY = "current_label_file"  # the uploaded label to correct: set by the server, never by a client

@@ -34,12 +34,12 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from amoslabel.config import AppConfig, NetworkSettings
 from amoslabel.errors import Conflict
 from amoslabel.organs import label_table
-from amoslabel.volume import Geometry, check_on_grid, read_label
+from amoslabel.volume import Geometry, read_label_on_grid
 from models.click_merge import Box, click_box, refine_organ
-from models.click_network import build_click_network, guidance_channels, warm_start
-from models.click_request import CURRENT_LABEL_KEY, ORGAN_NAMES, ClickRequest, Voxel, parse_clicks
+from models.click_region import in_box, organ_probability, region_around
+from models.click_network import build_click_network, warm_start
+from models.click_request import CLICK_RESULT, CURRENT_LABEL_KEY, ORGAN_NAMES, ClickRequest, Voxel, parse_clicks
 from models.infer_task import VersionRecipe, first_value, resolve_device, write_prelabel
-from models.inference import SlidingWindowPredictor
 from models.inference_gate import InferenceGate
 from models.preprocessing import LoadVolumed, NormaliseIntensityd, ResampleToPland, ResolveModalityd, zyx
 from models.versions import ModelStore, ModelVersion
@@ -47,7 +47,6 @@ from models.versions import ModelStore, ModelVersion
 log = logging.getLogger(__name__)
 
 CurrentLabel = Callable[[str, str], Optional[str]]  # (case id, user) -> the label file a click starts from
-CLICK_RESULT = "click"  # a result's ``interaction``: what the review service saves as the user's label version
 
 
 class ClickInferTask(InferTask):
@@ -134,7 +133,7 @@ class ClickInferTask(InferTask):
                 mask = self._predict(scan, recipe, network, roi, clicks.guidance(organ), organ, device)
                 box = boxes[organ]
                 label = refine_organ(
-                    label, organ, _in_box(mask, roi, box), clicks.positives(organ), clicks.negatives(), box
+                    label, organ, in_box(mask, roi, box), clicks.positives(organ), clicks.negatives(), box
                 )
         image = geometry.apply_to(sitk.GetImageFromArray(label))
         path = write_prelabel(image, request.get("result_extension"))
@@ -191,7 +190,7 @@ class ClickInferTask(InferTask):
             path, source = self.current_label(str(request["case_id"]), str(request.get("client_id") or "")), "case"
         if not path:
             return np.zeros(tuple(reversed(geometry.size)), np.uint8), "empty"
-        label = check_on_grid(geometry, read_label(path, self.app_config.storage.max_image_voxels), "current label")
+        label = read_label_on_grid(geometry, path, self.app_config.storage.max_image_voxels, "current label")
         return sitk.GetArrayFromImage(label).astype(np.uint8), source
 
     def _network(self, pinned: Any, device: str) -> Tuple[ModelVersion, torch.nn.Module]:
@@ -252,64 +251,9 @@ class ClickInferTask(InferTask):
         return sitk.GetArrayFromImage(back)
 
 
-def organ_probability(
-    network: torch.nn.Module,
-    image: np.ndarray,
-    guidance: Dict[str, List[Voxel]],
-    organ: int,
-    patch_zyx: Sequence[int],
-    device: str,
-) -> np.ndarray:
-    """The click network's probability of ``organ`` over ``image`` (1, z, y, x), given the clicks (label name ->
-    voxels); float32 (z, y, x).
-
-    A region smaller than the training patch runs in one window of its own size (rounded up to 16 voxels, what a
-    five-level UNet divides by), so a click near a small organ costs a small forward pass.
-    """
-    inputs = guidance_channels(image, {name: points for name, points in guidance.items() if points})
-    window = [min(int(p), int(np.ceil(n / 16) * 16)) for p, n in zip(patch_zyx, image.shape[1:])]
-    predictor = SlidingWindowPredictor(window, 0.25, 1, tta_flip=False)
-    probabilities = predictor(torch.as_tensor(inputs)[None].to(device), network)[0]
-    return probabilities[organ].float().cpu().numpy()
-
-
-def region_around(
-    boxes,
-    shape: Sequence[int],
-    context_mm: float,
-    spacing: Sequence[float],
-    least_mm: Optional[Sequence[float]] = None,
-) -> Box:
-    """The smallest box holding ``boxes``, widened by ``context_mm`` and clipped to the volume; then, where it is
-    narrower than ``least_mm`` (z, y, x), widened about its centre to that extent (inside the volume).
-
-    ``least_mm`` is one training patch (:meth:`models.infer_task.VersionRecipe.patch_mm`): a network that learned
-    from patches of that extent answers badly on less context. (Measured by ``make bench-clicks``: on a crop of a
-    third of its training extent, the bench's network lost most of each organ it had found on the whole volume, and
-    every click made the label worse.)
-    """
-    boxes = list(boxes)
-    spacing = np.asarray(spacing, dtype=float)
-    size = np.asarray(shape)
-    margin = np.ceil(context_mm / spacing).astype(int)
-    low = np.maximum(np.min([[s.start for s in b] for b in boxes], axis=0) - margin, 0)
-    high = np.minimum(np.max([[s.stop for s in b] for b in boxes], axis=0) + margin, size)
-    if least_mm is not None:
-        least = np.ceil(np.asarray(least_mm, dtype=float) / spacing).astype(int)
-        width = np.maximum(high - low, np.minimum(least, size))
-        low = np.clip((low + high - width) // 2, 0, size - width)
-        high = low + width
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-
-
 def _xyz(box: Box) -> Tuple[slice, slice, slice]:
     """A (z, y, x) box as SimpleITK indexes an image: (x, y, z)."""
     return box[2], box[1], box[0]
-
-
-def _in_box(mask: np.ndarray, roi: Box, box: Box) -> np.ndarray:
-    """The part of a roi-shaped mask that lies in ``box`` (which the roi holds)."""
-    return mask[tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, roi))]
 
 
 def _to_grid(points: Sequence[Voxel], roi: Box, crop: sitk.Image, grid: Geometry) -> List[Voxel]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -40,6 +41,30 @@ class RankInfo:
             world_size=int(environ.get("WORLD_SIZE", 1)),
             local_rank=int(environ.get("LOCAL_RANK", 0)),
         )
+
+
+def torchrun_command(
+    entry: Sequence[str],
+    nproc_per_node: int = 1,
+    nnodes: Optional[int] = None,
+    node_rank: int = 0,
+    rdzv_endpoint: Optional[str] = None,
+    rdzv_id: str = "amoslabel",
+) -> List[str]:
+    """``python -m torch.distributed.run ... ENTRY``: ``--standalone`` on one node, else a c10d rendezvous at the
+    endpoint (every node runs it with its ``node_rank`` and the same ``rdzv_id``)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node)]
+    if (nnodes or 1) == 1 and not rdzv_endpoint:
+        command.append("--standalone")
+    else:
+        command += [
+            "--nnodes", str(nnodes or 1),
+            "--node-rank", str(node_rank),
+            "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", str(rdzv_endpoint),
+            "--rdzv-id", rdzv_id,
+        ]  # fmt: skip
+    return command + list(entry)
 
 
 def default_backend() -> str:

@@ -44,6 +44,7 @@ from models.infer_task import as_bool, resolve_device
 from models.inference import SlidingWindowPredictor
 from models.losses import build_loss
 from models.networks import build_network, count_parameters
+from models.optimizers import build_optimizer
 from models.preprocessing import LoadVolumed, NormaliseIntensityd, ResampleToPland, ResolveModalityd, zyx
 from models.training_handlers import ProgressLogger, PublishVersion, ValidateOrgans
 from models.inference_gate import InferenceGate, PauseForInference, should_pause
@@ -297,12 +298,8 @@ class SegmentationTrainTask(BasicTrainTask):
         return {"name": self.network_settings.network, "params": dict(self.network_settings.params)}
 
     def optimizer(self, context: Context):
-        t = self.app_config.active.train
-        lr = float(context.request["learning_rate"])
-        if t.optimizer == "adamw":
-            return torch.optim.AdamW(context.network.parameters(), lr=lr, weight_decay=t.weight_decay)
-        return torch.optim.SGD(
-            context.network.parameters(), lr=lr, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay
+        return build_optimizer(
+            context.network.parameters(), self.app_config.active.train, context.request["learning_rate"]
         )
 
     def loss_function(self, context: Context):

@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import yaml
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
 
 from amoslabel.errors import InputError, ServerUnable
-from amoslabel.volume import read_label
-from review.auth import Principal
+from review.auth import Principal, Unauthorized, token_id_of
 from review.queries import case_detail, history, queue
 from review.service import ReviewService
 from review.statistics import agreement_stats
@@ -38,15 +37,27 @@ def create_review_api(service: ReviewService) -> Flask:
     _case_routes(app, service)
     _team_routes(app, service)
     app.after_request(_security_headers)
-    install_pages(app, service, service.workspace.web_secret)
+    install_pages(app, service, service.workspace.web_secret, service.auth_settings.cookie_secure)
     return app
 
 
-def principal_of_request(service: ReviewService) -> Principal:
-    """The user of the request's token (``Authorization: Bearer`` or ``X-Api-Token``); 401 without one."""
+def request_token() -> Optional[str]:
+    """The request's token (``Authorization: Bearer`` or ``X-Api-Token``), if any."""
     header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Api-Token")
-    return service.accounts.authenticate(token)
+    return header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Api-Token")
+
+
+def request_token_id() -> Optional[str]:
+    """The public id of the request's token (None without a well-formed one)."""
+    try:
+        return token_id_of(request_token() or "")
+    except Unauthorized:
+        return None
+
+
+def principal_of_request(service: ReviewService) -> Principal:
+    """The user of the request's token; 401 without one."""
+    return service.accounts.authenticate(request_token())
 
 
 def json_body() -> Dict[str, Any]:
@@ -66,8 +77,8 @@ def _error_handlers(app: Flask) -> None:
     """Every error as ``{"detail": ...}`` with its status; an unexpected one is logged and answered 500."""
 
     @app.errorhandler(InputError)
-    def _input_error(error: InputError):
-        return jsonify(detail=error.message), error.status
+    def _input_error(error: InputError):  # with its headers: a 429's Retry-After
+        return jsonify(detail=error.message), error.status, dict(error.headers or {})
 
     @app.errorhandler(ServerUnable)
     def _server_unable(error: ServerUnable):  # the database down (503), the disk full (507)
@@ -112,8 +123,11 @@ def _case_routes(app: Flask, service: ReviewService) -> None:
     @app.post("/api/me/password")
     def my_password():
         who = principal()
-        service.accounts.set_password(who.name, json_body().get("password"), actor=who.name)
-        return jsonify(name=who.name, password="set")
+        body = json_body()
+        ended = service.accounts.change_own_password(
+            who, body.get("current_password"), body.get("password"), keep_token=request_token_id()
+        )
+        return jsonify(name=who.name, password="set", other_sessions_ended=ended)
 
     @app.get("/api/queue")
     def my_queue():
@@ -137,8 +151,7 @@ def _case_routes(app: Flask, service: ReviewService) -> None:
         with tempfile.TemporaryDirectory(prefix="review-label-") as tmp:
             path = Path(tmp) / "label.nii.gz"
             upload.save(path)
-            label = read_label(path, name="label")  # refuse a corrupt or out-of-range file before it is a version
-            label = service.check_label_grid(case_id, label)
+            label = service.read_case_label(case_id, path)  # a corrupt or off-grid file refused before it is a version
             version = workflow.save_version(who, case_id, label, submit=submit_now)
         return jsonify(version=version, case=case_detail(workflow, case_id, who)["state"])
 

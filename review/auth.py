@@ -31,14 +31,15 @@ from sqlalchemy import select
 
 from amoslabel.errors import Conflict, InputError, NotFound
 from review import audit
+from review.logins import LoginThrottle
+from review.passwords import check_password
 from review.schema import Token, User
 from review.store import ReviewStore, utcnow
 
 ROLES = ("junior", "senior", "admin")
 API, ACCESS = "api", "access"
-MIN_PASSWORD = 10
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-_TOKEN = re.compile(r"^amos_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{20,100})$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_TOKEN = re.compile(r"amos_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{20,100})")
 _CACHE_SECONDS = 300.0
 _TOKEN_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
 _WRONG_LOGIN = "the user name or the secret is wrong"  # one message: a login never says which names exist
@@ -93,7 +94,7 @@ class AccessToken:
 
 def token_id_of(token: str) -> str:
     """The public id part of a well-formed token."""
-    match = _TOKEN.match(token or "")
+    match = _TOKEN.fullmatch(token or "")
     if not match:
         raise Unauthorized("the token is not valid")
     return match.group(1)
@@ -102,9 +103,10 @@ def token_id_of(token: str) -> str:
 class Accounts:
     """User, password and token management on the review store."""
 
-    def __init__(self, store: ReviewStore, access_token_hours: float = 12.0):
+    def __init__(self, store: ReviewStore, access_token_hours: float = 12.0, throttle: Optional[LoginThrottle] = None):
         self.store = store
         self.access_token_lifetime = timedelta(hours=access_token_hours)
+        self.throttle = throttle or LoginThrottle(store)
         self._hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)  # OWASP's Argon2id minimum
         self._dummy_hash: Optional[str] = None  # made at the first login: an unknown user costs a login the same
         self._verified: Dict[str, Tuple[Principal, str, float]] = {}
@@ -112,7 +114,7 @@ class Accounts:
 
     # -- users ----------------------------------------------------------------------------------------------------
     def add_user(self, name: str, role: str, actor: str = "cli") -> Principal:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise InputError("user name: 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit")
         if role not in ROLES:
             raise InputError(f"role must be one of {', '.join(ROLES)}, got {str(role)[:20]!r}")
@@ -125,14 +127,37 @@ class Accounts:
             _record(session, actor, "user_added", f"{name} ({role})")
             return Principal(user.id, user.name, user.role)
 
-    def set_password(self, name: str, password: str, actor: str = "cli") -> None:
-        """Set (or replace) a user's password; at least :data:`MIN_PASSWORD` characters."""
-        if not isinstance(password, str) or len(password) < MIN_PASSWORD:
-            raise InputError(f"a password needs at least {MIN_PASSWORD} characters")
+    def set_password(self, name: str, password: str, actor: str = "cli", keep_token: Optional[str] = None) -> int:
+        """Set (or replace) a user's password (:func:`review.passwords.check_password`), and end the user's other
+        sessions: every access token but ``keep_token`` (the id of the one the change was made with) is revoked. API
+        tokens stay (an admin issues and revokes those). Returns how many access tokens were revoked."""
+        check_password(password, [name])
         with self.store.write() as session:
             user = self._user(session, name)
             user.password_hash = self._hasher.hash(password)
-            _record(session, actor, "password_set", f"password of {name} set")
+            live = session.execute(
+                select(Token).where(Token.user_id == user.id, Token.kind == ACCESS, Token.revoked.is_(None))
+            ).scalars()
+            ended = 0
+            for token in live:
+                if token.id != keep_token:
+                    token.revoked = utcnow()
+                    ended += 1
+            _record(session, actor, "password_set", f"password of {name} set; {ended} other session(s) ended")
+        self._forget(user_id=user.id)
+        return ended
+
+    def change_own_password(self, who: "Principal", current: str, new: str, keep_token: Optional[str]) -> int:
+        """A user's change of their own password: the current one is required (a stolen session alone cannot take
+        the account over); the user's other sessions end (:meth:`set_password`)."""
+        with self.store.read() as session:
+            user = session.get(User, who.id)
+            stored = user.password_hash if user is not None else None
+        if not isinstance(current, str) or not current:
+            raise InputError("give your current password ('current_password') to change it")
+        if stored is None or not self._verify(stored, current):
+            raise Forbidden("the current password is wrong")
+        return self.set_password(who.name, new, actor=who.name, keep_token=keep_token)
 
     def set_active(self, name: str, active: bool, actor: str = "cli") -> None:
         with self.store.write() as session:
@@ -177,20 +202,52 @@ class Accounts:
         self._forget(user_id=user.id)
         return count
 
-    def login(self, name: str, secret: str) -> AccessToken:
+    def login(self, name: str, secret: str, address: Optional[str] = None) -> AccessToken:
         """An access token for ``name``, given the user's password or one of the user's API tokens.
+
+        ``address`` is the client's: failed logins are throttled per name and address (:mod:`review.logins`).
 
         Raises:
             Unauthorized: an unknown or inactive user, or a wrong secret (one message for all three).
+            TooManyRequests: too many failures of this name (or of any name) from this address just now (429).
         """
         if not isinstance(name, str) or not isinstance(secret, str) or not name or not secret:
             raise Unauthorized("a login needs a user name and a password (or an API token)")
+        self.throttle.check(name, address)
+        try:
+            issued = self._login(name, secret)
+        except Unauthorized:
+            self.throttle.failed(name, address)
+            raise
+        self.throttle.succeeded(name, address)
+        return issued
+
+    def open_session(self, token: str) -> AccessToken:
+        """A session of its own for a web login with a token alone: a new access token of the token's user, so that
+        logging out (:meth:`revoke_token`) ends the session and never the API token it was opened with."""
+        who = self.authenticate(token)
+        expires = utcnow() + self.access_token_lifetime
+        return AccessToken(self._issue(who.name, ACCESS, expires, who.name, "login with a token"), expires)
+
+    def revoke_token(self, token_id: str, actor: str) -> bool:
+        """Revoke one token by its id (a logout); whether it was live."""
+        with self.store.write() as session:
+            row = session.get(Token, str(token_id))
+            if row is None or row.revoked is not None:
+                return False
+            row.revoked = utcnow()
+            _record(session, actor, "logout" if row.kind == ACCESS else "token_revoked", f"token {row.id} revoked")
+            user_id = row.user_id
+        self._forget(user_id=user_id)
+        return True
+
+    def _login(self, name: str, secret: str) -> AccessToken:
         with self.store.read() as session:
             user = session.execute(select(User).where(User.name == name)).scalar_one_or_none()
             password_hash = user.password_hash if user is not None else None
             active = user is not None and user.active
         how = None
-        if _TOKEN.match(secret):
+        if _TOKEN.fullmatch(secret):
             try:
                 how = "api token" if self.authenticate(secret, kinds=(API,)).name == name else None
             except Unauthorized:
@@ -211,7 +268,7 @@ class Accounts:
         """
         if not token:
             raise Unauthorized("a token is required (header 'Authorization: Bearer amos_...'; log in at /auth/token)")
-        match = _TOKEN.match(token)
+        match = _TOKEN.fullmatch(token)
         if not match:
             raise Unauthorized("the token is not valid")
         key = hashlib.sha256(token.encode()).hexdigest()

@@ -10,6 +10,7 @@ from sqlalchemy import and_, exists, func, or_, select
 from amoslabel.errors import InputError, NotFound
 from amoslabel.organs import ORGAN_BY_ID
 from review.auth import Forbidden, Principal
+from review.blinding import REVIEWER_EDIT, blind_round, hides_event
 from review.consensus import aggregate_comments
 from review.schema import Assignment, AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
 from review.store import ReviewStore, utcnow
@@ -105,14 +106,29 @@ def case_detail(workflow: Workflow, case_id: str, who: Principal) -> Dict[str, A
         if case is None:
             raise NotFound(f"no case {case_id!r}")
         _check_visible(s, case, who)
+        blind = blind_round(s, case, who)
         names = dict(s.execute(select(User.id, User.name)).all())
-        versions = (
-            s.execute(select(LabelVersion).where(LabelVersion.case_id == case.id).order_by(LabelVersion.id))
+
+        def hidden(round_: int, user_id: Optional[int]) -> bool:  # another senior's work of the blind round
+            return blind is not None and round_ == blind.round and blind.hides_user(names.get(user_id))
+
+        versions = [
+            v
+            for v in s.execute(select(LabelVersion).where(LabelVersion.case_id == case.id).order_by(LabelVersion.id))
             .scalars()
             .all()
-        )
-        reviews = s.execute(select(Review).where(Review.case_id == case.id).order_by(Review.id)).scalars().all()
-        comments = s.execute(select(Comment).where(Comment.case_id == case.id).order_by(Comment.id)).scalars().all()
+            if not (v.kind == REVIEWER_EDIT and hidden(v.round, v.author_user_id))
+        ]
+        reviews = [
+            r
+            for r in s.execute(select(Review).where(Review.case_id == case.id).order_by(Review.id)).scalars().all()
+            if not hidden(r.round, r.user_id)
+        ]
+        comments = [
+            c
+            for c in s.execute(select(Comment).where(Comment.case_id == case.id).order_by(Comment.id)).scalars().all()
+            if not hidden(c.round, c.user_id)
+        ]
         decisions = s.execute(select(Decision).where(Decision.case_id == case.id).order_by(Decision.id)).scalars().all()
         votes: Dict[str, Dict[str, str]] = defaultdict(dict)
         for r in reviews:
@@ -134,6 +150,8 @@ def case_detail(workflow: Workflow, case_id: str, who: Principal) -> Dict[str, A
         last_round = case.round - 1 if case.state == "with_junior" and case.round > 0 else case.round
         return {
             **case_summary(s, case),
+            # the other seniors' votes, comments and edits of this round are hidden until this user has voted
+            "blind": blind is not None,
             "current_version": case.current_version,
             "final_version": case.final_version,
             "versions": [
@@ -171,9 +189,14 @@ def history(workflow: Workflow, case_id: str, who: Principal) -> List[Dict[str, 
         if case is None:
             raise NotFound(f"no case {case_id!r}")
         _check_visible(s, case, who)
-        events = (
-            s.execute(select(AuditEvent).where(AuditEvent.case_id == case_id).order_by(AuditEvent.id)).scalars().all()
-        )
+        blind = blind_round(s, case, who)
+        events = [
+            e
+            for e in s.execute(select(AuditEvent).where(AuditEvent.case_id == case_id).order_by(AuditEvent.id))
+            .scalars()
+            .all()
+            if not hides_event(blind, e)
+        ]
         return [
             {
                 "at": e.at.isoformat() + "Z",

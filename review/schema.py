@@ -42,6 +42,18 @@ class Token(Base):
     expires: Mapped[Optional[datetime]] = mapped_column(default=None)
 
 
+class LoginFailure(Base):
+    """Failed logins of one user name from one client address, for throttling (:mod:`review.logins`); the row goes
+    at the next success. In the store, so every server of a team throttles alike."""
+
+    __tablename__ = "login_failures"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last: Mapped[datetime]
+    wait_until: Mapped[Optional[datetime]] = mapped_column(default=None)
+
+
 class Case(Base):
     """One image under annotation."""
 

@@ -33,13 +33,16 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from amoslabel.cluster.leadership import LeaderJobs, leadership_for
 from amoslabel.config import AppConfig
 from amoslabel.dicom.naming import SegKind, seg_uids
+from amoslabel.data.datastore import KEPT_AS_VERSION
 from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, ORIGINAL_TAG, WORKING_TAG
 from amoslabel.errors import Conflict, InputError, Unprocessable
-from amoslabel.volume import Geometry, check_on_grid
+from amoslabel.volume import Geometry, check_on_grid, read_label, read_label_on_grid
 from amoslabel.workspace import Workspace
-from models.click_task import CLICK_RESULT
+from models.click_request import CLICK_RESULT
 from review import audit
 from review.auth import Accounts, Forbidden, Principal
+from review.blinding import REVIEWER_EDIT, blind_round
+from review.logins import LoginThrottle
 from review.queries import case_detail, next_case
 from review.schema import Case, LabelVersion
 from review.votes import is_point
@@ -47,7 +50,7 @@ from review.store import ReviewStore, database_url
 from review.workflow import Workflow
 
 log = logging.getLogger(__name__)
-_ID_LIKE = re.compile(r"^[0-9.]{1,128}$")  # a DICOM UID (a DICOMweb datastore's case id)
+_ID_LIKE = re.compile(r"[0-9.]{1,128}")  # a DICOM UID (a DICOMweb datastore's case id)
 FINALISE_SWEEP_S = 1.0  # the leader finalises cases another server's vote brought to consensus within about this
 SETTLED_S = 2.0  # ... once they have been in consensus this long (the voting leader's own finaliser goes first)
 LEASE_SWEEP_S = 10.0  # how often lapsed leases are expired (a queue already treats a lapsed lease as none)
@@ -95,9 +98,12 @@ class ReviewService:
 
     def __init__(self, config: AppConfig, studies: str):
         self.workspace = Workspace(Path(studies))
+        self.max_voxels = config.storage.max_image_voxels
+        self.auth_settings = config.auth  # the web pages' cookie, the login throttle's limits
         url = config.review.database or database_url(studies)
         self.store = ReviewStore(url, self.workspace.label_versions)
-        self.accounts = Accounts(self.store, config.auth.access_token_hours)
+        throttle = LoginThrottle(self.store, config.auth.login_free_failures, config.auth.login_max_delay_s)
+        self.accounts = Accounts(self.store, config.auth.access_token_hours, throttle)
         self.workflow = Workflow(self.store, config.review, self._published)
         self._finaliser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finalise")
         # the team's background work runs on one server, its leader (the sole server on SQLite)
@@ -148,11 +154,42 @@ class ReviewService:
         seg = next((uid for uid in (seg_uids(case_id, version, k)[0] for k in kinds) if uid in stored), None)
         return ohif_viewer_url(self.ohif_viewer, study, case_id, seg)
 
+    def read_case_label(self, case_id: str, path: str | Path, name: str = "label") -> sitk.Image:
+        """An uploaded label for a case, read and on its scan's exact grid; the header's grid is checked before any
+        voxel is read (:func:`amoslabel.volume.read_label_on_grid`). Unchecked against a scan not on this server."""
+        image = self.image_file(case_id)
+        if image:
+            return read_label_on_grid(image, path, self.max_voxels, name)
+        return read_label(path, self.max_voxels, name)
+
     def check_label_grid(self, case_id: str, label: sitk.Image) -> sitk.Image:
         """``label`` on its case's exact scan grid; refused (422) when it is not on that grid. Unchecked when the
         scan is not on this server."""
         image = self.image_file(case_id)
         return check_on_grid(image, label, f"label for {case_id}") if image else label
+
+    def hidden_seg_series(self, who: Principal, study_uid: str) -> Set[str]:
+        """The SEG series of a study that ``who`` must not see now: the other seniors' edits of a round that is
+        blind to them (:mod:`review.blinding`); what a DICOM viewer lists and retrieves is filtered by it."""
+        if who.role != "senior" or self.files is None or not _ID_LIKE.fullmatch(study_uid or ""):
+            return set()
+        hidden: Set[str] = set()
+        with self.store.read() as s:
+            for case_id in self.files.cases_of_study(study_uid):
+                case = s.get(Case, case_id)
+                blind = blind_round(s, case, who) if case is not None else None
+                if blind is None:
+                    continue
+                edits = s.execute(
+                    select(LabelVersion.id, LabelVersion.author_user_id).where(
+                        LabelVersion.case_id == case_id,
+                        LabelVersion.round == blind.round,
+                        LabelVersion.kind == REVIEWER_EDIT,
+                        LabelVersion.author_user_id != who.id,
+                    )
+                ).all()
+                hidden |= {seg_uids(case_id, version_id, SegKind.REVIEWER_EDIT)[0] for version_id, _ in edits}
+        return hidden
 
     def anchor_points(self, case_id: str, votes: List[Any]) -> List[Any]:
         """Votes whose comment point is given in mm (``point_world``, LPS) also get its voxel of the case's scan
@@ -257,13 +294,13 @@ class ReviewService:
         """Audit a read through a DICOMweb proxy; ``uid`` is the series (a DICOMweb case's id) or study it asked
         for. A series that is a case, or a study that holds cases, goes in the history of those cases."""
         with self.store.write() as s:
-            case = s.get(Case, uid) if _ID_LIKE.match(uid) else None
+            case = s.get(Case, uid) if _ID_LIKE.fullmatch(uid) else None
             cases = [case.id] if case else [c for c in self._cases_of_study(uid) if s.get(Case, c) is not None]
             for case_id in cases or [None]:
                 audit.record(s, case_id, who, "dicomweb_read", None, None, f"DICOMweb read of {uid}")
 
     def _cases_of_study(self, uid: str) -> List[str]:
-        return self.files.cases_of_study(uid) if self.files is not None and _ID_LIKE.match(uid) else []
+        return self.files.cases_of_study(uid) if self.files is not None and _ID_LIKE.fullmatch(uid) else []
 
     def _published(self, case_id: str, version_file: Path, info: Dict[str, Any]) -> None:
         if self.files is not None:
@@ -339,9 +376,10 @@ class ReviewService:
             raise Forbidden(f"client id {client_id[:64]!r} is not an AMOS Label user")
         return principal
 
-    def save_from_viewer(self, image_id: str, label: sitk.Image, tag: str, info: Dict[str, Any]) -> Optional[Path]:
+    def save_from_viewer(self, image_id: str, label: sitk.Image, tag: str, info: Dict[str, Any]):
         """The datastore's save hook: a checked label, written once into the version store when the workflow takes
-        it. Returns that version's file, or None to let the datastore store the save as it is."""
+        it. Returns that version's file (the datastore links its label to it), ``KEPT_AS_VERSION`` for a reviewer's
+        edit, or None to let the datastore store the save as it is."""
         if tag == ORIGINAL_TAG:
             # the exact version that made it ("unet:v3"; the prior's tag names its atlas), so it can be replayed
             params = info.get("params") if isinstance(info.get("params"), dict) else {}
@@ -359,7 +397,8 @@ class ReviewService:
             raise Forbidden("a final label comes from consensus, not from a save: admins resolve escalated cases")
         stored = self.store.versions.put(image_id, label)
         self.workflow.save_version(who, image_id, stored.path, submit=(tag == FINAL_TAG and who.role == "junior"))
-        return stored.path
+        # a junior's save is the case's working label; a reviewer's edit stays a version (see _save_edit)
+        return stored.path if who.role == "junior" else KEPT_AS_VERSION
 
     def save_click(self, client_id: Any, case_id: str, label_file: str, params: Dict[str, Any]) -> int:
         """A click-refined label (:mod:`models.click_task`) as a label version by the user who clicked, kept as the
@@ -395,11 +434,14 @@ class ReviewService:
             return current.path if current else None
 
     def _save_edit(self, who: Principal, case_id: str, label: Any, info: Dict[str, Any]) -> int:
-        """A user's label as a version (a junior's draft; a reviewer's edit) and the datastore's working label."""
+        """A user's label as a version (a junior's draft; a reviewer's edit). A junior's draft is also the datastore's
+        ``working`` label, what a viewer loads for the case; a reviewer's edit is not: the other seniors load the
+        submitted version they review, and never another reader's edit of the round (they vote blind,
+        :mod:`review.blinding`)."""
         version_id = self.workflow.save_version(who, case_id, label, info=info)
-        with self.store.read() as s:
-            path = Path(s.get(LabelVersion, version_id).path)
-        if self.files is not None:
+        if self.files is not None and who.role == "junior":
+            with self.store.read() as s:
+                path = Path(s.get(LabelVersion, version_id).path)
             self.files.link_label(case_id, path, WORKING_TAG, {"client_id": who.name, "version": version_id})
         return version_id
 

@@ -36,7 +36,7 @@ from amoslabel.volume import write_image
 from amoslabel.workspace import Workspace
 from review.schema import Base, Case
 
-_VERSION_NAME = re.compile(r"^[0-9a-f]{64}\.nii\.gz$")
+_VERSION_NAME = re.compile(r"[0-9a-f]{64}\.nii\.gz")
 
 
 def utcnow() -> datetime:
@@ -216,7 +216,7 @@ class VersionFiles:
             finally:
                 tmp.unlink(missing_ok=True)
         source = Path(source)
-        if source.parent.resolve() == folder.resolve() and _VERSION_NAME.match(source.name):
+        if source.parent.resolve() == folder.resolve() and _VERSION_NAME.fullmatch(source.name):
             return StoredLabel(source.name.split(".")[0], source)
         digest = file_sha256(source)
         target = folder / f"{digest}.nii.gz"

@@ -9,7 +9,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 # `make test` runs test modules on two workers (pytest-xdist, --dist loadfile: each module whole on one worker, in its
 # order). There, each worker and the servers it starts compute on one thread: two processes of two spinning OpenMP
@@ -30,6 +31,40 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 OUTPUT = ROOT / "test-output"
+
+
+# The longest modules first. xdist hands modules to its workers in collection order (``--no-loadscope-reorder``; its
+# default orders them by their number of tests), so a long module handed out last keeps one worker busy after the
+# others are done. Wall seconds of each module in `make test` on 2 cores (2026-12-06); the modules not listed follow
+# in their usual order. A wrong order costs time, never a result.
+LONGEST_FIRST = (
+    "tests/cohort/test_ray_cohort.py",  # 240 s, most of it waiting on Ray's niced workers
+    "tests/dicomweb/test_ohif_client.py",  # 120
+    "tests/bench/test_baselines.py",  # 114
+    "tests/app/test_server.py",  # 112
+    "tests/models/pretrained/test_imported_models.py",  # 99
+    "tests/reliability/test_fuzz.py",  # 86
+    "tests/review/test_server_workflow.py",  # 70
+    "tests/reliability/test_team.py",  # 68
+    "tests/review/web/test_pages.py",  # 62
+    "tests/bench/test_clicks_bench.py",  # 57
+    "tests/bench/test_al_simulation.py",  # 56
+    "tests/reliability/test_crash.py",  # 51
+    "tests/bench/test_review_load.py",  # 48
+    "tests/models/test_distributed_training.py",  # 47
+    "tests/app/test_startup.py",  # 32
+    "tests/dicomweb/test_dicomweb_workflow.py",  # 31
+    "tests/dicomweb/test_orthanc_ohif.py",  # 29
+    "tests/bench/test_gpu_check.py",  # 28
+    "tests/reliability/test_bad_input.py",  # 27
+    "tests/app/test_clicks.py",  # 27
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order the modules by :data:`LONGEST_FIRST` (a stable sort: the tests of a module keep their order)."""
+    rank = {path: n for n, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +177,16 @@ class ServerProcess(LoggedProcess):
         return login(self.url, tmpdir, name, secret, client_id)
 
 
+@contextmanager
+def running(process: ServerProcess) -> Iterator[ServerProcess]:
+    """A started server, ready, stopped when the block ends (a module fixture yields from inside it)."""
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
 def login(url: str, tmpdir: Path, name: str, secret: str, client_id: Optional[str] = None):
     """The client class Slicer uses, logged in with a password or an API token as the secret."""
     from monailabel.client import MONAILabelClient
@@ -164,11 +209,18 @@ def sample_studies(shared, tmp_path_factory) -> Path:
     return studies
 
 
+# The background scorer (active learning) of a server scores every case at the start: about 11 s of CPU on the sample
+# scans, which on a 2-core machine competes with the tests. Servers whose tests do not look at scores run without it;
+# the scorer is tested through servers of its own (tests/strategies/test_server_strategies.py, the web pages' round
+# trip, tests/reliability/test_crash.py).
+NO_SCORER = {"active_learning": "false"}
+
+
 @pytest.fixture(scope="session")
 def server(sample_studies, tmp_path_factory):
     """One real server for the session, on the 3 mm CPU preset so that training and inference take seconds."""
     workdir = tmp_path_factory.mktemp("server")
-    proc = ServerProcess(sample_studies, workdir, {"preset": "cpu-fast"})
+    proc = ServerProcess(sample_studies, workdir, {"preset": "cpu-fast", **NO_SCORER})
     try:
         proc.wait_ready()
         yield proc

@@ -58,12 +58,15 @@ def _run(args: argparse.Namespace) -> int:
     for name, value in (("--workers", args.workers), ("--limit", args.limit), ("--cpu-workers", args.cpu_workers)):
         if value is not None and value < 1:
             raise InputError(f"{name} must be at least 1")
+    resources = Resources(workers=args.workers or 1, cpus_per_worker=args.cpus_per_worker)
     overrides = conf_pairs(args.conf)
     if args.preset:
         overrides["preset"] = args.preset
     if args.database:
         overrides["review_database"] = args.database
     config = load_config(overrides=overrides)
+    if args.address != "local":
+        connect(args.address, resources)  # before anything is written, so that a refused driver leaves nothing
     models = args.model or ([config.models[0]] if args.cohort_job == "prelabel" else None)
     spec = CohortSpec(
         str(args.studies.resolve()), models[0] if models else "", 0, None, tuple(sorted(overrides.items()))
@@ -78,7 +81,6 @@ def _run(args: argparse.Namespace) -> int:
     review = ReviewService(config, str(args.studies))
     datastore = attach_datastore(review, args.studies, config.storage)
 
-    resources = Resources(workers=args.workers or 1, cpus_per_worker=args.cpus_per_worker)
     if args.cohort_job == "prelabel":
         job = JOBS["prelabel"](review, datastore, spec)
     else:

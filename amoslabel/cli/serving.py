@@ -22,6 +22,15 @@ def add_conf_option(parser: argparse.ArgumentParser, help_text: str = "apps.yaml
     parser.add_argument("--conf", nargs=2, action="append", metavar=("KEY", "VALUE"), help=help_text)
 
 
+def add_labels_as_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--labels-as",
+        choices=["final", "prelabel"],
+        default="final",
+        help="what the labels of an imported dataset become: final (training data) or prelabel (a junior's work)",
+    )
+
+
 def register(sub) -> None:
     serve = sub.add_parser("serve", help="import studies and start the MONAI Label server")
     serve.add_argument(
@@ -35,7 +44,7 @@ def register(sub) -> None:
     serve.add_argument("--port", type=int, default=8000)
     add_conf_option(serve, "apps.yaml override, as in monailabel start_server (e.g. --conf preset cpu-fast)")
     serve.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE)
-    serve.add_argument("--labels-as", choices=["final", "prelabel"], default="final")
+    add_labels_as_option(serve)
     serve.set_defaults(run=_serve)
 
     web = sub.add_parser("serve-dicomweb", help="private Orthanc with the de-identified samples, OHIF, and the server")
@@ -55,6 +64,7 @@ def register(sub) -> None:
     team.add_argument("--review-workers", type=int, default=2, help="gunicorn processes for /review (0: none)")
     add_conf_option(team)
     team.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE)
+    add_labels_as_option(team)
     team.set_defaults(run=_serve_team)
 
     haproxy = sub.add_parser("haproxy-config", help="print the HAProxy configuration for a team on real machines")
@@ -87,7 +97,9 @@ def _serve_team(args) -> int:
     from amoslabel.server.team_launch import run_team
 
     conf = conf_pairs(args.conf)
-    return run_team(args.studies, args.host, args.port, args.servers, conf, args.workspace, args.review_workers)
+    return run_team(
+        args.studies, args.host, args.port, args.servers, conf, args.workspace, args.review_workers, args.labels_as
+    )
 
 
 def _haproxy_config(args) -> int:

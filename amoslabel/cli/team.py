@@ -32,6 +32,20 @@ def review_service(studies: Path, database):
     return ReviewService(load_config(overrides=overrides), str(studies))
 
 
+def accounts_of(studies: Path, database):
+    """The team's accounts alone (the review store's users and tokens), without the workflow and the models: an
+    administrator's ``users`` command answers in a second, not after importing the server."""
+    from review.auth import Accounts
+    from review.logins import LoginThrottle
+    from review.store import ReviewStore, database_url
+    from amoslabel.workspace import Workspace
+
+    config = load_config(overrides={"review_database": database} if database else {})
+    store = ReviewStore(config.review.database or database_url(studies), Workspace(studies).label_versions)
+    throttle = LoginThrottle(store, config.auth.login_free_failures, config.auth.login_max_delay_s)
+    return Accounts(store, config.auth.access_token_hours, throttle)
+
+
 def attach_datastore(service, studies: Path, storage):
     """Attach the studies folder's own datastore (opened here with ``storage``, apps.yaml's limits) to a review
     service and sync its cases, as at a server's start; returns the datastore."""
@@ -44,7 +58,7 @@ def attach_datastore(service, studies: Path, storage):
 
 
 def _users(args) -> int:
-    accounts = review_service(args.studies, args.database).accounts
+    accounts = accounts_of(args.studies, args.database)
     actor = f"cli:{getpass.getuser()}"
     if args.action == "list":
         for user in accounts.list_users():

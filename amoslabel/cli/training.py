@@ -139,6 +139,7 @@ def _prepared_request(task, request: Dict[str, Any]) -> Dict[str, Any]:
 
 def launch(args, config_path: Optional[Path], overrides, task, request, datalist) -> int:
     """Write the ranks' spec and run torchrun on :mod:`models.distributed_training`; its exit status."""
+    from models.distributed import torchrun_command
     from models.distributed_training import SPEC_FILE, LaunchSpec
 
     threads = max(1, (os.cpu_count() or 1) // args.nproc_per_node)
@@ -154,26 +155,17 @@ def launch(args, config_path: Optional[Path], overrides, task, request, datalist
         threads=threads,
     )
     path = spec.write(Path(task._model_dir) / request["name"] / SPEC_FILE)
-    command = torchrun_command(args, path)
+    command = torchrun_command(
+        ["-m", "models.distributed_training", "--spec", str(path)],
+        args.nproc_per_node,
+        args.nnodes,
+        args.node_rank,
+        args.rdzv_endpoint,
+        args.rdzv_id or f"amoslabel-{args.model}",
+    )
     logger.info(f"launching: {' '.join(command)}")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": _pythonpath()}
     return subprocess.run(command, cwd=ROOT, env=env).returncode
-
-
-def torchrun_command(args, spec_path: Path) -> List[str]:
-    """``python -m torch.distributed.run``: ``--standalone`` on one node, else a c10d rendezvous at the endpoint."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc_per_node)]
-    if (args.nnodes or 1) == 1 and not args.rdzv_endpoint:
-        command.append("--standalone")
-    else:
-        command += [
-            "--nnodes", str(args.nnodes or 1),
-            "--node-rank", str(args.node_rank),
-            "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", args.rdzv_endpoint,
-            "--rdzv-id", args.rdzv_id or f"amoslabel-{args.model}",
-        ]  # fmt: skip
-    return command + ["-m", "models.distributed_training", "--spec", str(spec_path)]
 
 
 def _pythonpath() -> str:

@@ -43,10 +43,12 @@ from amoslabel.errors import InputError, NotFound, TooLarge
 from amoslabel.files import copy_atomic, file_sha256, move_entry, write_text_atomic
 from amoslabel.ids import check_id, check_tag
 from amoslabel.modality import normalise_name
-from amoslabel.volume import Geometry, check_on_grid, read_image, read_label, write_atomic
+from amoslabel.volume import Geometry, read_image, read_label_on_grid, write_atomic
 from amoslabel.workspace import Workspace
 
 logger = logging.getLogger(__name__)
+# what a label saver returns for a save it kept as a version only (a reviewer's edit: no datastore label points at it)
+KEPT_AS_VERSION = "kept as a version only"
 
 INDEX_FILE = "datastore_v2.json"
 PURGED = "PURGED"  # what a purged, withdrawn image leaves in its archive folder
@@ -176,6 +178,8 @@ class AmosDatastore(LocalDatastore):
         label = self._checked_label(image_id, label_filename)
         if self.label_saver is not None:
             version_file = self.label_saver(image_id, label, label_tag, dict(label_info or {}))
+            if version_file is KEPT_AS_VERSION:
+                return image_id  # a version of the workflow's only; the datastore's labels stay as they are
             if version_file is not None:
                 tag = ORIGINAL_TAG if label_tag == ORIGINAL_TAG else WORKING_TAG
                 return self.link_label(image_id, version_file, tag, label_info)
@@ -218,8 +222,8 @@ class AmosDatastore(LocalDatastore):
         """The uploaded label read and checked (ids 0-15, size limits, on its image's grid), on that exact grid."""
         self._object(image_id)
         self._check_upload_size(label_filename)
-        label = read_label(label_filename, self.max_voxels, name=f"label for {image_id}")
-        return check_on_grid(self.get_image_uri(image_id), label, f"label for {image_id}")
+        name = f"label for {image_id}"
+        return read_label_on_grid(self.get_image_uri(image_id), label_filename, self.max_voxels, name)
 
     def _store_label(self, image_id: str, label: sitk.Image, label_tag: str, label_info: Dict[str, Any]) -> str:
         obj = self._object(image_id)

@@ -209,12 +209,47 @@ class AccessGate:
         return Decision(0, who)
 
 
-class AccessControl:
-    """ASGI middleware: every HTTP request through :class:`AccessGate`; the principal goes to ``request.state``."""
+class InferenceShares:
+    """At most ``per_user`` inference requests of one user running at once in this process; the next is refused
+    (429) rather than queued, so that one user cannot fill the server's threads and make everyone else wait."""
 
-    def __init__(self, app, gate: AccessGate):
+    def __init__(self, per_user: int):
+        self.per_user = int(per_user)
+        self._running: Dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, user: str) -> bool:
+        with self._lock:
+            if self._running.get(user, 0) >= self.per_user:
+                return False
+            self._running[user] = self._running.get(user, 0) + 1
+            return True
+
+    def give_back(self, user: str) -> None:
+        with self._lock:
+            left = self._running.get(user, 1) - 1
+            if left > 0:
+                self._running[user] = left
+            else:
+                self._running.pop(user, None)
+
+
+INFER_PATH = re.compile(r"/infer/[^/]+/?")
+
+
+class AccessControl:
+    """ASGI middleware: every HTTP request through :class:`AccessGate`; the principal goes to ``request.state``.
+
+    The gate's token checks run on a thread pool of their own: the endpoints' pool (where inference runs) may be
+    full, and a review page or a login must not wait for it. A user's inference requests beyond their share
+    (:class:`InferenceShares`) are answered 429.
+    """
+
+    def __init__(self, app, gate: AccessGate, infer_per_user: int = 2):
         self.app = app
         self.gate = gate
+        self.shares = InferenceShares(infer_per_user)
+        self._limiter: Optional[anyio.CapacityLimiter] = None  # made in the event loop, at the first request
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -222,10 +257,21 @@ class AccessControl:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         # in the thread pool: the token's row is read from the store (and its secret checked with Argon2, 50 ms,
         # the first time), which must not stall the event loop; the hop costs about 0.5 ms (make bench-auth)
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(GATE_THREADS)
         try:
-            decision = await anyio.to_thread.run_sync(self.gate.decide, scope["method"], scope["path"], headers)
+            decision = await anyio.to_thread.run_sync(
+                self.gate.decide, scope["method"], scope["path"], headers, limiter=self._limiter
+            )
         except Unavailable as down:  # the token cannot be checked while the database is down
             decision = Decision(503, detail=down.message)
+        user = decision.principal.name if decision.principal is not None else None
+        limited = not decision.status and user and scope["method"] == "POST" and _is_infer(self.gate, scope["path"])
+        if limited and not self.shares.take(user):
+            decision = Decision(
+                429, decision.principal, f"you have {self.shares.per_user} inference requests running: wait for one"
+            )
+            limited = False
         if decision.status:
             body = json.dumps({"detail": decision.detail}).encode()
             response_headers = [
@@ -237,11 +283,26 @@ class AccessControl:
                 response_headers.append((b"www-authenticate", b"Bearer"))
             elif decision.status == 503:
                 response_headers.append((b"retry-after", b"5"))
+            elif decision.status == 429:
+                response_headers.append((b"retry-after", b"1"))
             await send({"type": "http.response.start", "status": decision.status, "headers": response_headers})
             await send({"type": "http.response.body", "body": body})
             return
         scope.setdefault("state", {})["principal"] = decision.principal
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if limited:
+                self.shares.give_back(user)
+
+
+GATE_THREADS = 16  # the gate's own threads (a token check is a database read, an Argon2 check the first time)
+
+
+def _is_infer(gate: AccessGate, path: str) -> bool:
+    if gate.api_prefix and path.startswith(gate.api_prefix):
+        path = path[len(gate.api_prefix) :] or "/"
+    return INFER_PATH.fullmatch(path) is not None
 
 
 def _article(role: str) -> str:

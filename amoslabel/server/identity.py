@@ -28,6 +28,7 @@ from monailabel.endpoints.user.auth import DEFAULT_USER, User
 from amoslabel.server.access import AccessControl, AccessGate
 from amoslabel.config import ConfigError
 from review.auth import Accounts, Forbidden, Principal, Unauthorized
+from review.logins import client_address
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,15 @@ def install_auth_routes(fastapi_app, accounts: Accounts, enabled: bool, override
         return {"enabled": enabled, "client_id": AUTH_CLIENT, "realm": None}
 
     def access_token(
-        username: str = Form(...), password: str = Form(...), grant_type: Optional[str] = Form(None)
+        request: Request,
+        username: str = Form(...),
+        password: str = Form(...),
+        grant_type: Optional[str] = Form(None),
     ) -> Dict[str, Any]:
         if grant_type not in (None, "", "password"):
             raise Unauthorized("only grant_type=password is supported")
-        issued = accounts.login(username, password)
+        peer = request.client.host if request.client else None
+        issued = accounts.login(username, password, client_address(peer, request.headers.get("x-forwarded-for")))
         lifetime = int(accounts.access_token_lifetime.total_seconds())
         return {"access_token": issued.token, "token_type": "bearer", "expires_in": lifetime}
 
@@ -102,14 +107,14 @@ def install_auth_routes(fastapi_app, accounts: Accounts, enabled: bool, override
     override_route(fastapi_app, f"{api}/auth/token/valid", valid_token, ["GET"], tags=["Auth"], summary="Token check")
 
 
-def protect(fastapi_app, gate: AccessGate) -> None:
-    """Put the gate in front of the server's whole middleware stack.
+def protect(fastapi_app, gate: AccessGate, infer_per_user: int = 2) -> None:
+    """Put the gate in front of the server's whole middleware stack (with each user's share of inference).
 
     The app has started when this runs (its stack is built), so the gate wraps the built stack rather than going
     through ``add_middleware``.
     """
     stack = fastapi_app.middleware_stack or fastapi_app.build_middleware_stack()
-    fastapi_app.middleware_stack = AccessControl(stack, gate)
+    fastapi_app.middleware_stack = AccessControl(stack, gate, infer_per_user)
 
 
 def bind_host(argv: Optional[List[str]] = None) -> str:

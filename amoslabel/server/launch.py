@@ -23,7 +23,7 @@ from amoslabel.data.importer import import_source
 from amoslabel.data.stores import is_dicomweb, working_folder
 from amoslabel.processes import answers
 from amoslabel.server.first_start import DEMO_MANIFEST, credentials_text, first_start
-from amoslabel.workspace import PROJECT_ROOT, SHARED_DATA
+from amoslabel.workspace import PROJECT_ROOT, SHARED_DATA, WORKSPACE_DIR, Workspace
 
 APP_DIR = PROJECT_ROOT / "app"
 
@@ -78,7 +78,11 @@ def server_command(studies: str, host: str, port: int, conf: Dict[str, str]) -> 
 
 
 def prepare_studies(source: Optional[str], workspace: Path, labels_as: str) -> str:
-    """Turn ``source`` into a studies folder the server can write into; returns its path (or the DICOMweb URL)."""
+    """Turn ``source`` into a studies folder the server can write into; returns its path (or the DICOMweb URL).
+
+    A dataset is imported into ``workspace`` (images linked, labels as ``labels_as``); a folder imported already (one
+    with ``.amoslabel/``) is served where it is, as it stands; a DICOMweb URL is served as given.
+    """
     if source and is_dicomweb(source):
         return source
     if not source:
@@ -88,6 +92,11 @@ def prepare_studies(source: Optional[str], workspace: Path, labels_as: str) -> s
         name = "demo"
     else:
         source_path = Path(source).resolve()
+        if Workspace(source_path).root.is_dir():
+            print(
+                f"[amoslabel] {source_path} is a studies folder already (it has {WORKSPACE_DIR}/): served where it is"
+            )
+            return str(source_path)
         name = f"{source_path.name}-{hashlib.sha1(str(source_path).encode()).hexdigest()[:8]}"
     studies = workspace / name / "studies"
     print(f"[amoslabel] importing {source_path} into {studies}", flush=True)
@@ -116,7 +125,7 @@ def run(source: Optional[str], host: str, port: int, conf: Dict[str, str], works
             print("\n" + "=" * 78, flush=True)
             print(f"  AMOS Label is serving {studies}", flush=True)
             print(f"  In 3D Slicer: MONAI Label module -> MONAI Label server: {url}", flush=True)
-            print(f"  API docs: {url}/docs    stop: Ctrl-C", flush=True)
+            print(f"  Review pages: {url}/review/    API: {url}/openapi.json    stop: Ctrl-C", flush=True)
             if made:
                 print("\n" + credentials_text(made, url, local), flush=True)
             elif config.auth.enabled:

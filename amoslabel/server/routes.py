@@ -1,9 +1,12 @@
 """What this app changes in the MONAI Label server it runs in: the review API mounted, and endpoints answered here.
 
-``install(fastapi_app, review, datastore, auth)`` is called once, in the server process, when the app is ready. It
+``install(fastapi_app, review, datastore, config)`` is called once, in the server process, when the app is ready. It
 mounts the review API and pages (Flask, through a2wsgi) at ``/review``, serves the auth contract
-(:mod:`amoslabel.server.identity`), puts the access gate in front of everything (:mod:`amoslabel.server.access`), and
-puts the overrides below in front of MONAI Label's routes. Each keeps the endpoint's path, parameters and answer:
+(:mod:`amoslabel.server.identity`), replaces MONAI Label's CORS policy and HTML pages
+(:mod:`amoslabel.server.browser_policy`), owns the inference sessions (:mod:`amoslabel.server.sessions`), limits
+upload sizes (:mod:`amoslabel.server.uploads`), puts the access gate in front of everything
+(:mod:`amoslabel.server.access`), and puts the overrides below in front of MONAI Label's routes. Each keeps the
+endpoint's path, parameters and answer:
 
 * ``POST /activelearning/{strategy}`` runs in the thread pool (MONAI Label declares it ``async`` and blocks the event
   loop), answers ``review_queue`` without the whole app ``info()``, and refuses an unknown strategy with 404.
@@ -47,13 +50,17 @@ from monailabel.endpoints.infer import ResultType, run_inference
 from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.others.generic import get_mime_type
 
+from amoslabel.config import AppConfig
 from amoslabel.data.datastore import AmosDatastore
 from amoslabel.data.dicomweb import AmosDicomWebDatastore, seg_for_infer
 from amoslabel.errors import InputError, NotFound
 from amoslabel.ids import check_id, check_tag
 from amoslabel.server.access import AccessGate
+from amoslabel.server.browser_policy import apply_browser_policy
 from amoslabel.server.health import install_health_routes
 from amoslabel.server.identity import acting_for, install_auth_routes, protect, username
+from amoslabel.server.sessions import check_owner, install_session_routes
+from amoslabel.server.uploads import BodyLimit, remove_later, temporary_files_go
 from amoslabel.server.viewer_dicomweb import ViewerDicomWeb
 from models.click_request import CURRENT_LABEL_KEY
 from review.api import create_review_api
@@ -75,13 +82,15 @@ def in_server_process() -> bool:
     return "monailabel.app" in sys.modules
 
 
-def install(fastapi_app, review: ReviewService, datastore: AmosDatastore, auth: bool = True) -> None:
+def install(fastapi_app, review: ReviewService, datastore: AmosDatastore, config: AppConfig) -> None:
     """Everything of this module, once, in the server process: the review API, the auth contract and gate (unless
-    ``auth`` is off), and the overrides."""
+    ``config.auth.enabled`` is off), the CORS policy, the sessions, and the overrides."""
+    auth = config.auth.enabled
     mount_review_api(fastapi_app, review)
     install_auth_routes(fastapi_app, review.accounts, auth, override_route)
     install_health_routes(fastapi_app, review, override_route)
     install_route_overrides(fastapi_app, ReviewQueueStrategy.NAME, review_sample, review)
+    install_session_routes(fastapi_app, override_route, API)
     if isinstance(datastore, AmosDicomWebDatastore):
         use_coded_seg_for_infer_output()
         ViewerDicomWeb(review, datastore).install(fastapi_app, override_route, API)
@@ -89,6 +98,8 @@ def install(fastapi_app, review: ReviewService, datastore: AmosDatastore, auth: 
         override_route(
             fastapi_app, API + "/proxy/dicom/{path:path}", no_dicomweb, ["GET", "POST"], include_in_schema=False
         )
+    apply_browser_policy(fastapi_app, config.auth.cors_origins, override_route)  # rebuilds the stack: first
+    fastapi_app.middleware_stack = BodyLimit(fastapi_app.middleware_stack, config.storage.max_upload_mb * 2**20)
     if auth:
         gate = AccessGate(
             review.accounts,
@@ -96,7 +107,7 @@ def install(fastapi_app, review: ReviewService, datastore: AmosDatastore, auth: 
             on_dicomweb_read=review.record_dicomweb_read,
             session_user=SessionCookies(review).principal,  # the OHIF viewers of a browser logged in at /review
         )
-        protect(fastapi_app, gate)
+        protect(fastapi_app, gate, config.serving.infer_per_user)
         log.info("auth on: every request needs a user's token (POST /auth/token)")
 
 
@@ -125,7 +136,13 @@ def review_sample(params: dict) -> dict:
     result = instance.next_sample({**params, "strategy": ReviewQueueStrategy.NAME})
     if not result:
         return {}
-    return {**instance.datastore().get_image_info(result["id"]), **result}
+    return without_server_paths({**instance.datastore().get_image_info(result["id"]), **result})
+
+
+def without_server_paths(sample: dict) -> dict:
+    """A Next Sample answer without the scan's path on the server (MONAI Label adds it; a viewer downloads the scan
+    by its id, and where the server's files are is nobody's business)."""
+    return {k: v for k, v in sample.items() if k != "path"}
 
 
 def use_coded_seg_for_infer_output() -> None:
@@ -158,7 +175,7 @@ def install_route_overrides(
         strategies = getattr(app_instance(), "_strategies", {})
         if strategy not in strategies:
             raise NotFound(f"no strategy {strategy[:64]!r}; strategies: {sorted(strategies)}")
-        return sample(strategy, params, username(request))
+        return without_server_paths(sample(strategy, params, username(request)))
 
     def model_file_refused(model: str):
         return JSONResponse(
@@ -177,7 +194,10 @@ def install_route_overrides(
         params: str = Form("{}"),
         file: UploadFile = File(...),
     ):
-        return ds.add_image(background_tasks, image, own(params, "params", request), file, username(request))
+        if image:
+            check_id(image)  # before MONAI Label's endpoint logs it
+        with temporary_files_go(background_tasks):
+            return ds.add_image(background_tasks, image, own(params, "params", request), file, username(request))
 
     def save_label(
         request: Request,
@@ -187,7 +207,10 @@ def install_route_overrides(
         tag: str = "final",
         label: UploadFile = File(...),
     ):
-        return ds.save_label(background_tasks, image, own(params, "params", request), tag, label, username(request))
+        check_id(image)  # before MONAI Label's endpoint logs them
+        check_tag(tag)
+        with temporary_files_go(background_tasks):
+            return ds.save_label(background_tasks, image, own(params, "params", request), tag, label, username(request))
 
     def download_image(request: Request, image: str):
         path = _existing(app_instance().datastore().get_image_uri(check_id(image)), f"image {image!r}")
@@ -200,10 +223,10 @@ def install_route_overrides(
         return FileResponse(path, media_type=get_mime_type(path), filename=os.path.basename(path))
 
     def put_image_info(request: Request, image: str, info: str = Form("{}")):
-        return ds.update_image_info(image, json_object(info, "info"), username(request))
+        return ds.update_image_info(check_id(image), json_object(info, "info"), username(request))
 
     def put_label_info(request: Request, label: str, tag: str, info: str = Form("{}")):
-        return ds.update_label_info(label, tag, json_object(info, "info"), username(request))
+        return ds.update_label_info(check_id(label), check_tag(tag), json_object(info, "info"), username(request))
 
     def infer(
         request: Request,
@@ -218,13 +241,18 @@ def install_route_overrides(
     ):
         if not image and file is None and not session_id:
             raise InputError("name an image (?image=ID), upload one (form field 'file') or give a session_id")
+        check_id(model, "model name")
+        if image:
+            check_id(image)  # before MONAI Label's endpoint logs it
+        check_owner(session_id, request)
         fields = json.loads(own(params, "params", request))
         fields.pop(CURRENT_LABEL_KEY, None)  # a path is named by the server only
-        if label is not None:
-            # The uploaded label is the label to correct. MONAI Label would put its path under "label", where
-            # Slicer's click request names the organ; here it gets a key of its own.
-            fields[CURRENT_LABEL_KEY] = keep_upload(label, background_tasks)
-        return run_inference(background_tasks, model, image, session_id, json.dumps(fields), file, None, output)
+        with temporary_files_go(background_tasks):
+            if label is not None:
+                # The uploaded label is the label to correct. MONAI Label would put its path under "label", where
+                # Slicer's click request names the organ; here it gets a key of its own.
+                fields[CURRENT_LABEL_KEY] = keep_upload(label, background_tasks)
+            return run_inference(background_tasks, model, image, session_id, json.dumps(fields), file, None, output)
 
     def reload_refused():
         return JSONResponse(
@@ -271,9 +299,9 @@ def keep_upload(upload: UploadFile, background_tasks: BackgroundTasks) -> str:
     """An uploaded file in a temporary file of its own (deleted after the answer); its path."""
     suffix = "".join(Path(upload.filename or "label.nii.gz").suffixes[-2:])[:16] or ".nii.gz"
     fd, path = tempfile.mkstemp(suffix=suffix, prefix="upload-")
+    remove_later(background_tasks, path)
     with os.fdopen(fd, "wb") as out:
         shutil.copyfileobj(upload.file, out)
-    background_tasks.add_task(Path(path).unlink, missing_ok=True)
     return path
 
 

@@ -145,12 +145,13 @@ def run_team(
     conf: Dict[str, str],
     workspace: Path,
     review_workers: int = 2,
+    labels_as: str = "final",
 ) -> int:
     """``make run-team``: import, start the team, print where to connect, and wait until Ctrl-C."""
     config = load_config(Path(conf["config"]) if conf.get("config") else None, conf)
     if not config.auth.enabled:  # the app servers listen on loopback, but HAProxy publishes them on ``host``
         check_auth_off(host)
-    studies = prepare_studies(source, workspace, "final")
+    studies = prepare_studies(source, workspace, labels_as)
     ports = [port + 1 + n for n in range(servers)]
     team = Team(studies, workspace / "team", ports, port, conf, host=host, review_workers=review_workers)
     try:

@@ -20,6 +20,7 @@ series.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Dict, List, Tuple
 
 import anyio
@@ -62,9 +63,19 @@ class ViewerDicomWeb:
         override_route(fastapi_app, path, self.store, ["POST"], tags=["DICOMweb"], summary="Store a SEG (STOW-RS)")
 
     async def read(self, request: Request, path: str) -> Response:
-        """A QIDO-RS or WADO-RS read, streamed from the DICOM server."""
+        """A QIDO-RS or WADO-RS read, streamed from the DICOM server; for a senior, without the SEG series they may
+        not see yet (other seniors' edits of a round they have not voted in: :mod:`review.blinding`)."""
+        hidden = await self._hidden_series(request, path)
+        if hidden and any(uid in hidden for uid in _SERIES_IN_PATH.findall(path)):
+            return JSONResponse({"detail": "no such series"}, 404)
         headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED_REQUEST}
         url = f"{self.datastore.url}/{path}"
+        if hidden:  # the listing is filtered whole; the blind reader's lists are small JSON
+            try:
+                upstream = await self.client.get(url, params=request.query_params, headers=headers)
+            except httpx.HTTPError as error:
+                return JSONResponse({"detail": f"the DICOM server did not answer: {type(error).__name__}"}, 502)
+            return _without_series(upstream, hidden)
         try:
             upstream = await self.client.send(
                 self.client.build_request(request.method, url, params=request.query_params, headers=headers),
@@ -78,6 +89,13 @@ class ViewerDicomWeb:
             headers={k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP},
             background=BackgroundTask(upstream.aclose),
         )
+
+    async def _hidden_series(self, request: Request, path: str) -> set:
+        who = principal_of(request)
+        study = _STUDY_IN_PATH.match(path)
+        if who is None or who.role != "senior" or study is None:
+            return set()
+        return await anyio.to_thread.run_sync(self.service.hidden_seg_series, who, study.group(1))
 
     async def store(self, request: Request, path: str) -> Response:
         """STOW-RS from a viewer: check, record, rename, forward (see the module's description)."""
@@ -155,6 +173,30 @@ class ViewerDicomWeb:
         if not sitk.GetArrayViewFromImage(label).any():
             raise Unprocessable("the SEG paints no voxel of any organ: nothing to record")
         return ds, case_id, label
+
+
+_STUDY_IN_PATH = re.compile(r"studies/([0-9.]+)")
+_SERIES_IN_PATH = re.compile(r"series/([0-9.]+)")
+_SERIES_TAG = "0020000E"
+
+
+def _without_series(upstream: httpx.Response, hidden: set) -> Response:
+    """A DICOM JSON answer without the entries of ``hidden`` series (anything else passed on as it came)."""
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
+    if upstream.status_code == 200 and "json" in upstream.headers.get("content-type", ""):
+        try:
+            entries = upstream.json()
+        except ValueError:
+            entries = None
+        if isinstance(entries, list):
+            kept = [
+                e
+                for e in entries
+                if not (isinstance(e, dict) and (e.get(_SERIES_TAG, {}).get("Value") or [None])[0] in hidden)
+            ]
+            headers.pop("content-encoding", None)
+            return JSONResponse(kept, status_code=200, headers=headers, media_type=upstream.headers["content-type"])
+    return Response(upstream.content, status_code=upstream.status_code, headers=headers)
 
 
 def _renamed(ds: pydicom.Dataset, notice: Dict[str, Any]) -> pydicom.Dataset:

@@ -28,9 +28,10 @@ from flask import Blueprint, Flask, redirect, render_template, request, session,
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadSignature
 
-from amoslabel.errors import InputError, ServerUnable
+from amoslabel.errors import InputError, ServerUnable, TooManyRequests
 from amoslabel.organs import ORGANS
 from review.auth import Principal, Unauthorized, token_id_of
+from review.logins import client_address
 from review.consensus import DECISIONS
 from review.queries import audit_stamp, queue
 from review.service import ReviewService
@@ -94,10 +95,16 @@ class PageContext:
         return audit_stamp(self.workflow, case_id)
 
 
-def install_pages(app: Flask, service: ReviewService, secret_file: Path) -> None:
-    """Register the pages on the review Flask app (mounted at ``/review``)."""
+def install_pages(app: Flask, service: ReviewService, secret_file: Path, cookie_secure: bool = False) -> None:
+    """Register the pages on the review Flask app (mounted at ``/review``). ``cookie_secure``: the session cookie
+    only over HTTPS (``auth.cookie_secure``, behind TLS)."""
     app.secret_key = session_secret(secret_file)
-    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_NAME=SESSION_COOKIE)
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_NAME=SESSION_COOKIE,
+        SESSION_COOKIE_SECURE=bool(cookie_secure),
+    )
     pages = Blueprint(
         "pages",
         __name__,
@@ -180,10 +187,14 @@ def _session_routes(pages: Blueprint, context: PageContext) -> None:
             name = request.form.get("username", "").strip()
             secret = request.form.get("token", "").strip()
             accounts = context.service.accounts
+            address = client_address(request.remote_addr, request.headers.get("X-Forwarded-For"))
             try:
-                # a user name and a password or API token: a login's access token (it expires); a token alone: itself
-                token = accounts.login(name, secret).token if name else secret
+                # a user name and a password or API token, or a token alone: the session gets an access token of its
+                # own (it expires, and logging out revokes it, never the token the user logged in with)
+                token = accounts.login(name, secret, address).token if name else accounts.open_session(secret).token
                 who = accounts.authenticate(token)
+            except TooManyRequests as error:
+                return render_template("login.html", message=error.message, who=None), 429, dict(error.headers)
             except Unauthorized as error:
                 message = error.message
             else:
@@ -197,6 +208,9 @@ def _session_routes(pages: Blueprint, context: PageContext) -> None:
 
     @pages.post("/logout")
     def logout():
+        token_id = session.get("tid")
+        if token_id:  # the session's access token ends here, not when it would have expired
+            context.service.accounts.revoke_token(token_id, actor="logout")
         session.clear()
         return redirect(url_for("pages.login"))
 

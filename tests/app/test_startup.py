@@ -6,7 +6,7 @@ from pathlib import Path
 
 from amoslabel.processes import LoggedProcess
 from amoslabel.server.launch import server_command, server_environment
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import NO_SCORER, ServerProcess, free_port
 
 
 def _failed_start(studies: Path, tmp_path: Path, conf: dict, host: str = "127.0.0.1") -> str:
@@ -39,7 +39,7 @@ def test_auth_off_refuses_to_listen_beyond_loopback(sample_studies, tmp_path):
 def test_auth_off_on_loopback_serves_without_tokens_and_says_so(sample_studies, tmp_path):
     import requests
 
-    proc = ServerProcess(sample_studies, tmp_path, {"preset": "cpu-fast", "auth": "false"})
+    proc = ServerProcess(sample_studies, tmp_path, {"preset": "cpu-fast", "auth": "false", **NO_SCORER})
     try:
         proc.wait_ready()
         assert requests.get(f"{proc.url}/auth/", timeout=10).json()["enabled"] is False

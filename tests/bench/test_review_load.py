@@ -11,7 +11,7 @@ from bench.review_load import FLOOR, GOALS, main
 
 def test_the_benchmark_measures_both_designs(tmp_path):
     out = tmp_path / "review_load.json"
-    tiny = ["--cases", "200", "--clients", "4", "--seconds", "3", "--think-s", "0.2", "--review-workers", "1"]
+    tiny = ["--cases", "1000", "--clients", "4", "--seconds", "3", "--think-s", "0.2", "--review-workers", "1"]
     assert main(tiny + ["--designs", "single,team1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     for design in ("single", "team1"):

@@ -29,7 +29,7 @@ from amoslabel.data.dicomweb import cache_root
 from amoslabel.dicom.naming import FINAL_PREFIX, PRELABEL_PREFIX
 from amoslabel.errors import InputError
 from amoslabel.dicom.orthanc import OrthancProcess, count_instances, fetch_series, qido, value, write_config
-from tests.conftest import ServerProcess, free_port, login
+from tests.conftest import NO_SCORER, ServerProcess, free_port, login
 from tests.dicomweb.conftest import series_label_on
 from tests.review.conftest import add_users
 
@@ -74,7 +74,7 @@ def site(netns, shared, tmp_path_factory):
     root.mkdir(parents=True)
     tokens = add_users(root, PEOPLE)
     os.environ["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(cache)
-    server = ServerProcess(orthanc.dicomweb, tmp, {"preset": "cpu-fast"})
+    server = ServerProcess(orthanc.dicomweb, tmp, {"preset": "cpu-fast", **NO_SCORER})
     try:
         server.wait_ready()
         yield orthanc, server, tokens, sent[0], root, tmp

@@ -28,7 +28,7 @@ from amoslabel.dicom.seg import read_seg
 from amoslabel.dicom.send import send_to_dicomweb
 from amoslabel.dicom.stow import write_stow
 from amoslabel.server.dicomweb_launch import OHIF_URL_ENV
-from tests.conftest import CHROMIUM_FLAGS, OUTPUT, ServerProcess, free_port, login
+from tests.conftest import CHROMIUM_FLAGS, NO_SCORER, OUTPUT, ServerProcess, free_port, login
 from tests.dicomweb.conftest import series_label_on
 from tests.dicomweb.ohif_driver import (
     BRUSH_MM,
@@ -98,7 +98,7 @@ def site(netns, shared, ohif_dist, tmp_path_factory):
     ohif_port = free_port()
     os.environ["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(cache)
     env = {OHIF_URL_ENV: f"http://127.0.0.1:{ohif_port}"}
-    server = ServerProcess(orthanc.dicomweb, tmp, {"preset": "cpu-fast"}, env=env)
+    server = ServerProcess(orthanc.dicomweb, tmp, {"preset": "cpu-fast", **NO_SCORER}, env=env)
     ohif = OhifServer(server.url, ohif_dist, port=ohif_port, credentials=True).start()
     try:
         server.wait_ready()
@@ -382,6 +382,16 @@ def test_a_reviewer_store_is_an_edit_and_the_case_page_opens_the_version_under_r
             f"AMOS Label reviewer edit v{newest['id']} round 1 by {pseudonym}"
         )
     }
+    # seniors vote blind: sen2 has not voted in this round, so the viewer neither lists nor serves sen1's edit to them
+    edit_uid = seg_uids(site.case, newest["id"], SegKind.REVIEWER_EDIT)[0]
+    series = f"{site.ohif.url}/dicom-web/studies/{site.study}/series"
+    seen_by = {
+        name: [value(e, "0020000E") for e in site.session(name).get(series, timeout=60).json()]
+        for name in ("sen2", "boss")
+    }
+    assert edit_uid not in seen_by["sen2"] and site.case in seen_by["sen2"], seen_by
+    assert edit_uid in seen_by["boss"]
+    assert site.session("sen2").get(f"{series}/{edit_uid}/metadata", timeout=60).status_code == 404
     # the author cannot review... and a store on a case one is not assigned to is refused (jun2 is no reviewer)
     assert store(site, site.session("jun"), [viewer_seg(site, fixed, tmp_path)]).status_code in (403, 409)
 

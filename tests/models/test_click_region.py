@@ -1,4 +1,4 @@
-"""The region a click network sees (`models.click_task.region_around`): the clicks' boxes with context, and at least
+"""The region a click network sees (`models.click_region.region_around`): the clicks' boxes with context, and at least
 one training patch, inside the volume."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.click_task import region_around
+from models.click_region import region_around
 
 SHAPE = (40, 100, 120)
 SPACING = (3.0, 1.5, 1.5)

@@ -15,7 +15,7 @@ import pytest
 from amoslabel.data import backup
 from amoslabel.files import file_sha256
 from amoslabel.errors import Conflict, InputError
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import NO_SCORER, ROOT, ServerProcess
 from tests.review.conftest import make_team
 
 
@@ -114,7 +114,7 @@ def test_backup_of_a_running_server_restores_to_a_server_with_the_same_data(serv
     refused = subprocess.run(run + ["restore", str(snap), str(restored)], cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "not empty" in refused.stderr
 
-    second = ServerProcess(restored, tmp_path, {"preset": "cpu-fast"})
+    second = ServerProcess(restored, tmp_path, {"preset": "cpu-fast", **NO_SCORER})
     try:
         second.wait_ready()
         listing = [s.http.get(f"{s.url}/datastore/?output=all", timeout=60).json()["objects"] for s in (server, second)]

@@ -22,7 +22,7 @@ import torch
 from amoslabel.errors import Conflict, InputError
 from models.versions import ModelStore
 from tests.app.test_server import train
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import NO_SCORER, ROOT, ServerProcess, running
 
 REAL_CT = "ts_abdomen_ct"
 
@@ -194,12 +194,9 @@ def server(studies, nnunet_model, bundle, tmp_path_factory):
         assert done.returncode == 0, done.stderr
         assert "imported" in done.stdout and "fingerprint" in done.stdout
     # an import under a name that already holds an import is a new version of it, not an overwrite
-    proc = ServerProcess(studies, tmp_path_factory.mktemp("server"), {"preset": "cpu-fast", "fallback_model": "tinynn"})
-    try:
-        proc.wait_ready()
+    conf = {"preset": "cpu-fast", "fallback_model": "tinynn", **NO_SCORER}
+    with running(ServerProcess(studies, tmp_path_factory.mktemp("server"), conf)) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
