@@ -8,19 +8,30 @@ task, a datastore call made directly by a MONAI Label endpoint) the client gets 
 
 from __future__ import annotations
 
+from typing import Any, Dict
+
 from starlette.exceptions import HTTPException
 
 
 class AnsweredError(HTTPException):
-    """An error a server answers with its HTTP ``status`` and a message for the user (``detail``)."""
+    """An error a server answers with its HTTP ``status`` and a message for the user (``detail``).
+
+    ``fields`` go into the answer beside ``detail``, for programs: the message is written for a person (a
+    radiologist), the fields keep the internal words (e.g. ``state="in_review"``).
+    """
 
     status: int = 500
 
-    def __init__(self, message: str, status: int | None = None, headers: dict | None = None):
+    def __init__(self, message: str, status: int | None = None, headers: dict | None = None, **fields: Any):
         if status is not None:
             self.status = status
         super().__init__(status_code=self.status, detail=message, headers=headers)
         self.args = (message,)
+        self.fields: Dict[str, Any] = fields
+
+    def answer(self) -> Dict[str, Any]:
+        """The JSON body: ``{"detail": message, **fields}``."""
+        return {"detail": self.message, **self.fields}
 
     def __str__(self) -> str:
         return str(self.detail)

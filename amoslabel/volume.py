@@ -299,7 +299,7 @@ def _check_nifti(path: Path, max_voxels: int, name: str):
         header = nii.header
         shape = [int(s) for s in header.get_data_shape()]
     except Exception as e:  # nibabel raises several types for a damaged header
-        raise InputError(f"{name}: not a readable NIfTI file ({_without(path, str(e))[:200]})") from None
+        raise InputError(f"{name}: not a readable NIfTI file: {_nifti_reason(path, e)}") from None
     spacing = [float(p) for p in _raw_pixdim(path)[1 : 1 + min(len(shape), 3)]]
     dtype = header.get_data_dtype()
     if dtype.fields is not None or dtype.kind not in "uif":
@@ -352,6 +352,25 @@ def _without(path: Path, message: str) -> str:
     for form in {str(path), str(Path(path).resolve())}:
         message = message.replace(form, "the file")
     return message
+
+
+# What nibabel's messages mean to a person who saved a file from a viewer (its own words name internals)
+_NIFTI_REASONS = (
+    ("not a gzip file", "it is named .gz but is not gzip-compressed; save it again as .nii.gz"),
+    ("Not a gzipped file", "it is named .gz but is not gzip-compressed; save it again as .nii.gz"),
+    ("Cannot work out file type", "it is not a NIfTI image; save it again as .nii.gz"),
+    ("Header size", "its header is not a NIfTI header; save it again as .nii.gz"),
+    ("sizeof_hdr", "its header is not a NIfTI header; save it again as .nii.gz"),
+)
+
+
+def _nifti_reason(path: Path, error: Exception) -> str:
+    """Why nibabel could not read ``path``, in plain words where the message is a known one, else its own."""
+    message = _without(path, str(error))
+    for known, plain in _NIFTI_REASONS:
+        if known in message:
+            return plain
+    return message[:200]
 
 
 def _itk_reason(error: RuntimeError) -> str:

@@ -185,7 +185,8 @@ def label_with_prior(
     record = {
         "method": "atlas prior",
         "atlas": atlas.fingerprint,
-        "atlas_sources": atlas.sources,
+        "atlas_sources": atlas.sources,  # the label maps the atlas was built from (label-only maps, final labels)
+        "atlas_skipped": atlas.skipped,  # those it was given and could not use, each with why
         "placement": fit.to_json(),
         "placement_score": round(score, 4),
         "placement_evaluations": placer.evaluations,

@@ -20,6 +20,8 @@ import hashlib
 import io
 import json
 import logging
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ORIENTATION = "LPS"
 _OUTSIDE = 255  # label value for "outside this map's field of view"
+UNPLACEABLE = "no organ lies wholly inside its field of view (each is cut by its first or last slice)"
 
 
 @dataclass(frozen=True)
@@ -62,16 +65,34 @@ def _index_to_physical(image: sitk.Image, index_zyx: np.ndarray) -> np.ndarray:
 def organ_centroids(label: sitk.Image) -> Dict[int, np.ndarray]:
     """Physical centroid (x, y, z) of each organ that the field of view does not cut in z."""
     array = sitk.GetArrayViewFromImage(label)
-    ids = list(range(1, MAX_LABEL_ID + 1))
-    boxes = ndimage.find_objects(np.asarray(array, dtype=np.uint8), max_label=MAX_LABEL_ID)
-    with np.errstate(invalid="ignore", divide="ignore"):  # absent organs give NaN, and are skipped below
-        centres = ndimage.center_of_mass(np.ones(array.shape, np.uint8), labels=array, index=ids)
+    counts = _label_histograms(np.asarray(array))  # per axis (z, y, x): (length, organ) voxel counts
+    totals = counts[0].sum(axis=0)
     out = {}
-    for organ, box, centre in zip(ids, boxes, centres):
-        if box is None or box[0].start == 0 or box[0].stop == array.shape[0]:
+    for organ in range(1, MAX_LABEL_ID + 1):
+        z = counts[0][:, organ]
+        if totals[organ] == 0 or z[0] or z[-1]:
             continue  # absent, or truncated by the first/last slice: its centroid would be biased
-        out[organ] = _index_to_physical(label, np.asarray(centre))
+        centre = [np.dot(np.arange(len(c)), c[:, organ]) / totals[organ] for c in counts]
+        out[organ] = _index_to_physical(label, np.asarray(centre, dtype=float))
     return out
+
+
+def _label_histograms(array: np.ndarray) -> List[np.ndarray]:
+    """For each axis of a (z, y, x) label array, the voxel count of each id (0-15) at each position along it:
+    ``[(Z, 16), (Y, 16), (X, 16)]``, one slice at a time (no array of the volume's size beyond the labels)."""
+    n = MAX_LABEL_ID + 1
+    ids = np.asarray(array, dtype=np.uint8)
+    if ids.size and ids.max() > MAX_LABEL_ID:
+        ids = np.where(ids > MAX_LABEL_ID, 0, ids)  # not an organ id: counted as background
+    _, ny, nx = ids.shape
+    along = [np.zeros((len(ids), n), np.int64), np.zeros((ny, n), np.int64), np.zeros((nx, n), np.int64)]
+    row_key = np.arange(ny, dtype=np.int64)[:, None] * n  # (position along the axis, id) as one bin number
+    col_key = np.arange(nx, dtype=np.int64)[None, :] * n
+    for z, plane in enumerate(ids):
+        along[0][z] = np.bincount(plane.ravel(), minlength=n)[:n]
+        along[1] += np.bincount((row_key + plane).ravel(), minlength=ny * n).reshape(ny, n)
+        along[2] += np.bincount((col_key + plane).ravel(), minlength=nx * n).reshape(nx, n)
+    return along
 
 
 def fit_axis_affine(source: Dict[int, np.ndarray], target: Dict[int, np.ndarray]) -> AxisAffine:
@@ -102,12 +123,14 @@ class Atlas:
         origin: atlas coordinate (x, y, z) of voxel 0.
         spacing: voxel size (x, y, z), in atlas units (mm of the reference anatomy).
         sources: names of the label maps it was built from.
+        skipped: label maps it was given but could not use, each with why (e.g. every organ cut by its field of view).
     """
 
     probabilities: np.ndarray
     origin: Tuple[float, float, float]
     spacing: Tuple[float, float, float]
     sources: List[str] = field(default_factory=list)
+    skipped: Dict[str, str] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -134,8 +157,10 @@ class Atlas:
             origin=np.asarray(self.origin),
             spacing=np.asarray(self.spacing),
             sources=np.asarray(json.dumps(self.sources)),
+            skipped=np.asarray(json.dumps(self.skipped)),
         )
-        tmp = path.with_suffix(".tmp")
+        # a name of this writer's own: two servers of a team may save the same atlas at once
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(buffer.getvalue())
         tmp.replace(path)
 
@@ -147,11 +172,15 @@ class Atlas:
                 tuple(float(v) for v in z["origin"]),
                 tuple(float(v) for v in z["spacing"]),
                 json.loads(str(z["sources"])),
+                json.loads(str(z["skipped"])) if "skipped" in z.files else {},
             )
 
 
 def build_atlas(labels: Sequence[Tuple[str, sitk.Image]], spacing_mm: float = 4.0, smoothing_mm: float = 6.0) -> Atlas:
     """Build the atlas from named label maps (at least one, each with some organ uncut by its field of view).
+
+    A map with no organ wholly inside its field of view (a thin slab: every organ cut by its first or last slice) has
+    nothing to place it by: it is left out, named in the log and in :attr:`Atlas.skipped`.
 
     Raises:
         ValueError: no usable label map.
@@ -159,8 +188,11 @@ def build_atlas(labels: Sequence[Tuple[str, sitk.Image]], spacing_mm: float = 4.
     maps = [(name, oriented(image)) for name, image in labels]
     centroids = {name: organ_centroids(image) for name, image in maps}
     usable = [(n, im) for n, im in maps if len(centroids[n]) >= 1]
+    skipped = {n: UNPLACEABLE for n, _ in maps if not centroids[n]}
+    for name in skipped:
+        log.warning("atlas: label map %s left out: %s", name, UNPLACEABLE)
     if not usable:
-        raise ValueError("no label map has an organ inside its field of view")
+        raise ValueError(f"no label map has an organ inside its field of view ({', '.join(skipped)})")
     # reference: the map with the most organs; then one group-wise pass towards the mean placement
     reference = max(usable, key=lambda m: len(centroids[m[0]]))[0]
     fits = {n: fit_axis_affine(centroids[n], centroids[reference]) for n, _ in usable}
@@ -176,10 +208,10 @@ def build_atlas(labels: Sequence[Tuple[str, sitk.Image]], spacing_mm: float = 4.
     coverage = np.zeros(counts.shape[1:], np.float32)
     for name, image in usable:
         fine_labels = _resample_to_atlas(image, fits[name], lo, fine, size)
-        inside = fine_labels != _OUTSIDE
-        coverage += _block_sum(inside)
-        for organ in range(NUM_CLASSES):
-            counts[organ] += _block_sum(fine_labels == organ)
+        coverage += _block_sum(fine_labels != _OUTSIDE)
+        present = np.flatnonzero(np.bincount(fine_labels.ravel(), minlength=256)[1:NUM_CLASSES]) + 1
+        for organ, count in zip(present, _block_counts(fine_labels, present)):
+            counts[organ] += count  # channel 0 (background) is not counted: it is what the organs leave
     sigma = smoothing_mm / spacing_mm
     coverage = ndimage.gaussian_filter(coverage, sigma)
     probabilities = np.zeros_like(counts)
@@ -187,12 +219,17 @@ def build_atlas(labels: Sequence[Tuple[str, sitk.Image]], spacing_mm: float = 4.
         smoothed = ndimage.gaussian_filter(counts[organ], sigma)
         probabilities[organ] = np.divide(smoothed, coverage, out=np.zeros_like(smoothed), where=coverage > 1e-3)
     probabilities[0] = np.clip(1.0 - probabilities[1:].sum(0), 0.0, 1.0)
-    log.info("atlas built from %d label maps (%s), grid %s", len(usable), ", ".join(n for n, _ in usable), size // 2)
+    left_out = f"; {len(skipped)} left out ({', '.join(skipped)})" if skipped else ""
+    log.info(
+        "atlas built from %d label maps (%s)%s, grid %s",
+        len(usable), ", ".join(n for n, _ in usable), left_out, size // 2,
+    )  # fmt: skip
     return Atlas(
         np.round(np.clip(probabilities, 0, 1) * 255).astype(np.uint8),
         tuple(float(v) for v in lo + spacing_mm / 2 - fine / 2),
         (spacing_mm,) * 3,
         [n for n, _ in usable],
+        skipped,
     )
 
 
@@ -228,6 +265,24 @@ def _resample_to_atlas(image, fit: AxisAffine, lo, spacing, size) -> np.ndarray:
 
 
 def _block_sum(mask: np.ndarray) -> np.ndarray:
-    z, y, x = (s // 2 for s in mask.shape)
-    m = mask[: 2 * z, : 2 * y, : 2 * x].astype(np.float32)
-    return m.reshape(z, 2, y, 2, x, 2).sum(axis=(1, 3, 5))
+    """How many of each 2x2x2 block's voxels are set (a mask on the fine grid, summed onto the atlas grid)."""
+    return _block_counts(mask.view(np.uint8), [1])[0]
+
+
+def _block_counts(fine_labels: np.ndarray, values: Sequence[int]) -> List[np.ndarray]:
+    """For each value, how many of each 2x2x2 block's voxels hold it (float32, on the atlas grid).
+
+    The eight voxels of a block are eight strided views of the fine grid: a value's count is the sum of eight
+    comparisons of those views, with no copy of the grid (one pass of ``reshape(...).sum`` per value was most of the
+    build's time).
+    """
+    z, y, x = (s // 2 for s in fine_labels.shape)
+    offsets = [(dz, dy, dx) for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)]
+    corners = [fine_labels[dz : 2 * z : 2, dy : 2 * y : 2, dx : 2 * x : 2] for dz, dy, dx in offsets]
+    out = []
+    for value in values:
+        count = np.zeros((z, y, x), np.uint8)
+        for corner in corners:
+            count += corner == value
+        out.append(count.astype(np.float32))
+    return out

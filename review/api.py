@@ -74,15 +74,16 @@ def json_body() -> Dict[str, Any]:
 
 
 def _error_handlers(app: Flask) -> None:
-    """Every error as ``{"detail": ...}`` with its status; an unexpected one is logged and answered 500."""
+    """Every error as ``{"detail": ...}`` (and its fields, e.g. ``state``) with its status; an unexpected one is
+    logged and answered 500."""
 
     @app.errorhandler(InputError)
     def _input_error(error: InputError):  # with its headers: a 429's Retry-After
-        return jsonify(detail=error.message), error.status, dict(error.headers or {})
+        return jsonify(error.answer()), error.status, dict(error.headers or {})
 
     @app.errorhandler(ServerUnable)
     def _server_unable(error: ServerUnable):  # the database down (503), the disk full (507)
-        return jsonify(detail=error.message), error.status, dict(error.headers or {})
+        return jsonify(error.answer()), error.status, dict(error.headers or {})
 
     @app.errorhandler(WerkzeugHTTPException)
     def _http_error(error: WerkzeugHTTPException):
@@ -148,12 +149,15 @@ def _case_routes(app: Flask, service: ReviewService) -> None:
         if upload is None:
             raise InputError("send the label file as multipart field 'label'")
         submit_now = str(request.form.get("submit", "false")).lower() in ("1", "true", "yes")
+        workflow.check_may_save(who, case_id)  # who may save is answered before what was sent
         with tempfile.TemporaryDirectory(prefix="review-label-") as tmp:
             path = Path(tmp) / "label.nii.gz"
             upload.save(path)
             label = service.read_case_label(case_id, path)  # a corrupt or off-grid file refused before it is a version
-            version = workflow.save_version(who, case_id, label, submit=submit_now)
-        return jsonify(version=version, case=case_detail(workflow, case_id, who)["state"])
+            workflow.save_version(who, case_id, label, submit=submit_now)
+        # "case" (the state) as before, and what the save did (review.save_answers)
+        answer = service.save_answer(who.name, case_id)
+        return jsonify(case=case_detail(workflow, case_id, who)["state"], **answer)
 
     @app.post("/api/cases/<case_id>/reviews")
     def review(case_id: str):

@@ -17,7 +17,14 @@ from amoslabel.errors import Conflict
 from review import audit
 from review.auth import Forbidden, Principal
 from review.schema import Assignment, Case, LabelVersion, User
+from review.states import WHEN_YOU_CAN, where_it_is
 from review.store import ReviewStore, utcnow
+
+# How a user gets a duty on a case (said when they act on one they hold no lease of)
+TAKE_IT = {
+    "annotate": "take it with Next Sample (Slicer) or from your queue on the review pages first.",
+    "review": "claim it from your queue on the review pages (or Next Sample in Slicer) first.",
+}
 
 
 def actives(s, case_id: str, duty: str) -> List[Assignment]:
@@ -129,12 +136,18 @@ def require(s, case: Case, who: Principal, duty: str, state: str) -> Assignment:
         .limit(1)
     ).first()
     if ever is None:
-        raise Forbidden(f"{who.name} holds no {duty} assignment on case {case.id!r}")
+        raise Forbidden(
+            f"Case {case.id!r} is not assigned to you ({who.name}): {TAKE_IT[duty]}", state=case.state, duty=duty
+        )
     if case.state != state:
-        raise Conflict(f"case {case.id!r} is {case.state}, not {state}")
+        raise Conflict(f"{where_it_is(case.state)} {WHEN_YOU_CAN[duty]}", state=case.state, duty=duty)
     assignment = live(s, case.id, duty, user_id=who.id)
     if assignment is None or (duty == "review" and assignment.round != case.round):
-        raise Forbidden(f"{who.name} holds no active {duty} assignment on case {case.id!r}")
+        raise Forbidden(
+            f"Your hold on case {case.id!r} has ended (it expired, or a new round began): {TAKE_IT[duty]}",
+            state=case.state,
+            duty=duty,
+        )
     return assignment
 
 

@@ -55,8 +55,8 @@ class Unauthorized(InputError):
 class Forbidden(InputError):
     """403: a known user whose role or ownership does not allow the operation."""
 
-    def __init__(self, detail: str):
-        super().__init__(detail, status=403)
+    def __init__(self, detail: str, **fields):
+        super().__init__(detail, status=403, **fields)
 
 
 @dataclass(frozen=True)

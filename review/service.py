@@ -35,15 +35,18 @@ from amoslabel.config import AppConfig
 from amoslabel.dicom.naming import SegKind, seg_uids
 from amoslabel.data.datastore import KEPT_AS_VERSION
 from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, ORIGINAL_TAG, WORKING_TAG
-from amoslabel.errors import Conflict, InputError, Unprocessable
+from amoslabel.errors import Conflict, Unprocessable
 from amoslabel.volume import Geometry, check_on_grid, read_label, read_label_on_grid
 from amoslabel.workspace import Workspace
 from models.click_request import CLICK_RESULT
 from review import audit
 from review.auth import Accounts, Forbidden, Principal
 from review.blinding import REVIEWER_EDIT, blind_round
+from review.empty_queue import why_nothing_waits
+from review.feedback import round_feedback
 from review.logins import LoginThrottle
 from review.queries import case_detail, next_case
+from review.save_answers import newest_version_by, save_answer
 from review.schema import Case, LabelVersion
 from review.votes import is_point
 from review.store import ReviewStore, database_url
@@ -61,6 +64,7 @@ class CaseFiles(Protocol):
     """What the review workflow reads and tells of a case's files; the app's datastore implements it."""
 
     label_saver: Any
+    label_save_check: Any
     image_added: Any
     leads: Any
 
@@ -122,6 +126,7 @@ class ReviewService:
         self.files = files
         self.ohif_viewer = ohif_viewer
         files.label_saver = self.save_from_viewer
+        files.label_save_check = self.check_viewer_save
         files.image_added = self.image_added
         files.leads = self.leadership.is_leader
         self.workflow.version_listeners.append(files.version_for_readers)
@@ -376,6 +381,47 @@ class ReviewService:
             raise Forbidden(f"client id {client_id[:64]!r} is not an AMOS Label user")
         return principal
 
+    def check_viewer_save(self, image_id: str, tag: str, info: Dict[str, Any]) -> Optional[Principal]:
+        """Who saves ``tag`` on ``image_id`` from a viewer, and whether they may: the datastore asks before it reads
+        the file (ownership before content). None for a model's pre-label (tag ``original``).
+
+        Raises:
+            Forbidden: an admin's ``final``, the workflow's own tag, or a user without a lease on the case.
+        """
+        if tag == ORIGINAL_TAG:
+            return None
+        if tag == WORKING_TAG:
+            raise Forbidden(
+                f"the tag {WORKING_TAG!r} is written by the workflow only: save with `final` or a draft tag"
+            )
+        who = self.principal_for_client(info.get("client_id") or info.get("user"))
+        self.workflow.register_case(image_id)
+        if tag == FINAL_TAG and who.role == "admin":
+            raise Forbidden("a final label comes from consensus, not from a save: admins resolve escalated cases")
+        self.workflow.check_may_save(who, image_id)
+        return who
+
+    def save_answer(self, client_id: Any, case_id: str) -> Dict[str, Any]:
+        """What a user's save just did (:mod:`review.save_answers`): version, submitted, state, round, who has it."""
+        who = self.principal_for_client(client_id)
+        with self.store.read() as s:
+            case = s.get(Case, case_id)
+            if case is None:
+                return {}
+            return save_answer(s, case, who, newest_version_by(s, case_id, who))
+
+    def nothing_waits(self, client_id: Any) -> Dict[str, Any]:
+        """Next Sample's answer when the user's queue is empty: why, and what to do (:mod:`review.empty_queue`)."""
+        who = self.principal_for_client(client_id)
+        with self.store.read() as s:
+            return why_nothing_waits(s, who)
+
+    def feedback(self, case_id: str) -> Optional[Dict[str, Any]]:
+        """The seniors' feedback the junior of a case sent back works on (:func:`review.feedback.round_feedback`)."""
+        with self.store.read() as s:
+            case = s.get(Case, case_id)
+            return round_feedback(s, case) if case is not None else None
+
     def save_from_viewer(self, image_id: str, label: sitk.Image, tag: str, info: Dict[str, Any]):
         """The datastore's save hook: a checked label, written once into the version store when the workflow takes
         it. Returns that version's file (the datastore links its label to it), ``KEPT_AS_VERSION`` for a reviewer's
@@ -389,12 +435,7 @@ class ReviewService:
             stored = self.store.versions.put(image_id, label)
             self.workflow.record_prelabel(image_id, stored.path, model, {"params": info.get("params")})
             return stored.path
-        if tag == WORKING_TAG:
-            raise InputError(f"the tag {WORKING_TAG!r} is written by the workflow only", status=403)
-        who = self.principal_for_client(info.get("client_id") or info.get("user"))
-        self.workflow.register_case(image_id)
-        if tag == FINAL_TAG and who.role == "admin":
-            raise Forbidden("a final label comes from consensus, not from a save: admins resolve escalated cases")
+        who = self.check_viewer_save(image_id, tag, info)
         stored = self.store.versions.put(image_id, label)
         self.workflow.save_version(who, image_id, stored.path, submit=(tag == FINAL_TAG and who.role == "junior"))
         # a junior's save is the case's working label; a reviewer's edit stays a version (see _save_edit)
@@ -481,4 +522,8 @@ class ReviewQueueStrategy(Strategy):
         claimed = next_case(self.service.workflow, who)
         if claimed is None:
             return None
-        return {"id": claimed["case_id"], "state": claimed["state"], "round": claimed["round"]}
+        sample = {"id": claimed["case_id"], "state": claimed["state"], "round": claimed["round"]}
+        feedback = self.service.feedback(claimed["case_id"])
+        if feedback:  # a case sent back: what the seniors asked, per organ, with their points
+            sample["feedback"] = feedback
+        return sample

@@ -7,12 +7,13 @@ from typing import Any, Dict, List, Sequence
 from sqlalchemy import select
 
 from review import assignments
+from review.feedback import sent_back, sent_back_reason
 from review.schema import Assignment, Case, LabelVersion, User
 from review.store import utcnow
 
 
 def case_summary(s, case: Case) -> Dict[str, Any]:
-    """A case's queue line: state, round, priority, waiting time and its active assignees."""
+    """A case's queue line: state, round, priority, why it is there, waiting time and its active assignees."""
     return case_summaries(s, [case])[0]
 
 
@@ -28,6 +29,7 @@ def case_summaries(s, cases: Sequence[Case]) -> List[Dict[str, Any]]:
         ).all()
         for case_id, name, duty, expires in rows:
             by_case.setdefault(case_id, []).append({"user": name, "duty": duty, "expires": expires.isoformat() + "Z"})
+    back = sent_back(s, cases)
     return [
         {
             "case_id": case.id,
@@ -35,6 +37,9 @@ def case_summaries(s, cases: Sequence[Case]) -> List[Dict[str, Any]]:
             "round": case.round,
             "priority": case.priority,
             "priority_reason": case.priority_reason,
+            "sent_back": back.get(case.id, []),
+            # a case sent back says so before any priority reason: to its junior it is not a new case
+            "why": sent_back_reason(back[case.id]) if case.id in back else case.priority_reason,
             "waiting_seconds": round((utcnow() - case.updated).total_seconds(), 1),
             "assignees": by_case.get(case.id, []),
         }

@@ -30,6 +30,7 @@ from review.assignments import assign
 from review.auth import Forbidden, Principal
 from review.consensus import DECISIONS, OrganRule, decide_round, fuse_readers, rules_from_config
 from review.schema import AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
+from review.states import WHEN_YOU_CAN, where_it_is
 from review.store import ReviewStore, utcnow
 from review.summaries import case_summary, final_provenance
 from review.votes import parse_vote
@@ -111,7 +112,7 @@ class Workflow:
         with self.store.write() as s:
             case = self._case(s, case_id)
             if case.state not in ("new", "prelabelled"):
-                raise Conflict(f"case {case_id!r} is {case.state}: a pre-label no longer replaces its label")
+                raise Conflict(f"{where_it_is(case.state)} A pre-label no longer replaces its label.", state=case.state)
             version = self._add_version(s, case, sha, path, "prelabel", None, model, info)
             if case.state == "new":
                 audit.move(s, case, "prelabelled", f"model:{model}", "pre-label", f"pre-labelled by {model}")
@@ -150,10 +151,12 @@ class Workflow:
             assignments.expire_stale(s, case)
             if who.role == "junior":
                 if case.state not in ("prelabelled", "with_junior"):
-                    raise Conflict(f"case {case_id!r} is {case.state}: juniors claim pre-labelled cases")
+                    raise Conflict(
+                        f"{where_it_is(case.state)} Juniors take cases that wait for a junior.", state=case.state
+                    )
                 holder = assignments.live(s, case.id, "annotate")
                 if holder and holder.user_id != who.id:
-                    raise Conflict(f"case {case_id!r} is assigned to another junior")
+                    raise Conflict(f"Case {case_id!r} is with another junior.", state=case.state)
                 if holder:
                     holder.expires = utcnow() + assignments.lease(self.settings, "annotate")
                 else:
@@ -162,15 +165,22 @@ class Workflow:
                     audit.move(s, case, "with_junior", who.name, "claim", "claimed by a junior")
             elif who.role == "senior":
                 if case.state != "in_review":
-                    raise Conflict(f"case {case_id!r} is {case.state}: seniors claim cases in review")
+                    raise Conflict(f"{where_it_is(case.state)} {WHEN_YOU_CAN['review']}", state=case.state)
                 self._check_not_author(s, case, who)
                 mine = assignments.live(s, case.id, "review", user_id=who.id)
                 if mine:
                     mine.expires = utcnow() + assignments.lease(self.settings, "review")
                 elif assignments.reviewed_this_round(s, case, who):
-                    raise Conflict(f"{who.name} has already reviewed round {case.round} of case {case_id!r}")
+                    raise Conflict(
+                        f"You ({who.name}) have already voted in round {case.round} of case {case_id!r}; the "
+                        "other reviewers' votes decide it now.",
+                        state=case.state,
+                    )
                 elif assignments.review_slots(s, case, self.settings.reviewers_per_case) <= 0:
-                    raise Conflict(f"case {case_id!r} already has {self.settings.reviewers_per_case} reviewers")
+                    raise Conflict(
+                        f"Case {case_id!r} already has its {self.settings.reviewers_per_case} reviewers.",
+                        state=case.state,
+                    )
                 else:
                     assign(s, case, self._user(s, who.id), "review", who.name, "claimed a review slot", self.settings)
             else:
@@ -183,24 +193,43 @@ class Workflow:
         """A label saved by a user: a junior's correction (``submit`` also submits it) or a senior's edit.
 
         ``info`` is kept with the version (e.g. the viewer it came from)."""
-        if who.role not in ("junior", "senior"):
-            raise Forbidden(f"{who.name} is an {who.role}: only the case's junior or reviewers save labels")
+        self._check_saver_role(who)
         sha, path = self.store.versions.put(check_id(case_id, "case id"), label)
         with self.store.write() as s:
             case = self._case(s, case_id)
+            self._require_saver(s, case, who)
             if who.role == "junior":
-                assignments.require(s, case, who, "annotate", "with_junior")
                 version = self._add_version(s, case, sha, path, "junior", who.id, None, dict(info or {}))
                 case.current_version = version.id
                 notice = self._submit(s, case, who) if submit else None
             else:
-                assignments.require(s, case, who, "review", "in_review")
-                self._check_not_author(s, case, who)
                 version = self._add_version(s, case, sha, path, "senior_edit", who.id, None, dict(info or {}))
                 notice = self._notice(case, version, "reviewer edit", who)
             version_id = version.id
         self._tell(notice)
         return version_id
+
+    def check_may_save(self, who: Principal, case_id: str) -> None:
+        """Raise what :meth:`save_version` would refuse ``who`` on the case, before any file is read: who may save is
+        answered before what was sent (a 403 for someone else's case, not a 400 for its file)."""
+        self._check_saver_role(who)
+        with self.store.read() as s:
+            self._require_saver(s, self._case(s, check_id(case_id, "case id")), who)
+
+    @staticmethod
+    def _check_saver_role(who: Principal) -> None:
+        if who.role not in ("junior", "senior"):
+            raise Forbidden(
+                f"{who.name} is an {who.role}: labels are saved by a case's junior or its reviewers; admins settle "
+                "escalated cases on the review pages"
+            )
+
+    def _require_saver(self, s, case: Case, who: Principal) -> None:
+        if who.role == "junior":
+            assignments.require(s, case, who, "annotate", "with_junior")
+        else:
+            assignments.require(s, case, who, "review", "in_review")
+            self._check_not_author(s, case, who)
 
     def submit(self, who: Principal, case_id: str) -> Dict[str, Any]:
         """The junior hands the current label to review."""
@@ -215,7 +244,7 @@ class Workflow:
 
     def _submit(self, s, case: Case, who: Principal) -> Dict[str, Any]:
         if case.current_version is None:
-            raise Conflict(f"case {case.id!r} has no label to submit")
+            raise Conflict(f"Case {case.id!r} has no label to submit yet: save one first.", state=case.state)
         current = s.get(LabelVersion, case.current_version)
         if current.kind == "prelabel":
             # the junior vouches for the pre-label unchanged: record that as their own version
@@ -378,7 +407,10 @@ class Workflow:
         with self.store.write() as s:
             case = self._case(s, case_id)
             if case.state != "escalated":
-                raise Conflict(f"case {case_id!r} is {case.state}: only escalated cases are resolved")
+                raise Conflict(
+                    f"{where_it_is(case.state)} Admins settle only cases the reviewers could not agree on.",
+                    state=case.state,
+                )
             if action == "reopen":
                 self._back_to_junior(s, case, who.name)
             elif action == "accept":
@@ -522,7 +554,11 @@ class Workflow:
             ).scalars()
         )
         if who.id in authors:
-            raise Forbidden(f"{who.name} wrote a label of case {case.id!r} and cannot review it")
+            raise Forbidden(
+                f"You ({who.name}) corrected a label of case {case.id!r}, so you cannot review it: reviews are "
+                "by readers who did not draw it.",
+                state=case.state,
+            )
 
     def _add_version(self, s, case, sha, path, kind, user_id, model, info) -> LabelVersion:
         version = LabelVersion(

@@ -21,15 +21,22 @@ fi
 
 echo "bootstrap: creating the environment in $VENV (a few minutes the first time) ..."
 rm -f "$STAMP"
+# pip speaks only of errors (-q); a machine's pip configuration can name a find-links folder that is not there, and
+# pip warns of it on every call: those lines are dropped.
+pip_quiet() {
+  "$VENV/bin/python" -m pip "$@" -q 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+echo "bootstrap: 1/3 installing torch (CPU), monai, monailabel and the pinned requirements ..."
 # torch sits on the same command line as monailabel (requirements.txt) so pip keeps the CPU build.
-"$VENV/bin/python" -m pip install --progress-bar on -r requirements.txt -r requirements-test.txt -c constraints.txt \
-  2>&1 | { grep -v "^WARNING: Location 'file:" || true; } || { echo "bootstrap: pip install failed" >&2; exit 1; }
+pip_quiet install -r requirements.txt -r requirements-test.txt -c constraints.txt \
+  || { echo "bootstrap: pip install failed" >&2; exit 1; }
+echo "bootstrap: 2/3 installing TotalSegmentator's class table ..."
 # TotalSegmentator's class table (models/pretrained/label_maps: the shipped map is checked against it); without its
 # dependencies, which are for rendering and conversion (vtk, fury, dipy, ...) and are not needed here.
-"$VENV/bin/python" -m pip install --no-deps -q -c constraints.txt totalsegmentator \
+pip_quiet install --no-deps -c constraints.txt totalsegmentator \
   || { echo "bootstrap: pip install totalsegmentator failed" >&2; exit 1; }
-# monai[torchvision] drags in a CUDA torchvision that cannot import beside CPU torch; nothing here uses it.
-"$VENV/bin/python" -m pip uninstall -y -q torchvision
+echo "bootstrap: 3/3 removing torchvision (monai[torchvision] brings a CUDA build that cannot import beside CPU torch)"
+pip_quiet uninstall -y torchvision
 "$VENV/bin/python" -c "import monailabel, monai, torch, SimpleITK, nibabel, yaml, pydantic, nnunetv2, totalsegmentator.map_to_binary; print('bootstrap: torch', torch.__version__, '| monai', monai.__version__, '| monailabel', monailabel.__version__)"
 echo "$want" > "$STAMP"

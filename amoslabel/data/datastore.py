@@ -74,6 +74,8 @@ class AmosDatastore(LocalDatastore):
         self.max_voxels = max_voxels
         self.max_upload_bytes = max_upload_bytes
         self.label_saver: Optional[LabelSaver] = None  # set when the review workflow runs
+        # asked who may save (image id, tag, info) before an uploaded file is read; raises to refuse
+        self.label_save_check: Optional[Callable[[str, str, Dict[str, Any]], Any]] = None
         self.image_added: Optional[Callable[[str], None]] = None  # told once a new scan is stored (the workflow)
         # whether this process leads its team's background work (amoslabel.cluster.leadership); set by the workflow
         self.leads: Callable[[], bool] = lambda: True
@@ -175,6 +177,9 @@ class AmosDatastore(LocalDatastore):
         """
         check_id(image_id)
         check_tag(label_tag)
+        if self.label_save_check is not None:
+            self._object(image_id)  # an unknown image is a 404 before anything else
+            self.label_save_check(image_id, label_tag, dict(label_info or {}))  # who may save, before the file
         label = self._checked_label(image_id, label_filename)
         if self.label_saver is not None:
             version_file = self.label_saver(image_id, label, label_tag, dict(label_info or {}))

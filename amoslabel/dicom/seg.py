@@ -57,7 +57,6 @@ class OrganCoding:
         label: SegmentLabel written to the file.
         type: SegmentedPropertyType (CID 7192).
         laterality: CID 244 modifier for paired organs, else None.
-        rgb: 3D Slicer display colour (converted to RecommendedDisplayCIELabValue on writing).
         sex: "M" or "F" for the two sex-specific codings of label 15, "unknown" for its region coding, else None.
     """
 
@@ -65,42 +64,46 @@ class OrganCoding:
     label: str
     type: Code
     laterality: Optional[Code]
-    rgb: Tuple[int, int, int]
     sex: Optional[str] = None
+
+    @property
+    def rgb(self) -> Tuple[int, int, int]:
+        """The organ's display colour, from the organ table (written as RecommendedDisplayCIELabValue)."""
+        return ORGAN_BY_ID[self.organ_id].rgb
 
 
 ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")  # CID 7150
 RIGHT = Code("24028007", "SCT", "Right")  # CID 244
 LEFT = Code("7771000", "SCT", "Left")  # CID 244
 
-# Colours: 3D Slicer's GenericAnatomyColors, as transcribed in monailabel.datastore.utils.colors. Slicer gives both
-# sides of a paired organ one colour; the left side here is that colour x0.8 so that every segment is distinct.
-# Slicer has no inferior vena cava entry: it gets Slicer's "vein" colour.
+# Colours: each organ's one display colour in amoslabel.organs (which says where and why it departs from 3D Slicer's
+# GenericAnatomyColors), so a SEG opened in Slicer or OHIF shows the colours of the review pages. The three codings of
+# label 15 share its colour: they are one label.
 # Label 15 is one label for two organs, and PS3.16 has no concept for "prostate or uterus" (CID 7192 has only the
 # sex-specific Prostate, Uterus, Male/Female internal genitalia). A segment holds one organ in one patient, so we
 # code the organ that patient has, from PatientSex (or an explicit override); with the sex unknown, writing label 15
 # fails rather than put a possibly wrong anatomy code into a clinical record, unless the caller asks for the region
 # coding (patient_sex="unknown": SCT 12921003 Pelvic structure).
 ORGAN_CODES: Tuple[OrganCoding, ...] = (
-    OrganCoding(1, "spleen", Code("78961009", "SCT", "Spleen"), None, (157, 108, 162)),
-    OrganCoding(2, "right kidney", Code("64033007", "SCT", "Kidney"), RIGHT, (185, 102, 83)),
-    OrganCoding(3, "left kidney", Code("64033007", "SCT", "Kidney"), LEFT, (148, 82, 66)),
-    OrganCoding(4, "gallbladder", Code("28231008", "SCT", "Gallbladder"), None, (139, 150, 98)),
-    OrganCoding(5, "esophagus", Code("32849002", "SCT", "Esophagus"), None, (211, 171, 143)),
-    OrganCoding(6, "liver", Code("10200004", "SCT", "Liver"), None, (221, 130, 101)),
-    OrganCoding(7, "stomach", Code("69695003", "SCT", "Stomach"), None, (216, 132, 105)),
-    OrganCoding(8, "aorta", Code("15825003", "SCT", "Aorta"), None, (224, 97, 76)),
-    OrganCoding(9, "inferior vena cava", Code("64131007", "SCT", "Inferior Vena Cava"), None, (0, 151, 206)),
-    OrganCoding(10, "pancreas", Code("15776009", "SCT", "Pancreas"), None, (249, 180, 111)),
-    OrganCoding(11, "right adrenal gland", Code("23451007", "SCT", "Adrenal gland"), RIGHT, (249, 186, 150)),
-    OrganCoding(12, "left adrenal gland", Code("23451007", "SCT", "Adrenal gland"), LEFT, (199, 149, 120)),
-    OrganCoding(13, "duodenum", Code("38848004", "SCT", "Duodenum"), None, (255, 253, 229)),
-    OrganCoding(14, "bladder", Code("89837001", "SCT", "Bladder"), None, (222, 154, 132)),
-    OrganCoding(15, "prostate", Code("41216001", "SCT", "Prostate"), None, (230, 158, 140), sex="M"),
-    OrganCoding(15, "uterus", Code("35039007", "SCT", "Uterus"), None, (255, 181, 158), sex="F"),
+    OrganCoding(1, "spleen", Code("78961009", "SCT", "Spleen"), None),
+    OrganCoding(2, "right kidney", Code("64033007", "SCT", "Kidney"), RIGHT),
+    OrganCoding(3, "left kidney", Code("64033007", "SCT", "Kidney"), LEFT),
+    OrganCoding(4, "gallbladder", Code("28231008", "SCT", "Gallbladder"), None),
+    OrganCoding(5, "esophagus", Code("32849002", "SCT", "Esophagus"), None),
+    OrganCoding(6, "liver", Code("10200004", "SCT", "Liver"), None),
+    OrganCoding(7, "stomach", Code("69695003", "SCT", "Stomach"), None),
+    OrganCoding(8, "aorta", Code("15825003", "SCT", "Aorta"), None),
+    OrganCoding(9, "inferior vena cava", Code("64131007", "SCT", "Inferior Vena Cava"), None),
+    OrganCoding(10, "pancreas", Code("15776009", "SCT", "Pancreas"), None),
+    OrganCoding(11, "right adrenal gland", Code("23451007", "SCT", "Adrenal gland"), RIGHT),
+    OrganCoding(12, "left adrenal gland", Code("23451007", "SCT", "Adrenal gland"), LEFT),
+    OrganCoding(13, "duodenum", Code("38848004", "SCT", "Duodenum"), None),
+    OrganCoding(14, "bladder", Code("89837001", "SCT", "Bladder"), None),
+    OrganCoding(15, "prostate", Code("41216001", "SCT", "Prostate"), None, sex="M"),
+    OrganCoding(15, "uterus", Code("35039007", "SCT", "Uterus"), None, sex="F"),
     # Only when the caller says so (patient_sex="unknown": the server, for series whose PatientSex is empty): the
     # region, which is true of either organ, rather than a guess between them.
-    OrganCoding(15, "prostate/uterus", Code("12921003", "SCT", "Pelvic structure"), None, (242, 170, 150), "UNKNOWN"),
+    OrganCoding(15, "prostate/uterus", Code("12921003", "SCT", "Pelvic structure"), None, "UNKNOWN"),
 )
 
 

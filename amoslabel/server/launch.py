@@ -119,7 +119,13 @@ def run(source: Optional[str], host: str, port: int, conf: Dict[str, str], works
     made = first_start(config, local, demo=not source) if config.auth.enabled else []
     url = f"http://{host}:{port}"
     process = subprocess.Popen(server_command(studies, host, port, conf), env=server_environment(), cwd=PROJECT_ROOT)
-    signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+    asked_to_stop = []  # Ctrl-C or SIGTERM: the server's end that follows is the one asked for
+
+    def stop(*_) -> None:
+        asked_to_stop.append(True)
+        process.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         if wait_until_ready(f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else url, process):
             print("\n" + "=" * 78, flush=True)
@@ -131,7 +137,15 @@ def run(source: Optional[str], host: str, port: int, conf: Dict[str, str], works
             elif config.auth.enabled:
                 print(f"  Log in as a user of this server (users: python -m amoslabel users list --studies {local})")
             print("=" * 78 + "\n", flush=True)
-        return process.wait()
+        return stopped(process.wait(), bool(asked_to_stop))
     except KeyboardInterrupt:
-        process.terminate()
-        return process.wait()
+        stop()
+        return stopped(process.wait(), True)
+
+
+def stopped(code: int, asked: bool) -> int:
+    """The exit status: 0 for a server that ended cleanly because it was asked to (Ctrl-C, SIGTERM), where its
+    status is the signal's (``make`` would report ``Error 241`` for a clean shutdown); the server's own otherwise."""
+    if asked and code in (0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT):
+        return 0
+    return code

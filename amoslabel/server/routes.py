@@ -53,7 +53,8 @@ from monailabel.utils.others.generic import get_mime_type
 from amoslabel.config import AppConfig
 from amoslabel.data.datastore import AmosDatastore
 from amoslabel.data.dicomweb import AmosDicomWebDatastore, seg_for_infer
-from amoslabel.errors import InputError, NotFound
+from amoslabel.data.tags import ORIGINAL_TAG
+from amoslabel.errors import AnsweredError, InputError, NotFound
 from amoslabel.ids import check_id, check_tag
 from amoslabel.server.access import AccessGate
 from amoslabel.server.browser_policy import apply_browser_policy
@@ -98,6 +99,7 @@ def install(fastapi_app, review: ReviewService, datastore: AmosDatastore, config
         override_route(
             fastapi_app, API + "/proxy/dicom/{path:path}", no_dicomweb, ["GET", "POST"], include_in_schema=False
         )
+    fastapi_app.add_exception_handler(AnsweredError, answer_error)  # in the stack apply_browser_policy builds
     apply_browser_policy(fastapi_app, config.auth.cors_origins, override_route)  # rebuilds the stack: first
     fastapi_app.middleware_stack = BodyLimit(fastapi_app.middleware_stack, config.storage.max_upload_mb * 2**20)
     if auth:
@@ -109,6 +111,11 @@ def install(fastapi_app, review: ReviewService, datastore: AmosDatastore, config
         )
         protect(fastapi_app, gate, config.serving.infer_per_user)
         log.info("auth on: every request needs a user's token (POST /auth/token)")
+
+
+def answer_error(request: Request, error: AnsweredError) -> JSONResponse:
+    """Our errors as the review API answers them: ``{"detail": message, **fields}`` (e.g. the case's ``state``)."""
+    return JSONResponse(error.answer(), status_code=error.status_code, headers=error.headers)
 
 
 def no_dicomweb(path: str):
@@ -125,7 +132,7 @@ def mount_review_api(fastapi_app, review: ReviewService) -> None:
     log.info("review API mounted at /review/api (OpenAPI: /review/api/openapi.json)")
 
 
-def review_sample(params: dict) -> dict:
+def review_sample(params: dict, review: ReviewService) -> dict:
     """Next Sample from the review queue, answered as MONAI Label's ``sample`` answers (id, path, image info).
 
     It skips what ``sample`` adds for its own strategies: the whole app ``info()`` (for strategy settings this one
@@ -134,8 +141,8 @@ def review_sample(params: dict) -> dict:
     """
     instance = app_instance()
     result = instance.next_sample({**params, "strategy": ReviewQueueStrategy.NAME})
-    if not result:
-        return {}
+    if not result:  # no "id": the client says there is nothing; the answer says why and what to do
+        return review.nothing_waits(params.get("client_id"))
     return without_server_paths({**instance.datastore().get_image_info(result["id"]), **result})
 
 
@@ -159,7 +166,7 @@ def use_coded_seg_for_infer_output() -> None:
 
 
 def install_route_overrides(
-    fastapi_app, review_strategy: str, review_sample: Callable[[dict], dict], review: ReviewService
+    fastapi_app, review_strategy: str, review_sample: Callable[[dict, ReviewService], dict], review: ReviewService
 ) -> None:
     """Put every override of this module in front of MONAI Label's routes."""
     accounts = review.accounts
@@ -171,7 +178,7 @@ def install_route_overrides(
     def api_sample(request: Request, strategy: str, params: Optional[dict] = None):
         params = acting_for(params or {}, request, accounts)
         if strategy == review_strategy:
-            return review_sample(params)
+            return review_sample(params, review)
         strategies = getattr(app_instance(), "_strategies", {})
         if strategy not in strategies:
             raise NotFound(f"no strategy {strategy[:64]!r}; strategies: {sorted(strategies)}")
@@ -209,8 +216,13 @@ def install_route_overrides(
     ):
         check_id(image)  # before MONAI Label's endpoint logs them
         check_tag(tag)
+        fields = own(params, "params", request)
         with temporary_files_go(background_tasks):
-            return ds.save_label(background_tasks, image, own(params, "params", request), tag, label, username(request))
+            saved = ds.save_label(background_tasks, image, fields, tag, label, username(request))
+        if tag == ORIGINAL_TAG:
+            return saved
+        # what the save did: the version, submitted or not, the case's state and round, who has it now
+        return {**saved, **review.save_answer(json.loads(fields).get("client_id"), image)}
 
     def download_image(request: Request, image: str):
         path = _existing(app_instance().datastore().get_image_uri(check_id(image)), f"image {image!r}")

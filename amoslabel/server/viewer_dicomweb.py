@@ -19,6 +19,7 @@ series.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any, Dict, List, Tuple
@@ -134,14 +135,20 @@ class ViewerDicomWeb:
                 },
                 status_code=502,
             )
+        # what each save did (review.save_answers), beside the DICOM server's answer: its body is DICOM JSON,
+        # which has no place for it
+        saved = await anyio.to_thread.run_sync(
+            lambda: [self.service.save_answer(who.name, notice["case_id"]) for _, notice in recorded]
+        )
         return Response(
             reply.content,
             status_code=reply.status_code,
             media_type=reply.headers.get("content-type", "application/dicom+json"),
+            headers={SAVED_HEADER: json.dumps(saved)},
         )
 
     def _record_all(self, who, instances: List[pydicom.Dataset]) -> List[Tuple[pydicom.Dataset, Dict[str, Any]]]:
-        checked = [self._checked(ds) for ds in instances]  # every instance is checked before any is recorded
+        checked = [self._checked(ds, who) for ds in instances]  # every instance is checked before any is recorded
         out = []
         for ds, case_id, label in checked:
             notice = self.service.save_from_dicomweb(who, case_id, label)
@@ -151,8 +158,9 @@ class ViewerDicomWeb:
             out.append((_renamed(ds, notice), notice))
         return out
 
-    def _checked(self, ds: pydicom.Dataset):
-        """(the SEG, its case, its label map on the case's grid); refused with the reason otherwise."""
+    def _checked(self, ds: pydicom.Dataset, who):
+        """(the SEG, its case, its label map on the case's grid); refused with the reason otherwise. Whether ``who``
+        may save on the case is answered before the SEG's frames are read."""
         if ds.get("SOPClassUID") != pydicom.uid.SegmentationStorage:
             raise InputError(
                 f"only segmentations (DICOM SEG) are stored from the viewer; this is {ds.get('Modality', '?')} "
@@ -167,6 +175,7 @@ class ViewerDicomWeb:
         case_id = referenced[0]
         if not self.datastore.has_image(case_id):
             raise Unprocessable(f"the SEG is on series {case_id[:80]}, which is not a case of this server")
+        self.service.workflow.check_may_save(who, case_id)
         if int(ds.get("NumberOfFrames", 0) or 0) == 0:
             raise Unprocessable("the SEG has no frames: nothing is painted")
         label = read_seg(ds, self.datastore.series_folder(case_id))
@@ -175,6 +184,7 @@ class ViewerDicomWeb:
         return ds, case_id, label
 
 
+SAVED_HEADER = "X-Amos-Label-Saved"  # JSON: a list of review.save_answers answers, one per stored SEG
 _STUDY_IN_PATH = re.compile(r"studies/([0-9.]+)")
 _SERIES_IN_PATH = re.compile(r"series/([0-9.]+)")
 _SERIES_TAG = "0020000E"

@@ -1,4 +1,5 @@
-"""Axial, coronal and sagittal PNG previews of a scan with its current label (and attention map) overlaid.
+"""Axial, coronal and sagittal PNG previews of a scan with its current label (and, when asked, the attention map)
+overlaid, in the organ table's colours (:data:`amoslabel.organs.ORGANS`).
 
 Volumes are reoriented to LPS, so every preview reads the radiological way (patient right on the left of an axial
 slice, head up on coronal and sagittal ones), and scaled to their physical aspect. The last few volumes stay in
@@ -22,8 +23,9 @@ from PIL import Image, ImageDraw
 from amoslabel.organs import ORGANS
 
 VIEWS = ("axial", "coronal", "sagittal")
-_ORGAN_RGB = np.zeros((256, 3), np.uint8)
-_ORGAN_RGB[1 : len(ORGANS) + 1] = (np.array(colormaps["tab20"].colors[: len(ORGANS)]) * 255).astype(np.uint8)
+_ORGAN_RGB = np.zeros((256, 3), np.uint8)  # label value -> colour: the organ table's, as the viewer and SEGs use
+for _organ in ORGANS:
+    _ORGAN_RGB[_organ.id] = _organ.rgb
 _HEAT = (colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
 PREVIEW_PX = 384
 

@@ -4,8 +4,10 @@ The browser gets the case's scan, the label version under review and the attenti
 NIfTI files from the routes below, and NiiVue's ES module bundle from ``/review/vendor/niivue.js``
 (``scripts/fetch-niivue.sh`` keeps it in ``.cache/niivue``; ``make run`` and ``make test`` fetch it once). Without
 the bundle the page says so and keeps its server-rendered previews. The viewer itself is
-``static/slice-viewer.js``: three planes, organs toggled one by one, the attention map as a heat overlay, and a
-click that places a comment's point (mm, LPS) for the organ chosen beside it.
+``static/slice-viewer.js``: three planes at one scale, laid out (row, column or grid) and the canvas shaped so that
+they fill it, thin scans as well as thick ones; organs toggled one by one, in the organ table's colours; the
+attention map as a heat overlay, off until asked for; a click that places a comment's point (mm, LPS) for the organ
+chosen beside it; and the comments' point links, which move the crosshair to their point without a reload.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from flask import Blueprint, abort, send_file
 
-from amoslabel.dicom.seg import coding_for
 from amoslabel.ids import check_id
 from amoslabel.organs import ORGANS
 from amoslabel.workspace import PROJECT_ROOT
@@ -39,8 +40,8 @@ def niivue_bundle() -> Optional[Path]:
 
 
 def organ_colours() -> List[Dict[str, Any]]:
-    """Each organ's id, name and display colour (the colours of our DICOM SEGs: 3D Slicer's anatomy table)."""
-    return [{"id": o.id, "name": o.name.replace("_", " "), "rgb": coding_for(o.id, "F").rgb} for o in ORGANS]
+    """Each organ's id, name and display colour: the organ table's, as in the previews and our DICOM SEGs."""
+    return [{"id": o.id, "name": o.name.replace("_", " "), "rgb": list(o.rgb)} for o in ORGANS]
 
 
 def register(pages: Blueprint, context: "PageContext") -> None:

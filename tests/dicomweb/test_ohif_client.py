@@ -10,6 +10,7 @@ reaches Orthanc as a SEG. ``test_ohif_browser.py`` does the same with the real v
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from amoslabel.dicom.seg import read_seg
 from amoslabel.dicom.send import send_to_dicomweb
 from amoslabel.dicom.stow import write_stow
 from amoslabel.server.dicomweb_launch import OHIF_URL_ENV
+from amoslabel.server.viewer_dicomweb import SAVED_HEADER
 from tests.conftest import CHROMIUM_FLAGS, NO_SCORER, OUTPUT, ServerProcess, free_port, login
 from tests.dicomweb.conftest import series_label_on
 from tests.dicomweb.ohif_driver import (
@@ -374,6 +376,9 @@ def test_a_reviewer_store_is_an_edit_and_the_case_page_opens_the_version_under_r
     assert reply.status_code == 200, reply.text[:500]
     newest = site.versions()[-1]
     assert (newest["kind"], newest["author"]) == ("senior_edit", "sen1")
+    # what the store did, beside the DICOM server's answer (its body is DICOM JSON)
+    (saved,) = json.loads(reply.headers[SAVED_HEADER])
+    assert (saved["version"], saved["submitted"], saved["state"]) == (newest["id"], False, "in_review"), saved
     pseudonym = site.api("sen1", "GET", "/me").json()["pseudonym"]
     time.sleep(2)  # a second SEG of the same version would come from the background sender
     added = {uid: text for uid, text in site.segs().items() if uid not in before}

@@ -28,7 +28,7 @@ from playwright.sync_api import sync_playwright
 
 from amoslabel.config import load_config
 from review.service import ReviewService
-from tests.conftest import CHROMIUM_FLAGS, ServerProcess, free_port
+from tests.conftest import CHROMIUM_FLAGS, OUTPUT, ServerProcess, free_port
 from tests.reliability.conftest import PEOPLE, TeamServer, private_studies, write_config
 from tests.review.conftest import LABEL, add_users
 
@@ -58,6 +58,13 @@ def site(shared, tmp_path_factory):
     finally:
         process.stop()
         service.store.dispose()
+
+
+def j1_holds_the_case(service: ReviewService) -> None:
+    """j1 is the case's junior (the uploads below are then refused for their content, not for whose case it is)."""
+    if service.workflow.register_case(CASE) == "new":
+        service.workflow.record_prelabel(CASE, LABEL, "prior", {})
+    service.workflow.claim(service.accounts.by_name("j1"), CASE)
 
 
 def bearer(server: TeamServer, who: str) -> dict:
@@ -225,7 +232,8 @@ def nifti_bomb(shape, dtype, data_bytes: int) -> bytes:
 
 
 def test_a_small_bomb_is_refused_from_its_header_without_the_memory(site):
-    server, _ = site
+    server, service = site
+    j1_holds_the_case(service)
     bomb = nifti_bomb((1024, 1024, 1000), np.uint8, 1 << 30)  # 1 GB of zeros, about 1 MB gzipped
     assert len(bomb) < 2 << 20
     with PeakMemory(server.process.process.pid) as memory:
@@ -234,6 +242,7 @@ def test_a_small_bomb_is_refused_from_its_header_without_the_memory(site):
         )
     assert reply.status_code == 413 and "voxels" in reply.json()["detail"], reply.text
     assert memory.grew_mb < 200, f"the server grew by {memory.grew_mb:.0f} MB"
+    bomb_growth = memory.grew_mb
     # a label twice the byte budget of a scan and off the scan's grid: refused by its header, before a voxel is read
     label = nifti_bomb((512, 512, 512), np.float64, 16 << 20)
     with PeakMemory(server.process.process.pid) as memory:
@@ -247,10 +256,14 @@ def test_a_small_bomb_is_refused_from_its_header_without_the_memory(site):
     assert reply.status_code in (413, 422), reply.text
     assert memory.grew_mb < 200, f"the server grew by {memory.grew_mb:.0f} MB"
     assert server.process.alive()
+    figures = {"infer_bomb_grew_mb": round(bomb_growth, 1), "label_bomb_grew_mb": round(memory.grew_mb, 1)}
+    (OUTPUT / "reliability").mkdir(parents=True, exist_ok=True)
+    (OUTPUT / "reliability" / "attacks_memory.json").write_text(json.dumps(figures, indent=1))
 
 
 def test_uploads_past_the_limit_are_cut_off_and_refused_uploads_leave_no_file(site, shared):
-    server, _ = site
+    server, service = site
+    j1_holds_the_case(service)
     temp = server.extra["tmp"]
     before = files_in(temp)
     # a body that says it is 3 GiB: answered at once, nothing read
@@ -417,8 +430,7 @@ def test_seniors_vote_blind_until_they_have_voted(site, tmp_path):
     server, service = site
     people = {name: service.accounts.by_name(name) for name, _ in PEOPLE}
     workflow = service.workflow
-    workflow.record_prelabel(CASE, LABEL, "prior", {})
-    workflow.claim(people["j1"], CASE)
+    j1_holds_the_case(service)
     workflow.submit(people["j1"], CASE)
     api = lambda who, method, path, **kw: requests.request(  # noqa: E731
         method, f"{server.url}/review/api{path}", headers=bearer(server, who), timeout=60, **kw
@@ -471,12 +483,21 @@ def test_a_user_has_a_fair_share_of_inference_and_review_reads_go_on(site):
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
-        reads.append(requests.get(f"{server.url}/review/api/me", headers=bearer(server, "s1")).status_code)
+        started = time.perf_counter()
+        status = requests.get(f"{server.url}/review/api/me", headers=bearer(server, "s1")).status_code
+        reads.append((status, time.perf_counter() - started))
         time.sleep(0.1)
     for t in threads:
         t.join()
     assert sorted(answers).count(429) >= 1 and 200 in answers, answers
-    assert reads and set(reads) == {200}, reads
+    assert reads and {status for status, _ in reads} == {200}, reads
+    figures = {
+        "infer_answers": sorted(answers),
+        "review_reads": len(reads),
+        "review_read_median_ms": round(1000 * float(np.median([s for _, s in reads])), 1),
+    }
+    (OUTPUT / "reliability").mkdir(parents=True, exist_ok=True)
+    (OUTPUT / "reliability" / "attacks_fairness.json").write_text(json.dumps(figures, indent=1))
 
 
 def test_what_the_server_tells_anyone(site):

@@ -81,7 +81,9 @@ def test_amos_review_run_on_the_real_ct(server, sample_studies, shared, people, 
 
     # 2. the junior corrects the label in Slicer (here: the real label without its pancreas) and submits it
     first = erase(str(shared / "ct" / "ts_abdomen_ct_label.nii.gz"), PANCREAS, tmp_path / "first.nii.gz")
-    junior.save_label(CASE, str(first), tag="final")
+    submitted = junior.save_label(CASE, str(first), tag="final")  # the answer says what happened
+    assert (submitted["submitted"], submitted["state"], submitted["round"]) == (True, "in_review", 1), submitted
+    assert sorted(submitted["with"]) == ["sen1", "sen2", "sen3"]
     assert api(server, people["jun"], "GET", f"/cases/{CASE}").json()["state"] == "in_review"
     assert not (sample_studies / "labels" / "final" / f"{CASE}.nii.gz").exists()  # not final: not reviewed
 
@@ -114,7 +116,12 @@ def test_amos_review_run_on_the_real_ct(server, sample_studies, shared, people, 
     # MONAI Label's Slicer Reviewer module reads this from the label info
     meta = admin.datastore()["objects"][CASE]["labels"]["working"]["info"]["segmentationMeta"]
     assert meta["status"] == "flagged" and "pancreas missing entirely" in meta["comment"]
-    assert junior.next_sample("review_queue", {})["id"] == CASE
+    sample = junior.next_sample("review_queue", {})
+    assert sample["id"] == CASE and sample["feedback"]["round"] == 1
+    (pancreas,) = sample["feedback"]["organs"]  # the seniors' feedback comes with Next Sample
+    assert pancreas["decisions"] == {"sen1": "changes_requested"}
+    assert pancreas["comments"][0]["text"] == "pancreas missing entirely"
+    assert pancreas["comments"][0]["point_voxel"] == vote["point_voxel"]
     junior.save_label(CASE, str(shared / "ct" / "ts_abdomen_ct_label.nii.gz"), tag="final")
 
     # 5. all three approve
@@ -157,6 +164,30 @@ def test_a_final_save_without_consensus_does_not_train(server, sample_studies, s
     with pytest.raises(MONAILabelClientException) as err:
         boss_viewer.save_label("unreviewed_ct", str(shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"), tag="final")
     assert status_of(err.value) == 403
+
+
+def test_an_empty_next_sample_says_why_and_refusals_keep_the_state_in_a_field(server, people, tmp_path):
+    admin = login(server.url, tmp_path, "boss", people["boss"])
+    empty = admin.next_sample("review_queue", {})  # nothing is escalated: nothing for an admin
+    assert "id" not in empty and empty["reason"] == "none_escalated", empty
+    assert "No case waits for an admin" in empty["detail"] and empty["cases"]
+    # the case is final (the first test): a senior's claim is refused in plain words, the state in a field
+    refused = api(server, people["sen1"], "POST", f"/cases/{CASE}/claim")
+    assert refused.status_code == 409 and refused.json() == {
+        "detail": "This case is final: its label is decided. Reviewers vote while a case is with the reviewers.",
+        "state": "final",
+    }
+    # through MONAI Label's own endpoint too: who may save before what was sent (a broken file on a final case)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"broken")
+    saved = requests.put(
+        f"{server.url}/datastore/label",
+        params={"image": CASE, "tag": "final"},
+        files={"label": ("broken.nii.gz", broken.read_bytes())},
+        headers={"Authorization": f"Bearer {people['jun']}"},
+        timeout=60,
+    )
+    assert saved.status_code == 409 and saved.json()["state"] == "final", saved.text
 
 
 def test_tokens_and_roles_on_the_api(server, people):

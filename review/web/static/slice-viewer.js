@@ -1,13 +1,91 @@
 // The case page's slice viewer (review/web/slice_viewer.py): the scan in three planes with the label version under
-// review, organs toggled one by one, the attention map as a heat overlay, and a click that places a comment's point.
+// review, organs toggled one by one, the attention map as a heat overlay (off until its box is ticked), a click that
+// places a comment's point, and the comments' point links, which move the crosshair there instead of reloading.
 // NiiVue comes from this server (/review/vendor/niivue.js); no inline script (the pages' CSP forbids it): the page
 // hands over its URLs in data- attributes of #viewer.
 const root = document.getElementById("viewer");
 const statusEl = document.getElementById("viewer-status");
 const picked = document.getElementById("picked");
 
-// NiiVue reports world positions in NIfTI's RAS+; DICOM and ITK (and the review store) use LPS+: x and y negated.
+// NiiVue reports world positions in NIfTI's RAS+; DICOM and ITK (and the review store) use LPS+: x and y negated
+// (the same flip both ways).
 const toLPS = (ras) => [-ras[0], -ras[1], ras[2]];
+const toRAS = toLPS;
+const PAD = 4;   // CSS pixels between the planes
+
+// NiiVue's built-in multiplanar layouts: the box the three planes fill at one scale, in units of the scan's longest
+// extent (x, y, z: NiiVue's volScale), and how many planes across and down (for the padding between them).
+const LAYOUTS = [
+  { name: "ROW", box: ([x, y, z]) => [2 * x + y, Math.max(y, z)], across: 3, down: 1 },
+  { name: "COLUMN", box: ([x, y, z]) => [Math.max(x, y, z), y + 2 * z], across: 1, down: 3 },
+  { name: "GRID", box: ([x, y, z]) => [x + y, y + z], across: 2, down: 2 },
+];
+
+// The layout that shows the planes largest in the room there is, and the canvas size that fits it exactly: every
+// plane at the same mm per pixel (so a structure is as long in each plane, and the crosshair lines continue from one
+// plane into the next), and no letterbox. A 30-slice scan gets its planes in a column, a thick one the 2 x 2 grid.
+function chooseLayout(volScale, maxWidth, maxHeight) {
+  let best = null;
+  for (const layout of LAYOUTS) {
+    const [w, h] = layout.box(volScale);
+    const padW = (layout.across - 1) * PAD;
+    const padH = (layout.down - 1) * PAD;
+    const scale = Math.min((maxWidth - padW) / w, (maxHeight - padH) / h);
+    if (!best || scale > best.scale) {
+      best = { name: layout.name, scale, width: Math.floor(scale * w + padW), height: Math.floor(scale * h + padH) };
+    }
+  }
+  return best;
+}
+
+// A comment's point as its link gives it: ?at=x,y,z (mm, LPS) or ?voxel=i,j,k (the file's voxel, as ITK counts it).
+function pointOf(params) {
+  for (const key of ["at", "voxel"]) {
+    const values = (params.get(key) || "").split(",").map(Number);
+    if (values.length === 3 && values.every(Number.isFinite)) return { [key]: values };
+  }
+  return null;
+}
+
+// The previews below follow the point, as they would on the link's page.
+function focusPreviews(params) {
+  document.querySelectorAll("img.preview").forEach((img) => {
+    const url = new URL(img.src, window.location.href);
+    for (const key of ["at", "voxel"]) {
+      if (params.has(key)) url.searchParams.set(key, params.get(key));
+      else url.searchParams.delete(key);
+    }
+    img.src = url.toString();
+  });
+  const focus = document.getElementById("preview-focus");
+  const point = pointOf(params);
+  if (focus && point) {
+    focus.textContent = point.at
+      ? `, through the point ${point.at.join(", ")} mm (cross)`
+      : `, through the voxel ${point.voxel.join(", ")} (cross)`;
+  }
+}
+
+let goTo = null;      // moves the crosshair, once the viewer is ready
+let pending = null;   // a point asked for before that
+
+// A comment's point link (in the case panel, which live.js swaps in: hence one listener on the document) moves the
+// viewer to the point in place. Without JavaScript it is a plain link to this page with the point, which the previews
+// (and, on load, the viewer) show; with a modifier key it opens that page elsewhere, as links do.
+document.addEventListener("click", (event) => {
+  const link = event.target instanceof Element ? event.target.closest("a.point") : null;
+  if (!link || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+  const url = new URL(link.href, window.location.href);
+  const point = pointOf(url.searchParams);
+  if (!point || url.pathname !== window.location.pathname) return;
+  event.preventDefault();
+  history.replaceState(history.state, "", url);   // the address names the point, as after the link's reload
+  focusPreviews(url.searchParams);
+  const failed = root.dataset.ready === "error";
+  (failed ? document.querySelector("section.previews") : root).scrollIntoView({ block: "start" });
+  if (goTo) goTo(point);
+  else pending = point;
+});
 
 function invert4(m) {   // a 4x4 matrix (rows), Gauss-Jordan with partial pivoting
   const a = m.map((row, i) => [...row, ...[0, 1, 2, 3].map((j) => (i === j ? 1 : 0))]);
@@ -36,6 +114,7 @@ function fileIndex(volume, ras) {
 async function start() {
   const d = root.dataset;
   const { Niivue, NVImage, cmapper, SLICE_TYPE, MULTIPLANAR_TYPE, SHOW_RENDER } = await import(d.niivue);
+  const initial = pointOf(new URLSearchParams(window.location.search));   // this page opened at a comment's point
   const organs = JSON.parse(d.organs);
   const shown = new Map(organs.map((o) => [o.id, true]));
   const nv = new Niivue({
@@ -45,7 +124,8 @@ async function start() {
     crosshairWidthUnit: "mm",              // one voxel is under a pixel on a 512 x 512 CT: in mm it shows
     isRadiologicalConvention: true,        // the patient's right on the screen's left, as radiologists read
     multiplanarShowRender: SHOW_RENDER.NEVER,
-    multiplanarLayout: MULTIPLANAR_TYPE.GRID,
+    multiplanarLayout: MULTIPLANAR_TYPE.GRID,   // until the scan is in: then fit() chooses
+    multiplanarPadPixels: PAD,
     dragAndDropEnabled: false,             // a dropped file must not replace the case's volumes
     isNearestInterpolation: true,
     isForceMouseClickToVoxelCenters: true, // a click picks a voxel centre: its mm and its index agree
@@ -85,6 +165,26 @@ async function start() {
   recolour();
   nv.setSliceType(SLICE_TYPE.MULTIPLANAR);
 
+  // the canvas takes the shape of the planes (see chooseLayout), beside the controls when there is room for both
+  const fit = () => {
+    const room = root.parentElement.clientWidth;
+    const maxWidth = room < 900 ? room : Math.min(960, room - 420);   // the controls: 24em and the gap
+    const maxHeight = Math.max(400, Math.min(820, 0.8 * window.innerHeight));
+    const layout = chooseLayout(nv.sliceScale().volScale, maxWidth, maxHeight);
+    root.style.width = `${layout.width}px`;    // CSSOM: allowed without 'unsafe-inline'
+    root.style.height = `${layout.height}px`;
+    root.dataset.layout = layout.name;
+    nv.opts.multiplanarLayout = MULTIPLANAR_TYPE[layout.name];
+    nv.resizeListener();   // the drawing buffer at the new size now, not at NiiVue's observer's next frame; redraws
+  };
+  fit();
+  let fitting = false;
+  window.addEventListener("resize", () => {
+    if (fitting) return;
+    fitting = true;
+    requestAnimationFrame(() => { fitting = false; fit(); });
+  });
+
   const toggles = document.getElementById("organ-toggles");
   for (const organ of organs.filter((o) => present.has(o.id))) {
     const box = document.createElement("input");
@@ -100,10 +200,14 @@ async function start() {
     toggles.append(item);
   }
   document.getElementById("toggle-label").addEventListener("change", (e) => nv.setDrawOpacity(e.target.checked ? 0.5 : 0));
-  document.getElementById("toggle-attention")?.addEventListener("change", (e) => {
-    nv.overlayAlphaShader = e.target.checked ? 1 : 0;   // the only overlay: a draw-time uniform, no re-render
+  // the attention map is off until asked for: its heat would tint the organs' colours
+  const attention = document.getElementById("toggle-attention");
+  const showAttention = () => {
+    nv.overlayAlphaShader = attention?.checked ? 1 : 0;   // the only overlay: a draw-time uniform, no re-render
     nv.drawScene();
-  });
+  };
+  attention?.addEventListener("change", showAttention);
+  showAttention();   // the box as the browser restored it (unticked on a fresh page)
   // NiiVue's own keys are Ctrl+U / Ctrl+D; PageUp/PageDown and the arrows step the axial slice as well
   canvas.addEventListener("keydown", (e) => {
     const step = { PageUp: 1, ArrowUp: 1, PageDown: -1, ArrowDown: -1 }[e.key];
@@ -131,6 +235,17 @@ async function start() {
     field.value = latest.mm.join(", ");
     picked.dataset.count = String(Number(picked.dataset.count || 0) + 1);
   }, 0));
+
+  goTo = (point) => {
+    const volume = nv.volumes[0];
+    const ras = point.at
+      ? toRAS(point.at)
+      : [0, 1, 2].map((i) => volume.hdr.affine[i].reduce((s, x, j) => s + x * [...point.voxel, 1][j], 0));
+    nv.scene.crosshairPos = nv.mm2frac(ras, 0, true).map((f) => Math.min(1, Math.max(0, f)));
+    nv.createOnLocationChange();   // the location line below the viewer follows
+    nv.drawScene();
+  };
+  if (pending || initial) goTo(pending || initial);
 
   await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
   statusEl.textContent = `${nv.volumes[0].dims.slice(1, 4).join(" × ")} voxels; wheel or PageUp/PageDown: slices; ` +

@@ -9,7 +9,6 @@ import pydicom
 import pydicom_seg
 import pytest
 import SimpleITK as sitk
-from monailabel.datastore.utils.colors import GENERIC_ANATOMY_COLORS
 from pydicom.sr._concepts_dict import concepts
 from pydicom.sr.codedict import codes
 
@@ -25,7 +24,7 @@ from amoslabel.dicom.seg import (
     series_grid,
     write_seg,
 )
-from amoslabel.organs import ORGANS
+from amoslabel.organs import ORGAN_BY_ID, ORGANS
 
 # Written out independently: AMOS id -> (pydicom SCT keyword of the PS3.16 concept, CID 244 laterality keyword).
 # Label 15 is sex-specific: (keyword for men, keyword for women).
@@ -46,21 +45,6 @@ PS316 = {
     14: ("Bladder", None),
 }
 PROSTATE_UTERUS = {"M": "Prostate", "F": "Uterus"}
-# 3D Slicer GenericAnatomyColors names (monailabel's transcription) for each AMOS organ.
-SLICER_COLOUR = {
-    1: "spleen",
-    2: "right kidney",
-    4: "gallbladder",
-    5: "esophagus",
-    6: "liver",
-    7: "stomach",
-    8: "aorta",
-    9: "vein",
-    10: "pancreas",
-    11: "right adrenal gland",
-    13: "duodenum",
-    14: "urinary bladder",
-}
 CID_SEG_ANATOMY, CID_LATERALITY, CID_CATEGORY = 7192, 244, 7150
 
 
@@ -137,17 +121,13 @@ def test_codes_map_back_including_snomed_rt():
     assert organ_id_for(Code(codes.SCT.Heart.value, "SCT", "Heart")) is None
 
 
-def test_colours_from_slicer_in_range_and_distinct():
+def test_colours_from_the_organ_table_in_range():
+    # the organ table's colours (tests/amoslabel/test_organs.py checks that they are far apart), one per label
     for c in ORGAN_CODES:
-        if c.organ_id in SLICER_COLOUR:
-            assert c.rgb == GENERIC_ANATOMY_COLORS[SLICER_COLOUR[c.organ_id]], c.label
-    assert coding_for(15, "M").rgb == GENERIC_ANATOMY_COLORS["prostate"]
-    assert coding_for(15, "F").rgb == GENERIC_ANATOMY_COLORS["uterus"]
-    for left, right in ((3, 2), (12, 11)):  # left side: Slicer's shared colour darkened to tell the sides apart
-        assert coding_for(left).rgb == tuple(round(0.8 * v) for v in coding_for(right).rgb)
+        assert c.rgb == ORGAN_BY_ID[c.organ_id].rgb, c.label
     labs = [rgb_to_dicom_lab(c.rgb) for c in ORGAN_CODES]
     assert all(0 <= v <= 65535 for lab in labs for v in lab)
-    assert len(set(labs)) == len(labs) and len({c.rgb for c in ORGAN_CODES}) == len(ORGAN_CODES)
+    assert len({rgb_to_dicom_lab(o.rgb) for o in ORGANS}) == len(ORGANS)  # distinct per organ
     for c, lab in zip(ORGAN_CODES, labs):
         assert np.abs(np.subtract(lab, pydicom_seg.template.rgb_to_cielab(list(c.rgb)))).max() <= 1
     assert rgb_to_dicom_lab((255, 255, 255)) == (65535, 32896, 32896)  # L=100, a=b=0 (0 -> 128 * 65535 / 255)

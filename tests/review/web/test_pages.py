@@ -141,9 +141,9 @@ def test_review_round_trip_in_the_browser(web, shared, tmp_path):
     junior.click(f"a:text('{CASE}')")
     comment = junior.locator("tr[data-organ='pancreas'] .comment")
     assert XSS in comment.locator(".text").inner_text()
-    comment.locator("a.point").click()  # the slices through the comment's point: a link, so the page reloads
+    comment.locator("a.point").click()  # the viewer and the previews move to the point, in place
     junior.wait_for_url(re.compile(r".*[?&]at="))
-    # null-safe: the predicate may run while the new document is still being parsed
+    # the previews follow the point (without JavaScript the link reloads the page at it)
     junior.wait_for_function("document.querySelector(\"img[data-view='axial']\")?.naturalWidth > 0")
     assert "at=" in junior.locator("img[data-view='axial']").get_attribute("src")
     junior.click("#submit")
