@@ -10,6 +10,8 @@ PORT    ?= 8000
 PRESET  ?= cpu
 # what the labels of a dataset in STUDIES become at import: final (training data) or prelabel (the juniors' work)
 LABELS_AS ?= final
+# models fetched (once) and made the first pre-labelers: totalsegmentator, totalsegmentator-fast, or none
+PRETRAINED ?=
 PYTEST_ARGS ?=
 # test modules run on this many workers (pytest-xdist; each module stays whole, in order, on one worker)
 TEST_WORKERS ?= 2
@@ -21,7 +23,8 @@ env:
 
 run: env
 	@scripts/fetch-niivue.sh >/dev/null || echo "NiiVue not fetched (npm?): the case page's slice viewer is off"
-	$(PY) -m amoslabel serve $(STUDIES) --host $(HOST) --port $(PORT) --conf preset $(PRESET) --labels-as $(LABELS_AS)
+	$(PY) -m amoslabel serve $(STUDIES) --host $(HOST) --port $(PORT) --conf preset $(PRESET) --labels-as $(LABELS_AS) \
+	  $(if $(PRETRAINED),--pretrained $(PRETRAINED))
 
 # The same server on a private Orthanc (DICOMweb) with the de-identified sample series, and OHIF on port 3000.
 run-dicomweb: env

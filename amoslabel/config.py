@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -260,8 +260,9 @@ class AppConfig(_Strict):
     name: str
     labels: Dict[str, int]
     models: List[str]
-    # what pre-labels for a network with no trained version: the atlas prior, or an imported model's name
-    fallback_model: str = "prior"
+    # what pre-labels for a network with no trained version: the atlas prior, or an imported model's name; one for
+    # every scan, or one per modality ({ct: NAME, mri: NAME}; a modality left out gets the atlas prior)
+    fallback_model: Union[str, Dict[Modality, str]] = "prior"
     device: str
     preset: str
     modalities: Dict[Modality, ModalitySettings]
@@ -312,6 +313,12 @@ class AppConfig(_Strict):
         """The preset in use."""
         return self.presets[self.preset]
 
+    def fallback_for(self, modality: str) -> str:
+        """The model that pre-labels a scan of ``modality`` while a network has no trained version."""
+        if isinstance(self.fallback_model, str):
+            return self.fallback_model
+        return self.fallback_model.get(modality, "prior")  # type: ignore[call-overload]
+
     def fingerprint(self) -> str:
         """A short hash of the resolved configuration, recorded with every model version and pre-label."""
         blob = json.dumps(self.model_dump(mode="json", exclude={"source_dir"}), sort_keys=True).encode()
@@ -323,7 +330,7 @@ _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "preset": ("preset", str),
     "device": ("device", str),
     "models": ("models", lambda s: [m.strip() for m in s.split(",") if m.strip()]),
-    "fallback_model": ("fallback_model", str),
+    "fallback_model": ("fallback_model", lambda s: parse_fallback(s)),
     "models_dir": ("storage.models_dir", str),
     "tta": ("presets.{preset}.inference.tta_flip", str),
     "sw_overlap": ("presets.{preset}.inference.sw_overlap", str),
@@ -339,6 +346,16 @@ _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "active_learning": ("active_learning.enabled", str),
     "clicks": ("clicks.enabled", str),
 }
+
+
+def parse_fallback(text: str) -> Union[str, Dict[str, str]]:
+    """``--conf fallback_model``: ``NAME`` for every scan, or ``ct=NAME,mri=NAME`` per modality."""
+    if "=" not in text:
+        return text.strip()
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    return {key.strip().lower(): value.strip() for key, value in pairs}
+
+
 # Keys that MONAI Label itself reads from --conf; accepted and left to it.
 _MONAILABEL_KEYS = {"server_mode"}
 OVERRIDABLE_KEYS = tuple(sorted(_OVERRIDES))

@@ -34,7 +34,7 @@ class ModalityEvidence:
     path: str = ""
     requested: Optional[str] = None
     case_record: Mapping[str, Any] = field(default_factory=dict)
-    image: Optional[sitk.Image] = None
+    image: Optional[sitk.Image | sitk.ImageFileReader] = None  # a header alone answers the ``header`` resolver
 
 
 Resolver = Callable[[ModalityEvidence], Optional[str]]
@@ -120,7 +120,7 @@ def _from_filename(ev: ModalityEvidence) -> Optional[str]:
 
 @register_resolver("intensity")
 def _from_intensity(ev: ModalityEvidence) -> Optional[str]:
-    if ev.image is None:
+    if not isinstance(ev.image, sitk.Image):  # none, or a header read without its pixels (sitk.ImageFileReader)
         return None
     array = sitk.GetArrayViewFromImage(ev.image)
     # Air in CT is about -1000 HU and fills a good part of any body scan's field of view.

@@ -96,7 +96,7 @@ class AmosLabelApp(MONAILabelApp):
     def infer(self, request: Dict[str, Any], datastore=None):
         """Check the image and the model before MONAI Label runs the request; the review workflow records it."""
         request = (datastore or self.datastore()).infer_request(request)
-        request = route_request(request, self._infers, self.config.fallback_model)
+        request = route_request(request, self._infers, self.config.fallback_for)
         if self.served.clicks and request.get("model") == self.served.clicks.name:
             request["save_label"] = False  # a click's answer is the user's label version (review.record_inference)
         result = super().infer(request, datastore)

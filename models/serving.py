@@ -25,6 +25,8 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from amoslabel.config import AppConfig, NetworkSettings
 from amoslabel.errors import NotFound
+from amoslabel.modality import ModalityEvidence, resolve_modality
+from amoslabel.volume import read_header
 from models.click_task import ClickInferTask, CurrentLabel
 from models.click_train import ClickTrainTask
 from models.infer_task import SegmentationInferTask
@@ -179,19 +181,47 @@ class ServedModels:
 
 
 def route_request(
-    request: Dict[str, Any], infers: Mapping[str, InferTask], fallback: str = PRIOR_MODEL
+    request: Dict[str, Any], infers: Mapping[str, InferTask], fallback: str | Callable[[str], str] = PRIOR_MODEL
 ) -> Dict[str, Any]:
-    """The request with the model that answers it (see the module docstring); 404 for an unknown model."""
+    """The request with the model that answers it (see the module docstring); 404 for an unknown model.
+
+    ``fallback`` names the stand-in for a network with no trained version, or picks it by the scan's modality
+    (:meth:`AppConfig.fallback_for`: CT and MRI each get their own, e.g. TotalSegmentator's ``total`` and
+    ``total_mr``)."""
     model = request.get("model")
     if model and model not in infers:
         raise NotFound(f"no model {model!r}; models: {sorted(infers)}")
     task = infers.get(model)
     pinned = str(request.get("model_version") or "latest").strip().lower() != "latest"
     if isinstance(task, SegmentationInferTask) and not pinned and task.store.champion() is None:
+        if callable(fallback):
+            modality, source = routing_modality(request)
+            fallback = fallback(modality)
+            log.info(f"model {model!r}: the scan is {modality} ({source}): its fallback is {fallback!r}")
         stand_in = fallback if fallback in infers and fallback != model else PRIOR_MODEL
         log.info(f"model {model!r} has no trained version: pre-labelling with {stand_in!r}")
         request = {**request, "requested_model": model, "model": stand_in}
     return request
+
+
+def routing_modality(request: Mapping[str, Any]) -> tuple[str, str]:
+    """The scan's modality as known before it is read (the request's word, the case's import record, an AMOS id, the
+    file name), else from its header (ITK reads the header alone); ``(modality, how it was decided)``."""
+    image = request.get("image")
+    evidence = ModalityEvidence(
+        case_id=str(request.get("case_id") or ""),
+        path=str(image or ""),
+        requested=request.get("modality"),
+        case_record=request.get("case_record") or {},
+    )
+    modality, source = resolve_modality(evidence)
+    if source == "default" and isinstance(image, str) and Path(image).is_file():
+        try:
+            evidence.image = read_header(image)
+            modality, source = resolve_modality(evidence)
+        except RuntimeError:  # unreadable: the infer task refuses it with its reason
+            log.debug("routing: the header of %s is unreadable", image)
+    return modality, source
 
 
 def check_model_name(model: Any, *known: Mapping[str, Any]) -> None:

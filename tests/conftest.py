@@ -39,6 +39,7 @@ OUTPUT = ROOT / "test-output"
 # in their usual order. A wrong order costs time, never a result.
 LONGEST_FIRST = (
     "tests/cohort/test_ray_cohort.py",  # 240 s, most of it waiting on Ray's niced workers
+    "tests/models/pretrained/test_fetch.py",  # 150
     "tests/dicomweb/test_ohif_client.py",  # 120
     "tests/bench/test_baselines.py",  # 114
     "tests/app/test_server.py",  # 112
@@ -46,6 +47,7 @@ LONGEST_FIRST = (
     "tests/reliability/test_fuzz.py",  # 86
     "tests/review/test_server_workflow.py",  # 70
     "tests/reliability/test_team.py",  # 68
+    "tests/amoslabel/server/test_first_start.py",  # 65
     "tests/review/web/test_pages.py",  # 62
     "tests/bench/test_clicks_bench.py",  # 57
     "tests/bench/test_al_simulation.py",  # 56

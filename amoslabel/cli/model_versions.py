@@ -31,6 +31,22 @@ def register(sub) -> None:
     imp.add_argument("--folds", nargs="+", default=None, help="nnU-Net folds to use (default: every fold_* present)")
     imp.add_argument("--studies", type=Path, required=True, help="the studies folder the server runs on")
     imp.set_defaults(run=_import_model)
+    fetch = actions.add_parser(
+        "fetch", help="download an open model with its package's own downloader (or take it --from a file), import it"
+    )
+    fetch.add_argument("kind", choices=["totalsegmentator", "monai-bundle"])
+    fetch.add_argument("bundle", nargs="?", help="monai-bundle: the bundle's name, e.g. wholeBody_ct_segmentation")
+    fetch.add_argument("--task", default="total", choices=["total", "total_mr"], help="TotalSegmentator: CT or MRI")
+    fetch.add_argument("--fast", action="store_true", help="TotalSegmentator: its 3 mm model (one part, faster)")
+    fetch.add_argument("--name", default=None, help="the model's name (default: totalseg, totalseg_mr, the bundle's)")
+    fetch.add_argument("--from", dest="source", type=Path, default=None, help="a release zip or folder carried in")
+    fetch.add_argument("--accept-licence", action="store_true", help="record that you accept the weights' terms")
+    fetch.add_argument("--label-map", default=None, help="monai-bundle: its label map (shipped name or YAML)")
+    fetch.add_argument("--version", default=None, help="monai-bundle: the bundle's version (default: the latest)")
+    fetch.add_argument("--hub", default="monaihosting", choices=["monaihosting", "github", "ngc"])
+    fetch.add_argument("--url", default=None, help="monai-bundle: a URL of the bundle's zip (a mirror)")
+    fetch.add_argument("--studies", type=Path, required=True, help="the studies folder the server runs on")
+    fetch.set_defaults(run=_fetch_model)
 
 
 def _import_model(args) -> int:
@@ -53,6 +69,36 @@ def _import_model(args) -> int:
         f"imported {version.tag}: {meta['imported']['format']}, fingerprint {meta['imported']['fingerprint'][:16]}, "
         f"label map {meta['label_map']['name']} ({len(meta['organs_mapped'])} organs)"
         f"{', fine-tunable' if meta.get('network') else ''}. Restart the server to serve it."
+    )
+    return 0
+
+
+def _fetch_model(args) -> int:
+    from models.pretrained.fetch import fetch_bundle, fetch_totalsegmentator
+    from models.prior_task import PRIOR_MODEL
+
+    config = load_config()
+    models_dir = Workspace(args.studies).models(config.storage.models_dir)
+    common = {
+        "models_dir": models_dir,
+        "name": args.name,
+        "source": args.source,
+        "reserved": [*config.models, *config.active.networks, PRIOR_MODEL],
+        "actor": os.environ.get("USER", "operator"),
+    }
+    if args.kind == "totalsegmentator":
+        version = fetch_totalsegmentator(args.task, args.fast, accept_licence=args.accept_licence, **common)
+    else:
+        if not args.bundle or not args.label_map:
+            raise InputError("monai-bundle needs the bundle's name and --label-map (e.g. monai_wholebody_ct)")
+        version = fetch_bundle(
+            args.bundle, args.label_map, version=args.version, hub=args.hub, url=args.url, **common
+        )  # fmt: skip
+    meta = version.meta
+    print(
+        f"imported {version.tag}: fingerprint {meta['imported']['fingerprint'][:16]}, label map "
+        f"{meta['label_map']['name']} ({len(meta['organs_mapped'])} organs). Restart the server to serve it; make it "
+        f"the pre-labeler with --conf fallback_model {version.model} (or fallback_model: {{ct: ..., mri: ...}})"
     )
     return 0
 

@@ -45,6 +45,12 @@ def register(sub) -> None:
     add_conf_option(serve, "apps.yaml override, as in monailabel start_server (e.g. --conf preset cpu-fast)")
     serve.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE)
     add_labels_as_option(serve)
+    serve.add_argument(
+        "--pretrained",
+        default=None,
+        choices=["totalsegmentator", "totalsegmentator-fast"],
+        help="fetch (once) TotalSegmentator's CT and MRI models and make them the first pre-labelers",
+    )
     serve.set_defaults(run=_serve)
 
     web = sub.add_parser("serve-dicomweb", help="private Orthanc with the de-identified samples, OHIF, and the server")
@@ -83,7 +89,9 @@ def register(sub) -> None:
 def _serve(args) -> int:
     from amoslabel.server.launch import run
 
-    return run(args.studies, args.host, args.port, conf_pairs(args.conf), args.workspace, args.labels_as)
+    return run(
+        args.studies, args.host, args.port, conf_pairs(args.conf), args.workspace, args.labels_as, args.pretrained
+    )
 
 
 def _serve_dicomweb(args) -> int:

@@ -110,12 +110,25 @@ def wait_until_ready(url: str, process: subprocess.Popen, timeout: float = 300.0
     return answers(f"{url}/auth/", lambda: process.poll() is None, timeout)
 
 
-def run(source: Optional[str], host: str, port: int, conf: Dict[str, str], workspace: Path, labels_as: str) -> int:
-    """Import, start the server, print the Slicer URL when it answers, and wait for it to stop."""
+def run(
+    source: Optional[str],
+    host: str,
+    port: int,
+    conf: Dict[str, str],
+    workspace: Path,
+    labels_as: str,
+    pretrained: Optional[str] = None,
+) -> int:
+    """Import, start the server, print the Slicer URL when it answers, and wait for it to stop.
+
+    ``pretrained`` (``make run PRETRAINED=totalsegmentator``): fetch and import those models first (once) and make
+    them the pre-labelers of untrained networks, one per modality."""
     config = load_config(Path(conf["config"]) if conf.get("config") else None, conf)  # fail fast, before importing
     print(f"[amoslabel] configuration OK: preset {config.preset!r}, models {config.models}", flush=True)
     studies = prepare_studies(source, workspace, labels_as)
     local = working_folder(studies, os.environ.get("MONAI_LABEL_DICOMWEB_CACHE_PATH"))
+    if pretrained:
+        conf = {**conf, "fallback_model": pretrained_fallback(pretrained, config, local)}
     made = first_start(config, local, demo=not source) if config.auth.enabled else []
     url = f"http://{host}:{port}"
     process = subprocess.Popen(server_command(studies, host, port, conf), env=server_environment(), cwd=PROJECT_ROOT)
@@ -141,6 +154,18 @@ def run(source: Optional[str], host: str, port: int, conf: Dict[str, str], works
     except KeyboardInterrupt:
         stop()
         return stopped(process.wait(), True)
+
+
+def pretrained_fallback(choice: str, config, local: Path) -> str:
+    """Fetch (once) the pre-labelers of ``choice`` into the studies' models; the ``--conf fallback_model`` value."""
+    from models.prior_task import PRIOR_MODEL
+    from models.pretrained.fetch import first_day_prelabelers
+
+    models_dir = Workspace(local).models(config.storage.models_dir)
+    reserved = [*config.models, *config.active.networks, PRIOR_MODEL]
+    chosen = first_day_prelabelers(choice, models_dir, reserved, os.environ.get("USER", "operator"))
+    print(f"[amoslabel] first pre-labelers: {', '.join(f'{m}: {n}' for m, n in chosen.items())}", flush=True)
+    return ",".join(f"{modality}={name}" for modality, name in chosen.items())
 
 
 def stopped(code: int, asked: bool) -> int:

@@ -97,6 +97,7 @@ def import_model(
     reserved: Sequence[str] = (),
     folds: Optional[Sequence[str]] = None,
     actor: str = "operator",
+    fetched: Optional[Mapping[str, Any]] = None,
 ) -> ModelVersion:
     """Check and publish a pretrained model as the next version of model ``name``.
 
@@ -105,6 +106,7 @@ def import_model(
         paths: the folders (several nnU-Net parts make one model, in order).
         reserved: names the app uses for its own models (networks it trains, ``prior``): refused.
         folds: nnU-Net folds to use (default: every ``fold_*`` present).
+        fetched: where the files came from, when :mod:`models.pretrained.fetch` fetched them (kept in ``imported``).
 
     Raises:
         InputError: anything wrong with the folders, the map or the name; nothing is written then.
@@ -137,6 +139,8 @@ def import_model(
         return {**extra, "imported": record}
 
     imported = {"format": fmt, **checked.record, "by": actor, "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if fetched:
+        imported["fetched"] = dict(fetched)
     version = store.publish_staged(
         write,
         {"label_map": labels.as_json(), "organs_mapped": sorted(chosen), "parent_version": None},

@@ -83,6 +83,14 @@ def test_conf_overrides_chosen_keys_only(raw):
         parse_config(raw, {"sw_overlap": "2"})
 
 
+def test_the_fallback_is_one_model_or_one_per_modality(raw):
+    assert parse_config(raw, {"fallback_model": "tinynn"}).fallback_model == "tinynn"
+    per_modality = parse_config({**raw, "fallback_model": {"ct": "total", "mri": "total_mr"}})
+    assert (per_modality.fallback_for("ct"), per_modality.fallback_for("mri")) == ("total", "total_mr")
+    with pytest.raises(ConfigError, match="fallback_model"):
+        parse_config({**raw, "fallback_model": {"pet": "x"}})
+
+
 def test_missing_or_unreadable_file(tmp_path: Path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml")

@@ -50,6 +50,22 @@ def test_an_untrained_network_hands_its_request_to_the_prior_unless_a_version_is
     assert served.serving_versions()["unet"] == 1
 
 
+def test_the_fallback_follows_the_scans_modality(served, shared):
+    """``fallback_model: {ct: ..., mri: ...}``: each scan gets its modality's pre-labeler; a modality left out (or a
+    name that is not served) gets the atlas prior."""
+    infers = {**served.infers(), "ts_ct": object(), "ts_mr": object()}  # two imported models, by name
+    config = load_config(overrides={"preset": "cpu-fast", "fallback_model": "ct=ts_ct,mri=ts_mr"})
+    assert config.fallback_model == {"ct": "ts_ct", "mri": "ts_mr"} and config.fallback_for("ct") == "ts_ct"
+    mr_case = {"model": "unet", "image": "case", "case_id": "case", "case_record": {"modality": "mri"}}
+    assert route_request(mr_case, infers, config.fallback_for)["model"] == "ts_mr"
+    assert route_request({**mr_case, "modality": "ct"}, infers, config.fallback_for)["model"] == "ts_ct"
+    upload = {"model": "unet", "image": str(shared / "mr" / "ts_abdomen_mr_small.nii.gz")}  # its name says MR
+    assert route_request(upload, infers, config.fallback_for)["model"] == "ts_mr"
+    only_ct = load_config(overrides={"preset": "cpu-fast", "fallback_model": "ct=ts_ct"})
+    assert route_request(mr_case, infers, only_ct.fallback_for)["model"] == PRIOR_MODEL
+    assert load_config(overrides={"fallback_model": "ts_ct"}).fallback_for("mri") == "ts_ct"  # one name: every scan
+
+
 def test_unknown_model_names_are_404(served):
     infers = served.infers()
     trainers = served.trainers("studies", lambda: [])

@@ -194,7 +194,8 @@ def server(studies, nnunet_model, bundle, tmp_path_factory):
         assert done.returncode == 0, done.stderr
         assert "imported" in done.stdout and "fingerprint" in done.stdout
     # an import under a name that already holds an import is a new version of it, not an overwrite
-    conf = {"preset": "cpu-fast", "fallback_model": "tinynn", **NO_SCORER}
+    # one pre-labeler per modality, from one server: CT scans get the nnU-Net model, MRI scans the bundle
+    conf = {"preset": "cpu-fast", "fallback_model": "ct=tinynn,mri=tinybundle", **NO_SCORER}
     with running(ServerProcess(studies, tmp_path_factory.mktemp("server"), conf)) as proc:
         yield proc
 
@@ -232,9 +233,11 @@ def test_the_nnunet_model_prelabels_the_real_ct_on_its_exact_grid(client, studie
     assert values <= set(range(16)) and set(result["organs_found"]) == values - {0}
 
 
-def test_an_untrained_network_falls_back_to_the_imported_model(client):
+def test_an_untrained_network_falls_back_to_the_imported_model_of_the_scans_modality(client):
     _, result = client.infer("unet", REAL_CT, {})
     assert result["model"] == "tinynn" and result["requested_model"] == "unet" and "fallback" in result
+    _, mri = client.infer("unet", "ts_abdomen_mr_small", {})  # recorded as MRI at import
+    assert mri["model"] == "tinybundle" and mri["requested_model"] == "unet" and "fallback" in mri
 
 
 def test_the_bundle_prelabels_with_its_own_pipeline_and_label_15_follows_the_sex(client, shared):

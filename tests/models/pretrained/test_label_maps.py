@@ -31,6 +31,26 @@ def test_the_totalsegmentator_map_names_only_classes_of_its_total_task():
     assert {h[0] for h in homes.values()} == {"class_map_part_organs", "class_map_part_cardiac"}
 
 
+def test_the_totalsegmentator_mr_map_names_only_classes_of_its_total_mr_task_all_in_its_organ_part():
+    from totalsegmentator.map_to_binary import class_map, class_map_parts_mr
+
+    total_mr = {name: index for index, name in class_map["total_mr"].items()}
+    labels = LabelMap.load("totalsegmentator_total_mr")
+    labels.check(total_mr)  # raises on a name the package does not have
+    assert set(labels.organs) == {o.id for o in ORGANS}
+    chosen, empty = labels.resolve(total_mr, "female")
+    assert 15 not in chosen and "uterus" in empty[15] and len(chosen) == 14
+    male, _ = labels.resolve(total_mr, "male")
+    assert class_map["total_mr"][male[15]] == "prostate"
+    # one part holds every mapped class: Dataset850 (organs) is the whole import
+    organs_part = set(class_map_parts_mr["class_map_part_organs"].values())
+    assert set(labels.class_names()) <= organs_part
+    # the combined table numbers the organ part's classes as the part does: the part imports with this map as is
+    assert {n: i for i, n in class_map_parts_mr["class_map_part_organs"].items()} == {
+        n: i for n, i in total_mr.items() if n in organs_part
+    }
+
+
 def test_the_wholebody_bundle_map_names_totalsegmentator_v1_classes():
     from totalsegmentator.map_to_binary import class_map
 
