@@ -152,3 +152,11 @@ class RankConsistencyCheck:
 
     def summary(self) -> Dict[str, Any]:
         return {"passed": self.passed, "every_iterations": self.every}
+
+
+def end_together(engine: Engine) -> None:
+    """At the end of training every rank waits for the others (rank 0 validates and publishes first), so that no rank
+    destroys the process group while another still talks to it: under load, a rank that left first was aborted by
+    gloo ("terminate called without an active exception"). Attach it last, on every rank."""
+    if dist.is_initialized():
+        dist.barrier()

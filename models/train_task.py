@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.engines import SupervisedTrainer
+from ignite.engine import Events
 from monai.handlers import LrScheduleHandler
 from monai.inferers import SimpleInferer
 from monai.transforms import Compose, SelectItemsd
@@ -48,7 +49,7 @@ from models.optimizers import build_optimizer
 from models.preprocessing import LoadVolumed, NormaliseIntensityd, ResampleToPland, ResolveModalityd, zyx
 from models.training_handlers import ProgressLogger, PublishVersion, ValidateOrgans
 from models.inference_gate import InferenceGate, PauseForInference, should_pause
-from models.distributed import LOCAL_RANK_KEY, RankConsistencyCheck, rank_device, wrap_ddp
+from models.distributed import LOCAL_RANK_KEY, RankConsistencyCheck, end_together, rank_device, wrap_ddp
 from models.versions import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -362,6 +363,8 @@ class SegmentationTrainTask(BasicTrainTask):
             consistency = RankConsistencyCheck(context.network, every, context.device)
             consistency.attach(context.trainer)
         if self._rank(context) != 0:
+            if context.multi_gpu:
+                context.trainer.add_event_handler(Events.COMPLETED, end_together)
             return  # validation, progress and publishing are rank 0's; the other ranks only train
         plan_settings = self.app_config.active
         validate = ValidateOrgans(
@@ -383,6 +386,8 @@ class SegmentationTrainTask(BasicTrainTask):
         epsilon = self.app_config.retraining.promotion_epsilon
         late_meta = (lambda: {"rank_consistency_checks": consistency.summary()}) if consistency else None
         PublishVersion(self.store, self._version_meta(context), validate, epsilon, late_meta).attach(context.trainer)
+        if context.multi_gpu:
+            context.trainer.add_event_handler(Events.COMPLETED, end_together)  # after publishing: the ranks end as one
 
     def _champion_network(self, context: Context) -> Optional[torch.nn.Module]:
         """The serving version, to measure on the same validation cases (None if none, or another architecture)."""

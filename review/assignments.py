@@ -16,7 +16,7 @@ from amoslabel.config import ReviewSettings
 from amoslabel.errors import Conflict
 from review import audit
 from review.auth import Forbidden, Principal
-from review.schema import Assignment, Case, LabelVersion, User
+from review.schema import Assignment, Case, LabelVersion, Review, User
 from review.states import WHEN_YOU_CAN, where_it_is
 from review.store import ReviewStore, utcnow
 
@@ -152,11 +152,22 @@ def require(s, case: Case, who: Principal, duty: str, state: str) -> Assignment:
 
 
 def pick_seniors(s, case: Case, per_case: int) -> List[User]:
-    """The least loaded active seniors who wrote no label of the case, up to ``per_case``."""
+    """Up to ``per_case`` active seniors who wrote no label of the case: the previous round's readers first (they
+    check the changes they asked for, and their approvals of untouched organs carry over: :mod:`review.carry_over`),
+    then the least loaded."""
     authors = set(s.execute(select(LabelVersion.author_user_id).where(LabelVersion.case_id == case.id)).scalars()) - {
         None
     }
-    return least_loaded(s, "senior", "review", authors, per_case)
+    again: List[User] = []
+    if case.round > 1:
+        before = select(Review.user_id).where(Review.case_id == case.id, Review.round == case.round - 1).distinct()
+        for user_id in sorted(set(s.execute(before).scalars()) - authors):
+            user = s.get(User, user_id)
+            if user is not None and user.active and user.role == "senior":
+                again.append(user)
+        again = again[:per_case]
+    rest = least_loaded(s, "senior", "review", authors | {u.id for u in again}, per_case - len(again))
+    return again + rest if per_case > len(again) else again
 
 
 def review_slots(s, case: Case, per_case: int) -> int:

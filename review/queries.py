@@ -131,9 +131,12 @@ def case_detail(workflow: Workflow, case_id: str, who: Principal) -> Dict[str, A
         ]
         decisions = s.execute(select(Decision).where(Decision.case_id == case.id).order_by(Decision.id)).scalars().all()
         votes: Dict[str, Dict[str, str]] = defaultdict(dict)
+        carried: Dict[str, List[str]] = defaultdict(list)  # approvals carried from the last round (carry_over)
         for r in reviews:
             if r.round == case.round:
                 votes[ORGAN_BY_ID[r.organ].name][names[r.user_id]] = r.decision
+                if r.carried_from is not None:
+                    carried[ORGAN_BY_ID[r.organ].name].append(names[r.user_id])
         comment_items = [
             {
                 "round": c.round,
@@ -167,6 +170,7 @@ def case_detail(workflow: Workflow, case_id: str, who: Principal) -> Dict[str, A
                 for v in versions
             ],
             "votes": votes,
+            "carried": carried,
             "comments": comment_items,
             "feedback": aggregate_comments([c for c in comment_items if c["round"] == last_round]),
             "decisions": [

@@ -121,6 +121,7 @@ class Review(Base):
     organ: Mapped[int]
     decision: Mapped[str] = mapped_column(String(20))  # approve | changes_requested | not_assessable
     version_id: Mapped[Optional[int]] = mapped_column(ForeignKey("label_versions.id"))
+    carried_from: Mapped[Optional[int]] = mapped_column(default=None)  # an approval carried from that round
     created: Mapped[datetime]
     __table_args__ = (UniqueConstraint("case_id", "round", "user_id", "organ", name="uq_review_once"),)
 

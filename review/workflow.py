@@ -27,6 +27,7 @@ from amoslabel.errors import Conflict, InputError, NotFound, Unprocessable
 from amoslabel.organs import ORGAN_BY_ID, ORGANS
 from review import assignments, audit
 from review.assignments import assign
+from review.carry_over import carry_approvals
 from review.auth import Forbidden, Principal
 from review.consensus import DECISIONS, OrganRule, decide_round, fuse_readers, rules_from_config
 from review.schema import AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
@@ -256,10 +257,13 @@ class Workflow:
         for assignment in assignments.actives(s, case.id, "annotate"):
             assignment.status = "done"
         seniors = assignments.pick_seniors(s, case, self.settings.reviewers_per_case)
-        for senior in seniors:
-            assign(s, case, senior, "review", "system", "routed for review", self.settings)
+        leases = {senior.name: assign(s, case, senior, "review", "system", "routed for review", self.settings)
+                  for senior in seniors}  # fmt: skip
         if seniors:
             audit.move(s, case, "in_review", "system", "route", "to " + ", ".join(u.name for u in seniors))
+        for name, organs in carry_approvals(s, case, current, seniors).items():
+            if len(organs) == len(ORGANS):  # nothing of theirs changed: this reader's round is done already
+                leases[name].status = "done"
         return self._notice(case, current, "submitted", who)
 
     @staticmethod
@@ -301,21 +305,23 @@ class Workflow:
             case = self._case(s, case_id)
             assignment = assignments.require(s, case, who.require("senior"), "review", "in_review")
             self._check_not_author(s, case, who)
-            done = set(
-                s.execute(
-                    select(Review.organ).where(
-                        Review.case_id == case.id, Review.round == case.round, Review.user_id == who.id
-                    )
-                ).scalars()
-            )
+            mine = select(Review).where(
+                Review.case_id == case.id, Review.round == case.round, Review.user_id == who.id
+            )  # fmt: skip
+            rows = {r.organ: r for r in s.execute(mine).scalars()}
+            done = {o for o, r in rows.items() if r.carried_from is None}
+            carried = set(rows) - done  # approvals carried from the last round (review.carry_over)
             now = utcnow()
             seen = set()
             for vote in parsed:
                 if vote["organ"] in done or vote["organ"] in seen:
                     raise Conflict(f"{who.name} already decided {ORGAN_BY_ID[vote['organ']].name} in this round")
                 seen.add(vote["organ"])
+            for organ in carried & seen:  # a vote on an organ whose approval was carried reopens it
+                s.delete(rows[organ])
+            s.flush()
             if default is not None:
-                parsed += [{"organ": o.id, "decision": default} for o in ORGANS if o.id not in done | seen]
+                parsed += [{"organ": o.id, "decision": default} for o in ORGANS if o.id not in set(rows) | seen]
             if not parsed:
                 raise Unprocessable("no organ decision to record: send votes, or a default for the organs left")
             # one executemany per table: a vote carries 15 organs, and ORM units of work cost ~1 ms a row
@@ -352,7 +358,7 @@ class Workflow:
                 f"{len(parsed)} organ decisions",
                 {"votes": parsed},
             )
-            if len(done) + len(parsed) >= len(ORGANS):
+            if len(done | carried | {v["organ"] for v in parsed}) >= len(ORGANS):
                 assignment.status = "done"
             self._decide(s, case)
             return self._summary(s, case, who)

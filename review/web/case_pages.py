@@ -105,6 +105,7 @@ def case_panel_data(context: "PageContext", who: Principal, case_id: str) -> Dic
             {
                 "organ": organ,
                 "votes": votes,
+                "carried": detail["carried"].get(organ.name, []),
                 "consensus": state,
                 "comments": [c for c in detail["comments"] if c["organ"] == organ.id],
             }

@@ -124,7 +124,10 @@ def test_amos_review_run_on_the_real_ct(server, sample_studies, shared, people, 
     assert pancreas["comments"][0]["point_voxel"] == vote["point_voxel"]
     junior.save_label(CASE, str(shared / "ct" / "ts_abdomen_ct_label.nii.gz"), tag="final")
 
-    # 5. all three approve
+    # 5. round 2 reviews what changed: every untouched organ's approvals carried over, the pancreas voted again
+    carried = api(server, people["boss"], "GET", f"/cases/{CASE}").json()["carried"]
+    assert len(carried) == 14 and "pancreas" not in carried
+    assert all(sorted(names) == ["sen1", "sen2", "sen3"] for names in carried.values()), carried
     for name in ("sen1", "sen2", "sen3"):
         reply = api(server, people[name], "POST", f"/cases/{CASE}/reviews", json={"default": "approve"})
         assert reply.status_code == 200, reply.text

@@ -7,13 +7,14 @@ import sqlite3
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from amoslabel.errors import Conflict
+from amoslabel.organs import ORGANS
 from review.auth import Forbidden
 from review.consensus import OrganRule
 from review.queries import case_detail, history, queue
-from review.schema import Assignment, LabelVersion, User
+from review.schema import Assignment, LabelVersion, Review, User
 from review.states import STATES, TRANSITIONS, check_transition
 from tests.review.conftest import LABEL, make_team
 
@@ -217,14 +218,13 @@ def test_too_many_rounds_escalate_to_an_admin(tmp_path):
     team = make_team(tmp_path, max_rounds=2)
     wf, u = team.workflow, team.users
     submitted_case(team)
-    for _ in range(2):
-        wf.review(
-            u["s1"], "c1", [{"organ": "liver", "decision": "changes_requested", "comment": "again"}], default="approve"
-        )
-        wf.review(u["s2"], "c1", [], default="approve")
-        wf.review(u["s3"], "c1", [], default="approve")
-        if case_detail(wf, "c1", u["admin"])["state"] == "with_junior":
-            wf.submit(u["j1"], "c1")
+    liver = [{"organ": "liver", "decision": "changes_requested", "comment": "again"}]
+    wf.review(u["s1"], "c1", liver, default="approve")
+    wf.review(u["s2"], "c1", [], default="approve")
+    wf.review(u["s3"], "c1", [], default="approve")
+    wf.submit(u["j1"], "c1")  # resubmitted unchanged: s2 and s3 approved everything, and it all carries over
+    assert case_detail(wf, "c1", u["admin"])["state"] == "in_review"
+    wf.review(u["s1"], "c1", liver)  # round 2's one vote: the organ s1 asked to change
     assert case_detail(wf, "c1", u["admin"])["state"] == "escalated"
     assert [c["case_id"] for c in queue(wf, u["admin"])] == ["c1"]
     wf.resolve(u["admin"], "c1", "accept")
@@ -299,3 +299,43 @@ def test_a_case_that_cannot_be_finalised_does_not_hold_up_the_others(team):
     assert case_detail(wf, "c1", u["admin"])["state"] == "consensus"  # left for the next sweep
     assert case_detail(wf, "c2", u["admin"])["state"] == "final"
     assert wf.recover(settled_s=3600) == 0  # nothing has been in consensus that long
+
+
+def test_round_two_reviews_only_what_changed_and_a_carried_approval_can_be_reopened(team):
+    """After changes on the spleen: each senior's approvals of the untouched organs carry into round 2; the spleen
+    (changed) needs every senior's vote again; a senior may reopen a carried approval; the history says so."""
+    wf, u = team.workflow, team.users
+    submitted_case(team, "c1", edit=LABEL)
+    wf.review(u["s1"], "c1", [{"organ": "spleen", "decision": "changes_requested", "comment": "too small"}], "approve")
+    for senior in ("s2", "s3"):
+        wf.review(u[senior], "c1", [], default="approve")
+    wf.save_version(u["j1"], "c1", team.edited("spleen-fixed", 1), submit=True)  # only the spleen changes
+
+    detail = case_detail(wf, "c1", u["admin"])
+    assert detail["state"] == "in_review" and detail["round"] == 2
+    assert sorted(a["user"] for a in detail["assignees"] if a["duty"] == "review") == ["s1", "s2", "s3"]
+    untouched = [o.name for o in ORGANS if o.id != 1]
+    assert {organ: sorted(names) for organ, names in detail["carried"].items()} == {
+        organ: ["s1", "s2", "s3"] for organ in untouched
+    }
+    assert "spleen" not in detail["carried"]  # changed: a new vote from each senior
+    with team.store.read() as s:
+        before = s.execute(select(func.count()).select_from(Review).where(Review.round == 2)).scalar_one()
+    wf.review(u["s1"], "c1", [], default="approve")  # s1's work in round 2: the spleen alone
+    wf.review(u["s2"], "c1", [{"organ": "liver", "decision": "changes_requested"}], default="approve")  # reopened
+    wf.review(u["s3"], "c1", [], default="approve")
+    with team.store.read() as s:
+        votes = s.execute(select(Review).where(Review.round == 2, Review.carried_from.is_(None))).scalars().all()
+        after = s.execute(select(func.count()).select_from(Review).where(Review.round == 2)).scalar_one()
+    assert sorted((r.organ, r.decision) for r in votes) == [
+        (1, "approve"),
+        (1, "approve"),
+        (1, "approve"),
+        (6, "changes_requested"),
+    ]  # 4 organ votes in round 2 instead of 45
+    assert before == 3 * (len(ORGANS) - 1)  # 14 organs carried for each of the three
+    assert after == 3 * len(ORGANS)  # the reopened approval was replaced, not added to
+    back = case_detail(wf, "c1", u["admin"])
+    assert back["state"] == "with_junior" and back["round"] == 3  # s2's reopened liver sends it back
+    carry = [e for e in history(wf, "c1", u["admin"]) if e["action"] == "carry"]
+    assert len(carry) == 1 and "changed: spleen" in carry[0]["reason"]

@@ -149,11 +149,16 @@ def test_review_round_trip_in_the_browser(web, shared, tmp_path):
     junior.click("#submit")
     junior.wait_for_url(re.compile(r".*/review/$"))
 
-    # round 2: everyone approves; the last reader's page follows the case to final by itself
-    last = None
-    for name in ("sam", "sol", "sue"):
-        last = login(browser, server, tokens[name])
-        vote(last, server, "approve")
+    # round 2, resubmitted unchanged: sol's and sue's approvals carry over (nothing of theirs changed, no form for
+    # them); sam's one decision is the pancreas they asked about. sam's page follows the case to final by itself.
+    sol = login(browser, server, tokens["sol"])
+    sol.goto(f"{server.url}/review/cases/{CASE}")
+    assert sol.locator("#vote-form").count() == 0
+    assert "carried over" in sol.locator("tr[data-organ='liver']").inner_text()
+    last = login(browser, server, tokens["sam"])
+    last.goto(f"{server.url}/review/cases/{CASE}")
+    assert last.locator("#vote-form tbody tr:not(.carried)").count() == 1  # the pancreas alone waits for sam
+    vote(last, server, "approve")
     last.wait_for_selector("#case-state[data-state='final']", timeout=60000)
     shot(last, "case-final")
 
