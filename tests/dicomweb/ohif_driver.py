@@ -80,12 +80,28 @@ def stroke(page, world_points: Sequence[Sequence[float]]) -> List[List[float]]:
     return points
 
 
+def _choose_export_dicom_seg(page, attempts: int = 3) -> None:
+    """The panel's menu, Export, DICOM SEG. Under load the Export submenu can close while the pointer travels to its
+    item (a CI run saw "<html> intercepts pointer events", then the item detached): open the menu again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(attempts):
+        page.click("[data-cy=segmentation-collapsed-more-btn-Labelmap]")
+        page.get_by_role("menuitem", name="Export").click()
+        try:
+            page.get_by_role("menuitem", name="DICOM SEG").click(timeout=20000)
+            return
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise
+            page.keyboard.press("Escape")
+            page.keyboard.press("Escape")
+
+
 def store_segmentation(page, timeout_s: float = 120.0, picture: Optional[Path] = None) -> str:
     """OHIF's own store: the panel's menu, Export, DICOM SEG, then Save in its dialog. Returns the notice that
     tells the outcome; ``picture``: a screenshot the moment it shows (OHIF's own notices soon stack over it)."""
-    page.click("[data-cy=segmentation-collapsed-more-btn-Labelmap]")
-    page.get_by_role("menuitem", name="Export").click()
-    page.get_by_role("menuitem", name="DICOM SEG").click()
+    _choose_export_dicom_seg(page)
     dialog = page.locator("[role=dialog]")
     # OHIF builds the SEG before it asks: seconds on software WebGL, minutes when the other test worker saturates the
     # two cores (a team of servers under 50 users)
