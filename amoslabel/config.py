@@ -326,11 +326,19 @@ class AppConfig(_Strict):
 
 
 # --conf key -> (path in the raw mapping, parser). "{preset}" is replaced by the preset in use.
+def parse_fallback(text: str) -> Union[str, Dict[str, str]]:
+    """``--conf fallback_model``: ``NAME`` for every scan, or ``ct=NAME,mri=NAME`` per modality."""
+    if "=" not in text:
+        return text.strip()
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    return {key.strip().lower(): value.strip() for key, value in pairs}
+
+
 _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "preset": ("preset", str),
     "device": ("device", str),
     "models": ("models", lambda s: [m.strip() for m in s.split(",") if m.strip()]),
-    "fallback_model": ("fallback_model", lambda s: parse_fallback(s)),
+    "fallback_model": ("fallback_model", parse_fallback),
     "models_dir": ("storage.models_dir", str),
     "tta": ("presets.{preset}.inference.tta_flip", str),
     "sw_overlap": ("presets.{preset}.inference.sw_overlap", str),
@@ -346,14 +354,6 @@ _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "active_learning": ("active_learning.enabled", str),
     "clicks": ("clicks.enabled", str),
 }
-
-
-def parse_fallback(text: str) -> Union[str, Dict[str, str]]:
-    """``--conf fallback_model``: ``NAME`` for every scan, or ``ct=NAME,mri=NAME`` per modality."""
-    if "=" not in text:
-        return text.strip()
-    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
-    return {key.strip().lower(): value.strip() for key, value in pairs}
 
 
 # Keys that MONAI Label itself reads from --conf; accepted and left to it.

@@ -122,17 +122,22 @@ def test_the_newest_finals_are_those_published_last(studies, tmp_path):
     assert [name for name, _ in cache.sources()] == ["case_new", "case_b"]
 
 
+def atlas_of_one_final(studies, tmp_path, wait_s: float):
+    """A datastore with the final ``case_a`` and its atlas, built: ``(folder, labels, store, cache, atlas)``."""
+    folder, labels = studies
+    config = prior_config()
+    store = open_datastore(str(folder), config.storage)
+    publish_final(store, folder, "case_a", labels["case_a"])
+    cache = AtlasCache(config, lambda: store, tmp_path / "prior", wait_s=wait_s)
+    return folder, labels, store, cache, cache.get()
+
+
 def test_a_new_final_is_built_in_the_background_and_the_previous_atlas_answers_meanwhile(
     studies, tmp_path, caplog, monkeypatch
 ):
     """A rebuild that takes longer than a request waits: the request gets the previous atlas, named as such; once
     built, the new atlas answers. The review workflow's final listener (``refresh``) starts the build."""
-    folder, labels = studies
-    config = prior_config()
-    store = open_datastore(str(folder), config.storage)
-    publish_final(store, folder, "case_a", labels["case_a"])
-    cache = AtlasCache(config, lambda: store, tmp_path / "prior", wait_s=0)
-    first = cache.get()
+    folder, labels, store, cache, first = atlas_of_one_final(studies, tmp_path, wait_s=0)
     assert cache.refresh() is False  # nothing changed: nothing to build
 
     gate = threading.Event()
@@ -229,12 +234,7 @@ def test_the_prior_prelabel_names_the_label_maps_of_its_atlas(studies, tmp_path,
 
 
 def test_a_failed_rebuild_keeps_the_previous_atlas_answering(studies, tmp_path, caplog, monkeypatch):
-    folder, labels = studies
-    config = prior_config()
-    store = open_datastore(str(folder), config.storage)
-    publish_final(store, folder, "case_a", labels["case_a"])
-    cache = AtlasCache(config, lambda: store, tmp_path / "prior", wait_s=120)
-    first = cache.get()
+    folder, labels, store, cache, first = atlas_of_one_final(studies, tmp_path, wait_s=120)
 
     def broken(*args, **kwargs):
         raise ValueError("no label map has an organ inside its field of view")
