@@ -325,7 +325,6 @@ class AppConfig(_Strict):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-# --conf key -> (path in the raw mapping, parser). "{preset}" is replaced by the preset in use.
 def parse_fallback(text: str) -> Union[str, Dict[str, str]]:
     """``--conf fallback_model``: ``NAME`` for every scan, or ``ct=NAME,mri=NAME`` per modality."""
     if "=" not in text:
@@ -334,6 +333,7 @@ def parse_fallback(text: str) -> Union[str, Dict[str, str]]:
     return {key.strip().lower(): value.strip() for key, value in pairs}
 
 
+# --conf key -> (path in the raw mapping, parser). "{preset}" is replaced by the preset in use.
 _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "preset": ("preset", str),
     "device": ("device", str),
