@@ -243,14 +243,21 @@ def table(rows: Dict[str, dict], note: str) -> str:
     return note + "\n\n" + "\n".join(lines) + "\n"
 
 
-def default_dataset(work: Path, train_cases: int, test_cases: int) -> Path:
+def default_dataset(work: Path, train_cases: int, test_cases: int, spacing_mm: float = 3.0) -> Path:
     dataset = work / "synthetic-split"
     if not (dataset / "dataset.json").is_file():
         sources = {
             "amos_0024": SHARED / "labels" / "amos_0024_label.nii.gz",
             "amos_0013": SHARED / "labels" / "amos_0013_label.nii.gz",
         }
-        write_split(sources, dataset, ["amos_0024"], ["amos_0013"], {"amos_0024": train_cases, "amos_0013": test_cases})
+        write_split(
+            sources,
+            dataset,
+            ["amos_0024"],
+            ["amos_0013"],
+            {"amos_0024": train_cases, "amos_0013": test_cases},
+            spacing_mm,
+        )
     return dataset
 
 
@@ -260,6 +267,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(ALL_ROWS), help=f"rows to run, of {', '.join(ALL_ROWS)}")
     parser.add_argument("--steps", type=int, default=300, help="training steps per trained row")
     parser.add_argument("--preset", default="cpu-fast", help="apps.yaml preset for the 3D networks")
+    parser.add_argument("--config", type=Path, default=None, help="the apps.yaml to read (default: the repository's)")
+    parser.add_argument("--spacing", type=float, default=3.0, help="mm per voxel of the synthetic split")
     parser.add_argument("--train-cases", type=int, default=6, help="synthetic training cases")
     parser.add_argument("--test-cases", type=int, default=2, help="synthetic test cases")
     parser.add_argument("--out", type=Path, default=BENCH_OUTPUT / "baselines")
@@ -272,8 +281,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     np.random.seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
-    dataset = args.dataset or default_dataset(args.out, args.train_cases, args.test_cases)
-    split = Split(dataset, args.out, load_config(overrides={"preset": args.preset}), args.steps)
+    dataset = args.dataset or default_dataset(args.out, args.train_cases, args.test_cases, args.spacing)
+    split = Split(dataset, args.out, load_config(args.config, overrides={"preset": args.preset}), args.steps)
     if not split.cases("Tr") or not split.cases("Va"):
         parser.error(f"{dataset} needs imagesTr/labelsTr and imagesVa/labelsVa")
     rows_file = args.out / "rows.json"

@@ -39,14 +39,14 @@ OUTPUT = ROOT / "test-output"
 # in their usual order. A wrong order costs time, never a result.
 LONGEST_FIRST = (
     "tests/cohort/test_ray_cohort.py",  # 240 s, most of it waiting on Ray's niced workers
-    "tests/models/pretrained/test_fetch.py",  # 150
+    "tests/models/pretrained/test_fetch.py",  # 150, with the run's one nnU-Net training (tests/models/pretrained)
     "tests/dicomweb/test_ohif_client.py",  # 120
-    "tests/bench/test_baselines.py",  # 114
     "tests/app/test_server.py",  # 112
     "tests/models/pretrained/test_imported_models.py",  # 99
     "tests/reliability/test_fuzz.py",  # 86
     "tests/review/test_server_workflow.py",  # 70
     "tests/reliability/test_team.py",  # 68
+    "tests/bench/test_baselines.py",  # 65 (at 6 mm; 114 at 3 mm)
     "tests/amoslabel/server/test_first_start.py",  # 65
     "tests/review/web/test_pages.py",  # 62
     "tests/bench/test_clicks_bench.py",  # 57

@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 
+from pathlib import Path
+
 import SimpleITK as sitk
+import yaml
 
 from amoslabel.data.synthetic import draw_params, synthesise
 from tests.conftest import ROOT, SHARED
@@ -14,6 +17,16 @@ from tests.conftest import ROOT, SHARED
 # VNet, UNETR and SwinUNETR take minutes per step on 2 CPU cores; they are built and run forward in
 # tests/models/test_networks.py, and trained in `make baselines`.
 ROWS = "atlas_prior,frequency_prior,logreg3,logreg5,fcn_slices,unet2d,unet,segresnet"
+
+
+def coarse_config(folder: Path) -> Path:
+    """apps.yaml with a 6 mm preset on top of cpu-fast (the smallest grid that still tests every row's path: train,
+    validate, infer, restore, evaluate); the synthetic split is made at 6 mm too, so nothing is resampled up."""
+    config = yaml.safe_load((ROOT / "apps.yaml").read_text())
+    config["presets"]["tests-6mm"] = {"inherits": "cpu-fast", "plans": {"ct": {"spacing": [6.0, 6.0, 6.0]}}}
+    path = folder / "apps.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def test_synthetic_cases_are_replayable_from_their_parameters():
@@ -47,6 +60,12 @@ def test_every_row_runs_and_lands_in_one_table(tmp_path):
             "1",
             "--out",
             str(out),
+            "--config",
+            str(coarse_config(tmp_path)),
+            "--preset",
+            "tests-6mm",
+            "--spacing",
+            "6",
         ],
         cwd=ROOT,
         capture_output=True,

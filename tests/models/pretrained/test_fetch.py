@@ -96,13 +96,12 @@ def _zip_folder(folder: Path, zip_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def mirror(tmp_path_factory):
+def mirror(tmp_path_factory, nnunet_model):
     """TotalSegmentator's release zips of a model trained here (its class names), and a bundle zip, on loopback."""
-    from bench.nnunet_reference import train_reference
     from totalsegmentator.map_tasks_config import TASK_ID_WEIGHTS_CONFIGS
 
     work = tmp_path_factory.mktemp("release")
-    result = train_reference(work, 1, 2, 8.0, 32, fold="all", max_stages=3, feature_divisor=4, iterations=10)
+    result = nnunet_model
     root = work / "mirror"
     for task_id, map_name in TASKS.items():
         info = TASK_ID_WEIGHTS_CONFIGS[task_id]

@@ -107,17 +107,6 @@ def write_bundle(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def nnunet_model(tmp_path_factory) -> Path:
-    """nnU-Net's planning command, then nnU-Net's own trainer for 10 iterations on synthetic cases (8 mm)."""
-    from bench.nnunet_reference import train_reference
-
-    work = tmp_path_factory.mktemp("nnunet")
-    result = train_reference(work, 1, 2, 8.0, 32, fold="all", max_stages=3, feature_divisor=4, iterations=10)
-    assert (result / "fold_all" / "checkpoint_final.pth").is_file()
-    return result
-
-
-@pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     return write_bundle(tmp_path_factory.mktemp("bundle") / "tiny_bundle")
 
