@@ -105,10 +105,13 @@ AL_ARGS ?=
 al-simulation: env
 	$(PY) -m bench.al_simulation $(AL_ARGS)
 
-# Does the attention map point at the pre-label's errors? Voxel AUROC/AP and case-level recall of attention and
-# entropy, on synthetic held-out volumes and the real scans with labels (.bench/attention/; about 20 min on 2 cores).
+# Does the attention map point at the pre-label's errors, and does the quality estimator find the organs that fail?
+# Voxel AUROC/AP and case-level recall of attention and entropy; organ AUROC, failing cases in the top 20 % by
+# expected failures, and the pass policy's curve (docs/quality-pass-policy.png), on synthetic held-out volumes and the
+# real scans with labels (.bench/attention/, .bench/quality/; about 40 min on 2 cores).
 bench-attention: env
 	$(PY) -m bench.attention
+	$(PY) -m bench.quality --grid 48 --spacing 8 --plot docs/quality-pass-policy.png
 
 # A simulated AbdomenAtlas-size cohort (2,000 synthetic cases) pre-labelled on Ray with 1 and 2 model workers, per
 # stage, against the infer task one case at a time; the store with every case (.bench/cohort/; COHORT_ARGS: --full

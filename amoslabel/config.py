@@ -159,6 +159,14 @@ class ConsensusRule(_Strict):
     k: int = Field(default=0, ge=0)
 
 
+class PassPolicy(_Strict):
+    """Opt-in: an organ the quality estimator predicts correct with high confidence needs one senior's approval
+    instead of every reader's; a random share of those organs is audited (full review), which measures the policy."""
+
+    threshold: float = Field(ge=0, le=1)  # an organ whose predicted chance of failing is below this passes
+    audit_fraction: float = Field(gt=0, le=1)  # of the organs that would pass, the share reviewed in full anyway
+
+
 class ReviewSettings(_Strict):
     """The review workflow: readers per case, rounds, leases, routing, consensus rules and the store."""
 
@@ -169,6 +177,7 @@ class ReviewSettings(_Strict):
     routing: Literal["least_loaded", "pool"] = "least_loaded"
     consensus: ConsensusRule = Field(default_factory=ConsensusRule)
     organ_rules: Dict[str, ConsensusRule] = Field(default_factory=dict)
+    pass_policy: Optional[PassPolicy] = None  # off unless set (review/pass_policy.py)
     database: Optional[str] = None
 
     @model_validator(mode="after")
@@ -196,8 +205,9 @@ class ActiveLearningSettings(_Strict):
     weights: Dict[Literal["attention", "uncertainty", "diversity"], float] = Field(
         default_factory=lambda: {"attention": 0.0, "uncertainty": 1.0, "diversity": 0.0}
     )
-    # the junior queue's order (strategies/queue_order.py): weighted (by `weights`), foreground_random or clasp
-    queue_order: Literal["weighted", "foreground_random", "clasp"] = "weighted"
+    # the queues' order (strategies/queue_order.py): expected_failures (the quality estimator's; weighted until one
+    # serves), weighted (by `weights`), foreground_random or clasp
+    queue_order: Literal["expected_failures", "weighted", "foreground_random", "clasp"] = "expected_failures"
 
 
 class RetrainingSettings(_Strict):

@@ -127,7 +127,12 @@ class AmosLabelApp(MONAILabelApp):
             self.review.start_background()
             if self.config.active_learning.enabled:
                 self.active_learning = ActiveLearningService(
-                    self.config, self.review, self._network_tasks, self.atlas, self.datastore
+                    self.config,
+                    self.review,
+                    self._network_tasks,
+                    self.atlas,
+                    self.datastore,
+                    self.workspace.models(self.config.storage.models_dir),
                 ).start()
         logger.info(
             f"AMOS Label ready: {len(self.datastore().list_images())} image(s); "

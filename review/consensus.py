@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import AbstractSet, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,15 +41,20 @@ class OrganRule:
 
 
 def decide_round(
-    votes: Mapping[int, Mapping[int, str]], readers: int, rules: Mapping[int, OrganRule]
+    votes: Mapping[int, Mapping[int, str]],
+    readers: int,
+    rules: Mapping[int, OrganRule],
+    one_approval: AbstractSet[int] = frozenset(),
 ) -> Tuple[str, Dict[int, str]]:
     """Per-organ decisions and the round's outcome from ``votes[organ][user] = decision``.
 
     The outcome is ``pending`` until every reader has voted on every organ (feedback goes back once, with every
-    reader's comments); then ``changes_requested`` if any organ needs changes, else ``consensus``.
+    reader's comments); then ``changes_requested`` if any organ needs changes, else ``consensus``. An organ of
+    ``one_approval`` (the pass policy: :mod:`review.pass_policy`) needs one reader's vote instead of every reader's.
     """
-    organs = {o.id: rules[o.id].decide(list(votes.get(o.id, {}).values()), readers) for o in ORGANS}
-    complete = all(len(votes.get(o.id, {})) >= readers for o in ORGANS)
+    needed = {o.id: 1 if o.id in one_approval else readers for o in ORGANS}
+    organs = {o.id: rules[o.id].decide(list(votes.get(o.id, {}).values()), needed[o.id]) for o in ORGANS}
+    complete = all(len(votes.get(o.id, {})) >= needed[o.id] for o in ORGANS)
     if not complete:
         return "pending", organs
     return ("changes_requested" if "changes" in organs.values() else "consensus"), organs

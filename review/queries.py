@@ -9,10 +9,11 @@ from sqlalchemy import and_, exists, func, or_, select
 
 from amoslabel.errors import InputError, NotFound
 from amoslabel.organs import ORGAN_BY_ID
+from review import pass_policy
 from review.auth import Forbidden, Principal
 from review.blinding import REVIEWER_EDIT, blind_round, hides_event
 from review.consensus import aggregate_comments
-from review.schema import Assignment, AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
+from review.schema import Assignment, AuditEvent, Case, CaseScore, Comment, Decision, LabelVersion, Review, User
 from review.store import ReviewStore, utcnow
 from review.summaries import case_summaries, case_summary
 from review.workflow import Workflow
@@ -130,6 +131,11 @@ def case_detail(workflow: Workflow, case_id: str, who: Principal) -> Dict[str, A
             if not hidden(c.round, c.user_id)
         ]
         decisions = s.execute(select(Decision).where(Decision.case_id == case.id).order_by(Decision.id)).scalars().all()
+        plan = pass_policy.one_approval(s, case)
+        policy = pass_policy.latest(s, case.id) or {}
+        score = s.get(CaseScore, case.id)
+        # the quality estimator's per-organ prediction (strategies.quality), most likely to fail first
+        quality = sorted(((score.components.get("quality") if score else None) or {}).values(), key=_worst_first)
         votes: Dict[str, Dict[str, str]] = defaultdict(dict)
         carried: Dict[str, List[str]] = defaultdict(list)  # approvals carried from the last round (carry_over)
         for r in reviews:
@@ -171,6 +177,12 @@ def case_detail(workflow: Workflow, case_id: str, who: Principal) -> Dict[str, A
             ],
             "votes": votes,
             "carried": carried,
+            "quality": quality,
+            # the pass policy of this round: organs one reader approves alone, and those audited (full review)
+            "one_approval": {ORGAN_BY_ID[o].name: names.get(r) for o, r in plan.items()},
+            "audited": [ORGAN_BY_ID[o].name for o in policy.get("audited", [])]
+            if policy.get("round") == case.round
+            else [],
             "comments": comment_items,
             "feedback": aggregate_comments([c for c in comment_items if c["round"] == last_round]),
             "decisions": [
@@ -184,6 +196,10 @@ def case_detail(workflow: Workflow, case_id: str, who: Principal) -> Dict[str, A
                 for d in decisions
             ],
         }
+
+
+def _worst_first(prediction: Dict[str, Any]) -> tuple:
+    return (-prediction.get("p_fail", 0.0), prediction.get("organ", 0))
 
 
 def history(workflow: Workflow, case_id: str, who: Principal) -> List[Dict[str, Any]]:
@@ -246,3 +262,14 @@ def _check_visible(s, case: Case, who: Principal) -> None:
     )
     if not claimable:
         raise Forbidden(f"case {case.id!r} is not in {who.name}'s queue")
+
+
+def prelabels(store: ReviewStore) -> Dict[str, tuple]:
+    """case -> (version id, file) of each case's latest pre-label: what its junior got from a model."""
+    with store.read() as s:
+        rows = s.execute(
+            select(LabelVersion.case_id, LabelVersion.id, LabelVersion.path)
+            .where(LabelVersion.kind == "prelabel")
+            .order_by(LabelVersion.id)
+        ).all()
+    return {case_id: (version, path) for case_id, version, path in rows}

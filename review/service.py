@@ -117,6 +117,9 @@ class ReviewService:
         self.background.add("expire leases", LEASE_SWEEP_S, self.workflow.expire_leases)
         self.files: Optional[CaseFiles] = None
         self.ohif_viewer: Optional[str] = None  # the OHIF viewer's URL when a DICOMweb datastore is in use
+        # what an admin should know about the machine's helpers (a quality estimator that does not load): shown on
+        # the overview page; set by the layers above (strategies), which review does not import
+        self.notices: Dict[str, str] = {}
         self.final_listeners: List[Callable[[], None]] = []  # told after each final is published (retraining)
         self.new_case_listeners: List[Callable[[str], None]] = []  # told when a scan becomes a case (scoring)
 

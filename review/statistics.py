@@ -8,6 +8,7 @@ from typing import Any, Dict, List
 
 from sqlalchemy import func, select
 
+from review import pass_policy
 from review.schema import AuditEvent, Case, Decision
 from review.states import STATES
 from review.workflow import Workflow
@@ -46,6 +47,7 @@ def team_figures(workflow: Workflow) -> Dict[str, Any]:
     with workflow.store.read() as s:
         per_state = dict(s.execute(select(Case.state, func.count()).group_by(Case.state)).all())
         rounds = Counter(s.execute(select(Case.round).where(Case.state == "final")).scalars())
+        policy = pass_policy.figures(s)
         moves = s.execute(
             select(AuditEvent.case_id, AuditEvent.at, AuditEvent.from_state, AuditEvent.to_state)
             .where(AuditEvent.from_state.is_not(None), AuditEvent.to_state != AuditEvent.from_state)
@@ -66,6 +68,7 @@ def team_figures(workflow: Workflow) -> Dict[str, Any]:
         "finals_per_day": dict(sorted(finals_per_day.items())),
         "mean_hours_per_stage": {k: round(sum(v) / len(v) / 3600, 3) for k, v in stage_seconds.items() if v},
         "rounds_of_final_cases": dict(sorted(rounds.items())),
+        "pass_policy": policy,
         "readers": agreement["readers"],
         "organs_sent_back": agreement["organs_sent_back"],
     }

@@ -4,17 +4,14 @@ Every operation is one database transaction that checks the state machine (:mod:
 role and ownership, writes its rows and an audit event, or changes nothing. Label files enter the content-addressed
 version store before the transaction that names them.
 
-Finalising is two steps, so that fusing labels (seconds) never holds the write lock: the last vote moves a case to
-``consensus``; :meth:`Workflow.finalise` then fuses the readers' labels, measures their agreement, and moves it to
-``final`` with a new consensus version. A crash in between leaves a ``consensus`` case, which
-:meth:`Workflow.recover` finalises at start-up.
+The last vote moves a case to ``consensus``; finalising it (fusing labels, outside the write lock) is
+:mod:`review.finalising`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -25,15 +22,16 @@ from amoslabel.ids import check_id
 from amoslabel.config import ReviewSettings
 from amoslabel.errors import Conflict, InputError, NotFound, Unprocessable
 from amoslabel.organs import ORGAN_BY_ID, ORGANS
-from review import assignments, audit
+from review import assignments, audit, pass_policy
 from review.assignments import assign
 from review.carry_over import carry_approvals
 from review.auth import Forbidden, Principal
-from review.consensus import DECISIONS, OrganRule, decide_round, fuse_readers, rules_from_config
+from review.consensus import DECISIONS, OrganRule, decide_round, rules_from_config
+from review.finalising import Finalising
 from review.schema import AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
 from review.states import WHEN_YOU_CAN, where_it_is
 from review.store import ReviewStore, utcnow
-from review.summaries import case_summary, final_provenance
+from review.summaries import case_summary
 from review.votes import parse_vote
 
 log = logging.getLogger(__name__)
@@ -47,7 +45,7 @@ _ORGAN_BY_NAME = {o.name: o.id for o in ORGANS}
 MAX_COMMENT = 2000
 
 
-class Workflow:
+class Workflow(Finalising):
     """All workflow operations over one :class:`ReviewStore`."""
 
     def __init__(self, store: ReviewStore, settings: ReviewSettings, publisher: Optional[Publisher] = None):
@@ -261,9 +259,12 @@ class Workflow:
                   for senior in seniors}  # fmt: skip
         if seniors:
             audit.move(s, case, "in_review", "system", "route", "to " + ", ".join(u.name for u in seniors))
-        for name, organs in carry_approvals(s, case, current, seniors).items():
-            if len(organs) == len(ORGANS):  # nothing of theirs changed: this reader's round is done already
-                leases[name].status = "done"
+        carried = carry_approvals(s, case, current, seniors)
+        designated = pass_policy.plan(s, case, self.settings.pass_policy, [u.id for u in seniors])
+        for senior in seniors:  # nothing left for them (unchanged, or another's alone): their round is done already
+            theirs = {_ORGAN_BY_NAME[n] for n in carried.get(senior.name, [])}
+            if len(theirs | {o for o, r in designated.items() if r != senior.id}) >= len(ORGANS):
+                leases[senior.name].status = "done"
         return self._notice(case, current, "submitted", who)
 
     @staticmethod
@@ -311,6 +312,7 @@ class Workflow:
             rows = {r.organ: r for r in s.execute(mine).scalars()}
             done = {o for o, r in rows.items() if r.carried_from is None}
             carried = set(rows) - done  # approvals carried from the last round (review.carry_over)
+            others = pass_policy.not_mine(s, case, who.id, assignments.readers(s, case))  # another reader's alone
             now = utcnow()
             seen = set()
             for vote in parsed:
@@ -321,7 +323,9 @@ class Workflow:
                 s.delete(rows[organ])
             s.flush()
             if default is not None:
-                parsed += [{"organ": o.id, "decision": default} for o in ORGANS if o.id not in set(rows) | seen]
+                parsed += [
+                    {"organ": o.id, "decision": default} for o in ORGANS if o.id not in set(rows) | seen | others
+                ]
             if not parsed:
                 raise Unprocessable("no organ decision to record: send votes, or a default for the organs left")
             # one executemany per table: a vote carries 15 organs, and ORM units of work cost ~1 ms a row
@@ -358,7 +362,7 @@ class Workflow:
                 f"{len(parsed)} organ decisions",
                 {"votes": parsed},
             )
-            if len(done | carried | {v["organ"] for v in parsed}) >= len(ORGANS):
+            if len(done | carried | others | {v["organ"] for v in parsed}) >= len(ORGANS):
                 assignment.status = "done"
             self._decide(s, case)
             return self._summary(s, case, who)
@@ -370,7 +374,7 @@ class Workflow:
         votes: Dict[int, Dict[int, str]] = {}
         for review in s.execute(select(Review).where(Review.case_id == case.id, Review.round == case.round)).scalars():
             votes.setdefault(review.organ, {})[review.user_id] = review.decision
-        outcome, organs = decide_round(votes, len(readers), self.rules)
+        outcome, organs = decide_round(votes, len(readers), self.rules, set(pass_policy.one_approval(s, case)))
         if outcome == "pending":
             return
         names = {o.id: o.name for o in ORGANS}
@@ -441,79 +445,6 @@ class Workflow:
                         assignment.status = "released"
                 audit.move(s, case, "withdrawn", who.name, "withdraw", reason.strip()[:500])
             return self._summary(s, case, who)
-
-    # -- finalising ----------------------------------------------------------------------------------------------
-    def finalise(self, case_id: str) -> Optional[int]:
-        """Fuse and publish a ``consensus`` case (no-op for other states); returns the final version id."""
-        with self.store.read() as s:
-            case = self._case(s, case_id)
-            if case.state != "consensus":
-                return None
-            current = s.get(LabelVersion, case.current_version)
-            edits = s.execute(
-                select(LabelVersion, User.name)
-                .join(User, User.id == LabelVersion.author_user_id)
-                .where(
-                    LabelVersion.case_id == case.id,
-                    LabelVersion.round == case.round,
-                    LabelVersion.kind == "senior_edit",
-                )
-                .order_by(LabelVersion.id)
-            ).all()
-            junior = s.get(User, current.author_user_id) if current.author_user_id else None
-            round_, current_id, current_path = case.round, current.id, current.path
-        latest_edit = {name: version.path for version, name in edits}  # a reviewer's newest edit speaks for them
-        fused, figures = fuse_readers(f"junior:{junior.name if junior else 'model'}", current_path, latest_edit)
-        sha, path = self.store.versions.put(case_id, fused)
-        with self.store.write() as s:
-            case = self._case(s, case_id)
-            if case.state != "consensus" or case.round != round_:
-                return case.final_version  # another process finished it first
-            version = self._add_version(
-                s,
-                case,
-                sha,
-                path,
-                "consensus",
-                None,
-                "consensus",
-                {"parent": current_id, "readers": figures["readers"]},
-            )
-            case.final_version = version.id
-            decision = (
-                s.execute(
-                    select(Decision)
-                    .where(Decision.case_id == case.id, Decision.round == case.round)
-                    .order_by(Decision.id.desc())
-                )
-                .scalars()
-                .first()
-            )
-            if decision is not None:
-                decision.agreement = figures
-            audit.move(s, case, "final", "system", "finalise", f"consensus label v{version.id} ({figures['fusion']})")
-            info = final_provenance(s, case, version)
-        if self.publisher is not None:
-            self.publisher(case_id, path, info)
-        return version.id
-
-    def recover(self, settled_s: float = 0.0) -> int:
-        """Finalise every case in ``consensus`` (a crash between the last vote and finalising, or a vote on another
-        server of the team) that has been there at least ``settled_s`` seconds, oldest first; returns how many were
-        finalised. A case that fails is logged and left for the next call."""
-        query = select(Case.id).where(Case.state == "consensus")
-        if settled_s > 0:
-            query = query.where(Case.updated <= utcnow() - timedelta(seconds=settled_s))
-        with self.store.read() as s:
-            pending = list(s.execute(query.order_by(Case.updated)).scalars())
-        done = 0
-        for case_id in pending:
-            try:
-                self.finalise(case_id)
-                done += 1
-            except Exception:  # one case that cannot be finalised must not hold up the others; retried next sweep
-                log.exception("finalising %s failed; the others go on", case_id)
-        return done
 
     def final_labels(self) -> List[Dict[str, Any]]:
         """Every final case with its final label file: the only labels training may use."""

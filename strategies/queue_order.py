@@ -9,12 +9,17 @@ queue shows:
   volume (Efraimidis-Spirakis keys ``u ** (1 / w)``, with ``u`` fixed per case id so the order does not reshuffle at
   every pass and a new case takes its place among the others);
 * ``clasp``: the ClaSP-style selection (:mod:`strategies.clasp`) run over every open case, its pick order as the
-  priority.
+  priority;
+* ``expected_failures`` (the default): the number of organs the quality estimator (:mod:`strategies.quality`)
+  expects to fail, so juniors and seniors look first where the pre-label is probably wrong; the reason names those
+  organs and why. Without an estimator (none published, or it does not load) the ``weighted`` order serves, with a
+  warning in the log.
 """
 
 from __future__ import annotations
 
 import zlib
+import logging
 from typing import Callable, Collection, Dict, Mapping, Optional, Tuple
 
 from amoslabel.config import ActiveLearningSettings
@@ -24,6 +29,7 @@ from review.workflow import Workflow
 from strategies.clasp import ClaspSelector, Selection
 from strategies.scoring import combined, final_cases, open_cases, scores
 
+log = logging.getLogger(__name__)
 Ranked = Dict[str, Tuple[float, str]]  # case -> (priority, reason)
 QueueOrder = Callable[[ReviewStore, ActiveLearningSettings, Mapping[int, int]], Ranked]
 
@@ -101,7 +107,39 @@ def clasp_order(store: ReviewStore, settings: ActiveLearningSettings, organ_case
     return {pick.case: ((n - rank) / n, pick_reason(selection, rank)) for rank, pick in enumerate(selection.picks)}
 
 
+def failure_reason(expected: float, quality: Mapping[str, dict], top: int = 3) -> str:
+    """The queue's words for a case: its expected failures, then the organs most likely wrong and why."""
+    worst = sorted(quality.values(), key=lambda q: -q["p_fail"])[:top]
+    organs = ", ".join(
+        f"{q['name']} {q['p_fail']:.0%}" + (f" ({q['reasons'][0]})" if q["reasons"] else "")
+        for q in worst
+        if q["p_fail"] >= 0.1
+    )
+    return f"expected failures {expected:.1f}" + (f": {organs}" if organs else "")
+
+
+def expected_failures_order(
+    store: ReviewStore, settings: ActiveLearningSettings, organ_cases: Mapping[int, int]
+) -> Ranked:
+    table = scores(store)
+    candidates = [c for c in open_cases(store) if c in table]
+    predicted = [c for c in candidates if "expected_failures" in table[c].components]
+    fallback = weighted_order(store, settings, organ_cases) if len(predicted) < len(candidates) else {}
+    if not predicted and candidates:
+        log.warning("queue order: no quality estimate yet (no estimator serves); ordering by the weighted scores")
+    out = {}
+    for case in candidates:
+        components = table[case].components
+        if case in predicted:
+            expected = float(components["expected_failures"])
+            out[case] = (expected, failure_reason(expected, components.get("quality", {})))
+        elif case in fallback:
+            out[case] = fallback[case]
+    return out
+
+
 QUEUE_ORDERS: Dict[str, QueueOrder] = {
+    "expected_failures": expected_failures_order,
     "weighted": weighted_order,
     "foreground_random": foreground_random_order,
     "clasp": clasp_order,

@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from sqlalchemy import select
 
 from amoslabel.config import ActiveLearningSettings
+from review.queries import prelabels
 from review.schema import Case, CaseScore
 from review.states import CLOSED
 from review.store import ReviewStore, utcnow
@@ -35,6 +36,7 @@ from strategies.attention import AttentionSettings, attention, heat_image
 from strategies.clasp import class_entropies
 from strategies.diversity import describe, diversity_scores
 from strategies.members import MemberOutput
+from strategies.quality import QualityEstimator, expected_failures, organ_features
 
 log = logging.getLogger(__name__)
 Members = Callable[[str, str], tuple]  # (scan path, modality) -> (outputs, grid image, scan on grid)
@@ -62,27 +64,34 @@ class CaseScorer:
         modality_of: Callable[[str], str],
         save_attention: Optional[Callable[[str, sitk.Image], None]] = None,
         anatomy: Optional[Callable[[], Optional[AnatomyPrior]]] = None,
+        quality: Optional[Callable[[], Optional[Tuple[int, QualityEstimator]]]] = None,
     ):
         self.store, self.settings, self.members = store, settings, members
         self.locate_image, self.modality_of = locate_image, modality_of
-        self.save_attention, self.anatomy = save_attention, anatomy
+        self.save_attention, self.anatomy, self.quality = save_attention, anatomy, quality
 
     def score(self, case_id: str) -> Optional[Dict[str, Any]]:
         path = self.locate_image(case_id)
         if not path:
             return None
-        computed = self.compute(path, self.modality_of(case_id))
+        prelabel = prelabels(self.store).get(case_id)
+        computed = self.compute(path, self.modality_of(case_id), prelabel=prelabel[1] if prelabel else None)
         if computed is None:
             return None
         row, heat = computed
+        if prelabel:
+            row["members"]["prelabel"] = prelabel[0]  # a newer pre-label makes the score stale
         if self.save_attention is not None:
             self.save_attention(case_id, heat)
         store_score(self.store, case_id, row)
         return row
 
-    def compute(self, path: str, modality: str, outputs: Optional[tuple] = None) -> Optional[Tuple[Dict, sitk.Image]]:
+    def compute(
+        self, path: str, modality: str, outputs: Optional[tuple] = None, prelabel: Optional[str] = None
+    ) -> Optional[Tuple[Dict, sitk.Image]]:
         """One scan's scores and attention heat, stored nowhere (a cohort run computes on workers, stores on its
-        driver). ``outputs``: the members' (outputs, grid, scan on grid) when computed already."""
+        driver). ``outputs``: the members' (outputs, grid, scan on grid) when computed already; ``prelabel``: the
+        case's pre-label file, whose organs the quality estimator judges (else the members' own prediction)."""
         outputs, grid, scan = outputs if outputs is not None else self.members(path, modality)
         if not outputs:
             return None
@@ -95,6 +104,12 @@ class CaseScorer:
         # ClaSP's per-organ entropy from the networks alone when there are any (the smoothed atlas is unsure everywhere)
         sharp = np.mean([outputs[n].probabilities for n in networks], axis=0) if networks else mean
         descriptor = describe(sitk.ReadImage(path), "ct" if modality == "CT" else "mri")
+        # the quality estimator's inputs, kept with the score: the team's history trains it from them later
+        atlas = next((o.probabilities for o in outputs if o.name == "prior"), None)
+        network_probabilities = [outputs[n].probabilities for n in networks]
+        judged = on_grid(prelabel, grid) if prelabel else None
+        judged = sharp.argmax(0) if judged is None else judged
+        features = organ_features(judged, network_probabilities, grid, prior, atlas, scan, result.graded())
         row = {
             "members": {o.name: o.version for o in outputs},
             "attention_ml": result.score_ml,
@@ -105,9 +120,29 @@ class CaseScorer:
                 **result.components(),
                 "reason": result.reason(),
                 "class_entropy": {str(organ): round(v, 5) for organ, v in class_entropies(sharp).items()},
+                "organ_features": {str(o): {k: round(v, 5) for k, v in f.items()} for o, f in features.items()},
             },
         }
+        estimator = self.quality() if self.quality else None
+        if estimator is not None:
+            version, model = estimator
+            predicted = model.predict(features)
+            row["members"]["quality"] = version
+            row["components"]["quality"] = {str(o): q.as_json() for o, q in predicted.items()}
+            row["components"]["expected_failures"] = round(expected_failures(predicted), 4)
         return row, heat_image(result, grid)
+
+
+def on_grid(label_file: str, grid: sitk.Image) -> Optional[np.ndarray]:
+    """A label file resampled (nearest neighbour, physical space) onto the scoring grid; None when it does not read."""
+    try:
+        label = sitk.ReadImage(label_file)
+    except RuntimeError:
+        log.warning(
+            "active learning: pre-label %s unreadable; the quality estimate judges the members' own", label_file
+        )
+        return None
+    return sitk.GetArrayFromImage(sitk.Resample(label, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
 
 
 def store_score(store: ReviewStore, case_id: str, row: Dict[str, Any]) -> None:
@@ -211,10 +246,15 @@ class ScoringWorker:
     def stale(self) -> List[str]:
         versions = self.member_versions()
         table = scores(self.workflow.store)
+        latest = {case: version for case, (version, _) in prelabels(self.workflow.store).items()}
+
+        def used(case: str) -> dict:  # the versions its score was computed with (the prior has none)
+            return {k: v for k, v in table[case].members.items() if k not in ("prior", "prelabel")}
+
         return [
             c
             for c in open_cases(self.workflow.store)
-            if c not in table or {k: v for k, v in table[c].members.items() if k != "prior"} != versions
+            if c not in table or used(c) != versions or table[c].members.get("prelabel") != latest.get(c)
         ]
 
     def run_once(self) -> int:

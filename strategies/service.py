@@ -20,6 +20,7 @@ from models.prior_task import AtlasCache
 from review.service import ReviewService
 from strategies.anatomy import AnatomyPrior
 from strategies.members import case_members, grid_image
+from strategies.quality_history import QualitySource, retrain
 from strategies.queue_order import apply_priorities
 from strategies.scoring import CaseScorer, ScoringWorker, learn_anatomy
 
@@ -36,10 +37,14 @@ class ActiveLearningService:
         networks: Callable[[], Dict[str, SegmentationInferTask]],
         atlas: AtlasCache,
         datastore: Callable[[], object],
+        models_dir: Optional[Path] = None,
     ):
         self.config, self.review, self.networks, self.atlas, self.datastore = config, review, networks, atlas, datastore
         self._anatomy: Tuple[tuple, Optional[AnatomyPrior]] = ((), None)
         self._lock = threading.Lock()
+        self.models_dir = models_dir
+        self.quality = QualitySource(models_dir) if models_dir is not None else None
+        self._quality_finals: Optional[int] = None
         self.scorer = CaseScorer(
             review.store,
             config.active_learning,
@@ -48,6 +53,7 @@ class ActiveLearningService:
             review.modality_of,
             self.save_attention,
             self.anatomy,
+            self.quality.current if self.quality else None,
         )
         self.worker = ScoringWorker(
             self.scorer,
@@ -55,7 +61,7 @@ class ActiveLearningService:
             config.active_learning,
             self.member_versions,
             review.leadership.is_leader,
-            lambda: apply_priorities(review.workflow, config.active_learning, self.organ_cases()),
+            self.prioritise,
         )
 
     def start(self) -> "ActiveLearningService":
@@ -69,7 +75,28 @@ class ActiveLearningService:
         return {name: task for name, task in self.networks().items() if task.store.champion() is not None}
 
     def member_versions(self) -> Dict[str, Optional[int]]:
-        return {name: task.store.champion().number for name, task in self.trained().items()}
+        """The versions a score was computed with: the trained networks' and the quality estimator's (a new version
+        of either makes every open case's score stale)."""
+        versions = {name: task.store.champion().number for name, task in self.trained().items()}
+        quality = self.quality.version() if self.quality else None
+        return versions | ({"quality": quality} if quality is not None else {})
+
+    def prioritise(self) -> int:
+        """Retrain the quality estimator when the finals changed, then set the queue's order from the scores."""
+        finals = len(self.review.workflow.final_labels())
+        if self.quality is not None and finals != self._quality_finals:
+            self._quality_finals = finals
+            try:
+                outcome = retrain(self.review.store, self.models_dir)
+                log.info("quality estimator: %s", outcome["why"])
+            except Exception:  # the estimator never blocks the queue
+                log.exception("quality estimator: retraining failed; the serving version stays")
+        problem = self.quality.problem if self.quality is not None else None
+        if problem:
+            self.review.notices["quality"] = problem
+        else:
+            self.review.notices.pop("quality", None)
+        return apply_priorities(self.review.workflow, self.config.active_learning, self.organ_cases())
 
     def members(self, scan_path: str, modality: str) -> tuple:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import sys
@@ -187,6 +188,15 @@ def running(process: ServerProcess) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.stop()
+
+
+def page_session(url: str, name: str, secret: str) -> requests.Session:
+    """A session logged in on the review pages with a password or an API token, as a person's browser is."""
+    page = requests.Session()
+    form = page.get(f"{url}/review/login", timeout=30).text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    page.post(f"{url}/review/login", data={"username": name, "token": secret, "csrf_token": csrf}, timeout=30)
+    return page
 
 
 def login(url: str, tmpdir: Path, name: str, secret: str, client_id: Optional[str] = None):

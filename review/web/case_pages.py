@@ -95,6 +95,7 @@ def case_panel_data(context: "PageContext", who: Principal, case_id: str) -> Dic
     workflow = context.workflow
     detail = case_detail(workflow, check_id(case_id, "case id"), who)
     readers = sorted({a["user"] for a in detail["assignees"] if a["duty"] == "review"} | _voters(detail))
+    predicted = {q["organ"]: q for q in detail["quality"]}
     organ_rows = []
     for organ in ORGANS:
         votes = detail["votes"].get(organ.name, {})
@@ -106,6 +107,9 @@ def case_panel_data(context: "PageContext", who: Principal, case_id: str) -> Dic
                 "organ": organ,
                 "votes": votes,
                 "carried": detail["carried"].get(organ.name, []),
+                "quality": predicted.get(organ.id),  # the quality estimator's chance that the pre-label fails it
+                "one_reader": detail["one_approval"].get(organ.name),  # the pass policy's one reader, if any
+                "audited": organ.name in detail["audited"],
                 "consensus": state,
                 "comments": [c for c in detail["comments"] if c["organ"] == organ.id],
             }

@@ -60,7 +60,9 @@ def register(pages: Blueprint, context: "PageContext") -> None:
     @context.logged_in
     def overview(who: Principal):
         who.require("admin")
-        return render_template("overview.html", who=who, figures=team_figures(workflow), plots=list(PLOTS))
+        return render_template(
+            "overview.html", who=who, figures=team_figures(workflow), plots=list(PLOTS), notices=service.notices
+        )
 
     @pages.get("/overview/<name>.png")
     @context.logged_in

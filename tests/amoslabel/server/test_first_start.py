@@ -24,7 +24,7 @@ from amoslabel.server.first_start import first_start
 from review.auth import Principal
 from review.queries import queue
 from review.service import ReviewService
-from tests.conftest import CHROMIUM_FLAGS, ROOT, free_port, login
+from tests.conftest import CHROMIUM_FLAGS, ROOT, free_port, login, page_session
 
 FIRST_CASE = "ts_abdomen_ct_small"  # the README's "Your first case"
 SENIORS = ("senior1", "senior2", "senior3")
@@ -85,14 +85,7 @@ def test_the_run_command_prints_working_credentials_and_every_role_has_work(demo
     admin = login(url, tmp_path, "admin", credentials["admin"])
     finals = [i for i, e in admin.datastore()["objects"].items() if "final" in e.get("labels", {})]
     assert sorted(finals) == ["ts_abdomen_ct", "ts_abdomen_mr_small"]  # training data
-    page = requests.Session()  # the review pages take the same user name and password
-    form = page.get(f"{url}/review/login", timeout=30).text
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
-    page.post(
-        f"{url}/review/login",
-        data={"username": "senior2", "token": credentials["senior2"], "csrf_token": csrf},
-        timeout=30,
-    )
+    page = page_session(url, "senior2", credentials["senior2"])  # the review pages take the same name and password
     assert "ts_ct_series" in page.get(f"{url}/review/", timeout=30).text
 
 

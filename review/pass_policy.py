@@ -1,0 +1,145 @@
+"""The pass policy (``review.pass_policy``, off unless set): review effort only where the machine is unsure.
+
+When a case enters a round of review, each organ whose predicted chance of failing (the quality estimator's,
+stored with the case's score: ``case_scores.components.quality``) is below ``threshold`` needs one senior's
+approval instead of every reader's. The organs are spread over the round's readers, one each, so every other reader
+neither sees nor votes them, and no reader learns another's vote (review stays blind). A random ``audit_fraction``
+of those organs is reviewed in full anyway: how often that full review asks for changes is the policy's miss rate,
+measured live (:func:`figures`, shown on the overview page).
+
+The draw of each organ is fixed by the case, round and organ (so it replays), and the plan, with every probability
+and draw, is in the case's history. Organs the estimator did not judge (no estimate, or outside the scan's field of
+view) are reviewed in full; the consensus rule for every other organ is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Dict, Optional, Sequence
+
+from sqlalchemy import func, select
+
+from amoslabel.config import PassPolicy
+from amoslabel.organs import ORGAN_BY_ID
+from review import audit
+from review.schema import AuditEvent, Case, CaseScore, Decision, Review
+
+POLICY_EVENT = "pass_policy"
+
+
+def draw(case_id: str, round_: int, organ: int) -> float:
+    """The organ's audit draw in [0, 1): the same for the same case, round and organ, on every server."""
+    return zlib.crc32(f"audit:{case_id}:{round_}:{organ}".encode()) / 2**32
+
+
+def plan(s, case: Case, policy: Optional[PassPolicy], readers: Sequence[int]) -> Dict[int, int]:
+    """At the start of a round of review: ``{organ: the one reader who approves it}``; recorded in the history."""
+    if policy is None or not readers:
+        return {}
+    score = s.get(CaseScore, case.id)
+    quality = (score.components.get("quality") if score else None) or {}
+    chances = {int(organ): float(q["p_fail"]) for organ, q in quality.items()}
+    below = sorted(o for o, p in chances.items() if p < policy.threshold)
+    audited = [o for o in below if draw(case.id, case.round, o) < policy.audit_fraction]
+    passing = [o for o in below if o not in audited]
+    ordered = sorted(readers)
+    designated = {organ: ordered[n % len(ordered)] for n, organ in enumerate(passing)}  # the load spread evenly
+    names = ", ".join(ORGAN_BY_ID[o].name for o in passing) or "none"
+    audit.record(
+        s,
+        case.id,
+        "system",
+        POLICY_EVENT,
+        case.state,
+        case.state,
+        f"round {case.round}: one approval for {names}; {len(audited)} of {len(below)} predicted correct audited"
+        + ("" if quality else " (no quality estimate: every organ in full)"),
+        {
+            "round": case.round,
+            "threshold": policy.threshold,
+            "audit_fraction": policy.audit_fraction,
+            "one_approval": {str(o): r for o, r in designated.items()},
+            "audited": audited,
+            "p_fail": {str(o): round(p, 4) for o, p in chances.items()},
+            "draws": {str(o): round(draw(case.id, case.round, o), 4) for o in below},
+        },
+    )
+    return designated
+
+
+def latest(s, case_id: str) -> Optional[dict]:
+    """The details of the case's newest plan (any round)."""
+    event = (
+        s.execute(
+            select(AuditEvent.details)
+            .where(AuditEvent.case_id == case_id, AuditEvent.action == POLICY_EVENT)
+            .order_by(AuditEvent.id.desc())
+            .limit(1)
+        )
+        .scalars()
+        .first()
+    )
+    return event
+
+
+def one_approval(s, case: Case) -> Dict[int, int]:
+    """The current round's ``{organ: designated reader}`` (empty when the policy did not apply to it)."""
+    details = latest(s, case.id)
+    if not details or details.get("round") != case.round:
+        return {}
+    return {int(o): int(r) for o, r in details.get("one_approval", {}).items()}
+
+
+def not_mine(s, case: Case, reader: int, readers: Sequence[int]) -> set:
+    """The organs of the round that another of its readers approves alone (a reader who left the round frees them)."""
+    return {o for o, r in one_approval(s, case).items() if r != reader and r in readers}
+
+
+def wilson(misses: int, n: int, z: float = 1.96) -> tuple:
+    """The 95 % Wilson interval of a rate ``misses / n``."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = misses / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def figures(s) -> Dict[str, object]:
+    """The policy's record over every decided round: the audited organs' miss rate (full review asked for changes)
+    with its confidence interval, and the organ votes it saved."""
+    events = s.execute(select(AuditEvent.case_id, AuditEvent.details).where(AuditEvent.action == POLICY_EVENT)).all()
+    if not events:
+        return {}
+    decisions = {
+        (d.case_id, d.round): d.organs for d in s.execute(select(Decision)).scalars() if d.outcome != "pending"
+    }
+    readers = dict(
+        (tuple(k), n)
+        for *k, n in s.execute(
+            select(Review.case_id, Review.round, func.count(func.distinct(Review.user_id))).group_by(
+                Review.case_id, Review.round
+            )
+        ).all()
+    )
+    audited = misses = passed = saved = 0
+    for case_id, details in events:
+        organs = decisions.get((case_id, details.get("round")))
+        if organs is None:
+            continue  # the round is not decided yet
+        for organ in details.get("audited", []):
+            audited += 1
+            misses += organs.get(ORGAN_BY_ID[int(organ)].name) == "changes"
+        designated = details.get("one_approval", {})
+        passed += len(designated)
+        saved += len(designated) * max(readers.get((case_id, details.get("round")), 1) - 1, 0)
+    low, high = wilson(misses, audited)
+    return {
+        "audited": audited,
+        "audited_misses": misses,
+        "miss_rate": misses / audited if audited else None,
+        "miss_rate_ci95": [low, high] if audited else None,
+        "one_approval_organs": passed,
+        "organ_votes_saved": saved,
+    }

@@ -1,0 +1,131 @@
+"""The pass policy on the real workflow and a real SQLite store: organs predicted correct need one reader's approval
+(spread over the readers, blind), audited ones and the rest need every reader, the plan is in the history, and the
+overview's figures count the votes saved and the audited miss rate."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from amoslabel.config import ConfigError, PassPolicy, parse_config
+from amoslabel.organs import ORGANS
+from review import pass_policy
+from review.queries import case_detail, history
+from review.schema import Case, CaseScore, Review
+from review.store import utcnow
+from tests.conftest import ROOT
+from tests.review.conftest import LABEL, make_team
+
+LIVER = 6
+POLICY = PassPolicy(threshold=0.2, audit_fraction=0.25)
+
+
+def scored_case(team, case_id: str, doubtful=(LIVER,)) -> None:
+    """A pre-labelled case, scored: every organ predicted correct (p 0.01) but ``doubtful`` ones (p 0.9)."""
+    team.workflow.record_prelabel(case_id, LABEL, "unet:v1", {})
+    quality = {
+        str(o.id): {"organ": o.id, "name": o.name, "p_fail": 0.9 if o.id in doubtful else 0.01, "reasons": []}
+        for o in ORGANS
+    }
+    with team.store.write() as s:
+        s.add(CaseScore(case_id=case_id, computed=utcnow(), members={}, components={"quality": quality}))
+
+
+def votes_per_organ(team, case_id: str) -> dict:
+    with team.store.read() as s:
+        rows = s.query(Review).filter(Review.case_id == case_id).all()
+    counts: dict = {}
+    for r in rows:
+        counts[r.organ] = counts.get(r.organ, 0) + 1
+    return counts
+
+
+def submitted_with_plan(tmp_path):
+    """A team with the policy on, and a scored case its junior submitted: the team and the round's plan."""
+    team = make_team(tmp_path, pass_policy=POLICY)
+    scored_case(team, "c1")
+    team.workflow.save_version(team.users["j1"], "c1", LABEL, submit=True)
+    with team.store.read() as s:
+        return team, pass_policy.latest(s, "c1")
+
+
+def test_organs_predicted_correct_need_one_reader_and_audited_ones_need_all(tmp_path):
+    team, plan = submitted_with_plan(tmp_path)
+    wf, u = team.workflow, team.users
+    one = {int(o): r for o, r in plan["one_approval"].items()}
+    audited = set(plan["audited"])
+    assert LIVER not in one and LIVER not in audited  # doubtful: every reader, as always
+    assert set(one) | audited == {o.id for o in ORGANS} - {LIVER} and not set(one) & audited
+    assert audited == {o for o in set(one) | audited if pass_policy.draw("c1", 1, o) < POLICY.audit_fraction}
+    assert audited and set(one)  # at 0.25 of 14 organs the draws give both
+    seniors = sorted(a["user"] for a in case_detail(wf, "c1", u["admin"])["assignees"] if a["duty"] == "review")
+    ids = {u[name].id: name for name in seniors}
+    assert set(one.values()) == set(ids)  # spread over the three readers
+    # each reader's form (and a default) covers their own organs, not another's alone
+    detail = case_detail(wf, "c1", u[seniors[0]])
+    assert detail["one_approval"] == {o.name: ids[one[o.id]] for o in ORGANS if o.id in one}
+    for name in seniors:
+        wf.review(u[name], "c1", [], default="approve")
+    assert case_detail(wf, "c1", u["admin"])["state"] == "consensus"
+    counts = votes_per_organ(team, "c1")
+    assert all(counts[o] == 1 for o in one) and all(counts[o] == 3 for o in audited | {LIVER})
+    assert sum(counts.values()) == len(one) + 3 * (15 - len(one)) < 45
+    events = [e for e in history(wf, "c1", u["admin"]) if e["action"] == "pass_policy"]
+    assert len(events) == 1 and "one approval for" in events[0]["reason"]
+    with team.store.read() as s:
+        figures = pass_policy.figures(s)
+    assert figures["audited"] == len(audited) and figures["audited_misses"] == 0 and figures["miss_rate"] == 0
+    assert figures["organ_votes_saved"] == 2 * len(one) and figures["miss_rate_ci95"][1] > 0
+
+
+def test_an_audited_organ_sent_back_counts_as_a_miss_and_the_designated_reader_can_ask_for_changes(tmp_path):
+    team, plan = submitted_with_plan(tmp_path)
+    wf, u = team.workflow, team.users
+    audited = plan["audited"][0]
+    designated_organ, reader = next(iter(plan["one_approval"].items()))
+    name = next(n for n, p in u.items() if p.id == reader)
+    organ_name = ORGANS[int(designated_organ) - 1].name
+    wf.review(u[name], "c1", [{"organ": organ_name, "decision": "changes_requested", "comment": "a piece is missing"}])
+    readers = sorted(a["user"] for a in case_detail(wf, "c1", u["admin"])["assignees"] if a["duty"] == "review")
+    other = next(r for r in readers if r != name)
+    wf.review(u[other], "c1", [{"organ": ORGANS[audited - 1].name, "decision": "changes_requested"}])
+    for senior in readers:
+        wf.review(u[senior], "c1", [], default="approve")
+    detail = case_detail(wf, "c1", u["admin"])
+    assert detail["state"] == "with_junior" and detail["round"] == 2
+    assert detail["decisions"][-1]["organs"][organ_name] == "changes"
+    with team.store.read() as s:
+        assert pass_policy.figures(s)["audited_misses"] == 1
+
+
+def test_without_the_policy_or_an_estimate_every_reader_votes_every_organ(tmp_path):
+    team = make_team(tmp_path)
+    scored_case(team, "c1")
+    team.workflow.save_version(team.users["j1"], "c1", LABEL, submit=True)
+    for name in ("s1", "s2", "s3"):
+        team.workflow.review(team.users[name], "c1", [], default="approve")
+    assert sum(votes_per_organ(team, "c1").values()) == 45
+    (tmp_path / "no-estimate").mkdir()
+    team = make_team(tmp_path / "no-estimate", pass_policy=POLICY)
+    team.workflow.record_prelabel("c2", LABEL, "unet:v1", {})  # never scored
+    team.workflow.save_version(team.users["j1"], "c2", LABEL, submit=True)
+    with team.store.read() as s:
+        assert pass_policy.one_approval(s, s.get(Case, "c2")) == {}
+        assert "no quality estimate" in history(team.workflow, "c2", team.users["admin"])[-1]["reason"]
+
+
+@pytest.mark.parametrize(
+    "policy, message",
+    [
+        ({"threshold": 1.5, "audit_fraction": 0.1}, "review.pass_policy.threshold"),
+        ({"threshold": -0.1, "audit_fraction": 0.1}, "review.pass_policy.threshold"),
+        ({"threshold": 0.1, "audit_fraction": 0}, "review.pass_policy.audit_fraction"),
+        ({"threshold": 0.1, "audit_fraction": 1.5}, "review.pass_policy.audit_fraction"),
+        ({"threshold": 0.1}, "review.pass_policy.audit_fraction"),
+    ],
+)
+def test_a_pass_policy_out_of_range_is_refused_with_the_key(policy, message):
+    raw = yaml.safe_load((ROOT / "apps.yaml").read_text())
+    raw["review"]["pass_policy"] = policy
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        parse_config(raw)

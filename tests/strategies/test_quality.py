@@ -1,0 +1,177 @@
+"""The quality estimator on made cases with known answers: its features, its training and reasons, its versions, and
+its retraining from the review store's finals (a worse challenger is not promoted)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from amoslabel.config import ActiveLearningSettings
+from models.versions import ModelStore
+from review.schema import CaseScore
+from review.store import utcnow
+from strategies.anatomy import learn
+from strategies.quality import FEATURES, QualityEstimator, feature_vector, organ_features
+from strategies.quality_history import QUALITY_MODEL, QualitySource, held_out, history_units, publish, retrain
+from strategies.queue_order import expected_failures_order
+from tests.review.conftest import LABEL, make_team
+
+LIVER, SPLEEN, RIGHT_KIDNEY, LEFT_KIDNEY = 6, 1, 2, 3
+
+
+def one_hot(label: np.ndarray, sharpness: float = 0.9) -> np.ndarray:
+    """Class probabilities (16, z, y, x) that put ``sharpness`` on the label's class."""
+    p = np.full((16,) + label.shape, (1 - sharpness) / 15, np.float32)
+    for c in range(16):
+        p[c][label == c] = sharpness
+    return p
+
+
+@pytest.fixture(scope="module")
+def real_label():
+    image = sitk.ReadImage(str(LABEL))
+    return image, sitk.GetArrayFromImage(image)
+
+
+def test_features_flag_a_missing_organ_a_swapped_side_and_disagreeing_networks(real_label):
+    image, label = real_label
+    anatomy = learn([(image, None)])
+    prelabel = label.copy()
+    prelabel[label == SPLEEN] = 0  # the spleen missed
+    prelabel[label == RIGHT_KIDNEY], prelabel[label == LEFT_KIDNEY] = LEFT_KIDNEY, RIGHT_KIDNEY  # sides swapped
+    other = label.copy()
+    other[label == LIVER] = 0  # a second network that misses the liver
+    features = organ_features(prelabel, [one_hot(label), one_hot(other)], image, anatomy, prior=one_hot(label))
+    assert features[SPLEEN]["missing"] == 1 and features[SPLEEN]["volume_outside"] == 5.0
+    assert features[SPLEEN]["prior_miss"] == 1.0
+    assert features[LIVER]["missing"] == 0 and features[LIVER]["volume_outside"] == 0
+    assert features[LIVER]["disagreement"] == 1.0 and features[SPLEEN]["disagreement"] == 0
+    assert features[RIGHT_KIDNEY]["side_swapped"] == features[LEFT_KIDNEY]["side_swapped"] == 1
+    assert features[LIVER]["side_swapped"] == 0 and features[LIVER]["prior_miss"] == 0
+    assert set(features[LIVER]) == set(FEATURES)
+    # an organ that neither the pre-label, the prior nor a network puts in the scan is not judged (outside its view)
+    assert set(features) == {int(v) for v in np.unique(label) if v}
+
+
+def made_units(n: int, seed: int = 0):
+    """Organ units whose failure is known: a missing organ or disagreeing networks fail, the rest mostly pass."""
+    rng = np.random.default_rng(seed)
+    rows, failed = [], []
+    for _ in range(n):
+        organ = int(rng.integers(1, 16))
+        missing = float(rng.random() < 0.15)
+        disagreement = float(rng.random())
+        features = {"missing": missing, "disagreement": disagreement, "entropy": float(rng.random())}
+        rows.append(feature_vector(organ, features))
+        failed.append(int(missing or disagreement > 0.8 or rng.random() < 0.03))
+    return np.array(rows), np.array(failed)
+
+
+def test_the_estimator_learns_the_known_answer_gives_reasons_and_round_trips_as_a_version(tmp_path):
+    rows, failed = made_units(600)
+    estimator = QualityEstimator.fit(rows, failed)
+    test_rows, test_failed = made_units(300, seed=1)
+    p = estimator.probabilities(test_rows)
+    assert p[test_failed == 1].mean() > p[test_failed == 0].mean() + 0.4
+    assert {name for name, _ in estimator.largest(2)} == {"missing", "disagreement"}
+    predicted = estimator.predict({SPLEEN: {"missing": 1.0}, LIVER: {"disagreement": 0.05}})
+    assert predicted[SPLEEN].p_fail > 0.8 and predicted[LIVER].p_fail < 0.2
+    assert predicted[SPLEEN].reasons[0] == FEATURES["missing"] and predicted[LIVER].reasons == []
+    # versions: plain tensors in model.pt (weights-only loading), and the same numbers back
+    store = ModelStore(tmp_path, QUALITY_MODEL)
+    version = publish(store, estimator, {"source": "test"}, True, "cold start")
+    number, loaded = QualitySource(tmp_path).current()
+    assert number == version.number == 1 and np.allclose(loaded.probabilities(test_rows), p)
+    with pytest.raises(ValueError, match="both failing and passing"):
+        QualityEstimator.fit(rows, np.zeros(len(rows), int))
+
+
+def test_a_version_that_does_not_load_serves_nothing_and_says_why(tmp_path):
+    store = ModelStore(tmp_path, QUALITY_MODEL)
+    version = store.publish({"coef": torch.zeros(3)}, {"source": "broken"})
+    store.set_champion(version.number, "test", "tests")
+    source = QualitySource(tmp_path)
+    assert source.current() is None and source.version() is None
+    assert "does not load" in source.problem and "keeps its order" in source.problem
+
+
+CASES = [f"case{n:02d}" for n in range(16)]
+REMOVED = {case: [1 + n % 15, 1 + (n * 7) % 15] for n, case in enumerate(CASES)}  # the organs each pre-label misses
+
+
+def finals_with_history(team, removed=REMOVED):
+    """Cases whose pre-labels miss known organs, corrected to the real label and approved to final, each with the
+    features the scorer stored while it was open (``missing`` set for the organs its pre-label missed)."""
+    wf, u = team.workflow, team.users
+    present = [int(v) for v in np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(LABEL)))) if v]
+    for case, organs in removed.items():
+        edited = sitk.GetArrayFromImage(sitk.ReadImage(str(LABEL)))
+        edited[np.isin(edited, organs)] = 0
+        image = sitk.GetImageFromArray(edited.astype(np.uint8))
+        image.CopyInformation(sitk.ReadImage(str(LABEL)))
+        prelabel = team.tmp / f"{case}-pre.nii.gz"
+        sitk.WriteImage(image, str(prelabel))
+        wf.record_prelabel(case, prelabel, "unet:v1", {})
+        wf.save_version(u["j1"], case, LABEL, submit=True)
+        for senior in ("s1", "s2", "s3"):
+            wf.review(u[senior], case, [], default="approve")
+        wf.finalise(case)
+        features = {str(o): {"missing": float(o in organs), "entropy": 0.1} for o in present}
+        with team.store.write() as s:
+            s.add(CaseScore(case_id=case, computed=utcnow(), members={}, components={"organ_features": features}))
+    return present
+
+
+def test_the_estimator_retrains_from_the_finals_and_a_worse_challenger_is_not_promoted(tmp_path):
+    team = make_team(tmp_path)
+    present = finals_with_history(team)
+    units = history_units(team.store)
+    assert len(units) == len(CASES) * len(present)
+    assert {(c, o) for c, o, _, failed in units if failed} == {
+        (c, o) for c, organs in REMOVED.items() for o in organs if o in present
+    }
+    assert any(held_out(c) for c in CASES) and not all(held_out(c) for c in CASES)
+    first = retrain(team.store, tmp_path / "models")
+    assert first["published"] == 1 and first["promoted"], first
+    good = QualitySource(tmp_path / "models").current()[1]
+    assert good.predict({SPLEEN: {"missing": 1.0}})[SPLEEN].p_fail > 0.5
+    # the stored features of the training share lose their information: the challenger learns nothing from them
+    with team.store.write() as s:
+        for case in CASES:
+            if not held_out(case):
+                row = s.get(CaseScore, case)
+                row.components = {"organ_features": {str(o): {"entropy": 0.1} for o in present}}
+    second = retrain(team.store, tmp_path / "models")
+    assert second["published"] == 2 and not second["promoted"], second
+    assert "the champion stays" in second["why"]
+    store = ModelStore(tmp_path / "models", QUALITY_MODEL)
+    assert store.champion().number == 1 and store.get(2).meta["source"] == "history"
+
+
+def test_the_queue_orders_by_expected_failures_and_falls_back_without_an_estimate(tmp_path):
+    team = make_team(tmp_path)
+    wf = team.workflow
+    settings = ActiveLearningSettings()
+    for case, expected, uncertainty in (("a", 0.2, 0.9), ("b", 2.5, 0.1)):
+        wf.record_prelabel(case, LABEL, "unet:v1", {})
+        quality = {"6": {"organ": 6, "name": "liver", "p_fail": 0.9, "reasons": [FEATURES["missing"]]}}
+        with team.store.write() as s:
+            s.add(
+                CaseScore(
+                    case_id=case,
+                    computed=utcnow(),
+                    members={},
+                    uncertainty=uncertainty,
+                    components={"expected_failures": expected, "quality": quality},
+                )
+            )
+    ranked = expected_failures_order(team.store, settings, {})
+    assert ranked["b"][0] > ranked["a"][0]
+    assert ranked["b"][1] == f"expected failures 2.5: liver 90% ({FEATURES['missing']})"
+    with team.store.write() as s:  # no estimate anywhere (no estimator serves): the weighted order, by uncertainty
+        for case in ("a", "b"):
+            s.get(CaseScore, case).components = {}
+    ranked = expected_failures_order(team.store, settings, {})
+    assert ranked["a"][0] > ranked["b"][0] and "uncertainty" in ranked["a"][1]
