@@ -194,8 +194,14 @@ class ScoreJob:
     def store(self, case_id: str, data: Dict[str, Any]) -> str:
         from strategies.scoring import store_score
 
+        from review.queries import prelabels
+
         self.service.save_attention(case_id, heat_image(data))
-        store_score(self.review.store, case_id, data["score"])
+        row = data["score"]
+        prelabel = prelabels(self.review.store, case_id).get(case_id)
+        if prelabel:  # the case's pre-label when scored (the server rescores a case whose pre-label is newer)
+            row = {**row, "members": {**row["members"], "prelabel": prelabel[0]}}
+        store_score(self.review.store, case_id, row)
         return "done"
 
     def finish(self) -> None:

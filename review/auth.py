@@ -40,7 +40,10 @@ ROLES = ("junior", "senior", "admin")
 API, ACCESS = "api", "access"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _TOKEN = re.compile(r"amos_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{20,100})")
-_CACHE_SECONDS = 300.0
+_CACHE_SECONDS = 300.0  # how long a verified secret (the slow Argon2 check) is remembered, while its row is valid
+# How long a whole token check (its row and its user, read from the store) is trusted in this process: a revocation
+# or a deactivation made by another process holds within this bound (decided: at most 1 s; README, Identity).
+TOKEN_CHECK_SECONDS = 1.0
 _TOKEN_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
 _WRONG_LOGIN = "the user name or the secret is wrong"  # one message: a login never says which names exist
 
@@ -110,6 +113,8 @@ class Accounts:
         self._hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)  # OWASP's Argon2id minimum
         self._dummy_hash: Optional[str] = None  # made at the first login: an unknown user costs a login the same
         self._verified: Dict[str, Tuple[Principal, str, float]] = {}
+        # token key -> (principal, kinds it may be used as, its expiry, when its row and user were last read)
+        self._checked: Dict[str, Tuple[Principal, str, Optional[datetime], float]] = {}
         self._lock = threading.Lock()
 
     # -- users ----------------------------------------------------------------------------------------------------
@@ -272,8 +277,13 @@ class Accounts:
         if not match:
             raise Unauthorized("the token is not valid")
         key = hashlib.sha256(token.encode()).hexdigest()
-        # The token row and the user are read on every call, so a revocation, expiry or deactivation made by another
-        # process (the users command) holds at once; only the slow Argon2 check of the secret is remembered.
+        # A check is trusted for TOKEN_CHECK_SECONDS: a revocation or deactivation by another process (the users
+        # command, another server of the team) holds within that; one by this process holds at once (_forget).
+        with self._lock:
+            checked = self._checked.get(key)
+        if checked is not None and time.monotonic() - checked[3] < TOKEN_CHECK_SECONDS and checked[1] in kinds:
+            if checked[2] is None or checked[2] > utcnow():
+                return checked[0]
         with self.store.read() as session:
             row = session.get(Token, match.group(1))
             user = session.get(User, row.user_id) if row else None
@@ -282,7 +292,7 @@ class Accounts:
             if row.expires is not None and row.expires <= utcnow():
                 raise Unauthorized("the token has expired: log in again")
             principal = Principal(user.id, user.name, user.role)
-            secret_hash = row.secret_hash
+            secret_hash, kind, expires = row.secret_hash, row.kind, row.expires
         with self._lock:
             hit = self._verified.get(key)
         if not (hit and hit[1] == row.id and time.monotonic() - hit[2] < _CACHE_SECONDS):
@@ -290,6 +300,11 @@ class Accounts:
                 raise Unauthorized("the token is not valid")
             with self._lock:
                 self._verified[key] = (principal, row.id, time.monotonic())
+        with self._lock:
+            now = time.monotonic()
+            if len(self._checked) > 10_000:  # a check older than the bound is of no use: keep the map small
+                self._checked = {k: v for k, v in self._checked.items() if now - v[3] < TOKEN_CHECK_SECONDS}
+            self._checked[key] = (principal, kind, expires, now)
         return principal
 
     def session_principal(self, token_id: str) -> Principal:
@@ -333,6 +348,8 @@ class Accounts:
         with self._lock:
             for key in [k for k, v in self._verified.items() if v[0].id == user_id]:
                 del self._verified[key]
+            for key in [k for k, v in self._checked.items() if v[0].id == user_id]:
+                del self._checked[key]
 
     @staticmethod
     def _user(session, name: str) -> User:

@@ -264,12 +264,12 @@ def _check_visible(s, case: Case, who: Principal) -> None:
         raise Forbidden(f"case {case.id!r} is not in {who.name}'s queue")
 
 
-def prelabels(store: ReviewStore) -> Dict[str, tuple]:
-    """case -> (version id, file) of each case's latest pre-label: what its junior got from a model."""
+def prelabels(store: ReviewStore, case_id: Optional[str] = None) -> Dict[str, tuple]:
+    """case -> (version id, file) of each case's latest pre-label (what its junior got from a model); of one case
+    when ``case_id`` is given."""
+    query = select(LabelVersion.case_id, LabelVersion.id, LabelVersion.path).where(LabelVersion.kind == "prelabel")
+    if case_id is not None:
+        query = query.where(LabelVersion.case_id == case_id)
     with store.read() as s:
-        rows = s.execute(
-            select(LabelVersion.case_id, LabelVersion.id, LabelVersion.path)
-            .where(LabelVersion.kind == "prelabel")
-            .order_by(LabelVersion.id)
-        ).all()
+        rows = s.execute(query.order_by(LabelVersion.id)).all()
     return {case_id: (version, path) for case_id, version, path in rows}

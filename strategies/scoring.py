@@ -74,7 +74,7 @@ class CaseScorer:
         path = self.locate_image(case_id)
         if not path:
             return None
-        prelabel = prelabels(self.store).get(case_id)
+        prelabel = prelabels(self.store, case_id).get(case_id)
         computed = self.compute(path, self.modality_of(case_id), prelabel=prelabel[1] if prelabel else None)
         if computed is None:
             return None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
-from review.auth import Accounts, Unauthorized, token_id_of
+from review.auth import TOKEN_CHECK_SECONDS, Accounts, Unauthorized, token_id_of
 from review.schema import AuditEvent, Token
 from review.store import ReviewStore, utcnow
 
@@ -134,3 +135,27 @@ def test_an_older_store_gets_the_new_columns(tmp_path):
     with sqlite3.connect(path) as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
     assert {"kind", "expires"} <= columns
+
+
+def test_a_token_check_is_trusted_for_at_most_a_second_in_each_process(accounts):
+    """Decided: the gate may cache a token check for at most 1 s, so a revocation or a deactivation made by another
+    process (the users command, another server of the team) takes effect within that; this process's own at once."""
+    token = accounts.issue_token("ann")
+    statements = []
+    engines = {accounts.store.engine, accounts.store._read_engine}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    for _ in range(50):
+        assert accounts.authenticate(token).name == "ann"
+    assert len(statements) <= 3  # one check (its row and user), not fifty
+    other = Accounts(accounts.store)  # another process's view of the same store
+    other.set_active("ann", False, actor="boss")
+    time.sleep(TOKEN_CHECK_SECONDS + 0.05)
+    with pytest.raises(Unauthorized):
+        accounts.authenticate(token)
+    bob = accounts.issue_token("bob")
+    assert accounts.authenticate(bob).name == "bob"
+    other.revoke_tokens("bob", actor="boss")
+    time.sleep(TOKEN_CHECK_SECONDS + 0.05)
+    with pytest.raises(Unauthorized):
+        accounts.authenticate(bob)
