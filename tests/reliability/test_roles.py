@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from amoslabel.config import load_config
 from review.service import ReviewService
 from tests.conftest import ROOT
 from amoslabel.server.access import GATE_HEADER
-from review.auth import token_id_of
+from review.auth import TOKEN_CHECK_SECONDS, token_id_of
 from review.schema import LabelVersion, Token
 from review.store import utcnow
 from tests.reliability.conftest import TeamServer, report
@@ -57,6 +58,8 @@ def world(team_server: TeamServer):
     assert team_server.api(None, "GET", "/me", token=tokens["late"]).status_code == 200
     with service.store.write() as s:
         s.get(Token, token_id_of(tokens["late"])).expires = utcnow() - timedelta(seconds=1)
+    # a change made in the store by another process holds within the token check's bound (README, Identity)
+    time.sleep(TOKEN_CHECK_SECONDS)
     yield team_server, service, tokens
     service.store.dispose()
     rows = Counter((c["interface"], c["expected"], c["ok"]) for c in CELLS)
