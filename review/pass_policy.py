@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from amoslabel.config import PassPolicy
 from amoslabel.organs import ORGAN_BY_ID
-from review import audit
+from review import assignments, audit
 from review.schema import AuditEvent, Case, CaseScore, Decision, Review
 
 POLICY_EVENT = "pass_policy"
@@ -83,17 +83,25 @@ def latest(s, case_id: str) -> Optional[dict]:
     return event
 
 
-def one_approval(s, case: Case) -> Dict[int, int]:
-    """The current round's ``{organ: designated reader}`` (empty when the policy did not apply to it)."""
-    details = latest(s, case.id)
-    if not details or details.get("round") != case.round:
+def designated(details: Optional[dict], round_: int) -> Dict[int, int]:
+    """A plan's ``{organ: designated reader}`` when it is of round ``round_`` (else empty)."""
+    if not details or details.get("round") != round_:
         return {}
     return {int(o): int(r) for o, r in details.get("one_approval", {}).items()}
 
 
-def not_mine(s, case: Case, reader: int, readers: Sequence[int]) -> set:
+def one_approval(s, case: Case) -> Dict[int, int]:
+    """The current round's ``{organ: designated reader}`` (empty when the policy did not apply to it)."""
+    return designated(latest(s, case.id), case.round)
+
+
+def not_mine(s, case: Case, reader: int) -> set:
     """The organs of the round that another of its readers approves alone (a reader who left the round frees them)."""
-    return {o for o, r in one_approval(s, case).items() if r != reader and r in readers}
+    plan = one_approval(s, case)
+    if not plan:  # the policy did not apply to this round: no readers to look up on the vote's path
+        return set()
+    readers = set(assignments.readers(s, case))
+    return {o for o, r in plan.items() if r != reader and r in readers}
 
 
 def wilson(misses: int, n: int, z: float = 1.96) -> tuple:

@@ -131,8 +131,9 @@ def case_detail(workflow: Workflow, case_id: str, who: Principal) -> Dict[str, A
             if not hidden(c.round, c.user_id)
         ]
         decisions = s.execute(select(Decision).where(Decision.case_id == case.id).order_by(Decision.id)).scalars().all()
-        plan = pass_policy.one_approval(s, case)
         policy = pass_policy.latest(s, case.id) or {}
+        this_round = policy.get("round") == case.round
+        plan = pass_policy.designated(policy, case.round)
         score = s.get(CaseScore, case.id)
         # the quality estimator's per-organ prediction (strategies.quality), most likely to fail first
         quality = sorted(((score.components.get("quality") if score else None) or {}).values(), key=_worst_first)
@@ -180,9 +181,7 @@ def case_detail(workflow: Workflow, case_id: str, who: Principal) -> Dict[str, A
             "quality": quality,
             # the pass policy of this round: organs one reader approves alone, and those audited (full review)
             "one_approval": {ORGAN_BY_ID[o].name: names.get(r) for o, r in plan.items()},
-            "audited": [ORGAN_BY_ID[o].name for o in policy.get("audited", [])]
-            if policy.get("round") == case.round
-            else [],
+            "audited": [ORGAN_BY_ID[o].name for o in policy.get("audited", [])] if this_round else [],
             "comments": comment_items,
             "feedback": aggregate_comments([c for c in comment_items if c["round"] == last_round]),
             "decisions": [

@@ -312,7 +312,7 @@ class Workflow(Finalising):
             rows = {r.organ: r for r in s.execute(mine).scalars()}
             done = {o for o, r in rows.items() if r.carried_from is None}
             carried = set(rows) - done  # approvals carried from the last round (review.carry_over)
-            others = pass_policy.not_mine(s, case, who.id, assignments.readers(s, case))  # another reader's alone
+            others = pass_policy.not_mine(s, case, who.id)  # another reader's alone
             now = utcnow()
             seen = set()
             for vote in parsed:

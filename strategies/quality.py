@@ -27,6 +27,7 @@ import SimpleITK as sitk
 import torch
 
 from amoslabel.organs import ORGAN_BY_ID, ORGANS
+from evaluation.metrics import dice_of
 from strategies.anatomy import SIDE_PAIRS, AnatomyPrior, measure
 
 # The features, in the estimator's order; the organ one-hots follow them. Each says in plain words what a high value
@@ -46,11 +47,6 @@ FEATURES: Dict[str, str] = {
 ORGAN_FEATURES = [f"organ_{o.id}" for o in ORGANS]
 ALL_FEATURES = list(FEATURES) + ORGAN_FEATURES
 IN_PLAY = 0.1  # a voxel is in an organ's region where the networks give it at least this probability
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
 
 
 def organ_features(
@@ -113,14 +109,14 @@ def organ_features(
                 row["extra_pieces"] = float(max(0, m.pieces - learned.max_pieces))
         row["side_swapped"] = float(organ.id in swapped)
         if prior_mask is not None:
-            row["prior_miss"] = 1.0 - _dice(mask, prior_mask == organ.id)
+            row["prior_miss"] = 1.0 - dice_of(prelabel, prior_mask, organ.id)
         if mean is not None and region.any():
             p = np.clip(mean[:, region], 1e-8, 1.0)
             row["entropy"] = float((-(p * np.log2(p)).sum(0)).mean())
             row["doubt"] = float(1.0 - p.max(0).mean())
         if len(masks) > 1:
             pairs = [(a, b) for i, a in enumerate(masks) for b in masks[i + 1 :]]
-            row["disagreement"] = 1.0 - min(_dice(a == organ.id, b == organ.id) for a, b in pairs)
+            row["disagreement"] = 1.0 - min(dice_of(a, b, organ.id) for a, b in pairs)
         if heat is not None and region.any():
             row["attention"] = float(heat[region].mean())
         out[organ.id] = row

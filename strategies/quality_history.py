@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from sqlalchemy import select
 
 from evaluation.error_detection import FAILURE_DICE
+from evaluation.metrics import dice_of
 from models.versions import ModelStore
 from review.schema import Case, CaseScore, LabelVersion
 from review.store import ReviewStore
@@ -70,11 +71,6 @@ def publish(store: ModelStore, estimator: QualityEstimator, meta: dict, champion
     return version
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
-
-
 def history_units(store: ReviewStore) -> List[Tuple[str, int, List[float], bool]]:
     """(case, organ, features, failed) for every organ of every final case that was scored while open."""
     with store.read() as s:
@@ -111,7 +107,7 @@ def history_units(store: ReviewStore) -> List[Tuple[str, int, List[float], bool]
         for organ_text, organ_features in features.items():
             organ = int(organ_text)
             if (final == organ).any():
-                failed = _dice(prelabel == organ, final == organ) < FAILURE_DICE
+                failed = dice_of(prelabel, final, organ) < FAILURE_DICE
                 out.append((case_id, organ, feature_vector(organ, organ_features), failed))
     return out
 
