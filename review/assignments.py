@@ -8,9 +8,10 @@ functions run inside the workflow's transactions (``s`` is its session); the wor
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from sqlalchemy import func, select
+from sqlalchemy.sql import Select
 
 from amoslabel.config import ReviewSettings
 from amoslabel.errors import Conflict
@@ -81,6 +82,12 @@ def readers_needed(s, case: Case, per_case: int) -> int:
 
 def least_loaded(s, role: str, duty: str, exclude: set, count: int = 1) -> List[User]:
     """Up to ``count`` active users of ``role`` with the fewest active ``duty`` leases (then the oldest)."""
+    return list(s.execute(by_load(role, duty, exclude, User).limit(count)).scalars())
+
+
+def by_load(role: str, duty: str, exclude: Union[set, Select], *columns) -> Select:
+    """``select(*columns)`` of the active users of ``role`` but ``exclude`` (ids, or a select of them), fewest active
+    ``duty`` leases first, then the oldest."""
     load = (
         select(Assignment.user_id, func.count().label("n"))
         .where(Assignment.status == "active", Assignment.duty == duty)
@@ -88,14 +95,14 @@ def least_loaded(s, role: str, duty: str, exclude: set, count: int = 1) -> List[
         .subquery()
     )
     query = (
-        select(User)
+        select(*columns)
         .outerjoin(load, load.c.user_id == User.id)
         .where(User.role == role, User.active.is_(True))
         .order_by(func.coalesce(load.c.n, 0), User.id)
     )
-    if exclude:
+    if isinstance(exclude, Select) or exclude:
         query = query.where(User.id.not_in(exclude))
-    return list(s.execute(query.limit(count)).scalars())
+    return query
 
 
 def lease(settings: ReviewSettings, duty: str) -> timedelta:

@@ -115,6 +115,7 @@ class Accounts:
         self._verified: Dict[str, Tuple[Principal, str, float]] = {}
         # token key -> (principal, kinds it may be used as, its expiry, when its row and user were last read)
         self._checked: Dict[str, Tuple[Principal, str, Optional[datetime], float]] = {}
+        self._named: Dict[str, Tuple[Principal, float]] = {}  # by_name's answers, with when they were read
         self._lock = threading.Lock()
 
     # -- users ----------------------------------------------------------------------------------------------------
@@ -185,9 +186,21 @@ class Accounts:
             ]
 
     def by_name(self, name: str) -> Optional[Principal]:
+        """The active user called ``name`` (None if none). Like a token check, a user found is trusted for
+        TOKEN_CHECK_SECONDS (a viewer's every request names its user); a deactivation here holds at once."""
+        with self._lock:
+            known = self._named.get(name)
+        if known is not None and time.monotonic() - known[1] < TOKEN_CHECK_SECONDS:
+            return known[0]
         with self.store.read() as session:
             user = session.execute(select(User).where(User.name == name, User.active.is_(True))).scalar_one_or_none()
-            return Principal(user.id, user.name, user.role) if user else None
+            principal = Principal(user.id, user.name, user.role) if user else None
+        if principal is not None:
+            with self._lock:
+                if len(self._named) > 10_000:
+                    self._named.clear()
+                self._named[name] = (principal, time.monotonic())
+        return principal
 
     # -- tokens ---------------------------------------------------------------------------------------------------
     def issue_token(self, name: str, actor: str = "cli") -> str:
@@ -350,6 +363,8 @@ class Accounts:
                 del self._verified[key]
             for key in [k for k, v in self._checked.items() if v[0].id == user_id]:
                 del self._checked[key]
+            for key in [k for k, v in self._named.items() if v[0].id == user_id]:
+                del self._named[key]
 
     @staticmethod
     def _user(session, name: str) -> User:

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Dict, List, Optional
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import func, select
 
-from amoslabel.errors import InputError, NotFound
+from amoslabel.errors import NotFound
 from amoslabel.organs import ORGAN_BY_ID
 from review import pass_policy
 from review.auth import Forbidden, Principal
 from review.blinding import REVIEWER_EDIT, blind_round, hides_event
 from review.consensus import aggregate_comments
+from review.eligibility import QUEUE_ORDER, queue_selects
 from review.schema import Assignment, AuditEvent, Case, CaseScore, Comment, Decision, LabelVersion, Review, User
 from review.store import ReviewStore, utcnow
 from review.summaries import case_summaries, case_summary
@@ -28,75 +29,18 @@ def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str,
 
 def queue_cases(workflow: Workflow, who: Principal, limit: int = 50) -> List[Case]:
     """The cases of :func:`queue`, without their queue lines (a lapsed lease counts as none here already)."""
-    store = workflow.store
-    now = utcnow()
-    live = and_(Assignment.case_id == Case.id, Assignment.status == "active", Assignment.expires >= now)
-    with store.read() as s:
-        if who.role == "junior":
-            mine = exists().where(live, Assignment.user_id == who.id, Assignment.duty == "annotate")
-            taken = exists().where(live, Assignment.duty == "annotate")
-            per_state = {
-                "with_junior": select(Case).where(Case.state == "with_junior", or_(mine, ~taken)),
-                "prelabelled": select(Case).where(Case.state == "prelabelled", ~taken),
-            }
-        elif who.role == "senior":
-            mine = exists().where(
-                live, Assignment.user_id == who.id, Assignment.duty == "review", Assignment.round == Case.round
-            )
-            took_part = exists().where(
-                Assignment.case_id == Case.id,
-                Assignment.user_id == who.id,
-                Assignment.duty == "review",
-                Assignment.round == Case.round,
-                Assignment.status.in_(("active", "done")),
-            )
-            voted_all = (
-                select(func.count())
-                .where(Review.case_id == Case.id, Review.round == Case.round, Review.user_id == who.id)
-                .scalar_subquery()
-            )
-            readers = (
-                select(func.count(func.distinct(Assignment.user_id)))
-                .where(
-                    Assignment.case_id == Case.id,
-                    Assignment.duty == "review",
-                    Assignment.round == Case.round,
-                    Assignment.status.in_(("active", "done")),
-                )
-                .scalar_subquery()
-            )
-            authored = exists().where(
-                LabelVersion.case_id == Case.id,
-                LabelVersion.author_user_id == who.id,
-                LabelVersion.kind.in_(("junior", "imported")),
-            )
-            per_state = {
-                "in_review": select(Case).where(
-                    Case.state == "in_review",
-                    ~authored,
-                    or_(
-                        and_(mine, voted_all < len(ORGAN_BY_ID)),
-                        and_(~took_part, readers < workflow.settings.reviewers_per_case),
-                    ),
-                )
-            }
-        else:
-            per_state = {state: select(Case).where(Case.state == state) for state in ("escalated", "submitted")}
+    with workflow.store.read() as s:
+        per_state = queue_selects(who.role, who.id, utcnow(), workflow.settings.reviewers_per_case)
         # one ordered, early-stopping scan per state (see the index on cases), merged here
         cases = []
         for query in per_state.values():
-            cases += s.execute(query.order_by(Case.priority.desc(), Case.created, Case.id).limit(limit)).scalars().all()
+            cases += s.execute(query.order_by(*QUEUE_ORDER).limit(limit)).scalars().all()
         return sorted(cases, key=lambda c: (-c.priority, c.created, c.id))[:limit]
 
 
 def next_case(workflow: Workflow, who: Principal) -> Dict[str, Any] | None:
-    """The first case of the user's queue, claimed (Slicer's Next Sample)."""
-    for case in queue_cases(workflow, who, limit=5):
-        try:
-            return workflow.claim(who, case.id)
-        except InputError:  # taken by someone else between the read and the claim (409): try the next one
-            continue
-    return None
+    """The first case of the user's queue, claimed (Slicer's Next Sample): :meth:`Workflow.claim_next`."""
+    return workflow.claim_next(who)
 
 
 def case_detail(workflow: Workflow, case_id: str, who: Principal) -> Dict[str, Any]:

@@ -24,6 +24,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional, Protocol, Set
 
 import SimpleITK as sitk
@@ -43,7 +44,7 @@ from review import audit
 from review.auth import Accounts, Forbidden, Principal
 from review.blinding import REVIEWER_EDIT, blind_round
 from review.empty_queue import why_nothing_waits
-from review.feedback import round_feedback
+from review.feedback import closed_round, round_feedback
 from review.logins import LoginThrottle
 from review.queries import case_detail, next_case
 from review.save_answers import newest_version_by, save_answer
@@ -526,7 +527,8 @@ class ReviewQueueStrategy(Strategy):
         if claimed is None:
             return None
         sample = {"id": claimed["case_id"], "state": claimed["state"], "round": claimed["round"]}
-        feedback = self.service.feedback(claimed["case_id"])
+        sent_back = closed_round(SimpleNamespace(state=claimed["state"], round=claimed["round"])) is not None
+        feedback = self.service.feedback(claimed["case_id"]) if sent_back else None  # a read only when there is some
         if feedback:  # a case sent back: what the seniors asked, per organ, with their points
             sample["feedback"] = feedback
         return sample

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any, Collection, Dict, List, Optional, Set
 
-from amoslabel.errors import Unprocessable
-from amoslabel.organs import MAX_LABEL_ID, ORGANS
+from sqlalchemy import insert
+
+from amoslabel.errors import Conflict, Unprocessable
+from amoslabel.organs import MAX_LABEL_ID, ORGAN_BY_ID, ORGANS
+from review import audit
 from review.consensus import DECISIONS
+from review.schema import Comment, Review
 
 _ORGAN_BY_NAME = {o.name: o.id for o in ORGANS}
 MAX_COMMENT = 2000
@@ -47,3 +51,42 @@ def is_point(value: Any, whole: bool = False) -> bool:
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
         and (not whole or all(float(v).is_integer() and v >= 0 for v in value))
     )
+
+
+def check_once(votes: List[Dict[str, Any]], decided: Collection[int], who: str) -> Set[int]:
+    """The organs of ``votes``; 409 for one that ``who`` decided already in this round, or twice in ``votes``."""
+    seen: Set[int] = set()
+    for vote in votes:
+        if vote["organ"] in decided or vote["organ"] in seen:
+            raise Conflict(f"{who} already decided {ORGAN_BY_ID[vote['organ']].name} in this round")
+        seen.add(vote["organ"])
+    return seen
+
+
+def store_votes(execute, where: Dict[str, Any], votes: List[Dict[str, Any]], version_id: Optional[int]) -> None:
+    """Insert the votes and their comments (``where``: case, round, user, time), one statement per table: a vote
+    carries 15 organs, and an ORM unit of work cost about 1 ms a row. ``execute`` is a session's or connection's."""
+    execute(
+        insert(Review),
+        [{**where, "organ": v["organ"], "decision": v["decision"], "version_id": version_id} for v in votes],
+    )
+    notes = [v for v in votes if v.get("comment") or v.get("point_world") or v.get("point_voxel")]
+    if notes:
+        execute(
+            insert(Comment),
+            [
+                {
+                    **where,
+                    "organ": v["organ"],
+                    "text": v.get("comment") or "",
+                    "point_world": v.get("point_world"),
+                    "point_voxel": v.get("point_voxel"),
+                }
+                for v in notes
+            ],
+        )
+
+
+def vote_event(case_id: str, who: str, state: str, votes: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The audit row of a reviewer's votes (:func:`review.audit.row`), every decision in its details."""
+    return audit.row(case_id, who, "review", state, state, f"{len(votes)} organ decisions", {"votes": votes})

@@ -16,23 +16,24 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import SimpleITK as sitk
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from amoslabel.ids import check_id
 from amoslabel.config import ReviewSettings
 from amoslabel.errors import Conflict, InputError, NotFound, Unprocessable
-from amoslabel.organs import ORGAN_BY_ID, ORGANS
+from amoslabel.organs import ORGANS
 from review import assignments, audit, pass_policy
 from review.assignments import assign
 from review.carry_over import carry_approvals
 from review.auth import Forbidden, Principal
 from review.consensus import DECISIONS, OrganRule, decide_round, rules_from_config
 from review.finalising import Finalising
-from review.schema import AuditEvent, Case, Comment, Decision, LabelVersion, Review, User
+from review.hot_paths import FALLBACK, HotPaths
+from review.schema import AuditEvent, Case, Decision, LabelVersion, Review, User
 from review.states import WHEN_YOU_CAN, where_it_is
 from review.store import ReviewStore, utcnow
 from review.summaries import case_summary
-from review.votes import parse_vote
+from review.votes import check_once, parse_vote, store_votes, vote_event
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ _ORGAN_BY_NAME = {o.name: o.id for o in ORGANS}
 MAX_COMMENT = 2000
 
 
-class Workflow(Finalising):
+class Workflow(Finalising, HotPaths):
     """All workflow operations over one :class:`ReviewStore`."""
 
     def __init__(self, store: ReviewStore, settings: ReviewSettings, publisher: Optional[Publisher] = None):
@@ -233,6 +234,11 @@ class Workflow(Finalising):
     def submit(self, who: Principal, case_id: str) -> Dict[str, Any]:
         """The junior hands the current label to review."""
         who.require("junior")
+        fast = self._submit_fast(who, check_id(case_id, "case id"))
+        if fast is not FALLBACK:
+            summary, notice = fast
+            self._tell(notice)
+            return summary
         with self.store.write() as s:
             case = self._case(s, case_id)
             assignments.require(s, case, who, "annotate", "with_junior")
@@ -302,6 +308,9 @@ class Workflow(Finalising):
         parsed = [parse_vote(v) for v in votes]
         if default is not None and default not in DECISIONS:
             raise Unprocessable(f"default decision must be one of {', '.join(DECISIONS)}")
+        fast = self._review_fast(who, check_id(case_id, "case id"), parsed, default)
+        if fast is not FALLBACK:
+            return fast
         with self.store.write() as s:
             case = self._case(s, case_id)
             assignment = assignments.require(s, case, who.require("senior"), "review", "in_review")
@@ -314,11 +323,7 @@ class Workflow(Finalising):
             carried = set(rows) - done  # approvals carried from the last round (review.carry_over)
             others = pass_policy.not_mine(s, case, who.id)  # another reader's alone
             now = utcnow()
-            seen = set()
-            for vote in parsed:
-                if vote["organ"] in done or vote["organ"] in seen:
-                    raise Conflict(f"{who.name} already decided {ORGAN_BY_ID[vote['organ']].name} in this round")
-                seen.add(vote["organ"])
+            seen = check_once(parsed, done, who.name)
             for organ in carried & seen:  # a vote on an organ whose approval was carried reopens it
                 s.delete(rows[organ])
             s.flush()
@@ -328,40 +333,9 @@ class Workflow(Finalising):
                 ]
             if not parsed:
                 raise Unprocessable("no organ decision to record: send votes, or a default for the organs left")
-            # one executemany per table: a vote carries 15 organs, and ORM units of work cost ~1 ms a row
             where = {"case_id": case.id, "round": case.round, "user_id": who.id, "created": now}
-            s.execute(
-                insert(Review),
-                [
-                    {**where, "organ": v["organ"], "decision": v["decision"], "version_id": case.current_version}
-                    for v in parsed
-                ],
-            )
-            notes = [v for v in parsed if v.get("comment") or v.get("point_world") or v.get("point_voxel")]
-            if notes:
-                s.execute(
-                    insert(Comment),
-                    [
-                        {
-                            **where,
-                            "organ": v["organ"],
-                            "text": v.get("comment") or "",
-                            "point_world": v.get("point_world"),
-                            "point_voxel": v.get("point_voxel"),
-                        }
-                        for v in notes
-                    ],
-                )
-            audit.record(
-                s,
-                case.id,
-                who.name,
-                "review",
-                case.state,
-                case.state,
-                f"{len(parsed)} organ decisions",
-                {"votes": parsed},
-            )
+            store_votes(s.execute, where, parsed, case.current_version)
+            s.add(AuditEvent(**vote_event(case.id, who.name, case.state, parsed)))
             if len(done | carried | others | {v["organ"] for v in parsed}) >= len(ORGANS):
                 assignment.status = "done"
             self._decide(s, case)
@@ -375,8 +349,11 @@ class Workflow(Finalising):
         for review in s.execute(select(Review).where(Review.case_id == case.id, Review.round == case.round)).scalars():
             votes.setdefault(review.organ, {})[review.user_id] = review.decision
         outcome, organs = decide_round(votes, len(readers), self.rules, set(pass_policy.one_approval(s, case)))
-        if outcome == "pending":
-            return
+        if outcome != "pending":
+            self._settle(s, case, outcome, organs)
+
+    def _settle(self, s, case: Case, outcome: str, organs: Dict[int, str]) -> None:
+        """Record a decided round: consensus, or changes back to the junior (escalated after the last round)."""
         names = {o.id: o.name for o in ORGANS}
         s.add(
             Decision(

@@ -1,4 +1,5 @@
-"""20 parallel clients claim, submit and vote on the same cases: on SQLite, and on a real PostgreSQL.
+"""20 parallel clients claim (half by Next Sample, half by id), submit and vote on the same cases: on SQLite, and on
+a real PostgreSQL.
 
 Each client has its own store object (its own connection pool), as separate server workers would. Every call a
 client saw succeed is counted, and the store must hold exactly those effects: no lost update, no double assignment.
@@ -39,28 +40,34 @@ def _storm(team, url: str, seconds: float = 90.0) -> Counter:
 
     def client(who, seed: int) -> None:
         rng = random.Random(seed)
+        next_sample = seed % 2 == 0  # half the clients take Next Sample, half claim a case of their queue by id
         own = Workflow(ReviewStore(url, team.tmp / "versions"), team.workflow.settings)
         while time.time() < deadline:
-            items = queue(own, who)
-            if not items:
-                if _all_decided(own):
-                    return
-                time.sleep(0.01)
-                continue
-            case_id = rng.choice(items)["case_id"]
             try:
+                if next_sample:  # Next Sample's claim (review.hot_paths), racing the others' claims by id
+                    claimed = own.claim_next(who)
+                    case_id = claimed["case_id"] if claimed else None
+                else:
+                    items = queue(own, who)
+                    case_id = rng.choice(items)["case_id"] if items else None
+                    if case_id is not None:
+                        own.claim(who, case_id)
+                if case_id is None:
+                    if _all_decided(own):
+                        return
+                    time.sleep(0.01)
+                    continue
                 if who.role == "junior":
-                    own.claim(who, case_id)
                     own.submit(who, case_id)
                     key = "submit"
                 else:
-                    own.claim(who, case_id)
                     own.review(who, case_id, [], default="approve")
                     key = "review"
             except InputError:
                 continue  # someone else got there first: a 403/409 is the right answer
             with lock:
                 acknowledged[key] += 1
+                acknowledged["through Next Sample"] += next_sample
                 acknowledged[(key, case_id, who.name)] += 1
         own.store.dispose()
 
@@ -87,6 +94,7 @@ def _check(team, acknowledged: Counter) -> None:
         assert states == {"consensus": CASES}, states
         submits = s.execute(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "submit"))
         assert submits.scalar_one() == acknowledged["submit"] == CASES  # one submission per case, none lost
+        assert acknowledged["through Next Sample"] > 0  # both claims took part in the race
         # every acknowledged review is stored, 15 organs each, and no reviewer decided an organ twice
         reviews = s.execute(select(func.count()).select_from(Review)).scalar_one()
         assert reviews == 15 * acknowledged["review"] == 15 * 3 * CASES
