@@ -131,6 +131,9 @@ def make_studies(folder: Path, cases: int, juniors: int, seniors: int, database:
     return users
 
 
+SESSION_START_REQUESTS = 4  # of each kind: through HAProxy, enough to reach both app servers and both review workers
+
+
 def _client(url: str, name: str, role: str, token: str, seconds: float, think_s: float, seed: int, out) -> None:
     """One user's loop in its own process (so that client-side work never queues behind another client's GIL)."""
     rng = random.Random(seed)
@@ -138,6 +141,15 @@ def _client(url: str, name: str, role: str, token: str, seconds: float, think_s:
     session.headers["Authorization"] = f"Bearer {token}"  # every request, MONAI Label's Next Sample included
     timings, errors = defaultdict(list), defaultdict(int)
     deadline = time.time() + seconds
+    if seconds <= 0:  # a session's start: the token checked by every process that serves this user
+        for _ in range(SESSION_START_REQUESTS):
+            for path in ("/auth/token/valid", "/review/api/me"):  # the app servers' gate, the review workers'
+                started = time.perf_counter()
+                reply = session.get(url + path, timeout=30)
+                timings["session start"].append((time.perf_counter() - started) * 1000)
+                errors["session start"] += reply.status_code != 200
+        out.put((dict(timings), dict(errors)))
+        return
 
     def timed(kind: str, method: str, path: str, **kwargs):
         started = time.perf_counter()
@@ -194,7 +206,7 @@ def run_clients(url: str, users: dict, tokens: dict, seconds: float, think_s: fl
     return {
         kind: {
             "count": len(values),
-            "rate_per_s": round(len(values) / seconds, 1),
+            "rate_per_s": round(len(values) / seconds, 1) if seconds else None,
             "p50_ms": round(statistics.median(values), 1),
             "p99_ms": round(float(np.percentile(values, 99)), 1),
             "errors": errors[kind],
@@ -261,7 +273,11 @@ def _setup(work: Path, args, database: Optional[str]) -> tuple:
 
 def _phases(url: str, users: dict, tokens: dict, args, meter: CpuMeter, phases: Sequence[str]) -> dict:
     """The phases asked for, each with its CPU per operation."""
-    out = {}
+    # Each user's first requests to a server process verify their token (Argon2id, slow by design, then remembered
+    # for 5 minutes): a session's start, once per person and process, timed here apart from the operations' steady
+    # state (in the paced phase it was the p99 of next-case, every user's first operation)
+    out = {"session_start": run_clients(url, users, tokens, 0.0)}
+    print(f"  session start: {json.dumps(out['session_start'])}", flush=True)
     if "paced" in phases:  # a team at work: every user pauses (mean think_s) between operations
         out["paced"] = _measured(meter, lambda: run_clients(url, users, tokens, args.seconds, think_s=args.think_s))
         print(f"  paced: {json.dumps(out['paced'])}", flush=True)
@@ -414,8 +430,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--baseline",
         metavar="REF",
-        help="first run this benchmark as it is at git REF (a worktree, the same machine and arguments), then this "
-        "tree, and print both tables: a before and after from one run",
+        help="first run this benchmark on the code at git REF (a worktree, the same machine and arguments), then on "
+        "this tree, and print both tables: a before and after from one run",
     )
     args = parser.parse_args(argv)
     designs = [d.strip() for d in args.designs.split(",") if d.strip()]
@@ -461,7 +477,8 @@ def main(argv=None) -> int:
 
 
 def run_baseline(ref: str, argv: Sequence[str]) -> dict:
-    """This benchmark as it is at git ``ref``, in a temporary worktree with this environment; its report."""
+    """This benchmark of the code at git ``ref`` (a temporary worktree, this environment, this benchmark's own file);
+    its report."""
     work = Path(tempfile.mkdtemp(prefix="review-load-baseline-"))
     tree, out = work / "tree", work / "review_load.json"
     rest, skip = [], False
@@ -474,6 +491,7 @@ def run_baseline(ref: str, argv: Sequence[str]) -> dict:
             rest.append(arg)
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref], check=True)
     try:
+        shutil.copyfile(Path(__file__), tree / "bench" / "review_load.py")  # the same measurement of the older code
         print(f"== the baseline: git {ref}", flush=True)
         subprocess.run([sys.executable, "-m", "bench.review_load", *rest, "--out", str(out)], cwd=tree, check=False)
         if not out.exists():

@@ -52,6 +52,7 @@ LONGEST_FIRST = (
     "tests/review/web/test_pages.py",  # 62
     "tests/bench/test_clicks_bench.py",  # 57
     "tests/bench/test_al_simulation.py",  # 56
+    "tests/bench/test_quality_bench.py",  # 55
     "tests/reliability/test_crash.py",  # 51
     "tests/bench/test_review_load.py",  # 48
     "tests/models/test_distributed_training.py",  # 47

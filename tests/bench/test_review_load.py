@@ -20,6 +20,8 @@ def test_the_benchmark_measures_both_designs(tmp_path):
             assert set(GOALS) <= set(figures), figures
             assert all(figures[op]["count"] > 0 and figures[op]["errors"] == 0 for op in GOALS)
             assert figures["cpu_ms_per_operation"]["app_servers"] > 0
+        start = report[design]["session_start"]["session start"]  # the token verified, apart from the operations
+        assert start["count"] == 4 * 2 * 4 and start["errors"] == 0
         assert {what for what, _, _ in FLOOR} == set(report[design]["cpu_ms_per_request_floor"])
         assert report[design]["monailabel_datastore_output_all_ms"]["p50"] > 0
     team = report["team1"]["back_to_back"]["cpu_ms_per_operation"]

@@ -159,3 +159,22 @@ def test_a_token_check_is_trusted_for_at_most_a_second_in_each_process(accounts)
     time.sleep(TOKEN_CHECK_SECONDS + 0.05)
     with pytest.raises(Unauthorized):
         accounts.authenticate(bob)
+
+
+def test_a_user_a_viewer_names_is_looked_up_at_most_once_a_second(accounts):
+    """Next Sample names its user (``client_id``) on every request: that lookup has the token check's bound."""
+    statements = []
+    for engine in {accounts.store.engine, accounts.store._read_engine}:
+        event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    for _ in range(20):
+        assert accounts.by_name("ann").name == "ann"
+    assert len(statements) <= 2  # one lookup (BEGIN and its SELECT), not twenty
+    assert accounts.by_name("nobody") is None and accounts.by_name("nobody") is None  # never a stale "no such user"
+    other = Accounts(accounts.store)  # another process deactivates ann: this one follows within the bound
+    other.set_active("ann", False, actor="boss")
+    time.sleep(TOKEN_CHECK_SECONDS + 0.05)
+    assert accounts.by_name("ann") is None
+    other.set_active("ann", True, actor="boss")
+    assert accounts.by_name("ann").name == "ann"
+    accounts.set_active("ann", False, actor="boss")  # this process's own deactivation holds at once
+    assert accounts.by_name("ann") is None
