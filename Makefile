@@ -87,7 +87,7 @@ baselines: env
 # (about 15 min).
 bench-review: env
 	@scripts/system-packages.sh
-	$(PY) -m bench.review_load $(if $(BASELINE),--baseline $(BASELINE))
+	$(PY) -m bench.review_load $(if $(BASELINE),--baseline $(BASELINE)) $(if $(BASELINE_PYTHON),--baseline-python $(BASELINE_PYTHON))
 
 # Where a review operation's CPU goes without HTTP: SQL statements, CPU and a cProfile per operation (10,000 cases).
 bench-review-profile: env

@@ -433,9 +433,16 @@ def main(argv=None) -> int:
         help="first run this benchmark on the code at git REF (a worktree, the same machine and arguments), then on "
         "this tree, and print both tables: a before and after from one run",
     )
+    parser.add_argument(
+        "--baseline-python",
+        metavar="PATH",
+        default=sys.executable,
+        help="the baseline's interpreter, when its environment differs (a change of requirements); default: this one",
+    )
     args = parser.parse_args(argv)
     designs = [d.strip() for d in args.designs.split(",") if d.strip()]
-    baseline = run_baseline(args.baseline, argv if argv is not None else sys.argv[1:]) if args.baseline else None
+    rest = argv if argv is not None else sys.argv[1:]
+    baseline = run_baseline(args.baseline, rest, args.baseline_python) if args.baseline else None
     report = {"cases": args.cases, "clients": args.clients, "seconds": args.seconds, "think_s": args.think_s}
     for design in designs:
         print(f"== {design}", flush=True)
@@ -476,7 +483,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_baseline(ref: str, argv: Sequence[str]) -> dict:
+def run_baseline(ref: str, argv: Sequence[str], python: str) -> dict:
     """This benchmark of the code at git ``ref`` (a temporary worktree, this environment, this benchmark's own file);
     its report."""
     work = Path(tempfile.mkdtemp(prefix="review-load-baseline-"))
@@ -485,15 +492,15 @@ def run_baseline(ref: str, argv: Sequence[str]) -> dict:
     for arg in argv:  # the same arguments, less this option and the report's path
         if skip:
             skip = False
-        elif arg in ("--baseline", "--out"):
+        elif arg in ("--baseline", "--out", "--baseline-python"):
             skip = True
-        elif not arg.startswith(("--baseline=", "--out=")):
+        elif not arg.startswith(("--baseline=", "--out=", "--baseline-python=")):
             rest.append(arg)
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref], check=True)
     try:
         shutil.copyfile(Path(__file__), tree / "bench" / "review_load.py")  # the same measurement of the older code
         print(f"== the baseline: git {ref}", flush=True)
-        subprocess.run([sys.executable, "-m", "bench.review_load", *rest, "--out", str(out)], cwd=tree, check=False)
+        subprocess.run([python, "-m", "bench.review_load", *rest, "--out", str(out)], cwd=tree, check=False)
         if not out.exists():
             raise SystemExit(f"review_load: the baseline at {ref} wrote no report (see its output above)")
         return json.loads(out.read_text())

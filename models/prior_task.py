@@ -60,14 +60,15 @@ def final_label_folder(store: Datastore) -> Optional[Path]:
     return Path(label_path(DefaultLabelTag.FINAL)) if callable(label_path) else None
 
 
-def final_labels(store: Datastore) -> List[Tuple[float, str, Path]]:
-    """(when it became final, image id, label file) of each final label, newest first.
+def final_labels(store: Datastore, limit: Optional[int] = None) -> List[Tuple[float, str, Path]]:
+    """(when it became final, image id, label file) of each final label, newest first (the ``limit`` newest).
 
     Read from the final-label folder on disk, which every server of a team shares and the review workflow's
     :meth:`~amoslabel.data.datastore.AmosDatastore.publish_final` links into (the index of this process lists only
     what this process linked, and what was there at its start). A final's time is that of its entry in the folder
     (the link, made when it was published), not of the version file it points to: a consensus that approves a label
     unchanged publishes a version file stored when it was submitted. A datastore without such a folder: its index.
+    Only the newest entries' links are followed: a folder of thousands of finals is listed, not resolved.
     """
     folder = final_label_folder(store)
     found = []
@@ -76,24 +77,32 @@ def final_labels(store: Datastore) -> List[Tuple[float, str, Path]]:
             uri = store.get_label_uri(image_id, DefaultLabelTag.FINAL)
             if uri and Path(uri).is_file():
                 found.append((Path(uri).stat().st_mtime, image_id, Path(uri)))
-    else:
+        found.sort(key=lambda f: (-f[0], f[1]))
+        return found[:limit]
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        entries = []
+    listed = []
+    for entry in entries:
+        image_id = next((entry.name[: -len(e)] for e in LABEL_EXTENSIONS if entry.name.endswith(e)), None)
+        if not image_id or entry.name.startswith("."):  # a link being swapped in is a dot-file
+            continue
         try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            entries = []
-        for entry in entries:
-            image_id = next((entry.name[: -len(e)] for e in LABEL_EXTENSIONS if entry.name.endswith(e)), None)
-            if not image_id or entry.name.startswith("."):  # a link being swapped in is a dot-file
-                continue
-            try:
-                published = entry.stat(follow_symlinks=False).st_mtime
-                target = Path(entry.path).resolve(strict=True)
-            except OSError:  # removed meanwhile, or a link to a missing version file
-                log.warning("prior: final label %s has no file; skipped", entry.path)
-                continue
-            if target.is_file():
-                found.append((published, image_id, target))
-    found.sort(key=lambda f: (-f[0], f[1]))
+            listed.append((entry.stat(follow_symlinks=False).st_mtime, image_id, entry.path))
+        except OSError:  # removed meanwhile
+            continue
+    listed.sort(key=lambda f: (-f[0], f[1]))
+    for published, image_id, path in listed:
+        if limit is not None and len(found) >= limit:
+            break
+        try:
+            target = Path(path).resolve(strict=True)
+        except OSError:  # removed meanwhile, or a link to a missing version file
+            log.warning("prior: final label %s has no file; skipped", path)
+            continue
+        if target.is_file():
+            found.append((published, image_id, target))
     return found
 
 
@@ -137,7 +146,7 @@ class AtlasCache:
                 log.warning("prior: label map %s does not exist; skipped", path)
         store = self.datastore()
         if store is not None and self.config.prior.max_final_labels > 0:
-            finals = final_labels(store)[: self.config.prior.max_final_labels]
+            finals = final_labels(store, self.config.prior.max_final_labels)
             found += [(image_id, path) for _, image_id, path in finals]
         return found
 

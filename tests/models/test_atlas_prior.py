@@ -23,7 +23,7 @@ from amoslabel.data.stores import open_datastore
 from amoslabel.volume import read_label
 from amoslabel.workspace import Workspace
 import models.prior_task
-from models.prior_task import AtlasCache, PriorInferTask
+from models.prior_task import AtlasCache, PriorInferTask, final_labels
 from review.store import VersionFiles
 
 SLABS = {"case_a": (0, 112), "case_b": (3, 110), "case_c": (6, 106), "case_new": (9, 103)}
@@ -120,6 +120,8 @@ def test_the_newest_finals_are_those_published_last(studies, tmp_path):
     store.publish_final("case_new", stored.path, {"version": 1})  # ...and approved unchanged a week later
     cache = AtlasCache(config, lambda: store, tmp_path / "prior")
     assert [name for name, _ in cache.sources()] == ["case_new", "case_b"]
+    stored.path.unlink()  # a final whose version file went: skipped, and the next newest takes its place
+    assert [image_id for _, image_id, _ in final_labels(store, 2)] == ["case_b", "case_a"]
 
 
 def atlas_of_one_final(studies, tmp_path, wait_s: float):
