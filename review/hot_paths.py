@@ -203,14 +203,7 @@ class HotPaths:
                 .where(Assignment.case_id == case_id, Assignment.duty == "annotate", Assignment.status == "active")
                 .values(status="done")
             )
-            authors = select(LabelVersion.author_user_id).where(
-                LabelVersion.case_id == case_id, LabelVersion.author_user_id.is_not(None)
-            )
-            seniors = connection.execute(
-                assignments.by_load("senior", "review", authors, User.id, User.name).limit(
-                    self.settings.reviewers_per_case
-                )
-            ).all()
+            seniors = connection.execute(_seniors_query(self.settings.reviewers_per_case), {"case_id": case_id}).all()
             expires = now + assignments.lease(self.settings, "review")
             if seniors:
                 leases = [_lease(case_id, u.id, "review", case.round, now, expires) for u in seniors]
@@ -359,19 +352,18 @@ _ROUND_READERS = (
     )
     .order_by(Assignment.id)
 )
+_AUTHORS = select(LabelVersion.author_user_id).where(
+    LabelVersion.case_id == _CASE, LabelVersion.author_user_id.is_not(None)
+)  # who wrote a label of the case
 _ELIGIBLE = (  # active seniors who wrote no label of the case
-    select(func.count())
-    .select_from(User)
-    .where(
-        User.role == "senior",
-        User.active.is_(True),
-        User.id.not_in(
-            select(LabelVersion.author_user_id).where(
-                LabelVersion.case_id == _CASE, LabelVersion.author_user_id.is_not(None)
-            )
-        ),
-    )
+    select(func.count()).select_from(User).where(User.role == "senior", User.active.is_(True), User.id.not_in(_AUTHORS))
 )
+
+
+@functools.lru_cache(maxsize=None)
+def _seniors_query(reviewers_per_case: int) -> Select:
+    """The readers of a new round: the least loaded active seniors who wrote no label of the case."""
+    return assignments.by_load("senior", "review", _AUTHORS, User.id, User.name).limit(reviewers_per_case)
 
 
 @functools.lru_cache(maxsize=None)
