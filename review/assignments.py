@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import List, Optional, Union
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.sql import Select
 
 from amoslabel.config import ReviewSettings
@@ -67,17 +67,18 @@ def reviewed_this_round(s, case: Case, who: Principal) -> bool:
     return s.execute(done.limit(1)).first() is not None
 
 
+# who wrote a label of a case (``case_id`` bound), and the active seniors who did not: the readers a round may have
+AUTHORS = select(LabelVersion.author_user_id).where(
+    LabelVersion.case_id == bindparam("case_id"), LabelVersion.author_user_id.is_not(None)
+)
+ELIGIBLE_READERS = (
+    select(func.count()).select_from(User).where(User.role == "senior", User.active.is_(True), User.id.not_in(AUTHORS))
+)
+
+
 def readers_needed(s, case: Case, per_case: int) -> int:
     """``per_case`` readers, or every eligible senior (active, not an author of the case) when there are fewer."""
-    authors = select(LabelVersion.author_user_id).where(
-        LabelVersion.case_id == case.id, LabelVersion.author_user_id.is_not(None)
-    )
-    eligible = s.execute(
-        select(func.count())
-        .select_from(User)
-        .where(User.role == "senior", User.active.is_(True), User.id.not_in(authors))
-    ).scalar_one()
-    return min(per_case, eligible)
+    return min(per_case, s.execute(ELIGIBLE_READERS, {"case_id": case.id}).scalar_one())
 
 
 def least_loaded(s, role: str, duty: str, exclude: set, count: int = 1) -> List[User]:
@@ -142,20 +143,41 @@ def require(s, case: Case, who: Principal, duty: str, state: str) -> Assignment:
         .where(Assignment.case_id == case.id, Assignment.user_id == who.id, Assignment.duty == duty)
         .limit(1)
     ).first()
-    if ever is None:
+    assignment = live(s, case.id, duty, user_id=who.id) if ever is not None and case.state == state else None
+    check_hold(
+        case.id,
+        case.state,
+        who,
+        duty,
+        state,
+        ever is not None,
+        assignment is not None and (duty != "review" or assignment.round == case.round),
+    )
+    return assignment
+
+
+def check_hold(case_id: str, now: str, who: Principal, duty: str, state: str, ever: bool, held: bool) -> None:
+    """:func:`require`'s answers, in order, from what the caller read (``now``: the case's state; ``ever``: ``who``
+    held ``duty`` on it once; ``held``: a live lease of this round). Also :mod:`review.hot_paths`'."""
+    if not ever:
+        raise Forbidden(f"Case {case_id!r} is not assigned to you ({who.name}): {TAKE_IT[duty]}", state=now, duty=duty)
+    if now != state:
+        raise Conflict(f"{where_it_is(now)} {WHEN_YOU_CAN[duty]}", state=now, duty=duty)
+    if not held:
         raise Forbidden(
-            f"Case {case.id!r} is not assigned to you ({who.name}): {TAKE_IT[duty]}", state=case.state, duty=duty
-        )
-    if case.state != state:
-        raise Conflict(f"{where_it_is(case.state)} {WHEN_YOU_CAN[duty]}", state=case.state, duty=duty)
-    assignment = live(s, case.id, duty, user_id=who.id)
-    if assignment is None or (duty == "review" and assignment.round != case.round):
-        raise Forbidden(
-            f"Your hold on case {case.id!r} has ended (it expired, or a new round began): {TAKE_IT[duty]}",
-            state=case.state,
+            f"Your hold on case {case_id!r} has ended (it expired, or a new round began): {TAKE_IT[duty]}",
+            state=now,
             duty=duty,
         )
-    return assignment
+
+
+def refuse_author(case_id: str, state: str, who: Principal) -> Forbidden:
+    """The refusal of a review by a reader who drew a label of the case."""
+    return Forbidden(
+        f"You ({who.name}) corrected a label of case {case_id!r}, so you cannot review it: reviews are by readers who "
+        "did not draw it.",
+        state=state,
+    )
 
 
 def pick_seniors(s, case: Case, per_case: int) -> List[User]:

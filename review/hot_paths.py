@@ -20,17 +20,17 @@ import functools
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from sqlalchemy import DateTime, and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import DateTime, and_, bindparam, exists, insert, or_, select, update
 from sqlalchemy.sql import Select
 
 from amoslabel.errors import Conflict, NotFound, Unprocessable
 from amoslabel.organs import ORGAN_BY_ID, ORGANS
 from review import assignments, audit, pass_policy
-from review.auth import Forbidden, Principal
+from review.auth import Principal
 from review.consensus import decide_round
 from review.eligibility import QUEUE_ORDER, queue_selects
 from review.schema import Assignment, AuditEvent, Case, Decision, LabelVersion, Review, User
-from review.states import WHEN_YOU_CAN, check_transition, where_it_is
+from review.states import check_transition
 from review.store import utcnow
 from review.summaries import case_summary
 from review.votes import check_once, store_votes, vote_event
@@ -246,11 +246,7 @@ class HotPaths:
             case = self._lock(s, case_id, who, "review", current=False)
             _require(case, who, "review", "in_review")
             if case.authored:
-                raise Forbidden(
-                    f"You ({who.name}) corrected a label of case {case_id!r}, so you cannot review it: reviews are "
-                    "by readers who did not draw it.",
-                    state=case.state,
-                )
+                raise assignments.refuse_author(case_id, case.state, who)
             if pass_policy.designated(case.plan, case.round):
                 return FALLBACK  # organs another reader approves alone (review.pass_policy)
             done = set()
@@ -321,7 +317,10 @@ class HotPaths:
 
     def _readers_needed(self, connection, case_id: str) -> int:
         """:func:`review.assignments.readers_needed` in one statement."""
-        return min(self.settings.reviewers_per_case, connection.execute(_ELIGIBLE, {"case_id": case_id}).scalar_one())
+        return min(
+            self.settings.reviewers_per_case,
+            connection.execute(assignments.ELIGIBLE_READERS, {"case_id": case_id}).scalar_one(),
+        )
 
     # -- the case row, locked --------------------------------------------------------------------------------------
     def _lock(self, s, case_id: str, who: Principal, duty: str, current: bool):
@@ -352,18 +351,12 @@ _ROUND_READERS = (
     )
     .order_by(Assignment.id)
 )
-_AUTHORS = select(LabelVersion.author_user_id).where(
-    LabelVersion.case_id == _CASE, LabelVersion.author_user_id.is_not(None)
-)  # who wrote a label of the case
-_ELIGIBLE = (  # active seniors who wrote no label of the case
-    select(func.count()).select_from(User).where(User.role == "senior", User.active.is_(True), User.id.not_in(_AUTHORS))
-)
 
 
 @functools.lru_cache(maxsize=None)
 def _seniors_query(reviewers_per_case: int) -> Select:
     """The readers of a new round: the least loaded active seniors who wrote no label of the case."""
-    return assignments.by_load("senior", "review", _AUTHORS, User.id, User.name).limit(reviewers_per_case)
+    return assignments.by_load("senior", "review", assignments.AUTHORS, User.id, User.name).limit(reviewers_per_case)
 
 
 @functools.lru_cache(maxsize=None)
@@ -432,21 +425,9 @@ def _lock_query(duty: str, current: bool) -> Select:
 
 
 def _require(case, who: Principal, duty: str, state: str) -> None:
-    """:func:`review.assignments.require` on a row of :meth:`HotPaths._lock` (the same answers, in the same order)."""
-    if not case.ever:
-        raise Forbidden(
-            f"Case {case.id!r} is not assigned to you ({who.name}): {assignments.TAKE_IT[duty]}",
-            state=case.state,
-            duty=duty,
-        )
-    if case.state != state:
-        raise Conflict(f"{where_it_is(case.state)} {WHEN_YOU_CAN[duty]}", state=case.state, duty=duty)
-    if case.lease is None or (duty == "review" and case.lease_round != case.round):
-        raise Forbidden(
-            f"Your hold on case {case.id!r} has ended (it expired, or a new round began): {assignments.TAKE_IT[duty]}",
-            state=case.state,
-            duty=duty,
-        )
+    """:func:`review.assignments.require` on a row of :meth:`HotPaths._lock`."""
+    held = case.lease is not None and (duty != "review" or case.lease_round == case.round)
+    assignments.check_hold(case.id, case.state, who, duty, state, bool(case.ever), held)
 
 
 def _lease(case_id: str, user_id: int, duty: str, round_: int, now: datetime, expires: datetime) -> Dict[str, Any]:

@@ -468,11 +468,7 @@ class Workflow(Finalising, HotPaths):
             ).scalars()
         )
         if who.id in authors:
-            raise Forbidden(
-                f"You ({who.name}) corrected a label of case {case.id!r}, so you cannot review it: reviews are "
-                "by readers who did not draw it.",
-                state=case.state,
-            )
+            raise assignments.refuse_author(case.id, case.state, who)
 
     def _add_version(self, s, case, sha, path, kind, user_id, model, info) -> LabelVersion:
         version = LabelVersion(
