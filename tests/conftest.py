@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
@@ -25,6 +26,7 @@ import pytest
 import requests
 
 from amoslabel.processes import LoggedProcess
+from tests.preloaded_python import run_module, start_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -102,10 +104,31 @@ def private_postgres(tmp_path_factory):
         database.remove()
 
 
-def free_port() -> int:
+# Ports for what the tests start are drawn between Ray's worker ports (10000-19999, its default) and the kernel's
+# ephemeral range. A port the kernel hands out as free (bind to port 0) comes from the ephemeral range, where any
+# process's next outgoing connection may take it before the test's server binds it (seen: a team's server refused
+# with "address already in use"). A team (``serve-team``) also takes the ports up to ``port + 100``.
+TEAM_SPAN = 100
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A port nobody listens on, below the ephemeral range, with the ``TEAM_SPAN`` ports above it free too."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    draw = random.SystemRandom()
+    for _ in range(100):
+        port = draw.randrange(20000, ephemeral_low - TEAM_SPAN)
+        if all(_bindable(p) for p in range(port, port + TEAM_SPAN + 1)):
+            return port
+    raise RuntimeError("no free block of ports between 20000 and the ephemeral range")
 
 
 # The admin every test server has (made in the server's store before it starts): tests log in as it, with its
@@ -135,6 +158,12 @@ def provision_tester(studies, conf: dict) -> Optional[str]:
         service.store.dispose()
 
 
+def amoslabel_command(*args: str, env: Optional[dict] = None, timeout: Optional[float] = 600):
+    """``python -m amoslabel ARGS...`` as a user runs it in the checkout, its output captured (text); run in a fork of
+    the preloaded Python (tests/preloaded_python.py)."""
+    return run_module([sys.executable, "-m", "amoslabel", *map(str, args)], ROOT, env, timeout)
+
+
 def bearer(token: Optional[str]) -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -155,7 +184,11 @@ class ServerProcess(LoggedProcess):
         self.http.headers.update(bearer(self.token))
         cmd = server_command(str(studies), "127.0.0.1", self.port, conf)
         # The app dir is shared by every test server; MONAI Label writes logs/ and model/ into it (gitignored).
-        super().__init__(cmd, workdir / f"server-{self.port}.log", env=server_environment(env), cwd=workdir)
+        # The process is a fork of a Python that imported torch and MONAI once (tests/preloaded_python.py): the
+        # same server, started without 5 s of imports.
+        self.log_path = workdir / f"server-{self.port}.log"
+        self._log = open(self.log_path, "w")
+        self.process = start_module(cmd, self.log_path, server_environment(env), workdir)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.time() + timeout

@@ -150,10 +150,11 @@ def test_second_training_is_a_challenger_promoted_only_if_better_and_a_request_c
     # both measured on the same validation cases, with Dice and NSD, and the rule applied to those figures
     champion, promotion = meta["champion"], meta["promotion"]
     assert champion["val_mean_dice"] is not None and meta["val_mean_nsd"] is not None
-    better = meta["val_mean_dice"] > champion["val_mean_dice"] or (
-        meta["val_mean_dice"] >= champion["val_mean_dice"] - promotion["epsilon"]
-        and meta["val_mean_nsd"] > champion["val_mean_nsd"]
-    )
+    # the gains as the rule states them (a - b >= -epsilon; a >= b - epsilon rounds apart from it at the boundary,
+    # where a run once landed: mDice 0.0308 -> 0.0258 with epsilon 0.005)
+    dice_gain = meta["val_mean_dice"] - champion["val_mean_dice"]
+    nsd_gain = meta["val_mean_nsd"] - champion["val_mean_nsd"]
+    better = dice_gain > 0 or (dice_gain >= -promotion["epsilon"] and nsd_gain > 0)
     assert promotion["champion"] == 1 and promotion["promoted"] == better, promotion
     serving = 2 if better else 1
     _, newest = client.infer("unet", "ts_abdomen_ct_small", {})

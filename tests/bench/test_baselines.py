@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 from pathlib import Path
@@ -13,6 +12,7 @@ import yaml
 
 from amoslabel.data.synthetic import draw_params, synthesise
 from tests.conftest import ROOT, SHARED
+from tests.preloaded_python import run_module
 
 # VNet, UNETR and SwinUNETR take minutes per step on 2 CPU cores; they are built and run forward in
 # tests/models/test_networks.py, and trained in `make baselines`.
@@ -45,7 +45,7 @@ def test_synthetic_cases_are_replayable_from_their_parameters():
 
 def test_every_row_runs_and_lands_in_one_table(tmp_path):
     out = tmp_path / "baselines"
-    done = subprocess.run(
+    done = run_module(
         [
             sys.executable,
             "-m",
@@ -67,9 +67,7 @@ def test_every_row_runs_and_lands_in_one_table(tmp_path):
             "--spacing",
             "6",
         ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+        ROOT,
         timeout=1200,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -84,22 +82,15 @@ def test_every_row_runs_and_lands_in_one_table(tmp_path):
     assert "SYNTHETIC" in table and "| atlas_prior | 3D prior |" in table and "| unet2d | 2D |" in table
     assert (out / "reports" / "unet" / "cases.csv").is_file()
     # a second run of one row replaces that row and keeps the others
-    subprocess.run(
+    again = run_module(
         [sys.executable, "-m", "bench.baselines", "--models", "frequency_prior", "--out", str(out), "--steps", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+        ROOT,
         timeout=600,
-        check=True,
     )
+    assert again.returncode == 0, again.stderr[-3000:]
     assert set(json.loads((out / "rows.json").read_text())) == set(ROWS.split(","))
 
 
 def test_unknown_row_is_refused(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.baselines", "--models", "segformer", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    done = run_module([sys.executable, "-m", "bench.baselines", "--models", "segformer", "--out", str(tmp_path)], ROOT)
     assert done.returncode == 2 and "unknown rows ['segformer']" in done.stderr

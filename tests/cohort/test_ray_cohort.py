@@ -34,6 +34,7 @@ from amoslabel.workspace import Workspace
 from models.networks import build_network
 from models.versions import ModelStore
 from tests.conftest import ROOT, ServerProcess, free_port
+from tests.preloaded_python import PreloadedProcess, start_module
 
 N_CASES = 12  # enough for a run stopped after 3, and a worker killed 3 cases later with cases left to do
 CORRUPT = "cohort_corrupt"
@@ -126,13 +127,13 @@ def ray_cluster(tmp_path_factory):
         head.stop(grace_s=30)
 
 
-def cohort(studies: Path, cluster: RayCluster, *extra: str, log: Path, env=None) -> subprocess.Popen:
+def cohort(studies: Path, cluster: RayCluster, *extra: str, log: Path, env=None) -> PreloadedProcess:
     """The cohort command on the head node, as its user (the token in the home folder; RAY_AUTH_MODE unset)."""
     command = [sys.executable, "-m", "amoslabel", "cohort", *extra, "--studies", str(studies)]
     # one worker per CPU stage pool: each is a process that imports torch and MONAI, and 2 cores host them all
     command += ["--address", cluster.address, "--preset", "cpu-fast", "--cpu-workers", "1"]
     env = env or as_user(cluster.home)
-    return subprocess.Popen(command, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    return start_module(command, log, env, ROOT)  # a fork of the preloaded Python (tests/preloaded_python.py)
 
 
 def prelabels(studies: Path, tag: str) -> dict:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import ROOT, SHARED
+from tests.conftest import amoslabel_command, SHARED
 
 LABELS = SHARED / "labels"
 
@@ -38,9 +36,7 @@ def folders(tmp_path):
 
 
 def _run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "amoslabel", "evaluate", *map(str, args)], cwd=ROOT, capture_output=True, text=True
-    )
+    return amoslabel_command("evaluate", *args)
 
 
 def test_evaluate_writes_csv_tables_and_plots(folders):

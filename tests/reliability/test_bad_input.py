@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -24,7 +23,7 @@ from review.service import ReviewService
 from tests.badfiles import BAD_IDS, BAD_IMAGES, BAD_LABELS, CT, CT_LABEL, dicom_truncated_file, dicom_without_positions
 from tests.badfiles import oblique as oblique_scan
 from tests.app.test_server import status_of
-from tests.conftest import ROOT, login
+from tests.conftest import amoslabel_command, login
 from tests.reliability.conftest import TeamServer, report, start_team_server, write_config
 
 CASE = "ct_small"  # held by j1 for the label paths; its scan is the real small CT the bad labels are made from
@@ -91,8 +90,7 @@ def record(path: str, name: str, status, message: str, expected: str = "refused"
 
 def import_command(source: Path, studies: Path) -> subprocess.CompletedProcess:
     """``python -m amoslabel import SOURCE --studies STUDIES``, as a user runs it."""
-    command = [sys.executable, "-m", "amoslabel", "import", str(source), "--studies", str(studies)]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    return amoslabel_command("import", source, "--studies", studies)
 
 
 def _client_call(call) -> tuple:

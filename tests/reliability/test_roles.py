@@ -9,8 +9,6 @@ on); nothing refused may change the case.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import timedelta
@@ -23,7 +21,7 @@ from sqlalchemy import select
 
 from amoslabel.config import load_config
 from review.service import ReviewService
-from tests.conftest import ROOT
+from tests.conftest import amoslabel_command
 from amoslabel.server.access import GATE_HEADER
 from review.auth import TOKEN_CHECK_SECONDS, token_id_of
 from review.schema import LabelVersion, Token
@@ -45,9 +43,9 @@ def world(team_server: TeamServer):
         service.accounts.add_user(name, "junior")
         tokens[name] = service.accounts.issue_token(name)
         assert team_server.api(name, "GET", "/me", token=tokens[name]).status_code == 200  # the server now knows it
-    cli = [sys.executable, "-m", "amoslabel", "users"]
-    subprocess.run([*cli, "deactivate", "gone", "--studies", str(team_server.studies)], cwd=ROOT, check=True)
-    subprocess.run([*cli, "revoke", "ex", "--studies", str(team_server.studies)], cwd=ROOT, check=True)
+    for command in (("deactivate", "gone"), ("revoke", "ex")):
+        done = amoslabel_command("users", *command, "--studies", team_server.studies)
+        assert done.returncode == 0, done.stderr
     tokens["bad"] = "amos_AAAAAAAAAAAA_" + "x" * 40
     # a login's access token, expired: made through the server's own login, then aged in the store
     login = requests.post(

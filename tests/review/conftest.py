@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
@@ -16,7 +14,7 @@ from amoslabel.config import ReviewSettings
 from review.auth import Accounts, Principal
 from review.store import ReviewStore
 from review.workflow import Workflow
-from tests.conftest import ROOT, SHARED
+from tests.conftest import amoslabel_command, SHARED
 
 LABEL = SHARED / "ct" / "ts_abdomen_ct_small_label.nii.gz"
 
@@ -25,12 +23,7 @@ def add_users(studies: Path, people: Sequence[Tuple[str, str]]) -> Dict[str, str
     """Users made with the real command (``amoslabel users add``); returns their tokens by name."""
     tokens = {}
     for name, role in people:
-        done = subprocess.run(
-            [sys.executable, "-m", "amoslabel", "users", "add", name, "--role", role, "--studies", str(studies)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
+        done = amoslabel_command("users", "add", name, "--role", role, "--studies", studies)
         assert done.returncode == 0, done.stderr
         tokens[name] = done.stdout.strip()
         assert tokens[name].startswith("amos_")

@@ -5,8 +5,6 @@ and history through the commands."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import SimpleITK as sitk
 from monailabel.client.client import MONAILabelClientException
 
 from tests.app.test_server import status_of, train
-from tests.conftest import ROOT, login
+from tests.conftest import amoslabel_command, login
 from tests.review.conftest import add_users
 
 CASE = "review_ct"
@@ -25,7 +23,7 @@ PANCREAS = 10
 
 
 def cli(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "amoslabel", *args], cwd=ROOT, capture_output=True, text=True)
+    done = amoslabel_command(*args)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
-from tests.conftest import ROOT
+from tests.conftest import amoslabel_command
 
 
 def _cli(*args, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "amoslabel", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
-    )
+    return amoslabel_command(*args, timeout=timeout)
 
 
 def test_check_config_command():

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from amoslabel.data import backup
 from amoslabel.files import file_sha256
 from amoslabel.errors import Conflict, InputError
-from tests.conftest import NO_SCORER, ROOT, ServerProcess
+from tests.conftest import amoslabel_command, NO_SCORER, ServerProcess
 from tests.review.conftest import make_team
 
 
@@ -107,11 +105,10 @@ def test_restore_refuses_a_damaged_snapshot_or_a_used_folder(tmp_path):
 
 
 def test_backup_of_a_running_server_restores_to_a_server_with_the_same_data(server, sample_studies, tmp_path):
-    run = [sys.executable, "-m", "amoslabel"]
     snap, restored = tmp_path / "snap", tmp_path / "restored"
-    subprocess.run(run + ["backup", str(sample_studies), str(snap)], check=True, cwd=ROOT, timeout=600)
-    subprocess.run(run + ["restore", str(snap), str(restored)], check=True, cwd=ROOT, timeout=600)
-    refused = subprocess.run(run + ["restore", str(snap), str(restored)], cwd=ROOT, capture_output=True, text=True)
+    for done in (amoslabel_command("backup", sample_studies, snap), amoslabel_command("restore", snap, restored)):
+        assert done.returncode == 0, done.stderr
+    refused = amoslabel_command("restore", snap, restored)
     assert refused.returncode == 2 and "not empty" in refused.stderr
 
     second = ServerProcess(restored, tmp_path, {"preset": "cpu-fast", **NO_SCORER})

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +21,13 @@ import torch
 from amoslabel.errors import Conflict, InputError
 from models.versions import ModelStore
 from tests.app.test_server import train
-from tests.conftest import NO_SCORER, ROOT, ServerProcess, running
+from tests.conftest import amoslabel_command, NO_SCORER, ROOT, ServerProcess, running
 
 REAL_CT = "ts_abdomen_ct"
 
 
 def import_command(studies: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "amoslabel", "models", "import", *args, "--studies", str(studies)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    return amoslabel_command("models", "import", *args, "--studies", studies)
 
 
 def write_bundle(folder: Path) -> Path:
