@@ -125,7 +125,10 @@ class PreloadedProcess:
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
-            os.kill(self.pid, sig)
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass  # it ended (the forkserver reaped it) before its exit status reached this process
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
