@@ -14,8 +14,8 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-# `make test` runs test modules on two workers (pytest-xdist, --dist loadfile: each module whole on one worker, in its
-# order). There, each worker and the servers it starts compute on one thread: two processes of two spinning OpenMP
+# `make test` runs test modules on three workers (pytest-xdist, --dist loadfile: each module whole on one worker, in
+# its order). There, each worker and the servers it starts compute on one thread: two processes of two spinning OpenMP
 # threads each on two cores cost more CPU than they save (measured: 14.5 min of CPU and 10 min 43 s wall on two
 # workers at one thread, against 25 min of CPU and 14 min 51 s at two threads).
 if os.environ.get("PYTEST_XDIST_WORKER"):
