@@ -107,8 +107,7 @@ def private_postgres(tmp_path_factory):
 # Ports for what the tests start are drawn between Ray's worker ports (10000-19999, its default) and the kernel's
 # ephemeral range. A port the kernel hands out as free (bind to port 0) comes from the ephemeral range, where any
 # process's next outgoing connection may take it before the test's server binds it (seen: a team's server refused
-# with "address already in use"). A team (``serve-team``) also takes the ports up to ``port + 100``.
-TEAM_SPAN = 100
+# with "address already in use"). A team (``serve-team``) also takes the ports up to ``port + PORT_SPAN``.
 
 
 def _bindable(port: int) -> bool:
@@ -121,12 +120,14 @@ def _bindable(port: int) -> bool:
 
 
 def free_port() -> int:
-    """A port nobody listens on, below the ephemeral range, with the ``TEAM_SPAN`` ports above it free too."""
+    """A port nobody listens on, below the ephemeral range, with the ``PORT_SPAN`` ports above it free too."""
+    from amoslabel.server.team_launch import PORT_SPAN  # here: the module imports MONAI, which conftest need not
+
     ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     draw = random.SystemRandom()
     for _ in range(100):
-        port = draw.randrange(20000, ephemeral_low - TEAM_SPAN)
-        if all(_bindable(p) for p in range(port, port + TEAM_SPAN + 1)):
+        port = draw.randrange(20000, ephemeral_low - PORT_SPAN)
+        if all(_bindable(p) for p in range(port, port + PORT_SPAN + 1)):
             return port
     raise RuntimeError("no free block of ports between 20000 and the ephemeral range")
 

@@ -28,7 +28,7 @@ import tempfile
 import threading
 from multiprocessing import forkserver
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 # Imported once by the forkserver: third-party libraries whose import reads nothing of the environment that a test
 # sets for one process.
@@ -156,7 +156,7 @@ def run_module(
 
 def start_module(
     command: Sequence[str], log_path: Path, env: Dict[str, str], cwd: Path, stderr_path: Optional[Path] = None
-):
+) -> Union[PreloadedProcess, subprocess.Popen]:
     """A :class:`PreloadedProcess`; a plain :class:`subprocess.Popen` where the calling thread is in another network
     namespace than the forkserver (tests/dicomweb run in a private one): a fork would not see that network."""
     if _network_namespace() != _HOME_NETWORK:

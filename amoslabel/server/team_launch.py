@@ -33,6 +33,12 @@ from amoslabel.server.review_workers import worker_command, worker_environment
 SESSIONS_DIR = "monai-sessions"
 
 
+# The ports a team takes above the load balancer's port: its app servers (port + 1, ...), the review workers
+# (port + 50) and HAProxy's statistics page (port + PORT_SPAN), unless given.
+REVIEW_PORT_OFFSET = 50
+PORT_SPAN = 100
+
+
 class Team:
     """The processes of a team: its PostgreSQL (unless ``database_url`` names one), ``servers`` app servers, HAProxy.
 
@@ -58,7 +64,7 @@ class Team:
     ):
         self.studies, self.root, self.ports, self.port = studies, Path(root), list(ports), port
         self.host = host  # where the load balancer listens (the app servers listen on loopback only)
-        self.stats_port = stats_port or port + 100
+        self.stats_port = stats_port or port + PORT_SPAN
         self.root.mkdir(parents=True, exist_ok=True)
         self.postgres = None if database_url else PrivatePostgres(self.root / "postgres")
         self.database_url = database_url or self.postgres.url
@@ -66,7 +72,7 @@ class Team:
         self.servers: Dict[int, LoggedProcess] = {}
         self.balancer: Optional[LoggedProcess] = None
         self.review_workers = review_workers  # gunicorn worker processes serving /review (0: the app servers do)
-        self.review_port = review_port or port + 50
+        self.review_port = review_port or port + REVIEW_PORT_OFFSET
         self.reviewers: Optional[LoggedProcess] = None
 
     @property

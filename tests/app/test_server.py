@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from amoslabel.dicom.series import read_series
 from amoslabel.organs import label_table
 from amoslabel.volume import Geometry
 from tests.badfiles import CT_LABEL
-from tests.conftest import ROOT
+from tests.conftest import amoslabel_command
 
 
 def status_of(error: MONAILabelClientException) -> int:
@@ -164,20 +162,13 @@ def test_second_training_is_a_challenger_promoted_only_if_better_and_a_request_c
 
     # a person rolls back (or forward): the command names the version, and the server serves it from then on
     other = 1 if serving == 2 else 2
-    cli = [sys.executable, "-m", "amoslabel", "models"]
-    done = subprocess.run(
-        cli + ["rollback", "unet", str(other), "--studies", str(sample_studies), "--reason", "test"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    done = amoslabel_command("models", "rollback", "unet", other, "--studies", sample_studies, "--reason", "test")
     assert done.returncode == 0, done.stderr
     assert client.infer("unet", "ts_abdomen_ct_small", {})[1]["model_version"] == other
-    listing = subprocess.run(
-        cli + ["list", "unet", "--studies", str(sample_studies)], cwd=ROOT, capture_output=True, text=True
-    ).stdout
+    listing = amoslabel_command("models", "list", "unet", "--studies", sample_studies).stdout
     assert f"* v{other}" in listing and "by " in listing and ": test" in listing
-    subprocess.run(cli + ["rollback", "unet", str(serving), "--studies", str(sample_studies)], cwd=ROOT, check=True)
+    back = amoslabel_command("models", "rollback", "unet", serving, "--studies", sample_studies)
+    assert back.returncode == 0, back.stderr
     with pytest.raises(MONAILabelClientException) as err:
         client.infer("unet", "ts_abdomen_ct_small", {"model_version": 9})
     assert status_of(err.value) == 404

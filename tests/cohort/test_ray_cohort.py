@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import psutil
@@ -127,7 +128,9 @@ def ray_cluster(tmp_path_factory):
         head.stop(grace_s=30)
 
 
-def cohort(studies: Path, cluster: RayCluster, *extra: str, log: Path, env=None) -> PreloadedProcess:
+def cohort(
+    studies: Path, cluster: RayCluster, *extra: str, log: Path, env=None
+) -> Union[PreloadedProcess, subprocess.Popen]:
     """The cohort command on the head node, as its user (the token in the home folder; RAY_AUTH_MODE unset)."""
     command = [sys.executable, "-m", "amoslabel", "cohort", *extra, "--studies", str(studies)]
     # one worker per CPU stage pool: each is a process that imports torch and MONAI, and 2 cores host them all

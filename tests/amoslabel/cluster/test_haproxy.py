@@ -4,10 +4,9 @@ backends, and the review API falls back to the app servers when a team has no re
 from __future__ import annotations
 
 import subprocess
-import sys
 
 from amoslabel.cluster.haproxy import HAProxy, render
-from tests.conftest import ROOT
+from tests.conftest import amoslabel_command
 
 
 def _backend(config: str, name: str) -> str:
@@ -38,12 +37,7 @@ def test_without_review_workers_the_app_servers_serve_the_review_api():
 
 
 def test_the_command_prints_a_configuration_haproxy_accepts(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "amoslabel", "haproxy-config", "--bind", "0.0.0.0:80", "--server", "h1:8001"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    done = amoslabel_command("haproxy-config", "--bind", "0.0.0.0:80", "--server", "h1:8001")
     assert done.returncode == 0, done.stderr
     (tmp_path / "h.cfg").write_text(done.stdout)
     checked = subprocess.run([HAProxy.binary(), "-c", "-f", str(tmp_path / "h.cfg")], capture_output=True, text=True)

@@ -14,7 +14,7 @@ import requests
 
 from amoslabel.server.launch import prepare_studies
 from tests.amoslabel.server.test_first_start import _wait_for_banner
-from tests.conftest import ROOT, free_port, login
+from tests.conftest import ROOT, amoslabel_command, free_port, login
 
 SCAN = "ct/ts_abdomen_ct_small"
 
@@ -82,10 +82,5 @@ def test_an_imported_folder_is_served_where_it_is(shared, tmp_path):
 
 def test_labels_as_takes_final_or_prelabel_only():
     for command in ("serve", "serve-team"):
-        done = subprocess.run(
-            [sys.executable, "-m", "amoslabel", command, "--labels-as", "draft"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
+        done = amoslabel_command(command, "--labels-as", "draft")
         assert done.returncode == 2 and "invalid choice: 'draft'" in done.stderr, done.stderr
