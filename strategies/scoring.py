@@ -19,6 +19,7 @@ import heapq
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -39,6 +40,10 @@ from strategies.members import MemberOutput
 from strategies.quality import QualityEstimator, expected_failures, organ_features
 
 log = logging.getLogger(__name__)
+
+# how often the idle worker reads the served versions: a new one (a training ended) makes every open case's score
+# stale, and the queue should follow it within seconds, not at the next interval
+VERSION_CHECK_S = 5.0
 Members = Callable[[str, str], tuple]  # (scan path, modality) -> (outputs, grid image, scan on grid)
 
 
@@ -229,6 +234,7 @@ class ScoringWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._versions_seen: Optional[Dict[str, Optional[int]]] = None
         self.passes = 0
 
     def start(self) -> None:
@@ -244,7 +250,7 @@ class ScoringWorker:
         self._wake.set()
 
     def stale(self) -> List[str]:
-        versions = self.member_versions()
+        versions = self._versions_seen = self.member_versions()
         table = scores(self.workflow.store)
         latest = {case: version for case, (version, _) in prelabels(self.workflow.store).items()}
 
@@ -285,8 +291,18 @@ class ScoringWorker:
         while not self._stop.is_set():
             if self.may_run():
                 self.run_once()
-            self._wake.wait(self.settings.interval_s)
-            self._wake.clear()
+            self._wait_for_work()
+
+    def _wait_for_work(self) -> None:
+        """Until woken, until a model version changes (a training here or on another server of a team ended: the
+        store is the one place that knows), or for ``interval_s`` at most."""
+        deadline = time.monotonic() + self.settings.interval_s
+        while (left := deadline - time.monotonic()) > 0:
+            if self._wake.wait(min(left, VERSION_CHECK_S)):
+                break
+            if self._versions_seen is not None and self.member_versions() != self._versions_seen:
+                break
+        self._wake.clear()
 
 
 def learn_anatomy(final_labels: Sequence[str]) -> Optional[AnatomyPrior]:

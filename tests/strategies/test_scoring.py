@@ -4,6 +4,8 @@ score-reading Next Sample strategies."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import SimpleITK as sitk
 
@@ -144,3 +146,21 @@ def test_foreground_random_order_draws_big_bodies_first_in_proportion():
         big, small = stable_uniform(f"big{n}") ** (1 / 1.0), stable_uniform(f"small{n}") ** (1 / (1 / 3))
         first_is_big += big > small
     assert first_is_big / 4000 == pytest.approx(0.75, abs=0.03)
+
+
+def test_the_idle_worker_looks_again_when_a_model_version_changes(setup, monkeypatch):
+    """A training that ended (here or on another server of a team) shows in the version store: the worker scores
+    again within a version check, not at the next interval (one minute by default)."""
+    config, task, team, scorer, _ = setup
+    monkeypatch.setattr("strategies.scoring.VERSION_CHECK_S", 0.05)
+    versions = {"unet": 1}
+    slow = config.active_learning.model_copy(update={"interval_s": 600.0})
+    worker = ScoringWorker(scorer, team.workflow, slow, lambda: dict(versions))
+    worker.stale()  # a pass saw version 1
+    waiting = threading.Thread(target=worker._wait_for_work)
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive()  # nothing changed: it keeps waiting
+    versions["unet"] = 2
+    waiting.join(30)
+    assert not waiting.is_alive()  # the new version ended the wait
