@@ -62,11 +62,9 @@ def _resampled(image: sitk.Image, spacing: float) -> sitk.Image:
     )
 
 
-def world_points(image: sitk.Image) -> np.ndarray:
-    """Physical (x, y, z) of every voxel, in array (z, y, x) order, for an LPS-oriented image."""
-    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in image.GetSize()[::-1]], indexing="ij")
-    index = np.stack([xx, yy, zz], -1).reshape(-1, 3).astype(np.float64)
-    return np.asarray(image.GetOrigin()) + index * np.asarray(image.GetSpacing())
+def grid_axes(image: sitk.Image) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Physical x, y and z of an LPS-oriented image's voxel columns, rows and slices: its voxels are their grid."""
+    return tuple(o + np.arange(n) * s for o, n, s in zip(image.GetOrigin(), image.GetSize(), image.GetSpacing()))
 
 
 def body_mask(array: np.ndarray, modality: str) -> np.ndarray:
@@ -108,12 +106,15 @@ class AtlasPlacer:
         array = sitk.GetArrayFromImage(coarse)
         self.weights, _ = tissue_weights(array, modality)
         body = body_mask(array, modality)
-        self.points = world_points(coarse)
+        self.axes = grid_axes(coarse)
         self.voxel_litres = float(np.prod(coarse.GetSpacing())) / 1e6
         self.atlas = atlas
         self.evaluations = 0
-        box = self.points[body.ravel()] if body.any() else self.points
-        self.body_lo, self.body_hi = box.min(0), box.max(0)
+        # the body's bounding box (x, y, z), or the whole grid's where no body was found
+        extent = [np.flatnonzero(body.any(axis=other)) for other in ((0, 1), (0, 2), (1, 2))]  # x, y, z indices
+        extent = [found if body.any() else np.arange(len(axis)) for found, axis in zip(extent, self.axes)]
+        self.body_lo = np.array([axis[found[0]] for axis, found in zip(self.axes, extent)])
+        self.body_hi = np.array([axis[found[-1]] for axis, found in zip(self.axes, extent)])
 
     def score(self, fit: AxisAffine) -> float:
         """Tissue weight summed under the atlas's organ mass, per litre of expected organ volume (higher is better).
@@ -122,7 +123,7 @@ class AtlasPlacer:
         organ-like tissue and pays for every voxel of air, fat or bone the organs land on.
         """
         self.evaluations += 1
-        mass = 1.0 - self.atlas.sample(fit.apply(self.points), [0])[0]
+        mass = 1.0 - self.atlas.sample_grid(fit.apply_axes(self.axes), [0])[0]
         return float((mass * self.weights.ravel()).sum()) * self.voxel_litres
 
     def search(self) -> Tuple[AxisAffine, float]:
@@ -174,7 +175,7 @@ def label_with_prior(
     work = _resampled(oriented(image), settings.label_spacing_mm)
     array = sitk.GetArrayFromImage(work)
     _, organ_like = tissue_weights(array, modality)
-    probabilities = atlas.sample(fit.apply(world_points(work)), list(range(NUM_CLASSES)))
+    probabilities = atlas.sample_grid(fit.apply_axes(grid_axes(work)), list(range(NUM_CLASSES)))
     plausible = np.where(organ_like.ravel(), 1.0, settings.off_tissue_weight).astype(np.float32)
     organs = probabilities[1:] * plausible
     best = organs.argmax(0)

@@ -49,6 +49,10 @@ class AxisAffine:
     def apply(self, points_xyz: np.ndarray) -> np.ndarray:
         return points_xyz * np.asarray(self.scale) + np.asarray(self.shift)
 
+    def apply_axes(self, axes_xyz: Sequence[np.ndarray]) -> Tuple[np.ndarray, ...]:
+        """The map of a grid's x, y and z coordinates: an axis-aligned grid stays one."""
+        return tuple(np.asarray(axis) * scale + shift for axis, scale, shift in zip(axes_xyz, self.scale, self.shift))
+
     def to_json(self) -> Dict[str, List[float]]:
         return {"scale": [round(v, 5) for v in self.scale], "shift": [round(v, 3) for v in self.shift]}
 
@@ -138,16 +142,27 @@ class Atlas:
         digest.update(json.dumps([self.origin, self.spacing]).encode())
         return digest.hexdigest()[:16]
 
-    def sample(self, atlas_points_xyz: np.ndarray, channels: Sequence[int]) -> np.ndarray:
-        """Probabilities (len(channels), N) at atlas points (N, 3), linear, 0 outside (background 1)."""
-        index = (atlas_points_xyz - np.asarray(self.origin)) / np.asarray(self.spacing)
-        coords = index[:, ::-1].T  # arrays are z, y, x
-        out = np.empty((len(channels), len(atlas_points_xyz)), np.float32)
+    def sample_grid(self, axes_xyz: Sequence[np.ndarray], channels: Sequence[int]) -> np.ndarray:
+        """Probabilities (len(channels), Z * Y * X) on the grid of atlas coordinates ``axes_xyz`` (its x, y and z),
+        flattened in array order (z, y, x); linear, 0 outside the atlas (background 1).
+
+        An axis-aligned grid makes trilinear interpolation separable: three small matrix products per channel
+        instead of interpolating every point (the placement search scores hundreds of placements per scan).
+        """
+        weights, inside = [], []
+        for axis, origin, spacing, n in zip(axes_xyz, self.origin, self.spacing, self.probabilities.shape[:0:-1]):
+            matrix, valid = _axis_weights((np.asarray(axis) - origin) / spacing, n)
+            weights.append(matrix)
+            inside.append(valid)
+        wx, wy, wz = weights
+        out = np.empty((len(channels), len(wz), len(wy), len(wx)), np.float32)
+        outside = ~(inside[2][:, None, None] & inside[1][None, :, None] & inside[0][None, None, :])
         for i, c in enumerate(channels):
-            out[i] = ndimage.map_coordinates(
-                self.probabilities[c], coords, order=1, mode="constant", cval=255.0 if c == 0 else 0.0
-            )
-        return out / 255.0
+            volume = self.probabilities[c]
+            along_z = (wz @ volume.reshape(len(volume), -1)).reshape(len(wz), *volume.shape[1:])  # (K, Y, X)
+            out[i] = (wy @ along_z) @ wx.T  # (K, J, X), then (K, J, I)
+            out[i][outside] = 255.0 if c == 0 else 0.0
+        return out.reshape(len(channels), -1) / 255.0
 
     def save(self, path: Path) -> None:
         buffer = io.BytesIO()
@@ -174,6 +189,21 @@ class Atlas:
                 json.loads(str(z["sources"])),
                 json.loads(str(z["skipped"])) if "skipped" in z.files else {},
             )
+
+
+def _axis_weights(index: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation at fractional ``index`` along an axis of ``n`` samples, as a (len(index), n) matrix,
+    and which indices lie in [0, n - 1] (the others take the constant outside value, as in ``map_coordinates``)."""
+    inside = (index >= 0) & (index <= n - 1)
+    low = np.clip(np.floor(index), 0, max(n - 2, 0)).astype(np.int64)
+    fraction = np.where(inside, index - low, 0.0)
+    matrix = np.zeros((len(index), n), np.float32)
+    rows = np.arange(len(index))
+    matrix[rows, low] = 1.0 - fraction
+    if n > 1:
+        matrix[rows, low + 1] += fraction
+    matrix[~inside] = 0.0
+    return matrix, inside
 
 
 def build_atlas(labels: Sequence[Tuple[str, sitk.Image]], spacing_mm: float = 4.0, smoothing_mm: float = 6.0) -> Atlas:

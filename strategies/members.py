@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from amoslabel.organs import NUM_CLASSES
 from amoslabel.volume import Geometry
-from models.atlas_placement import AtlasPlacer, PriorSettings, tissue_weights, world_points
+from models.atlas_placement import AtlasPlacer, PriorSettings, tissue_weights, grid_axes
 from models.atlas_prior import Atlas, oriented
 from models.infer_task import SegmentationInferTask
 from models.preprocessing import CANONICAL_ORIENTATION, resample, target_grid
@@ -56,7 +56,7 @@ def prior_probabilities(atlas: Atlas, scan: sitk.Image, modality: str, target: s
     work = sitk.Resample(scan32, target, sitk.Transform(), sitk.sitkLinear, -1000.0)
     array = sitk.GetArrayFromImage(work)
     _, organ_like = tissue_weights(array, modality)
-    organs = atlas.sample(fit.apply(world_points(work)), list(range(NUM_CLASSES)))[1:]
+    organs = atlas.sample_grid(fit.apply_axes(grid_axes(work)), list(range(NUM_CLASSES)))[1:]
     organs = organs * np.where(organ_like.ravel(), 1.0, settings.off_tissue_weight)[None]
     organs = np.clip(organs, 0.0, 1.0)
     total = organs.sum(axis=0)

@@ -15,14 +15,18 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from amoslabel.config import load_config
+from amoslabel.organs import NUM_CLASSES
 from amoslabel.data.stores import open_datastore
 from amoslabel.volume import read_label
 from amoslabel.workspace import Workspace
 import models.prior_task
+from models.atlas_prior import Atlas
 from models.prior_task import AtlasCache, PriorInferTask, final_labels
 from review.store import VersionFiles
 
@@ -247,3 +251,30 @@ def test_a_failed_rebuild_keeps_the_previous_atlas_answering(studies, tmp_path, 
     assert atlas is first and pending == ["case_new"]
     assert any("could not be built" in r.message for r in caplog.records)
     assert cache.wait(120) and cache.refresh() is False  # not tried again at once (after RETRY_S, or a new change)
+
+
+def test_sampling_a_grid_is_trilinear_interpolation_as_scipy_computes_it():
+    """The separable sampling that the placement search and the labelling use, against ``map_coordinates`` at every
+    point of the grid: inside, on the atlas's edges and outside (background 1, organs 0)."""
+    rng = np.random.default_rng(7)
+    probabilities = rng.integers(0, 256, (NUM_CLASSES, 9, 11, 13), dtype=np.uint8)
+    atlas = Atlas(probabilities, (-40.0, -30.0, -20.0), (4.0, 5.0, 6.0))
+    edges = [(-40.0, -40.0 + 4 * 12), (-30.0, -30.0 + 5 * 10), (-20.0, -20.0 + 6 * 8)]
+    axes = [
+        np.sort(np.concatenate([rng.uniform(lo - 15, hi + 15, n), [lo, hi]])) for (lo, hi), n in zip(edges, (7, 6, 5))
+    ]
+    z, y, x = np.meshgrid(*[(a - o) / s for a, o, s in zip(axes, atlas.origin, atlas.spacing)][::-1], indexing="ij")
+    channels = [0, 6, 15]
+    expected = np.stack(
+        [
+            ndimage.map_coordinates(
+                probabilities[c].astype(np.float64), [z.ravel(), y.ravel(), x.ravel()], order=1, mode="constant",
+                cval=255.0 if c == 0 else 0.0,
+            )
+            for c in channels
+        ]
+    ) / 255.0  # fmt: skip
+    sampled = atlas.sample_grid(axes, channels)
+    assert sampled.shape == expected.shape and np.abs(sampled - expected).max() < 1e-5
+    outside = (z.ravel() < 0) | (x.ravel() > 12)
+    assert outside.any() and (sampled[0, outside] == 1).all() and (sampled[1:, outside] == 0).all()
