@@ -17,10 +17,13 @@ from typing import Iterator, Optional
 # `make test` runs test modules on three workers (pytest-xdist, --dist loadfile: each module whole on one worker, in
 # its order). There, each worker and the servers it starts compute on one thread: two processes of two spinning OpenMP
 # threads each on two cores cost more CPU than they save (measured: 14.5 min of CPU and 10 min 43 s wall on two
-# workers at one thread, against 25 min of CPU and 14 min 51 s at two threads).
+# workers at one thread, against 25 min of CPU and 14 min 51 s at two threads). Code that asks for threads itself
+# (the benches' --threads, torch.set_num_threads) gets OpenMP threads that sleep when they wait instead of spinning:
+# the simulation bench's test beside two busy cores took 52 CPU-s spinning and 21 passive.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(_name, "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 import requests
