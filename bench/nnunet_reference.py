@@ -149,7 +149,9 @@ def train_reference(
     plans_file = work / "preprocessed" / DATASET_NAME / "nnUNetPlans.json"
     if not plans_file.is_file():
         command = [str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres"]
-        run(command + ["-np", "2", "--verify_dataset_integrity"], env)
+        # two processes for the fingerprint and the preprocessing (nnU-Net's fingerprint default is 8, each a spawned
+        # Python that imports torch: on 2 cores, 6 of them only cost their start)
+        run(command + ["-np", "2", "-npfp", "2", "--verify_dataset_integrity"], env)
     add_cpu_configuration(plans_file, patch, max_stages, feature_divisor)
     trainer = TRAINERS[epochs]
     if iterations:
