@@ -48,7 +48,8 @@ class Finalising:
             round_, current_id, current_path = case.round, current.id, current.path
         latest_edit = {name: version.path for version, name in edits}  # a reviewer's newest edit speaks for them
         fused, figures = fuse_readers(f"junior:{junior.name if junior else 'model'}", current_path, latest_edit)
-        sha, path = self.store.versions.put(case_id, fused)
+        # no reviewer edited: the final is the reviewed label's own file (versions are immutable and content-named)
+        sha, path = self.store.versions.put(case_id, fused if latest_edit else current_path)
         with self.store.write() as s:
             case = self._case(s, case_id)
             if case.state != "consensus" or case.round != round_:

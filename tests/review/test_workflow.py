@@ -63,6 +63,8 @@ def test_amos_round_trip(team):
     detail = case_detail(wf, "c1", u["admin"])
     assert detail["state"] == "final" and detail["final_version"] == final_id
     assert [v["kind"] for v in detail["versions"]] == ["prelabel", "junior", "junior", "consensus"]
+    # no reviewer edited: the final is the reviewed version's own file, not a copy written again
+    assert detail["versions"][-1]["sha256"] == detail["versions"][-2]["sha256"]
     assert [(e["case_id"], e["kind"]) for e in wf.final_labels()] == [("c1", "consensus")]
     ((case_id, path, info),) = team.published
     assert case_id == "c1" and info["reviewers"] == ["s1", "s2", "s3"]
