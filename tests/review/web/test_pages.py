@@ -40,8 +40,9 @@ def web(shared, tmp_path_factory):
     tokens = add_users(
         studies, [("ana", "junior"), ("sam", "senior"), ("sol", "senior"), ("sue", "senior"), ("ada", "admin")]
     )
-    # retraining after every new consensus final, one short unet run (checked at the end of the round trip)
-    conf = {"preset": "cpu-fast", "models": "unet", "retrain_after_finals": "1", "max_epochs": "1"}
+    # retraining after every new consensus final, one short unet run (checked at the end of the round trip); no click
+    # model, which would retrain too (its training is tested in tests/app/test_clicks.py)
+    conf = {"preset": "cpu-fast", "models": "unet", "clicks": "false", "retrain_after_finals": "1", "max_epochs": "1"}
     server = ServerProcess(studies, tmp_path_factory.mktemp("web-server"), conf | {"iterations_per_epoch": "2"})
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (scripts/system-packages.sh)")
