@@ -26,7 +26,8 @@ from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.datastore import Datastore  # noqa: E402
 
 from amoslabel.config import AppConfig, load_config  # noqa: E402
-from amoslabel.data.stores import open_datastore, working_folder  # noqa: E402
+from amoslabel.data.locations import working_folder  # noqa: E402
+from amoslabel.data.stores import open_datastore  # noqa: E402
 from amoslabel.organs import label_table  # noqa: E402
 from amoslabel.server import identity, routes  # noqa: E402
 from amoslabel.server.dicomweb_launch import OHIF_URL_ENV  # noqa: E402

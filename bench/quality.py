@@ -233,7 +233,7 @@ def plot(results: dict, path: Path) -> None:
 def publish_cold_start(studies: Path, estimator: QualityEstimator, learned: dict):
     """The cold start as the serving quality estimator of a studies folder's server."""
     from amoslabel.config import load_config
-    from amoslabel.data.stores import working_folder
+    from amoslabel.data.locations import working_folder
     from amoslabel.workspace import Workspace
     from models.versions import ModelStore
     from strategies.quality_history import QUALITY_MODEL, publish

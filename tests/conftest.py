@@ -144,7 +144,7 @@ def provision_tester(studies, conf: dict) -> Optional[str]:
     """Make the ``tester`` admin (with :data:`TESTER_PASSWORD`) in the store a server on ``studies`` with ``conf``
     will use; returns a fresh API token of it (None when the configuration cannot load: a start-up that must fail)."""
     from amoslabel.config import ConfigError, load_config
-    from amoslabel.data.stores import working_folder
+    from amoslabel.data.locations import working_folder
     from review.service import ReviewService
 
     try:

@@ -38,7 +38,7 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 import SimpleITK as sitk
 
 from amoslabel.data.records import CaseRecords
-from amoslabel.data.tags import FINAL_TAG, ORIGINAL_TAG, WORKFLOW_TAGS, WORKING_TAG
+from amoslabel.data.tags import FINAL_TAG, KEPT_AS_VERSION, ORIGINAL_TAG, WORKFLOW_TAGS, WORKING_TAG
 from amoslabel.errors import InputError, NotFound, TooLarge
 from amoslabel.files import copy_atomic, file_sha256, move_entry, write_text_atomic
 from amoslabel.ids import check_id, check_tag
@@ -47,8 +47,6 @@ from amoslabel.volume import Geometry, read_image, read_label_on_grid, write_ato
 from amoslabel.workspace import Workspace
 
 logger = logging.getLogger(__name__)
-# what a label saver returns for a save it kept as a version only (a reviewer's edit: no datastore label points at it)
-KEPT_AS_VERSION = "kept as a version only"
 
 INDEX_FILE = "datastore_v2.json"
 PURGED = "PURGED"  # what a purged, withdrawn image leaves in its archive folder

@@ -17,7 +17,6 @@ as a final label (so a pre-label would count as ground truth), and has no place 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -44,13 +43,6 @@ logger = logging.getLogger(__name__)
 
 IMAGE_MODALITIES = ("CT", "MR")
 _MODALITY, _STUDY_UID, _SERIES_UID, _DESCRIPTION = "00080060", "0020000D", "0020000E", "0008103E"
-
-
-def cache_root(url: str, base: Optional[str] = None) -> Path:
-    """The local working folder of one DICOMweb server (one per URL)."""
-    digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
-    root = Path(base) if base else Path.home() / ".cache" / "amoslabel" / "dicomweb"
-    return root / digest
 
 
 def _value(entry: Dict[str, Any], tag: str) -> Optional[str]:

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from amoslabel.config import StorageSettings
 from amoslabel.data.datastore import AmosDatastore
-from amoslabel.data.dicomweb import AmosDicomWebDatastore, cache_root
+from amoslabel.data.dicomweb import AmosDicomWebDatastore
+from amoslabel.data.locations import is_dicomweb, working_folder
 
 # MONAI Label rewrites its index on every save; a short delay turns a burst of saves into one write (datastore.py).
 INDEX_DELAY_S = 10.0
-
-
-def is_dicomweb(studies: str) -> bool:
-    """True when the studies argument is a DICOMweb server's URL rather than a folder."""
-    return str(studies).startswith(("http://", "https://"))
-
-
-def working_folder(studies: str, dicomweb_cache: Optional[str] = None) -> Path:
-    """The local folder that plays the studies folder: the folder itself, or a DICOMweb server's mirror."""
-    return cache_root(studies, dicomweb_cache) if is_dicomweb(studies) else Path(studies)
 
 
 def open_datastore(

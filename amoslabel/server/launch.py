@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 from amoslabel.config import load_config
 from amoslabel.data.importer import import_source
-from amoslabel.data.stores import is_dicomweb, working_folder
+from amoslabel.data.locations import is_dicomweb, working_folder
 from amoslabel.processes import answers
 from amoslabel.server.first_start import DEMO_MANIFEST, credentials_text, first_start
 from amoslabel.workspace import PROJECT_ROOT, SHARED_DATA, WORKSPACE_DIR, Workspace

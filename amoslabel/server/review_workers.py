@@ -25,7 +25,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from amoslabel.config import load_config
-from amoslabel.data.stores import open_datastore, working_folder
+from amoslabel.data.locations import working_folder
 from amoslabel.server.launch import PROJECT_ROOT, server_environment
 from amoslabel.workspace import Workspace
 from review.api import create_review_api
@@ -39,6 +39,10 @@ THREADS = 8  # per worker: requests wait on PostgreSQL, not only on the interpre
 
 def create_app():
     """The WSGI app of one worker: the review API and pages under ``/review``, nothing else."""
+    # here, not at the top: the team's launcher imports this module for the workers' command line, and MONAI Label's
+    # datastores import MONAI (seconds of CPU that only the workers need)
+    from amoslabel.data.stores import open_datastore
+
     conf: Dict[str, str] = json.loads(os.environ.get(CONF_ENV, "{}"))
     studies = os.environ[STUDIES_ENV]
     config = load_config(Path(conf["config"]) if conf.get("config") else None, conf)

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from amoslabel.dicom.seg import ORGAN_CODES, read_seg
 from amoslabel.dicom.deidentify import UID_MAP, private_folder
 from amoslabel.dicom.send import send_to_dicomweb
-from amoslabel.data.dicomweb import cache_root
+from amoslabel.data.locations import cache_root
 from amoslabel.dicom.naming import FINAL_PREFIX, PRELABEL_PREFIX
 from amoslabel.errors import InputError
 from amoslabel.dicom.orthanc import OrthancProcess, count_instances, fetch_series, qido, value, write_config

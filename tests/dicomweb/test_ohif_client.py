@@ -22,7 +22,8 @@ import pytest
 import requests
 import SimpleITK as sitk
 
-from amoslabel.data.dicomweb import cache_root, write_coded_seg
+from amoslabel.data.dicomweb import write_coded_seg
+from amoslabel.data.locations import cache_root
 from amoslabel.dicom.naming import PRELABEL_PREFIX, SegKind, seg_uids
 from amoslabel.dicom.orthanc import OrthancProcess, count_instances, fetch_series, qido, value, write_config
 from amoslabel.dicom.seg import read_seg
