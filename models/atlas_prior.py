@@ -196,7 +196,7 @@ def _axis_weights(index: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
     and which indices lie in [0, n - 1] (the others take the constant outside value, as in ``map_coordinates``)."""
     inside = (index >= 0) & (index <= n - 1)
     low = np.clip(np.floor(index), 0, max(n - 2, 0)).astype(np.int64)
-    fraction = np.where(inside, index - low, 0.0)
+    fraction = index - low
     matrix = np.zeros((len(index), n), np.float32)
     rows = np.arange(len(index))
     matrix[rows, low] = 1.0 - fraction

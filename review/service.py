@@ -34,8 +34,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from amoslabel.cluster.leadership import LeaderJobs, leadership_for
 from amoslabel.config import AppConfig
 from amoslabel.dicom.naming import SegKind, seg_uids
-from amoslabel.data.tags import KEPT_AS_VERSION
-from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, ORIGINAL_TAG, WORKING_TAG
+from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, KEPT_AS_VERSION, ORIGINAL_TAG, WORKING_TAG
 from amoslabel.errors import Conflict, Unprocessable
 from amoslabel.volume import Geometry, check_on_grid, read_label, read_label_on_grid
 from amoslabel.workspace import Workspace

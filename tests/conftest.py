@@ -124,7 +124,7 @@ def _bindable(port: int) -> bool:
 
 def free_port() -> int:
     """A port nobody listens on, below the ephemeral range, with the ``PORT_SPAN`` ports above it free too."""
-    from amoslabel.server.team_launch import PORT_SPAN  # here: the module imports MONAI, which conftest need not
+    from amoslabel.server.team_launch import PORT_SPAN  # here: it imports the review service, which conftest need not
 
     ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     draw = random.SystemRandom()
