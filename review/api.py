@@ -7,10 +7,11 @@ description of every route is ``review/openapi.yaml``, served at ``/review/api/o
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import yaml
 from flask import Flask, Response, jsonify, request
@@ -41,10 +42,15 @@ def create_review_api(service: ReviewService) -> Flask:
     return app
 
 
+def token_in(headers: Mapping[str, str]) -> Optional[str]:
+    """A request's token (``Authorization: Bearer`` or ``X-Api-Token``), if any."""
+    header = headers.get("Authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else headers.get("X-Api-Token")
+
+
 def request_token() -> Optional[str]:
-    """The request's token (``Authorization: Bearer`` or ``X-Api-Token``), if any."""
-    header = request.headers.get("Authorization", "")
-    return header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-Api-Token")
+    """The request's token, if any (:func:`token_in`)."""
+    return token_in(request.headers)
 
 
 def request_token_id() -> Optional[str]:
@@ -62,15 +68,45 @@ def principal_of_request(service: ReviewService) -> Principal:
 
 def json_body() -> Dict[str, Any]:
     """The request's JSON object; 400 for anything else, 413 when too large."""
-    if request.content_length and request.content_length > MAX_JSON_BYTES:
+    check_json_length(request.content_length)
+    return json_object(request.get_data(), request.mimetype)
+
+
+def check_json_length(length: Optional[int]) -> None:
+    """413 for a JSON body over :data:`MAX_JSON_BYTES`."""
+    if length and length > MAX_JSON_BYTES:
         raise InputError(f"a JSON body may be at most {MAX_JSON_BYTES} bytes", status=413)
-    try:
-        data = request.get_json(silent=True)
-    except RecursionError:  # thousands of nested brackets: Python's parser gives up
-        raise InputError("the JSON body is nested too deeply") from None
+
+
+def json_object(body: bytes, mimetype: str) -> Dict[str, Any]:
+    """A body as a JSON object, as Flask's ``get_json(silent=True)`` reads it (a JSON content type, UTF-8); 400 for
+    anything else: another content type, a body that is not JSON, a list."""
+    data = None
+    if mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json")):
+        try:
+            data = json.loads(body)
+        except RecursionError:  # thousands of nested brackets: Python's parser gives up
+            raise InputError("the JSON body is nested too deeply") from None
+        except ValueError:
+            data = None
     if not isinstance(data, dict):
         raise InputError("the body must be a JSON object")
     return data
+
+
+def submit_case(service: ReviewService, who: Principal, case_id: str) -> Dict[str, Any]:
+    """``POST /api/cases/<id>/submit``: the junior hands the case to review (here, and natively in one server:
+    :mod:`amoslabel.server.review_hot_routes`)."""
+    return service.workflow.submit(who, case_id)
+
+
+def review_case(service: ReviewService, who: Principal, case_id: str, data: Dict[str, Any]) -> Dict[str, Any]:
+    """``POST /api/cases/<id>/reviews``: a senior's organ votes (here, and natively in one server)."""
+    votes = data.get("votes", [])
+    if not isinstance(votes, list):
+        raise InputError("votes must be a list")
+    votes = service.anchor_points(case_id, votes)
+    return service.after_review(service.workflow.review(who, case_id, votes, data.get("default")))
 
 
 def _error_handlers(app: Flask) -> None:
@@ -140,7 +176,7 @@ def _case_routes(app: Flask, service: ReviewService) -> None:
 
     @app.post("/api/cases/<case_id>/submit")
     def submit(case_id: str):
-        return jsonify(workflow.submit(principal(), case_id))
+        return jsonify(submit_case(service, principal(), case_id))
 
     @app.post("/api/cases/<case_id>/label")
     def save_label(case_id: str):
@@ -162,12 +198,7 @@ def _case_routes(app: Flask, service: ReviewService) -> None:
     @app.post("/api/cases/<case_id>/reviews")
     def review(case_id: str):
         data = json_body()
-        votes = data.get("votes", [])
-        if not isinstance(votes, list):
-            raise InputError("votes must be a list")
-        votes = service.anchor_points(case_id, votes)
-        summary = workflow.review(principal(), case_id, votes, data.get("default"))
-        return jsonify(service.after_review(summary))
+        return jsonify(review_case(service, principal(), case_id, data))
 
     @app.post("/api/cases/<case_id>/resolve")
     def resolve(case_id: str):
@@ -234,10 +265,16 @@ def _team_routes(app: Flask, service: ReviewService) -> None:
         return jsonify(name=name, password="set")
 
 
-def _security_headers(response: Response) -> Response:
-    response.headers.setdefault("Cache-Control", "no-store")
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["X-Frame-Options"] = "DENY"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
     # no inline script runs on our pages: a comment that smuggles markup in cannot execute even if unescaped
-    response.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self' data:; object-src 'none'"
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'",
+}
+DEFAULT_CACHE_CONTROL = "no-store"  # a page or an answer may say otherwise (a picture's cache time)
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("Cache-Control", DEFAULT_CACHE_CONTROL)
+    response.headers.update(SECURITY_HEADERS)
     return response

@@ -278,6 +278,22 @@ class Accounts:
         token = self._issue(name, ACCESS, expires, name, f"login with {how}")
         return AccessToken(token, expires)
 
+    def recently_checked(self, token: Optional[str], kinds: Tuple[str, ...] = (API, ACCESS)) -> Optional[Principal]:
+        """The principal of a token this process checked within TOKEN_CHECK_SECONDS, still unexpired; else None.
+
+        It reads nothing from the store, so an event loop may call it. A check is trusted that long: a revocation or
+        deactivation by another process (the users command, another server of the team) holds within the bound; one
+        by this process holds at once (``_forget``).
+        """
+        if not token:
+            return None
+        key = hashlib.sha256(token.encode()).hexdigest()
+        with self._lock:
+            checked = self._checked.get(key)
+        if checked is None or time.monotonic() - checked[3] >= TOKEN_CHECK_SECONDS or checked[1] not in kinds:
+            return None
+        return checked[0] if checked[2] is None or checked[2] > utcnow() else None
+
     def authenticate(self, token: Optional[str], kinds: Tuple[str, ...] = (API, ACCESS)) -> Principal:
         """The principal a token belongs to.
 
@@ -289,14 +305,10 @@ class Accounts:
         match = _TOKEN.fullmatch(token)
         if not match:
             raise Unauthorized("the token is not valid")
+        known = self.recently_checked(token, kinds)
+        if known is not None:
+            return known
         key = hashlib.sha256(token.encode()).hexdigest()
-        # A check is trusted for TOKEN_CHECK_SECONDS: a revocation or deactivation by another process (the users
-        # command, another server of the team) holds within that; one by this process holds at once (_forget).
-        with self._lock:
-            checked = self._checked.get(key)
-        if checked is not None and time.monotonic() - checked[3] < TOKEN_CHECK_SECONDS and checked[1] in kinds:
-            if checked[2] is None or checked[2] > utcnow():
-                return checked[0]
         with self.store.read() as session:
             row = session.get(Token, match.group(1))
             user = session.get(User, row.user_id) if row else None

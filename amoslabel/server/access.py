@@ -7,7 +7,8 @@ session cookie (a browser logged in at ``/review/login``: the OHIF viewers send 
 expired token, or a deactivated user's, is answered 401; a role the rule does not allow, 403. A write that carries
 only the cookie must come from a same-origin page (``Sec-Fetch-Site``, else ``Origin``): another site's page cannot
 make the browser write with the user's session (403). The review pages and API under ``/review`` check their own
-session cookie or token (Flask, :mod:`review.api`).
+session cookie or token (Flask, :mod:`review.api`; its two hot writes in :mod:`amoslabel.server.review_hot_routes`).
+A token this process checked within the last second is decided on the event loop, without the thread pool's hop.
 
 The README's role table is this table; ``tests/reliability/test_roles.py`` walks every rule with every role.
 """
@@ -182,6 +183,16 @@ class AccessGate:
         self.rules = rules
 
     def decide(self, method: str, path: str, headers: Dict[str, str]) -> Decision:
+        """The decision on a request (a token check may read the store: call it off the event loop)."""
+        return self._decide(method, path, headers, from_memory=False)
+
+    def decide_from_memory(self, method: str, path: str, headers: Dict[str, str]) -> Optional[Decision]:
+        """The decision when it needs nothing from the store: a public route, or a bearer token this process checked
+        within ``TOKEN_CHECK_SECONDS`` (:meth:`review.auth.Accounts.recently_checked`). None when it does: a token to
+        check, a session cookie, or a DICOMweb read to record."""
+        return self._decide(method, path, headers, from_memory=True)
+
+    def _decide(self, method: str, path: str, headers: Dict[str, str], from_memory: bool) -> Optional[Decision]:
         if method == "OPTIONS":
             return Decision(0)  # CORS preflight: answered by MONAI Label's CORS middleware, never with data
         if self.api_prefix and path.startswith(self.api_prefix):
@@ -192,9 +203,15 @@ class AccessGate:
         token = bearer_token(headers)
         who = None
         if token is None and self.session_user is not None and headers.get("cookie"):
+            if from_memory:
+                return None
             who = self.session_user(headers["cookie"])
             if who is not None and method not in READ and not same_origin(headers):
                 return Decision(403, who, "a write with the review session must come from a page of this server")
+        if who is None and from_memory:
+            who = self.accounts.recently_checked(token)
+            if who is None:
+                return None
         if who is None:
             try:
                 who = self.accounts.authenticate(token)
@@ -205,6 +222,8 @@ class AccessGate:
             roles = " or ".join(sorted(rule.allowed))
             return Decision(403, who, f"{rule.operation}: {who.name} is {_article(who.role)} {who.role}; needs {roles}")
         if path.startswith(DICOMWEB_PATHS) and method in READ and self.reads is not None:
+            if from_memory:
+                return None
             self.reads(who.name, path)
         return Decision(0, who)
 
@@ -255,16 +274,19 @@ class AccessControl:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        # in the thread pool: the token's row is read from the store (and its secret checked with Argon2, 50 ms,
-        # the first time), which must not stall the event loop; the hop costs about 0.5 ms (make bench-auth)
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(GATE_THREADS)
-        try:
-            decision = await anyio.to_thread.run_sync(
-                self.gate.decide, scope["method"], scope["path"], headers, limiter=self._limiter
-            )
-        except Unavailable as down:  # the token cannot be checked while the database is down
-            decision = Decision(503, detail=down.message)
+        decision = self.gate.decide_from_memory(scope["method"], scope["path"], headers)
+        if decision is None:
+            # in the thread pool: the token's row is read from the store (and its secret checked with Argon2, 50 ms,
+            # the first time), which must not stall the event loop; the hop costs about 0.5 ms (make bench-auth),
+            # so a token checked within the last second is decided here, from memory
+            if self._limiter is None:
+                self._limiter = anyio.CapacityLimiter(GATE_THREADS)
+            try:
+                decision = await anyio.to_thread.run_sync(
+                    self.gate.decide, scope["method"], scope["path"], headers, limiter=self._limiter
+                )
+            except Unavailable as down:  # the token cannot be checked while the database is down
+                decision = Decision(503, detail=down.message)
         user = decision.principal.name if decision.principal is not None else None
         limited = not decision.status and user and scope["method"] == "POST" and _is_infer(self.gate, scope["path"])
         if limited and not self.shares.take(user):

@@ -60,6 +60,7 @@ from amoslabel.server.access import AccessGate
 from amoslabel.server.browser_policy import apply_browser_policy
 from amoslabel.server.health import install_health_routes
 from amoslabel.server.identity import acting_for, install_auth_routes, protect, username
+from amoslabel.server.review_hot_routes import HotReviewRoutes
 from amoslabel.server.sessions import check_owner, install_session_routes
 from amoslabel.server.uploads import BodyLimit, remove_later, temporary_files_go
 from amoslabel.server.viewer_dicomweb import ViewerDicomWeb
@@ -125,10 +126,13 @@ def no_dicomweb(path: str):
 
 
 def mount_review_api(fastapi_app, review: ReviewService) -> None:
-    """The review API and pages at ``/review`` (a mount made earlier in this process is replaced)."""
+    """The review API and pages at ``/review`` (a mount made earlier in this process is replaced), with its hot
+    writes answered in front of the mount (:mod:`amoslabel.server.review_hot_routes`)."""
     routes = fastapi_app.router.routes
     routes[:] = [r for r in routes if getattr(r, "path", "") != REVIEW_PATH]
-    fastapi_app.mount(REVIEW_PATH, WSGIMiddleware(create_review_api(review), workers=REVIEW_WORKERS))
+    flask_app = create_review_api(review)
+    fastapi_app.mount(REVIEW_PATH, WSGIMiddleware(flask_app, workers=REVIEW_WORKERS))
+    HotReviewRoutes(review, flask_app, REVIEW_PATH).install(fastapi_app, override_route)
     log.info("review API mounted at /review/api (OpenAPI: /review/api/openapi.json)")
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from sqlalchemy import event
 from starlette.requests import Request
 
 from amoslabel.config import ConfigError
 from amoslabel.server.access import DELEGATED, EVERYONE, PUBLIC, RULES, AccessGate, bearer_token, rule_for
 from amoslabel.server.identity import acting_for, bind_host, check_auth_off, monai_user
-from review.auth import Accounts, Forbidden
+from review.auth import TOKEN_CHECK_SECONDS, Accounts, Forbidden
 from review.store import ReviewStore
 
 
@@ -58,6 +61,34 @@ def test_the_gate_lets_each_role_through_only_where_a_rule_allows(team):
     prefixed = AccessGate(accounts, api_prefix="/api")
     assert prefixed.decide("GET", "/api/info/", {}).status == 401
     assert prefixed.decide("GET", "/api/auth/", {}).status == 0
+
+
+def test_a_token_checked_within_the_bound_is_decided_from_memory_and_nothing_else_is(team):
+    """The middleware decides on the event loop what needs no store read; the rest goes to its thread pool."""
+    accounts, tokens = team
+    seen = []
+    gate = AccessGate(accounts, on_dicomweb_read=lambda who, uid: seen.append((who, uid)), session_user=lambda c: None)
+    ann = {"authorization": f"Bearer {tokens['ann']}"}
+    assert gate.decide_from_memory("GET", "/auth/", {}).status == 0  # public: nothing to check
+    assert gate.decide_from_memory("GET", "/info/", ann) is None  # not checked yet: the store must be read
+    assert gate.decide_from_memory("GET", "/info/", {}) is None  # no token: refused by the full check, with its hint
+    assert gate.decide("GET", "/info/", ann).status == 0
+    statements = []
+    for engine in {accounts.store.engine, accounts.store._read_engine}:
+        event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    allowed = gate.decide_from_memory("POST", "/activelearning/review_queue", ann)
+    assert allowed.status == 0 and allowed.principal.name == "ann"
+    refused = gate.decide_from_memory("PUT", "/datastore/image", ann)
+    assert refused.status == 403 and "admin" in refused.detail  # the same rules, from memory
+    assert statements == []
+    # a DICOMweb read is recorded, and a session cookie is read from the store: both off the event loop
+    assert gate.decide_from_memory("GET", "/proxy/dicom/wado/studies/1.2/series/1.2.3/metadata", ann) is None
+    assert gate.decide_from_memory("GET", "/info/", {"cookie": "amos_review=x"}) is None
+    assert seen == []
+    Accounts(accounts.store).revoke_tokens("ann", actor="ada")  # another process revokes: within the bound
+    time.sleep(TOKEN_CHECK_SECONDS + 0.05)
+    assert gate.decide_from_memory("GET", "/info/", ann) is None
+    assert gate.decide("GET", "/info/", ann).status == 401
 
 
 def test_reads_through_the_dicomweb_proxy_are_recorded_once_per_user_and_series(team):

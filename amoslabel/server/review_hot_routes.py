@@ -1,0 +1,91 @@
+"""The review API's two hot writes answered by FastAPI itself, in front of the Flask mount at ``/review``.
+
+A junior's submit (``POST /review/api/cases/{id}/submit``) and a senior's vote (``POST .../reviews``) are, with Next
+Sample (already a FastAPI route: :mod:`amoslabel.server.routes`), what a review team does all day. Through the mount
+each went through the WSGI bridge (a2wsgi: a thread, a WSGI environ, a queue for the answer) and Flask's dispatch
+(its URL map, its request context, its after-request hooks) before the workflow's own millisecond. Here they run the
+same handlers (:func:`review.api.submit_case`, :func:`review.api.review_case`) with the same token check, errors,
+headers and JSON bytes (Flask's own JSON provider), one thread hop away from the event loop.
+
+Every other review route stays Flask's, and so do these in a team's review workers
+(:mod:`amoslabel.server.review_workers`), which serve the Flask app under gunicorn. ``make bench-review`` measures
+both designs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, Optional
+
+from fastapi import Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from amoslabel.errors import AnsweredError
+from review.api import (
+    DEFAULT_CACHE_CONTROL,
+    SECURITY_HEADERS,
+    check_json_length,
+    json_object,
+    review_case,
+    submit_case,
+    token_in,
+)
+from review.auth import Principal
+from review.service import ReviewService
+
+log = logging.getLogger(__name__)
+Work = Callable[[Principal, Optional[Dict[str, Any]]], Dict[str, Any]]
+
+
+class HotReviewRoutes:
+    """The routes, answering as the Flask app ``flask_app`` (the one mounted at ``review_path``) would.
+
+    Args:
+        service: the review service the mounted app serves.
+        flask_app: that app; its JSON provider writes the answers, so that they are the same bytes.
+        review_path: where the Flask app is mounted (``/review``).
+    """
+
+    def __init__(self, service: ReviewService, flask_app: Any, review_path: str):
+        self.service = service
+        self.json = flask_app.json
+        self.prefix = review_path.rstrip("/") + "/api/cases/{case_id}"
+
+    def install(self, fastapi_app, override_route: Callable[..., None]) -> None:
+        """Place both routes before the mount (documented in ``review/openapi.yaml``, not in MONAI Label's schema)."""
+        service = self.service
+
+        async def submit(request: Request, case_id: str) -> Response:
+            return await self.answer(request, lambda who, _: submit_case(service, who, case_id), with_body=False)
+
+        async def reviews(request: Request, case_id: str) -> Response:
+            return await self.answer(request, lambda who, body: review_case(service, who, case_id, body))
+
+        override_route(fastapi_app, self.prefix + "/submit", submit, ["POST"], include_in_schema=False)
+        override_route(fastapi_app, self.prefix + "/reviews", reviews, ["POST"], include_in_schema=False)
+
+    async def answer(self, request: Request, work: Work, with_body: bool = True) -> Response:
+        """Read the body (a JSON object, as Flask's ``json_body``), check the token and do ``work`` in the thread
+        pool (a token check may read the store), and answer as Flask does: the result, or ``{"detail": ...}``."""
+        try:
+            body = None
+            if with_body:
+                header = request.headers.get("content-length")
+                check_json_length(int(header) if header and header.isdigit() else None)
+                mimetype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+                body = json_object(await request.body(), mimetype)
+            token = token_in(request.headers)
+            result = await run_in_threadpool(lambda: work(self.service.accounts.authenticate(token), body))
+            return self.respond(result, 200)
+        except AnsweredError as error:  # bad input (4xx), the database down (503), the disk full (507)
+            return self.respond(error.answer(), error.status, error.headers)
+        except Exception:  # noqa: BLE001 - as the Flask app: logged, and a 500 that says where the details are
+            log.exception("review API error")
+            return self.respond({"detail": "internal error; the server log has the details"}, 500)
+
+    def respond(self, payload: Dict[str, Any], status: int, headers: Optional[Dict[str, str]] = None) -> Response:
+        """``payload`` as Flask's ``jsonify`` writes it (compact, keys sorted, a newline), with the API's headers."""
+        content = self.json.dumps(payload, separators=(",", ":")) + "\n"
+        answer_headers = {"Cache-Control": DEFAULT_CACHE_CONTROL, **SECURITY_HEADERS, **(headers or {})}
+        return Response(content, status_code=status, media_type="application/json", headers=answer_headers)
