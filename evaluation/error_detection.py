@@ -80,3 +80,34 @@ def top_fraction_recall(scores: Mapping[str, float], failing: Sequence[str], fra
 def random_recall(cases: int, fraction: float) -> float:
     """The expected recall of a random ordering at the same budget: the budget's share of the cases."""
     return math.ceil(fraction * cases) / cases if cases else float("nan")
+
+
+def best_recall(cases: int, failing: int, fraction: float) -> float:
+    """The most any ranking can find at the budget: all of the failing cases, or as many as the budget holds (half
+    failing and a 20 % budget: at most 40 %)."""
+    return min(1.0, math.ceil(fraction * cases) / failing) if failing else float("nan")
+
+
+def recall_at_failing_share(
+    scores: Mapping[str, float], failing: Sequence[str], fraction: float, share: float, draws: int = 200
+) -> float:
+    """:func:`top_fraction_recall` on sets where ``share`` of the cases fail, as a team's queue holds them.
+
+    A bench set where half the cases fail caps any ranking (:func:`best_recall`). Each draw keeps every passing case
+    and failing cases drawn without replacement to make ``share`` of the set; the recall is the mean over ``draws``
+    (seeded: the same figures on every run). A set whose failing share is at most ``share`` is taken whole.
+    """
+    failing = sorted(set(failing))
+    passing = [case for case in scores if case not in set(failing)]
+    if not failing or not passing:
+        return top_fraction_recall(scores, failing, fraction)
+    keep = max(1, round(share * len(passing) / (1.0 - share)))
+    if keep >= len(failing):
+        return top_fraction_recall(scores, failing, fraction)
+    rng = np.random.default_rng(0)
+    recalls = []
+    for _ in range(draws):
+        drawn = list(rng.choice(failing, size=keep, replace=False))
+        subset = {case: scores[case] for case in passing + drawn}
+        recalls.append(top_fraction_recall(subset, drawn, fraction))
+    return float(np.mean(recalls))

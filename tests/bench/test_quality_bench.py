@@ -29,6 +29,9 @@ def test_the_quality_bench_learns_measures_and_publishes_a_cold_start(tmp_path):
             assert part["cases"] == (20 if name.startswith("synthetic") else 3), name
             assert part["failing organs"] <= part["organ units"]
             assert set(part["cases top 20%"]) == {"expected failures", "attention mL", "entropy per organ"}
+            assert set(part["cases top 20% at share"]) == set(part["cases top 20%"])
+            assert all(0 <= v <= 1 for v in part["cases top 20% at share"].values() if v == v), name
+            assert 0 < part["best top 20%"] <= 1 or part["failing cases"] == 0, name
             curve = part["curve"]
             assert curve[0]["saved"] == 0 and curve[-1]["saved"] == 1.0  # nothing below 0, everything below 1
             assert all(a["saved"] <= b["saved"] and a["missed"] <= b["missed"] for a, b in zip(curve, curve[1:]))

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from evaluation.error_detection import (
+    best_recall,
     failed_organs,
     organ_dice,
     random_recall,
+    recall_at_failing_share,
     top_fraction_recall,
     voxel_detection,
 )
@@ -73,3 +75,22 @@ def test_recall_at_a_budget_counts_failing_cases_in_the_top_share():
     assert top_fraction_recall(scores, ["c00"], 0.2) == 0.0
     assert math.isnan(top_fraction_recall(scores, [], 0.2))
     assert random_recall(20, 0.1) == 0.1 and random_recall(7, 0.2) == pytest.approx(2 / 7)
+
+
+def test_a_half_failing_set_caps_the_recall_and_a_realistic_share_lifts_the_cap():
+    scores = {f"c{i:02d}": float(i) for i in range(40)}  # c39 ranks first
+    failing = [f"c{i:02d}" for i in range(20, 40)]  # a perfect ranking: the top half fails
+    assert top_fraction_recall(scores, failing, 0.2) == pytest.approx(8 / 20)  # the budget holds 8 of 20
+    assert best_recall(40, 20, 0.2) == pytest.approx(0.4) and best_recall(40, 4, 0.2) == 1.0
+    # 20 % failing: every passing case and 5 of the 20 failing ones per draw; a perfect ranking finds them all
+    assert recall_at_failing_share(scores, failing, 0.2, share=0.2) == pytest.approx(1.0)
+    reversed_scores = {case: -score for case, score in scores.items()}  # the worst ranking finds none
+    assert recall_at_failing_share(reversed_scores, failing, 0.2, share=0.2) == 0.0
+    # half the failing cases first and half last: the recall is the share of the drawn ones that were first
+    mixed = {**scores, **{case: 100.0 for case in failing[::2]}, **{case: -1.0 for case in failing[1::2]}}
+    assert 0.3 < recall_at_failing_share(mixed, failing, 0.2, share=0.2) < 0.7
+    few = failing[:3]  # already under the share: the set is taken whole
+    assert recall_at_failing_share(scores, few, 0.2, share=0.2) == top_fraction_recall(scores, few, 0.2)
+    assert recall_at_failing_share(scores, failing, 0.2, share=0.2) == recall_at_failing_share(
+        scores, failing, 0.2, share=0.2
+    )  # seeded
