@@ -94,6 +94,12 @@ def json_object(body: bytes, mimetype: str) -> Dict[str, Any]:
     return data
 
 
+def step_answer(service: ReviewService, who: Principal, case_id: str, action: str) -> Dict[str, Any]:
+    """``POST /api/cases/<id>/undo`` and ``/redo``: what the step saved, with the case's state as a save's answer."""
+    answer = service.step(who, case_id, action)
+    return {"case": answer.get("state"), **answer}
+
+
 def submit_case(service: ReviewService, who: Principal, case_id: str) -> Dict[str, Any]:
     """``POST /api/cases/<id>/submit``: the junior hands the case to review (here, and natively in one server:
     :mod:`amoslabel.server.review_hot_routes`)."""
@@ -194,6 +200,14 @@ def _case_routes(app: Flask, service: ReviewService) -> None:
         # "case" (the state) as before, and what the save did (review.save_answers)
         answer = service.save_answer(who.name, case_id)
         return jsonify(case=case_detail(workflow, case_id, who)["state"], **answer)
+
+    @app.post("/api/cases/<case_id>/undo")
+    def undo(case_id: str):
+        return jsonify(step_answer(service, principal(), case_id, "undo"))
+
+    @app.post("/api/cases/<case_id>/redo")
+    def redo(case_id: str):
+        return jsonify(step_answer(service, principal(), case_id, "redo"))
 
     @app.post("/api/cases/<case_id>/reviews")
     def review(case_id: str):

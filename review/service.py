@@ -50,6 +50,7 @@ from review.save_answers import newest_version_by, save_answer
 from review.schema import Case, LabelVersion
 from review.votes import is_point
 from review.store import ReviewStore, database_url
+from review.undo import step_to_restore
 from review.workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -488,6 +489,21 @@ class ReviewService:
                 path = Path(s.get(LabelVersion, version_id).path)
             self.files.link_label(case_id, path, WORKING_TAG, {"client_id": who.name, "version": version_id})
         return version_id
+
+    def step(self, who: Principal, case_id: str, action: str) -> Dict[str, Any]:
+        """Undo or redo ``who``'s last label change on a case in this round (:mod:`review.undo`): a new version of
+        theirs with the restored step's file, kept as any save of theirs is (a junior's is the ``working`` label).
+
+        Returns:
+            What the save did (:meth:`save_answer`), with ``restored``: the version whose label is back.
+        """
+        self.workflow.check_may_save(who, case_id)  # someone else's case is a 403, not "nothing to undo"
+        with self.store.read() as s:
+            case = s.get(Case, case_id)
+            restored = step_to_restore(s, case, who, action)
+            path, restored_id = Path(restored.path), restored.id
+        self._save_edit(who, case_id, path, {"via": action, "undo_step": {"action": action, "restores": restored_id}})
+        return {**self.save_answer(who.name, case_id), "restored": restored_id}
 
     def save_from_dicomweb(self, who: Principal, case_id: str, label: sitk.Image) -> Dict[str, Any]:
         """A segmentation stored from a DICOM viewer (OHIF's STOW-RS), already read onto its series' grid: a label

@@ -1,5 +1,5 @@
 """A case's page: one row per organ with each reader's vote and comments, agreement, history, and the actions the
-user's role allows (claim, submit, vote per organ, an admin's resolve)."""
+user's role allows (claim, submit, undo and redo of one's label changes, vote per organ, an admin's resolve)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,18 @@ def register(pages: Blueprint, context: "PageContext") -> None:
         workflow.submit(who, check_id(case_id, "case id"))
         return redirect(url_for("pages.my_queue"), code=303)
 
+    @pages.post("/cases/<case_id>/undo")
+    @context.logged_in
+    def undo(who: Principal, case_id: str):
+        service.step(who, check_id(case_id, "case id"), "undo")
+        return redirect(url_for("pages.case_page", case_id=case_id), code=303)
+
+    @pages.post("/cases/<case_id>/redo")
+    @context.logged_in
+    def redo(who: Principal, case_id: str):
+        service.step(who, check_id(case_id, "case id"), "redo")
+        return redirect(url_for("pages.case_page", case_id=case_id), code=303)
+
     @pages.post("/cases/<case_id>/review")
     @context.logged_in
     def review(who: Principal, case_id: str):
@@ -124,6 +136,9 @@ def case_panel_data(context: "PageContext", who: Principal, case_id: str) -> Dic
     }
 
 
+STEPS = ("undo", "redo")  # of the user's own label changes in the round (review.undo), while they may save
+
+
 def actions_for(who: Principal, detail: Dict[str, Any]) -> List[str]:
     """The forms the case page offers this user now."""
     state, mine = detail["state"], [a for a in detail["assignees"] if a["user"] == who.name]
@@ -133,11 +148,11 @@ def actions_for(who: Principal, detail: Dict[str, Any]) -> List[str]:
         ):
             return ["claim"]
         if state == "with_junior" and any(a["duty"] == "annotate" for a in mine):
-            return ["submit"]
+            return ["submit", *STEPS]
     if who.role == "senior" and state == "in_review":
         if any(a["duty"] == "review" for a in mine):
             voted = {o for o, votes in detail["votes"].items() if who.name in votes}
-            return ["vote"] if len(voted) < len(ORGANS) else []
+            return ["vote", *STEPS] if len(voted) < len(ORGANS) else []
         if who.name not in _voters(detail):
             return ["claim"]
     if who.role == "admin" and state == "escalated":
