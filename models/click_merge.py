@@ -1,4 +1,4 @@
-"""Where a click model may change a label: one organ, in a box around the clicks.
+"""Where a click model may change a label: one organ, in a box around the clicks (or the box the user drew).
 
 A click refines one organ. Whatever the network predicts, the answer may only move that organ's voxels, only near
 the clicks, and never touch another organ's voxels: a junior who fixes the pancreas must not find the duodenum
@@ -127,6 +127,36 @@ def refine_organ(
                     mask &= ~(doubt == doubt[point])
         mask[point] = False
     return merge_organ(label, organ, mask, box)
+
+
+#: Inside a box, the organ is where the network gives it at least this probability (its most likely class, for one
+#: organ against the rest); where it gives no voxel that much, the click's own threshold (:data:`CLICK_TIPS`).
+BOX_ORGAN = 0.5
+
+
+def refine_in_box(label: np.ndarray, organ: int, network_probability: np.ndarray, box: Box) -> np.ndarray:
+    """The label after a box drawn around ``organ``: inside the box the organ becomes the network's largest connected
+    region of it (:data:`BOX_ORGAN`), replacing what the organ had there; outside the box nothing changes, and no
+    voxel of another organ changes anywhere (:func:`merge_organ`'s rules). Where the network finds none of the organ
+    in the box, the label stays as it was.
+
+    Args:
+        label: the current label map (z, y, x).
+        network_probability: the network's probability of the organ, of the label's shape or of the box's.
+        box: the user's box (z, y, x slices).
+    """
+    region = label[box]
+    prob = network_probability[box] if network_probability.shape == label.shape else network_probability
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.shape != region.shape:
+        raise ValueError(f"the network's probability is {prob.shape}, the box {region.shape}")
+    free = (region == 0) | (region == organ)
+    for threshold in (BOX_ORGAN, CLICK_TIPS):
+        parts, count = ndimage.label((prob >= threshold) & free)
+        if count:
+            sizes = ndimage.sum_labels(np.ones_like(parts), parts, index=np.arange(1, count + 1))
+            return merge_organ(label, organ, parts == int(np.argmax(sizes)) + 1, box)
+    return label.copy()
 
 
 def _inner_faces(box: Box, shape: Sequence[int]) -> list:

@@ -11,18 +11,22 @@ Three clients, one model (``deepedit`` type, labels = the 15 organs):
 Points are voxel indices (i, j, k) of the scan, as both viewers send them; here they become array indices
 (z, y, x). The organs refined: ``label``/``organ`` when given; else every organ with clicks; else, for background
 clicks alone, the organ each one lands on in the current label.
+
+A box: ``roi``, as Slicer's SmartEdit sends its ROI (``[i_min, i_max, j_min, j_max, k_min, k_max]``, voxel indices,
+inclusive; each pair in either order, as Slicer leaves it when an axis is flipped), for the organ named by ``label``;
+with or without clicks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from amoslabel.errors import InputError, Unprocessable
 from amoslabel.organs import ORGANS
-from models.click_merge import Voxel
+from models.click_merge import Box, Voxel
 
 BACKGROUND = "background"
 CLICK_RESULT = "click"  # a click result's ``interaction``: what the review service saves as the user's label version
@@ -40,11 +44,13 @@ class ClickRequest:
         organs: the organ ids to refine (may be empty until :meth:`resolve_organs` looks at the label).
         clicks: label name (an organ's or ``background``) -> clicked voxels (z, y, x): every click, for the guidance.
         foreground: clicks from ``foreground`` (single-label form): positive for every refined organ.
+        box: the organ's box (z, y, x slices), when the request has one.
     """
 
     organs: List[int]
     clicks: Dict[str, List[Voxel]] = field(default_factory=dict)
     foreground: List[Voxel] = field(default_factory=list)
+    box: Optional[Box] = None
 
     def positives(self, organ: int) -> List[Voxel]:
         return self.clicks.get(ORGAN_NAMES[organ], []) + self.foreground
@@ -53,10 +59,12 @@ class ClickRequest:
         return list(self.clicks.get(BACKGROUND, []))
 
     def guidance(self, organ: int) -> Dict[str, List[Voxel]]:
-        """The clicks as the network's guidance when refining ``organ``: its positives under its name."""
+        """The clicks as the network's guidance when refining ``organ``: its positives under its name, and a box's
+        centre among them (the network learned from clicks; a box tells it where the organ is)."""
         out = {name: list(points) for name, points in self.clicks.items()}
-        if self.foreground:
-            out[ORGAN_NAMES[organ]] = self.positives(organ)
+        if self.foreground or self.box is not None:
+            centre = [tuple((b.start + b.stop - 1) // 2 for b in self.box)] if self.box is not None else []
+            out[ORGAN_NAMES[organ]] = self.positives(organ) + centre
         return out
 
     def all_clicks(self) -> List[Voxel]:
@@ -105,12 +113,14 @@ def parse_clicks(request: Mapping[str, Any], size_xyz: Sequence[int]) -> ClickRe
     foreground = _points(request.get("foreground"), "foreground", size_xyz)
     if "background" not in clicks and request.get("background"):
         clicks[BACKGROUND] = _points(request.get("background"), BACKGROUND, size_xyz)
-    parsed = ClickRequest(organs, clicks, foreground)
+    parsed = ClickRequest(organs, clicks, foreground, _box(request.get("roi"), size_xyz))
     count = len(parsed.all_clicks())
-    if count == 0:
-        raise InputError("no clicks: send points as {organ name or 'background': [[i, j, k], ...]}")
+    if count == 0 and parsed.box is None:
+        raise InputError("no clicks: send points as {organ name or 'background': [[i, j, k], ...]}, or a box (roi)")
     if count > MAX_CLICKS:
         raise InputError(f"{count} clicks in one request; at most {MAX_CLICKS}")
+    if parsed.box is not None and not organs:
+        raise InputError("a box needs the organ it is for ('label')")
     if not organs and not foreground:
         parsed.organs = sorted(organ_id(n) for n in clicks if n != BACKGROUND)
     elif not organs:
@@ -137,3 +147,28 @@ def _points(value: Any, name: str, size_xyz: Sequence[int]) -> List[Voxel]:
             raise Unprocessable(f"the click {ijk} for {name!r} lies outside the image of {list(size_xyz)} voxels")
         out.append((ijk[2], ijk[1], ijk[0]))
     return out
+
+
+def _box(value: Any, size_xyz: Sequence[int]) -> Optional[Box]:
+    """Slicer's ROI ``[i_min, i_max, j_min, j_max, k_min, k_max]`` (inclusive voxel indices) -> (z, y, x) slices.
+
+    Slicer sends ``[]`` when no ROI is placed: no box.
+
+    Raises:
+        InputError: not six numbers (400). Unprocessable: a box that does not overlap the scan (422).
+    """
+    if value in (None, "", []):
+        return None
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 6
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+    ):
+        raise InputError(f"a box (roi) is [i_min, i_max, j_min, j_max, k_min, k_max] voxel indices: {str(value)[:80]}")
+    slices = []
+    for axis, size in enumerate(size_xyz):
+        low, high = sorted(int(round(v)) for v in value[2 * axis : 2 * axis + 2])
+        if high < 0 or low >= size:
+            raise Unprocessable(f"the box {list(value)} lies outside the image of {list(size_xyz)} voxels")
+        slices.append(slice(max(low, 0), min(high, size - 1) + 1))
+    return slices[2], slices[1], slices[0]

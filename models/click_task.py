@@ -8,8 +8,9 @@ tools and MONAI Label's OHIF panel its point prompts (:mod:`models.click_request
    ``current_label``), else none;
 2. runs the network on a region around the clicks only (:func:`models.click_merge.click_box` widened by
    ``clicks.context_mm``), at the version's spacing and normalisation, with the clicks as MONAI DeepEdit guidance;
-3. changes the organ under :func:`models.click_merge.refine_organ`'s rules, from the network's probability of it,
-   and answers the whole label map on the scan's grid. The review service saves it as a label version by the user
+3. changes the organ under :func:`models.click_merge.refine_organ`'s rules, from the network's probability of it
+   (a box, Slicer's ROI, first: :func:`models.click_merge.refine_in_box`), and answers the whole label map on the
+   scan's grid. The review service saves it as a label version by the user
    who clicked.
 
 The network: the click model's serving version; before it has one, the base segmentor's serving version,
@@ -35,7 +36,7 @@ from amoslabel.config import AppConfig, NetworkSettings
 from amoslabel.errors import Conflict
 from amoslabel.organs import label_table
 from amoslabel.volume import Geometry, read_label_on_grid
-from models.click_merge import Box, click_box, refine_organ
+from models.click_merge import Box, click_box, refine_in_box, refine_organ
 from models.click_region import in_box, organ_probability, region_around
 from models.click_network import build_click_network, warm_start
 from models.click_request import CLICK_RESULT, CURRENT_LABEL_KEY, ORGAN_NAMES, ClickRequest, Voxel, parse_clicks
@@ -124,17 +125,25 @@ class ClickInferTask(InferTask):
         recipe = VersionRecipe.of(source, self.app_config)
         spacing = tuple(reversed(geometry.spacing))
         margin = self.app_config.clicks.margin_mm
-        boxes = {organ: click_box(self._organ_clicks(clicks, organ), label.shape, margin, spacing) for organ in organs}
+        boxes = {  # around each organ's clicks (none for a box alone)
+            organ: click_box(points, label.shape, margin, spacing)
+            for organ in organs
+            if (points := self._organ_clicks(clicks, organ))
+        }
         least_mm = tuple(reversed(recipe.patch_mm(scan["modality"])))
-        roi = region_around(boxes.values(), label.shape, self.app_config.clicks.context_mm, spacing, least_mm)
+        bounds = [*boxes.values(), *([clicks.box] if clicks.box is not None else [])]
+        roi = region_around(bounds, label.shape, self.app_config.clicks.context_mm, spacing, least_mm)
         before = label.copy()
         with self.gate.held():
             for organ in organs:
                 mask = self._predict(scan, recipe, network, roi, clicks.guidance(organ), organ, device)
-                box = boxes[organ]
-                label = refine_organ(
-                    label, organ, in_box(mask, roi, box), clicks.positives(organ), clicks.negatives(), box
-                )
+                if clicks.box is not None:  # the box first: the clicks then correct what it gave
+                    label = refine_in_box(label, organ, in_box(mask, roi, clicks.box), clicks.box)
+                if organ in boxes:
+                    box = boxes[organ]
+                    label = refine_organ(
+                        label, organ, in_box(mask, roi, box), clicks.positives(organ), clicks.negatives(), box
+                    )
         image = geometry.apply_to(sitk.GetImageFromArray(label))
         path = write_prelabel(image, request.get("result_extension"))
         changed = {ORGAN_NAMES[o]: int(((before == o) != (label == o)).sum()) for o in organs}
@@ -146,6 +155,7 @@ class ClickInferTask(InferTask):
             "organs": [ORGAN_NAMES[o] for o in organs],
             "clicks": {name: [list(reversed(p)) for p in pts] for name, pts in clicks.clicks.items()},
             "foreground": [list(reversed(p)) for p in clicks.foreground],
+            "box_ijk": [[b.start, b.stop - 1] for b in reversed(clicks.box)] if clicks.box is not None else None,
             "changed_voxels": changed,
             "region_ijk": [[b.start, b.stop - 1] for b in reversed(roi)],
             "started_from": started_from,
@@ -156,6 +166,7 @@ class ClickInferTask(InferTask):
     # -- the parts ------------------------------------------------------------------------------------------------
     @staticmethod
     def _organ_clicks(clicks: ClickRequest, organ: int) -> List[Voxel]:
+        """The clicks that bound ``organ``'s change: its own and the background ones, else every click."""
         return clicks.positives(organ) + clicks.negatives() or clicks.all_clicks()
 
     def _scan(self, request: Dict[str, Any]) -> Dict[str, Any]:

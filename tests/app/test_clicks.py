@@ -1,6 +1,7 @@
 """Interactive correction through the real server and the client class 3D Slicer uses: the click model trains on
 the final labels (MONAI DeepEdit's simulated clicks), a junior's clicks change one organ near them, and each answer is
-a label version by the junior's token.
+a label version by the junior's token; a box (Slicer's ROI) changes the organ inside it only, and the review API's
+undo takes the last answer back.
 
 The click model here has had two training steps: its network is barely trained, so these tests check what the
 server guarantees whatever the network says (the click rules of models.click_merge, the saves, the refusals);
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import requests
 import SimpleITK as sitk
 from monailabel.client.client import MONAILabelClientException
 from scipy import ndimage
@@ -90,8 +92,16 @@ def test_the_click_model_is_listed_for_slicer_and_trains_on_finals(trained, samp
     assert '"kind": "click"' in meta and '"guidance_labels"' in meta
 
 
+def _token(sample_studies, name: str) -> str:
+    service = ReviewService(load_config(), str(sample_studies))
+    try:
+        return service.accounts.issue_token(name, actor="tests")
+    finally:
+        service.store.dispose()
+
+
 def test_clicks_grow_a_missed_part_and_remove_a_false_blob_and_nothing_else(
-    trained, junior, truth, sample_studies, tmp_path
+    trained, junior, truth, sample_studies, server, tmp_path
 ):
     name, user = junior
     reference = sitk.GetArrayFromImage(truth)
@@ -141,6 +151,29 @@ def test_clicks_grow_a_missed_part_and_remove_a_false_blob_and_nothing_else(
     stored = sample_studies / "labels" / "working" / f"{CASE}.nii.gz"
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(stored))), cleaned)
 
+    # 3. Slicer's SmartEdit ROI: a box around the liver (an axis in reverse order, as Slicer may send it), no clicks
+    corners = np.argwhere(reference == LIVER)
+    low, high = corners.min(axis=0), corners.max(axis=0)  # z, y, x
+    roi = [int(high[2]), int(low[2]), int(low[1]), int(high[1]), int(low[0]), int(high[0])]
+    result_file, boxed_params = user.infer("deepedit", CASE, {"label": "liver", "roi": roi})
+    boxed = sitk.GetArrayFromImage(sitk.ReadImage(result_file))
+    assert boxed_params["box_ijk"] == [[int(low[a]), int(high[a])] for a in (2, 1, 0)]
+    inside = np.zeros(boxed.shape, bool)
+    inside[low[0] : high[0] + 1, low[1] : high[1] + 1, low[2] : high[2] + 1] = True
+    assert np.array_equal(boxed[~inside], cleaned[~inside])  # nothing outside the box
+    assert np.array_equal(boxed[others], start[others])
+    assert not ((boxed != cleaned) & (boxed != LIVER) & (boxed != 0)).any()
+
+    # the box's answer undone through the review API: the label a viewer loads is the one before it, as a new version
+    token = _token(sample_studies, name)
+    undone = requests.post(
+        f"{server.url}/review/api/cases/{CASE}/undo", headers={"Authorization": f"Bearer {token}"}, timeout=60
+    )
+    assert undone.status_code == 200 and undone.json()["restored"] == params["label_version"], undone.text
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(stored))), cleaned)
+    step = versions_of(sample_studies, CASE)[-1][3]["undo_step"]
+    assert step == {"action": "undo", "restores": params["label_version"]}
+
 
 def test_bad_clicks_are_refused_and_nothing_is_saved(trained, junior, client, server, shared, sample_studies):
     name, user = junior
@@ -152,6 +185,8 @@ def test_bad_clicks_are_refused_and_nothing_is_saved(trained, junior, client, se
         ({"label": "tumour", "tumour": [[5, 5, 5]]}, None, 400, "unknown organ"),
         ({"label": "liver", "liver": [["a", 5, 5]]}, None, 400, "three voxel indices"),
         ({"label": "liver"}, None, 400, "no clicks"),
+        ({"roi": [1, 5, 1, 5, 1, 5]}, None, 400, "needs the organ"),
+        ({"label": "liver", "roi": [9000, 9100, 1, 5, 1, 5]}, None, 422, "outside the image"),
         ({"label": "liver", "liver": [[50, 50, 50]]}, off_grid, 422, "grid"),
         ({"label": "liver", "liver": [[50, 50, 50]], "current_label_file": "/etc/passwd"}, None, None, None),
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.click_merge import click_box, merge_organ, refine_organ
+from models.click_merge import click_box, merge_organ, refine_in_box, refine_organ
 
 LIVER, STOMACH = 6, 7
 
@@ -131,3 +131,22 @@ def test_a_click_tips_the_networks_doubt_its_way_and_never_wipes_a_small_organ(c
     assert not (out[18:22, 18:22, 22:24] == LIVER).any() and (out[18:22, 18:22, 18:22] == LIVER).all()
     sure = refine_organ(small, LIVER, small == LIVER, [], [(20, 20, 23)], box)
     assert (sure != small).sum() == 1  # where the network is sure, only the clicked voxel goes
+
+
+def test_a_box_makes_the_organ_the_networks_largest_region_inside_it_and_changes_nothing_outside(clean):
+    label = clean.copy()
+    prob = np.zeros(label.shape, np.float32)
+    prob[8:30, 8:30, 8:30] = 0.9  # the network's liver, larger than the label's and over the stomach
+    prob[2:4, 2:4, 2:4] = 0.9  # a small second region in the box: not the organ
+    box = (slice(0, 32), slice(0, 32), slice(0, 32))
+    out = refine_in_box(label, LIVER, prob, box)
+    assert (out[8:25, 8:26, 8:30] == LIVER).all()  # grown where it was background
+    assert (out[5:8, 5:8, 5:8] == 0).all()  # what the network does not give the organ in the box is dropped
+    assert not (out[2:4, 2:4, 2:4] == LIVER).any()  # the smaller region is not the organ
+    assert np.array_equal(out == STOMACH, clean == STOMACH)  # never another organ's voxel
+    outside = np.ones(label.shape, bool)
+    outside[box] = False
+    assert np.array_equal(out[outside], clean[outside])
+    weak = np.where(prob > 0, 0.3, 0.0).astype(np.float32)  # under 0.5 everywhere: the click's threshold
+    assert (refine_in_box(label, LIVER, weak, box)[20, 20, 20] == LIVER).all()
+    assert np.array_equal(refine_in_box(label, LIVER, np.zeros_like(prob), box), label)  # nothing found: unchanged

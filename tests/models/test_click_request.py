@@ -66,3 +66,21 @@ def test_bad_clicks_are_refused_with_a_message(request_, error, words):
     with pytest.raises(error, match=words) as raised:
         parse_clicks(request_, SIZE)
     assert raised.value.status_code == (422 if error is Unprocessable else 400)
+
+
+def test_slicers_roi_is_a_box_for_the_named_organ_in_either_order_and_clipped():
+    clicks = parse_clicks({"label": "liver", "roi": [12, 3, 5, 30, 0, 9]}, SIZE)  # i flipped, as Slicer may leave it
+    assert clicks.organs == [LIVER] and clicks.all_clicks() == []
+    assert clicks.box == (slice(0, 10), slice(5, 31), slice(3, 13))  # z, y, x; inclusive -> stop + 1
+    assert clicks.guidance(LIVER) == {"liver": [(4, 17, 7)]}  # the box's centre tells the network where
+    with_clicks = parse_clicks({"label": "liver", "roi": [0, 60, 0, 10, 0, 10], "liver": [[1, 2, 3]]}, SIZE)
+    assert with_clicks.box[2] == slice(0, 50) and with_clicks.positives(LIVER) == [(3, 2, 1)]  # clipped to the scan
+    assert parse_clicks({"label": "liver", "liver": [[1, 2, 3]], "roi": []}, SIZE).box is None  # Slicer: no ROI
+    for request, error, words in (
+        ({"roi": [0, 5, 0, 5, 0, 5]}, InputError, "needs the organ"),
+        ({"label": "liver", "roi": [0, 5, 0, 5]}, InputError, "i_min, i_max"),
+        ({"label": "liver", "roi": [0, 5, 0, 5, 0, "x"]}, InputError, "i_min, i_max"),
+        ({"label": "liver", "roi": [60, 70, 0, 5, 0, 5]}, Unprocessable, "outside the image"),
+    ):
+        with pytest.raises(error, match=words):
+            parse_clicks(request, SIZE)
