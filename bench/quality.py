@@ -294,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BENCH_OUTPUT / "quality")
     args = parser.parse_args(argv)
     simulation.GRID, simulation.SPACING = args.grid, args.spacing
+    if not 0 < args.failing_share < 1:
+        parser.error(f"--failing-share is a fraction between 0 and 1, not {args.failing_share}")
     FAILURE, FAILING_SHARE = args.failure_dice, args.failing_share
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -95,8 +95,11 @@ def recall_at_failing_share(
 
     A bench set where half the cases fail caps any ranking (:func:`best_recall`). Each draw keeps every passing case
     and failing cases drawn without replacement to make ``share`` of the set; the recall is the mean over ``draws``
-    (seeded: the same figures on every run). A set whose failing share is at most ``share`` is taken whole.
+    (seeded: the same figures on every run). A set whose failing share is at most ``share`` is taken whole. A perfect
+    ranking finds every failing case when ``share`` is at most ``fraction``.
     """
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"the failing share is a fraction between 0 and 1, not {share}")
     failing = sorted(set(failing))
     passing = [case for case in scores if case not in set(failing)]
     if not failing or not passing:

@@ -135,10 +135,10 @@ BOX_ORGAN = 0.5
 
 
 def refine_in_box(label: np.ndarray, organ: int, network_probability: np.ndarray, box: Box) -> np.ndarray:
-    """The label after a box drawn around ``organ``: inside the box the organ becomes the network's largest connected
-    region of it (:data:`BOX_ORGAN`), replacing what the organ had there; outside the box nothing changes, and no
-    voxel of another organ changes anywhere (:func:`merge_organ`'s rules). Where the network finds none of the organ
-    in the box, the label stays as it was.
+    """The label after a box drawn around ``organ``: inside the box the organ becomes the network's connected regions
+    of it (:data:`BOX_ORGAN`) that are the largest, hold the box's centre or hold some of the organ now, replacing
+    what the organ had there; outside the box nothing changes, and no voxel of another organ changes anywhere
+    (:func:`merge_organ`'s rules). Where the network finds none of the organ in the box, the label stays as it was.
 
     Args:
         label: the current label map (z, y, x).
@@ -151,11 +151,15 @@ def refine_in_box(label: np.ndarray, organ: int, network_probability: np.ndarray
     if prob.shape != region.shape:
         raise ValueError(f"the network's probability is {prob.shape}, the box {region.shape}")
     free = (region == 0) | (region == organ)
+    centre = tuple((n - 1) // 2 for n in region.shape)
     for threshold in (BOX_ORGAN, CLICK_TIPS):
         parts, count = ndimage.label((prob >= threshold) & free)
         if count:
             sizes = ndimage.sum_labels(np.ones_like(parts), parts, index=np.arange(1, count + 1))
-            return merge_organ(label, organ, parts == int(np.argmax(sizes)) + 1, box)
+            # the largest region, the one at the box's centre, and every one that holds some of the organ now (an
+            # organ in parts, the bowel's or the pancreas's, keeps its parts the network confirms)
+            keep = {int(np.argmax(sizes)) + 1, int(parts[centre])} | set(np.unique(parts[region == organ]).tolist())
+            return merge_organ(label, organ, np.isin(parts, sorted(keep - {0})), box)
     return label.copy()
 
 

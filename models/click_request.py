@@ -19,6 +19,7 @@ with or without clicks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -136,11 +137,7 @@ def _points(value: Any, name: str, size_xyz: Sequence[int]) -> List[Voxel]:
         raise InputError(f"clicks for {name!r} must be a list of [i, j, k] voxel indices")
     out = []
     for point in value:
-        if (
-            not isinstance(point, (list, tuple))
-            or len(point) != 3
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in point)
-        ):
+        if not isinstance(point, (list, tuple)) or len(point) != 3 or not all(_is_index(v) for v in point):
             raise InputError(f"a click for {name!r} is not three voxel indices [i, j, k]: {str(point)[:60]}")
         ijk = [int(round(v)) for v in point]
         if any(v < 0 or v >= n for v, n in zip(ijk, size_xyz)):
@@ -159,11 +156,7 @@ def _box(value: Any, size_xyz: Sequence[int]) -> Optional[Box]:
     """
     if value in (None, "", []):
         return None
-    if (
-        not isinstance(value, (list, tuple))
-        or len(value) != 6
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
-    ):
+    if not isinstance(value, (list, tuple)) or len(value) != 6 or not all(_is_index(v) for v in value):
         raise InputError(f"a box (roi) is [i_min, i_max, j_min, j_max, k_min, k_max] voxel indices: {str(value)[:80]}")
     slices = []
     for axis, size in enumerate(size_xyz):
@@ -172,3 +165,11 @@ def _box(value: Any, size_xyz: Sequence[int]) -> Optional[Box]:
             raise Unprocessable(f"the box {list(value)} lies outside the image of {list(size_xyz)} voxels")
         slices.append(slice(max(low, 0), min(high, size - 1) + 1))
     return slices[2], slices[1], slices[0]
+
+
+def _is_index(value: Any) -> bool:
+    """A number a voxel index can come from: an int (of any size: one past the scan is refused as outside it), or a
+    finite float; never a bool."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))

@@ -45,8 +45,10 @@ class Finalising:
                 .order_by(LabelVersion.id)
             ).all()
             junior = s.get(User, current.author_user_id) if current.author_user_id else None
-            round_, current_id, current_path = case.round, current.id, current.path
-        latest_edit = {name: version.path for version, name in edits}  # a reviewer's newest edit speaks for them
+            round_, current_id, current_path, current_sha = case.round, current.id, current.path, current.sha256
+        newest = {name: version for version, name in edits}  # a reviewer's newest edit speaks for them
+        # ... unless it is the reviewed label itself (an edit undone back to the start): that reader edited nothing
+        latest_edit = {name: version.path for name, version in newest.items() if version.sha256 != current_sha}
         fused, figures = fuse_readers(f"junior:{junior.name if junior else 'model'}", current_path, latest_edit)
         # no reviewer edited: the final is the reviewed label's own file (versions are immutable and content-named)
         sha, path = self.store.versions.put(case_id, fused if latest_edit else current_path)

@@ -5,7 +5,8 @@ Sample (already a FastAPI route: :mod:`amoslabel.server.routes`), what a review 
 each went through the WSGI bridge (a2wsgi: a thread, a WSGI environ, a queue for the answer) and Flask's dispatch
 (its URL map, its request context, its after-request hooks) before the workflow's own millisecond. Here they run the
 same handlers (:func:`review.api.submit_case`, :func:`review.api.review_case`) with the same token check, errors,
-headers and JSON bytes (Flask's own JSON provider), one thread hop away from the event loop.
+headers and JSON bytes (Flask's own JSON provider), on threads of their own (as the bridge's were), so that a
+submit never waits behind inference in the endpoints' shared pool.
 
 Every other review route stays Flask's, and so do these in a team's review workers
 (:mod:`amoslabel.server.review_workers`), which serve the Flask app under gunicorn. ``make bench-review`` measures
@@ -17,9 +18,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, Optional
 
+import anyio
+import anyio.to_thread
 from fastapi import Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from amoslabel.errors import AnsweredError
 from review.api import (
@@ -47,10 +49,12 @@ class HotReviewRoutes:
         review_path: where the Flask app is mounted (``/review``).
     """
 
-    def __init__(self, service: ReviewService, flask_app: Any, review_path: str):
+    def __init__(self, service: ReviewService, flask_app: Any, review_path: str, threads: int = 16):
         self.service = service
         self.json = flask_app.json
         self.prefix = review_path.rstrip("/") + "/api/cases/{case_id}"
+        self.threads = threads
+        self._limiter: Optional[anyio.CapacityLimiter] = None  # made in the event loop, at the first request
 
     def install(self, fastapi_app, override_route: Callable[..., None]) -> None:
         """Place both routes before the mount (documented in ``review/openapi.yaml``, not in MONAI Label's schema)."""
@@ -66,17 +70,32 @@ class HotReviewRoutes:
         override_route(fastapi_app, self.prefix + "/reviews", reviews, ["POST"], include_in_schema=False)
 
     async def answer(self, request: Request, work: Work, with_body: bool = True) -> Response:
-        """Read the body (a JSON object, as Flask's ``json_body``), check the token and do ``work`` in the thread
-        pool (a token check may read the store), and answer as Flask does: the result, or ``{"detail": ...}``."""
+        """Read the body, then on the routes' own threads (a token check may read the store; the endpoints' shared
+        pool may be full of inference) parse it as Flask's ``json_body`` does, check the token and do ``work``; answer
+        as Flask does: the result, or ``{"detail": ...}``.
+
+        As under a2wsgi, a body is read only as far as its ``Content-Length``: a body without one (chunked) is empty to
+        Flask, and so here, and one over :data:`review.api.MAX_JSON_BYTES` is 413 before a byte is read.
+        """
         try:
-            body = None
+            raw, mimetype = b"", ""
             if with_body:
-                header = request.headers.get("content-length")
-                check_json_length(int(header) if header and header.isdigit() else None)
+                header = request.headers.get("content-length", "")
+                length = int(header) if header.isdigit() else None
+                check_json_length(length)
+                raw = await request.body() if length else b""
                 mimetype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-                body = json_object(await request.body(), mimetype)
-            token = token_in(request.headers)
-            result = await run_in_threadpool(lambda: work(self.service.accounts.authenticate(token), body))
+            # as a2wsgi hands them to Flask: a header sent twice is one value, joined by commas
+            headers = {name: ",".join(request.headers.getlist(name)) for name in ("Authorization", "X-Api-Token")}
+            token = token_in({name: value for name, value in headers.items() if value})
+
+            def run() -> Dict[str, Any]:
+                body = json_object(raw, mimetype) if with_body else None
+                return work(self.service.accounts.authenticate(token), body)
+
+            if self._limiter is None:
+                self._limiter = anyio.CapacityLimiter(self.threads)
+            result = await anyio.to_thread.run_sync(run, limiter=self._limiter)
             return self.respond(result, 200)
         except AnsweredError as error:  # bad input (4xx), the database down (503), the disk full (507)
             return self.respond(error.answer(), error.status, error.headers)

@@ -72,7 +72,7 @@ from review.service import ReviewQueueStrategy, ReviewService
 log = logging.getLogger(__name__)
 API = settings.MONAI_LABEL_API_STR
 REVIEW_PATH = "/review"
-REVIEW_WORKERS = 16  # threads of the review API's WSGI bridge
+REVIEW_WORKERS = 16  # threads of the review API's WSGI bridge, and of its hot routes
 MAX_FORM_JSON = 1 << 20
 MONAI_OHIF = (Path(ds.__file__).parent / "static" / "ohif").resolve()  # MONAI Label's prebuilt OHIF with its panel
 PANEL_SERVER_COOKIE = "MONAILABEL_SERVER_URL"
@@ -132,7 +132,7 @@ def mount_review_api(fastapi_app, review: ReviewService) -> None:
     routes[:] = [r for r in routes if getattr(r, "path", "") != REVIEW_PATH]
     flask_app = create_review_api(review)
     fastapi_app.mount(REVIEW_PATH, WSGIMiddleware(flask_app, workers=REVIEW_WORKERS))
-    HotReviewRoutes(review, flask_app, REVIEW_PATH).install(fastapi_app, override_route)
+    HotReviewRoutes(review, flask_app, REVIEW_PATH, REVIEW_WORKERS).install(fastapi_app, override_route)
     log.info("review API mounted at /review/api (OpenAPI: /review/api/openapi.json)")
 
 

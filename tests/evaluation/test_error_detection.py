@@ -94,3 +94,5 @@ def test_a_half_failing_set_caps_the_recall_and_a_realistic_share_lifts_the_cap(
     assert recall_at_failing_share(scores, failing, 0.2, share=0.2) == recall_at_failing_share(
         scores, failing, 0.2, share=0.2
     )  # seeded
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        recall_at_failing_share(scores, failing, 0.2, share=1.0)

@@ -147,6 +147,10 @@ def test_a_box_makes_the_organ_the_networks_largest_region_inside_it_and_changes
     outside = np.ones(label.shape, bool)
     outside[box] = False
     assert np.array_equal(out[outside], clean[outside])
+    part = label.copy()
+    part[26:30, 2:6, 2:6] = LIVER  # a second part of the organ, apart from the rest
+    prob[26:31, 1:6, 1:6] = 0.9  # which the network confirms: kept, not dropped for being smaller
+    assert (refine_in_box(part, LIVER, prob, box)[26:31, 2:6, 2:6] == LIVER).all()
     weak = np.where(prob > 0, 0.3, 0.0).astype(np.float32)  # under 0.5 everywhere: the click's threshold
     assert (refine_in_box(label, LIVER, weak, box)[20, 20, 20] == LIVER).all()
     assert np.array_equal(refine_in_box(label, LIVER, np.zeros_like(prob), box), label)  # nothing found: unchanged

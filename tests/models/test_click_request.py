@@ -81,6 +81,8 @@ def test_slicers_roi_is_a_box_for_the_named_organ_in_either_order_and_clipped():
         ({"label": "liver", "roi": [0, 5, 0, 5]}, InputError, "i_min, i_max"),
         ({"label": "liver", "roi": [0, 5, 0, 5, 0, "x"]}, InputError, "i_min, i_max"),
         ({"label": "liver", "roi": [60, 70, 0, 5, 0, 5]}, Unprocessable, "outside the image"),
+        ({"label": "liver", "roi": [10**400, 10**401, 0, 5, 0, 5]}, Unprocessable, "outside the image"),  # no overflow
+        ({"label": "liver", "liver": [[10**400, 1, 1]]}, Unprocessable, "outside the image"),
     ):
         with pytest.raises(error, match=words):
             parse_clicks(request, SIZE)

@@ -126,3 +126,11 @@ def test_only_the_cases_saver_may_step_and_a_reviewers_step_is_not_the_working_l
     again = api.post(f"/api/cases/{CASE}/redo", headers={"Authorization": f"Bearer {token}"})
     assert again.status_code == 409 and "to redo" in again.json["detail"] and again.json["state"] == "in_review"
     assert api.post(f"/api/cases/{CASE}/undo").status_code == 401
+
+    # the reviewer undoes back to the label under review: at consensus they edited nothing, and the final is that file
+    assert service.step(people["s1"], CASE, "undo")["restored"] == under_review
+    service.workflow.review(people["s1"], CASE, [], default="approve")
+    final = service.workflow.finalise(CASE)
+    assert final is not None and _sha_of(service, final) == _sha_of(service, under_review)
+    with service.store.read() as s:
+        assert s.get(LabelVersion, final).info["readers"] == ["junior:j1"]  # no reviewer's edit fused
