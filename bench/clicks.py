@@ -16,9 +16,12 @@ simulation's cases at ``--spacing`` mm on a ``--grid``^3 grid) and on the REAL s
 3. The simulated annotator (:mod:`evaluation.clicks`) clicks at the centre of an organ's largest error region, one
    click a round, until Dice 0.90 or 20 clicks (NoC@90, a run that misses counts 20), per organ present in the
    reference, on validation volumes no model trained on and on the real scans. Per organ: the median NoC and the
-   share that reached the goal; the headline is the median organ's NoC (goal: <= 5 on the synthetic set).
-4. Minutes (assumptions, :mod:`evaluation.effort` and :data:`evaluation.clicks.T_CLICK_S`): voxel editing of the
-   start against clicks plus voxel editing of what the clicks left.
+   share that reached the goal; the headline is the median organ's NoC (goal: <= 5 on the synthetic set). With the
+   trained click model also ``box + clicks``: the annotator first draws a box around the organ (its reference's
+   extent and a voxel more, as Slicer's ROI; the server's :func:`models.click_merge.refine_in_box`), then clicks;
+   the box counts as one interaction.
+4. Minutes (assumptions, :mod:`evaluation.effort`, :data:`evaluation.clicks.T_CLICK_S` and ``T_BOX_S``): voxel
+   editing of the start against the interactions plus voxel editing of what they left.
 5. ``latency``: one click round trip through the real server (``monailabel.client``, a junior's token, the click
    saved as a label version) on the real CHAOS CT series (512 x 512 x 78) and the real 3 mm CT, at the ``cpu-fast``
    preset: p50 and p95 over ``--latency-clicks`` clicks (target: p95 <= 2 s on 2 cores).
@@ -49,9 +52,9 @@ import bench.al_simulation as simulation  # noqa: E402
 from amoslabel.config import ClickSettings, load_config  # noqa: E402
 from amoslabel.organs import ORGANS  # noqa: E402
 from bench.attention import real_cases  # noqa: E402
-from evaluation.clicks import Click, click_minutes, clicks_to_goal  # noqa: E402
+from evaluation.clicks import Click, box_then_clicks, click_minutes, clicks_to_goal  # noqa: E402
 from evaluation.effort import correction_effort  # noqa: E402
-from models.click_merge import click_box, refine_organ  # noqa: E402
+from models.click_merge import click_box, refine_in_box, refine_organ  # noqa: E402
 from models.click_network import build_click_network, warm_start  # noqa: E402
 from models.click_request import BACKGROUND, ORGAN_NAMES  # noqa: E402
 from models.click_region import organ_probability, region_around  # noqa: E402
@@ -169,6 +172,20 @@ def trained_networks(args, pool: Sequence[simulation.Case]):
     return segmentor, clicks, seg_s, click_s
 
 
+class BoxRefiner(Refiner):
+    """A drawn box answered as the server's click task does: the network on a region around the box, with the box's
+    centre as the organ's guidance, then :func:`models.click_merge.refine_in_box`."""
+
+    def box(self, label: np.ndarray, organ: int, box) -> np.ndarray:
+        roi = region_around([box], label.shape, self.settings.context_mm, self.spacing, self.patch_mm)
+        centre = tuple((b.start + b.stop - 1) // 2 for b in box)
+        image = self.case.input[(slice(None),) + roi]
+        guidance = {ORGAN_NAMES[organ]: [_local(centre, roi)]}
+        probability = organ_probability(self.network, image, guidance, organ, (simulation.GRID,) * 3, self.device)
+        inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, roi))
+        return refine_in_box(label, organ, probability[inner], box)
+
+
 def prior_prelabels(pool, cases, threshold: float) -> Dict[str, np.ndarray]:
     """The atlas prior's pre-label of each case: the most probable organ where it reaches ``threshold``."""
     labels = {}
@@ -178,25 +195,39 @@ def prior_prelabels(pool, cases, threshold: float) -> Dict[str, np.ndarray]:
     return labels
 
 
-def measure(cases, starts: Dict[str, Dict[str, np.ndarray]], refiners, goal: float, cap: int, desc: str) -> dict:
-    """NoC per (start, refiner, case, organ), with the minutes by voxel editing and by clicks."""
+def measure(
+    cases,
+    starts: Dict[str, Dict[str, np.ndarray]],
+    refiners,
+    goal: float,
+    cap: int,
+    desc: str,
+    box_first: Sequence[str] = (),
+) -> dict:
+    """Interactions to the goal per (start, refiner, case, organ), with the minutes by voxel editing and by clicks.
+    For the refiners in ``box_first``, also a run that draws a box around the organ first (``START + box +
+    REFINER``)."""
     spacing = (simulation.SPACING,) * 3
     runs: Dict[str, List[dict]] = {}
-    total = len(starts) * len(refiners) * len(cases)
-    bar = tqdm(total=total, desc=desc, unit="case")
+    variants = [(name, network, False) for name, network in refiners.items()]
+    variants += [(name, refiners[name], True) for name in box_first]
+    bar = tqdm(total=len(starts) * len(variants) * len(cases), desc=desc, unit="case")
     for start_name, labels in starts.items():
-        for refiner_name, network in refiners.items():
-            key = f"{start_name} + {refiner_name}"
+        for refiner_name, network, boxed in variants:
+            key = f"{start_name} + {'box + ' if boxed else ''}{refiner_name}"
             runs[key] = []
             for case in cases:
                 start = labels[case.name].astype(np.uint8)
                 truth = case.label.astype(np.uint8)
                 voxel = correction_effort(start, truth, spacing)
-                refine = Refiner(network, case, ClickSettings())
+                refine = BoxRefiner(network, case, ClickSettings())
                 for organ in ORGANS:
                     if not (truth == organ.id).any():
                         continue
-                    run = clicks_to_goal(start, truth, organ.id, refine, goal, cap, spacing)
+                    if boxed:
+                        run = box_then_clicks(start, truth, organ.id, refine.box, refine, goal, cap, spacing)
+                    else:
+                        run = clicks_to_goal(start, truth, organ.id, refine, goal, cap, spacing)
                     left = correction_effort(run.final, truth, spacing, organs=[organ]).get(organ.id)
                     runs[key].append(
                         {
@@ -206,6 +237,7 @@ def measure(cases, starts: Dict[str, Dict[str, np.ndarray]], refiners, goal: flo
                             "noc": run.noc(cap),
                             "noc_lower": run.clicks_to(LOWER_GOAL, cap),
                             "clicks": len(run.clicks),  # fewer than the cap: no error left this organ's clicks fix
+                            "boxes": run.boxes,
                             "reached": run.reached_at is not None,
                             "dice": [round(d, 4) for d in run.dice],
                             "voxel_minutes": round(voxel[organ.id].minutes if organ.id in voxel else 0.0, 3),
@@ -287,7 +319,8 @@ def synthetic_and_real(args, parts: Sequence[str]) -> Dict[str, Any]:
             "prior": prior_prelabels(pool, cases, threshold),
             "segmentor": {c.name: segmentor.probabilities(c).argmax(0) for c in cases},
         }
-        out[name] = measure(cases, starts, refiners, args.goal, args.cap, f"NoC@{int(args.goal * 100)} {name}")
+        desc = f"NoC@{int(args.goal * 100)} {name}"
+        out[name] = measure(cases, starts, refiners, args.goal, args.cap, desc, box_first=("clicks",))
     return out
 
 
@@ -307,7 +340,7 @@ def markdown(results: Dict[str, Any], goal: float, cap: int) -> str:
         lower = int(LOWER_GOAL * 100)
         lines += [f"## {name}", ""]
         lines += [
-            f"| start + refiner | median organ NoC | median organ NoC@{lower} | mean Dice: start, 5 clicks, last "
+            f"| start + refiner | median organ NoC | median organ NoC@{lower} | mean Dice: start, 5 interactions, last "
             "| voxel-editing min | click min |"
         ]
         lines += ["|---|---|---|---|---|---|"]

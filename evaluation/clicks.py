@@ -6,7 +6,8 @@ foreground click for the organ, a false blob a background click. A click on one 
 voxels (:mod:`models.click_merge`), so a missed part that another organ holds is that organ's error, fixed by its
 own clicks: the annotator of one organ clicks only missed parts that lie on background. This is the click model of
 the interactive segmentation literature (DeepEdit's and DeepGrow's evaluation, NoC@85/90 since Xu et al. 2016), one
-click per round.
+click per round. A run may start with a box around the organ (:func:`box_then_clicks`), as a user who draws Slicer's
+ROI first.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ class ClicksToGoal:
     organ: int
     dice: List[float] = field(default_factory=list)
     clicks: List[Click] = field(default_factory=list)
-    reached_at: Optional[int] = None  # clicks to the goal; None: not within the cap
-    final: Optional[np.ndarray] = field(default=None, repr=False)  # the label after the last click
+    reached_at: Optional[int] = None  # interactions to the goal; None: not within the cap
+    final: Optional[np.ndarray] = field(default=None, repr=False)  # the label after the last interaction
+    boxes: int = 0  # boxes drawn before the clicks (:func:`box_then_clicks`); each counts as one interaction
 
     def noc(self, cap: int) -> int:
         """Number of clicks to the goal, counted as ``cap`` when it was not reached (the usual NoC convention)."""
@@ -121,12 +123,48 @@ def clicks_to_goal(
     return run
 
 
+Box = Tuple[slice, slice, slice]  # (z, y, x)
+RefineBox = Callable[[np.ndarray, int, Box], np.ndarray]  # (current label, organ, drawn box) -> new label
+
+
+def organ_box(truth: np.ndarray, organ: int, margin: int = 1) -> Box:
+    """The box the simulated annotator draws around ``organ``: its reference's extent, ``margin`` voxels wider on
+    each side (a box drawn by hand is not tight), inside the volume."""
+    where = np.argwhere(truth == organ)
+    low = np.maximum(where.min(axis=0) - margin, 0)
+    high = np.minimum(where.max(axis=0) + margin + 1, truth.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+
+def box_then_clicks(
+    start: np.ndarray,
+    truth: np.ndarray,
+    organ: int,
+    refine_box: RefineBox,
+    refine: Refine,
+    goal: float = 0.9,
+    cap: int = 20,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+) -> ClicksToGoal:
+    """A box around ``organ`` (:func:`organ_box`), then clicks until the goal: the box counts as one interaction of
+    the ``cap``. A start already at the goal needs neither."""
+    first = organ_dice(start, truth, organ)
+    if first >= goal:
+        return ClicksToGoal(organ, dice=[first], reached_at=0, final=start)
+    boxed = refine_box(start, organ, organ_box(truth, organ))
+    rest = clicks_to_goal(boxed, truth, organ, refine, goal, cap - 1, spacing)
+    reached = rest.reached_at + 1 if rest.reached_at is not None else None
+    return ClicksToGoal(organ, [first] + rest.dice, rest.clicks, reached, rest.final, boxes=1)
+
+
 #: Seconds per click round, an assumption like :class:`evaluation.effort.EffortModel`'s: find the error on the
 #: slice (the voxel-editing model's 4 s per slice), click, wait for the answer (1-2 s measured on CPU) and look at it.
 T_CLICK_S = 6.0
+#: Seconds per box, an assumption: two corners on one slice, a look along the third axis, the answer's wait and look.
+T_BOX_S = 10.0
 
 
 def click_minutes(run: ClicksToGoal, minutes_left: float, t_click_s: float = T_CLICK_S) -> float:
-    """Estimated minutes of a correction by clicks: the clicks made, plus voxel editing of whatever they left wrong
-    (``minutes_left``: :func:`evaluation.effort.correction_effort` of the last label)."""
-    return len(run.clicks) * t_click_s / 60 + minutes_left
+    """Estimated minutes of a correction by clicks (and a box, if drawn): the interactions made, plus voxel editing
+    of whatever they left wrong (``minutes_left``: :func:`evaluation.effort.correction_effort` of the last label)."""
+    return (len(run.clicks) * t_click_s + run.boxes * T_BOX_S) / 60 + minutes_left

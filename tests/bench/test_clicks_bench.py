@@ -19,12 +19,15 @@ def test_the_click_bench_counts_clicks_per_organ_and_times_the_round_trip(tmp_pa
     assert results["training"]["click_steps"] == 2
     assert "real" not in results
     for name in ("synthetic",):
-        assert set(results[name]) == {f"{s} + {r}" for s in STARTS for r in REFINERS}
-        for figures in results[name].values():
+        boxed = {f"{s} + box + clicks" for s in STARTS}
+        assert set(results[name]) == {f"{s} + {r}" for s in STARTS for r in REFINERS} | boxed
+        for key, figures in results[name].items():
             runs = figures["runs"]
             assert runs and all(0 <= r["noc"] <= 3 for r in runs)
-            assert all(len(r["dice"]) == 1 + r["clicks"] for r in runs)  # the start, then one Dice per click
-            assert all(r["clicks"] == r["noc"] for r in runs if r["reached"])
+            # the start, then one Dice per interaction (a box, when drawn, is the first)
+            assert all(len(r["dice"]) == 1 + r["boxes"] + r["clicks"] for r in runs)
+            assert all(r["boxes"] == (1 if key in boxed and r["dice"][0] < 0.9 else 0) for r in runs), key
+            assert all(r["boxes"] + r["clicks"] == r["noc"] for r in runs if r["reached"])
             assert all(r["reached"] == (max(r["dice"]) >= 0.9) for r in runs)
             assert figures["median_organ_noc"] is not None and figures["voxel_minutes"] >= 0
             assert all(r["noc_lower"] <= r["noc"] and 0 < r["border_share"] <= 1 for r in runs)

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
-from evaluation.clicks import Click, clicks_to_goal, next_click, organ_dice
+from evaluation.clicks import (
+    T_BOX_S,
+    T_CLICK_S,
+    Click,
+    box_then_clicks,
+    click_minutes,
+    clicks_to_goal,
+    next_click,
+    organ_box,
+    organ_dice,
+)
 
 LIVER, SPLEEN = 6, 1
 
@@ -107,3 +118,28 @@ def test_a_refinement_that_never_helps_is_counted_at_the_cap():
     assert run.reached_at is None and len(run.clicks) == 4 and run.noc(20) == 20
     already = clicks_to_goal(truth, truth, LIVER, lambda label, clicks: label)
     assert already.reached_at == 0 and already.clicks == []
+
+
+def test_a_box_first_counts_as_one_interaction_and_its_minutes_are_counted():
+    truth = np.zeros((30, 30, 30), np.uint8)
+    truth[5:25, 5:25, 5:25] = LIVER
+    start = np.zeros_like(truth)
+    assert organ_box(truth, LIVER) == (slice(4, 26),) * 3  # the reference's extent and a voxel more
+    drawn = []
+
+    def box_fills_most(label, organ, box):  # a box answer that finds all but one slab
+        drawn.append(box)
+        out = label.copy()
+        out[truth == organ] = organ
+        out[10:13, 5:25, 5:25] = 0
+        return out
+
+    run = box_then_clicks(start, truth, LIVER, box_fills_most, fill_component(truth), goal=0.99, cap=5)
+    assert drawn == [organ_box(truth, LIVER)] and run.boxes == 1
+    assert run.dice[0] == 0.0 and 0.8 < run.dice[1] < 1.0 and run.dice[2] == 1.0  # start, after the box, a click
+    assert run.reached_at == 2 and len(run.clicks) == 1 and run.noc(20) == 2
+    assert click_minutes(run, 0.0) == pytest.approx((T_CLICK_S + T_BOX_S) / 60)
+    already = box_then_clicks(truth, truth, LIVER, box_fills_most, fill_component(truth))
+    assert already.reached_at == 0 and already.boxes == 0 and len(drawn) == 1  # at the goal: no box drawn
+    never = box_then_clicks(start, truth, LIVER, lambda label, organ, box: label, lambda label, clicks: label, cap=3)
+    assert never.reached_at is None and never.boxes == 1 and len(never.clicks) == 2  # the box is one of the cap
