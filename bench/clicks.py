@@ -300,6 +300,7 @@ def synthetic_and_real(args, parts: Sequence[str]) -> Dict[str, Any]:
     validation = validation[: args.cases]
     segmentor, clicks, seg_s, click_s = trained_networks(args, pool)
     refiners = {"rules": click_network_from(segmentor.network).eval(), "clicks": clicks}
+    refiners = {name: network for name, network in refiners.items() if name in args.refiners}
     threshold = load_config().prior.threshold
     out: Dict[str, Any] = {
         "training": {
@@ -320,7 +321,8 @@ def synthetic_and_real(args, parts: Sequence[str]) -> Dict[str, Any]:
             "segmentor": {c.name: segmentor.probabilities(c).argmax(0) for c in cases},
         }
         desc = f"NoC@{int(args.goal * 100)} {name}"
-        out[name] = measure(cases, starts, refiners, args.goal, args.cap, desc, box_first=("clicks",))
+        box_first = [name for name in ("clicks",) if name in refiners]
+        out[name] = measure(cases, starts, refiners, args.goal, args.cap, desc, box_first=box_first)
     return out
 
 
@@ -379,6 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--click-steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--click-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--refiners",
+        type=lambda text: [r.strip() for r in text.split(",") if r.strip()],
+        default=list(REFINERS),
+        help=f"comma-separated, of {', '.join(REFINERS)} (the box runs go with clicks)",
+    )
     parser.add_argument("--goal", type=float, default=0.9)
     parser.add_argument("--cap", type=int, default=20)
     parser.add_argument("--latency-clicks", type=int, default=20)
@@ -396,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         parser.error(f"unknown part(s) {unknown}; parts: {', '.join(PARTS)}")
+    if not args.refiners or set(args.refiners) - set(REFINERS):
+        parser.error(f"--refiners: of {', '.join(REFINERS)}")
     results: Dict[str, Any] = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     if {"synthetic", "real"} & set(parts):
         results.update(synthetic_and_real(args, parts))
