@@ -8,8 +8,9 @@ upload sizes (:mod:`amoslabel.server.uploads`), puts the access gate in front of
 (:mod:`amoslabel.server.access`), and puts the overrides below in front of MONAI Label's routes. Each keeps the
 endpoint's path, parameters and answer:
 
-* ``POST /activelearning/{strategy}`` runs in the thread pool (MONAI Label declares it ``async`` and blocks the event
-  loop), answers ``review_queue`` without the whole app ``info()``, and refuses an unknown strategy with 404.
+* ``POST /activelearning/{strategy}`` runs on the review operations' own threads (MONAI Label declares it ``async``
+  and blocks the event loop; the endpoints' shared pool may be full of inference), answers ``review_queue`` without
+  the whole app ``info()``, and refuses an unknown strategy with 404.
 * ``PUT``/``DELETE /model/{model}`` are refused (403): served weights are versions with a record
   (``models/versions.py``), and MONAI Label's upload copies any file over a path our tasks do not have (500).
   So is ``POST /reload``: it would build a second app in the process (a second review service and scorer).
@@ -60,7 +61,7 @@ from amoslabel.server.access import AccessGate
 from amoslabel.server.browser_policy import apply_browser_policy
 from amoslabel.server.health import install_health_routes
 from amoslabel.server.identity import acting_for, install_auth_routes, protect, username
-from amoslabel.server.review_hot_routes import HotReviewRoutes
+from amoslabel.server.review_hot_routes import HotReviewRoutes, ReviewThreads
 from amoslabel.server.sessions import check_owner, install_session_routes
 from amoslabel.server.uploads import BodyLimit, remove_later, temporary_files_go
 from amoslabel.server.viewer_dicomweb import ViewerDicomWeb
@@ -88,10 +89,11 @@ def install(fastapi_app, review: ReviewService, datastore: AmosDatastore, config
     """Everything of this module, once, in the server process: the review API, the auth contract and gate (unless
     ``config.auth.enabled`` is off), the CORS policy, the sessions, and the overrides."""
     auth = config.auth.enabled
-    mount_review_api(fastapi_app, review)
+    threads = ReviewThreads(REVIEW_WORKERS)  # Next Sample, a submit and a vote: never behind inference
+    mount_review_api(fastapi_app, review, threads)
     install_auth_routes(fastapi_app, review.accounts, auth, override_route)
     install_health_routes(fastapi_app, review, override_route)
-    install_route_overrides(fastapi_app, ReviewQueueStrategy.NAME, review_sample, review)
+    install_route_overrides(fastapi_app, ReviewQueueStrategy.NAME, review_sample, review, threads)
     install_session_routes(fastapi_app, override_route, API)
     if isinstance(datastore, AmosDicomWebDatastore):
         use_coded_seg_for_infer_output()
@@ -125,14 +127,16 @@ def no_dicomweb(path: str):
     raise NotFound("this server's studies are a folder, not a DICOMweb server: there is nothing to proxy")
 
 
-def mount_review_api(fastapi_app, review: ReviewService) -> None:
+def mount_review_api(fastapi_app, review: ReviewService, threads: Optional[ReviewThreads] = None) -> None:
     """The review API and pages at ``/review`` (a mount made earlier in this process is replaced), with its hot
     writes answered in front of the mount (:mod:`amoslabel.server.review_hot_routes`)."""
     routes = fastapi_app.router.routes
     routes[:] = [r for r in routes if getattr(r, "path", "") != REVIEW_PATH]
     flask_app = create_review_api(review)
     fastapi_app.mount(REVIEW_PATH, WSGIMiddleware(flask_app, workers=REVIEW_WORKERS))
-    HotReviewRoutes(review, flask_app, REVIEW_PATH, REVIEW_WORKERS).install(fastapi_app, override_route)
+    HotReviewRoutes(review, flask_app, REVIEW_PATH, threads or ReviewThreads(REVIEW_WORKERS)).install(
+        fastapi_app, override_route
+    )
     log.info("review API mounted at /review/api (OpenAPI: /review/api/openapi.json)")
 
 
@@ -172,16 +176,22 @@ def use_coded_seg_for_infer_output() -> None:
 
 
 def install_route_overrides(
-    fastapi_app, review_strategy: str, review_sample: Callable[[dict, ReviewService], dict], review: ReviewService
+    fastapi_app,
+    review_strategy: str,
+    review_sample: Callable[[dict, ReviewService], dict],
+    review: ReviewService,
+    threads: Optional[ReviewThreads] = None,
 ) -> None:
-    """Put every override of this module in front of MONAI Label's routes."""
+    """Put every override of this module in front of MONAI Label's routes; Next Sample runs on the review
+    operations' ``threads``."""
     accounts = review.accounts
+    threads = threads or ReviewThreads(REVIEW_WORKERS)
 
     def own(text: Any, field: str, request: Request) -> str:
         """A JSON form field, checked, with its client id bound to the request's user."""
         return json.dumps(acting_for(json.loads(json_object(text, field)), request, accounts))
 
-    def api_sample(request: Request, strategy: str, params: Optional[dict] = None):
+    def next_sample(request: Request, strategy: str, params: Optional[dict]) -> dict:
         params = acting_for(params or {}, request, accounts)
         if strategy == review_strategy:
             return review_sample(params, review)
@@ -189,6 +199,9 @@ def install_route_overrides(
         if strategy not in strategies:
             raise NotFound(f"no strategy {strategy[:64]!r}; strategies: {sorted(strategies)}")
         return without_server_paths(sample(strategy, params, username(request)))
+
+    async def api_sample(request: Request, strategy: str, params: Optional[dict] = None):
+        return await threads.run(lambda: next_sample(request, strategy, params))
 
     def model_file_refused(model: str):
         return JSONResponse(

@@ -162,3 +162,31 @@ def _wait_until_final(service: ReviewService, timeout_s: float = 60.0) -> None:
 def case_state(service: ReviewService) -> str:
     with service.store.read() as session:
         return session.get(Case, CASE).state
+
+
+def test_review_operations_run_while_inference_holds_every_shared_thread():
+    """The endpoints' shared pool (anyio's default limiter) full of inference does not hold a review operation."""
+    import anyio
+    import anyio.to_thread
+    import threading
+
+    from amoslabel.server.review_hot_routes import ReviewThreads
+
+    async def scenario():
+        shared = anyio.to_thread.current_default_thread_limiter()
+        shared.total_tokens = 2
+        release = threading.Event()
+        answered = []
+        async with anyio.create_task_group() as group:
+            for _ in range(2):  # two "inference requests" hold the whole shared pool
+                group.start_soon(anyio.to_thread.run_sync, release.wait)
+            try:
+                await anyio.sleep(0.2)
+                assert shared.borrowed_tokens == 2
+                with anyio.fail_after(10):
+                    answered.append(await ReviewThreads(2).run(lambda: "claimed"))
+            finally:
+                release.set()  # the blocked threads end, whatever happened
+        return answered
+
+    assert anyio.run(scenario) == ["claimed"]
