@@ -4,6 +4,7 @@ launcher finds the working folder without importing MONAI Label's datastores).""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -14,10 +15,17 @@ def is_dicomweb(studies: str) -> bool:
 
 
 def cache_root(url: str, base: Optional[str] = None) -> Path:
-    """The local working folder of one DICOMweb server (one per URL)."""
+    """The local working folder of one DICOMweb server (one per URL): under ``base`` when given
+    (``MONAI_LABEL_DICOMWEB_CACHE_PATH``), else under the user's cache folder, ``$XDG_CACHE_HOME`` (the XDG base
+    directory rule: an empty or relative value is ignored) or ``~/.cache``."""
     digest = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
-    root = Path(base) if base else Path.home() / ".cache" / "amoslabel" / "dicomweb"
-    return root / digest
+    return (Path(base) if base else user_cache() / "amoslabel" / "dicomweb") / digest
+
+
+def user_cache() -> Path:
+    """``$XDG_CACHE_HOME`` when it is an absolute path, else ``~/.cache``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
 
 
 def working_folder(studies: str, dicomweb_cache: Optional[str] = None) -> Path:
