@@ -285,9 +285,9 @@ class Accounts:
         deactivation by another process (the users command, another server of the team) holds within the bound; one
         by this process holds at once (``_forget``).
         """
-        if not token:
-            return None
-        key = hashlib.sha256(token.encode()).hexdigest()
+        return self._recent(hashlib.sha256(token.encode()).hexdigest(), kinds) if token else None
+
+    def _recent(self, key: str, kinds: Tuple[str, ...]) -> Optional[Principal]:
         with self._lock:
             checked = self._checked.get(key)
         if checked is None or time.monotonic() - checked[3] >= TOKEN_CHECK_SECONDS or checked[1] not in kinds:
@@ -305,10 +305,10 @@ class Accounts:
         match = _TOKEN.fullmatch(token)
         if not match:
             raise Unauthorized("the token is not valid")
-        known = self.recently_checked(token, kinds)
+        key = hashlib.sha256(token.encode()).hexdigest()
+        known = self._recent(key, kinds)
         if known is not None:
             return known
-        key = hashlib.sha256(token.encode()).hexdigest()
         with self.store.read() as session:
             row = session.get(Token, match.group(1))
             user = session.get(User, row.user_id) if row else None

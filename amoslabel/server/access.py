@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-import anyio
-
 from amoslabel.errors import Unavailable
+from amoslabel.server.own_threads import OwnThreads
 from review.auth import Accounts, Principal, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -268,7 +267,7 @@ class AccessControl:
         self.app = app
         self.gate = gate
         self.shares = InferenceShares(infer_per_user)
-        self._limiter: Optional[anyio.CapacityLimiter] = None  # made in the event loop, at the first request
+        self.threads = OwnThreads(GATE_THREADS)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -279,12 +278,8 @@ class AccessControl:
             # in the thread pool: the token's row is read from the store (and its secret checked with Argon2, 50 ms,
             # the first time), which must not stall the event loop; the hop costs about 0.5 ms (make bench-auth),
             # so a token checked within the last second is decided here, from memory
-            if self._limiter is None:
-                self._limiter = anyio.CapacityLimiter(GATE_THREADS)
             try:
-                decision = await anyio.to_thread.run_sync(
-                    self.gate.decide, scope["method"], scope["path"], headers, limiter=self._limiter
-                )
+                decision = await self.threads.run(self.gate.decide, scope["method"], scope["path"], headers)
             except Unavailable as down:  # the token cannot be checked while the database is down
                 decision = Decision(503, detail=down.message)
         user = decision.principal.name if decision.principal is not None else None

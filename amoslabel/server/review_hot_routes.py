@@ -16,14 +16,13 @@ both designs.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Optional, TypeVar
+from typing import Any, Callable, Dict, Optional
 
-import anyio
-import anyio.to_thread
 from fastapi import Request
 from fastapi.responses import Response
 
 from amoslabel.errors import AnsweredError
+from amoslabel.server.own_threads import OwnThreads
 from review.api import (
     DEFAULT_CACHE_CONTROL,
     SECURITY_HEADERS,
@@ -38,26 +37,6 @@ from review.service import ReviewService
 
 log = logging.getLogger(__name__)
 Work = Callable[[Principal, Optional[Dict[str, Any]]], Dict[str, Any]]
-T = TypeVar("T")
-
-
-class ReviewThreads:
-    """The review operations' own threads: Next Sample, a submit and a vote never wait behind inference, which
-    holds the endpoints' shared pool for as long as a network runs.
-
-    Args:
-        size: the most review operations running at once (:data:`amoslabel.server.routes.REVIEW_WORKERS`, as many as
-            the WSGI bridge of the rest of the review API has).
-    """
-
-    def __init__(self, size: int = 16):
-        self.size = size
-        self._limiter: Optional[anyio.CapacityLimiter] = None  # made in the event loop, at the first request
-
-    async def run(self, work: Callable[[], T]) -> T:
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.size)
-        return await anyio.to_thread.run_sync(work, limiter=self._limiter)
 
 
 class HotReviewRoutes:
@@ -67,16 +46,15 @@ class HotReviewRoutes:
         service: the review service the mounted app serves.
         flask_app: that app; its JSON provider writes the answers, so that they are the same bytes.
         review_path: where the Flask app is mounted (``/review``).
-        threads: the review operations' threads (shared with Next Sample's route).
+        threads: the review operations' own threads (:class:`~amoslabel.server.own_threads.OwnThreads`, shared
+            with Next Sample's route): never behind inference in the endpoints' shared pool.
     """
 
-    def __init__(
-        self, service: ReviewService, flask_app: Any, review_path: str, threads: Optional[ReviewThreads] = None
-    ):
+    def __init__(self, service: ReviewService, flask_app: Any, review_path: str, threads: OwnThreads):
         self.service = service
         self.json = flask_app.json
         self.prefix = review_path.rstrip("/") + "/api/cases/{case_id}"
-        self.threads = threads or ReviewThreads()
+        self.threads = threads
 
     def install(self, fastapi_app, override_route: Callable[..., None]) -> None:
         """Place both routes before the mount (documented in ``review/openapi.yaml``, not in MONAI Label's schema)."""

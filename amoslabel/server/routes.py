@@ -61,7 +61,8 @@ from amoslabel.server.access import AccessGate
 from amoslabel.server.browser_policy import apply_browser_policy
 from amoslabel.server.health import install_health_routes
 from amoslabel.server.identity import acting_for, install_auth_routes, protect, username
-from amoslabel.server.review_hot_routes import HotReviewRoutes, ReviewThreads
+from amoslabel.server.own_threads import OwnThreads
+from amoslabel.server.review_hot_routes import HotReviewRoutes
 from amoslabel.server.sessions import check_owner, install_session_routes
 from amoslabel.server.uploads import BodyLimit, remove_later, temporary_files_go
 from amoslabel.server.viewer_dicomweb import ViewerDicomWeb
@@ -89,7 +90,7 @@ def install(fastapi_app, review: ReviewService, datastore: AmosDatastore, config
     """Everything of this module, once, in the server process: the review API, the auth contract and gate (unless
     ``config.auth.enabled`` is off), the CORS policy, the sessions, and the overrides."""
     auth = config.auth.enabled
-    threads = ReviewThreads(REVIEW_WORKERS)  # Next Sample, a submit and a vote: never behind inference
+    threads = OwnThreads(REVIEW_WORKERS)  # Next Sample, a submit and a vote: never behind inference
     mount_review_api(fastapi_app, review, threads)
     install_auth_routes(fastapi_app, review.accounts, auth, override_route)
     install_health_routes(fastapi_app, review, override_route)
@@ -127,16 +128,15 @@ def no_dicomweb(path: str):
     raise NotFound("this server's studies are a folder, not a DICOMweb server: there is nothing to proxy")
 
 
-def mount_review_api(fastapi_app, review: ReviewService, threads: Optional[ReviewThreads] = None) -> None:
+def mount_review_api(fastapi_app, review: ReviewService, threads: Optional[OwnThreads] = None) -> None:
     """The review API and pages at ``/review`` (a mount made earlier in this process is replaced), with its hot
     writes answered in front of the mount (:mod:`amoslabel.server.review_hot_routes`)."""
     routes = fastapi_app.router.routes
     routes[:] = [r for r in routes if getattr(r, "path", "") != REVIEW_PATH]
     flask_app = create_review_api(review)
     fastapi_app.mount(REVIEW_PATH, WSGIMiddleware(flask_app, workers=REVIEW_WORKERS))
-    HotReviewRoutes(review, flask_app, REVIEW_PATH, threads or ReviewThreads(REVIEW_WORKERS)).install(
-        fastapi_app, override_route
-    )
+    threads = threads or OwnThreads(REVIEW_WORKERS)
+    HotReviewRoutes(review, flask_app, REVIEW_PATH, threads).install(fastapi_app, override_route)
     log.info("review API mounted at /review/api (OpenAPI: /review/api/openapi.json)")
 
 
@@ -180,12 +180,11 @@ def install_route_overrides(
     review_strategy: str,
     review_sample: Callable[[dict, ReviewService], dict],
     review: ReviewService,
-    threads: Optional[ReviewThreads] = None,
+    threads: OwnThreads,
 ) -> None:
     """Put every override of this module in front of MONAI Label's routes; Next Sample runs on the review
     operations' ``threads``."""
     accounts = review.accounts
-    threads = threads or ReviewThreads(REVIEW_WORKERS)
 
     def own(text: Any, field: str, request: Request) -> str:
         """A JSON form field, checked, with its client id bound to the request's user."""

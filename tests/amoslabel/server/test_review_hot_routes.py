@@ -170,7 +170,7 @@ def test_review_operations_run_while_inference_holds_every_shared_thread():
     import anyio.to_thread
     import threading
 
-    from amoslabel.server.review_hot_routes import ReviewThreads
+    from amoslabel.server.own_threads import OwnThreads
 
     async def scenario():
         shared = anyio.to_thread.current_default_thread_limiter()
@@ -184,7 +184,7 @@ def test_review_operations_run_while_inference_holds_every_shared_thread():
                 await anyio.sleep(0.2)
                 assert shared.borrowed_tokens == 2
                 with anyio.fail_after(10):
-                    answered.append(await ReviewThreads(2).run(lambda: "claimed"))
+                    answered.append(await OwnThreads(2).run(lambda: "claimed"))
             finally:
                 release.set()  # the blocked threads end, whatever happened
         return answered
