@@ -132,8 +132,11 @@ def read_image(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS, na
     return image
 
 
-def read_label(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS, name: str | None = None) -> sitk.Image:
-    """Read a label map and check its ids are AMOS ids (0-15); returned as uint8.
+def read_label(
+    path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS, name: str | None = None, max_id: int = MAX_LABEL_ID
+) -> sitk.Image:
+    """Read a label map and check its ids are AMOS ids (0-15; 0-``max_id`` for another numbering, at most 255);
+    returned as uint8.
 
     Raises:
         InputError: as :func:`read_image`, and Unprocessable (422) for ids outside 0-15 or non-integer values.
@@ -143,11 +146,12 @@ def read_label(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS, na
     array = sitk.GetArrayViewFromImage(image)
     if array.dtype.kind == "f":
         if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
-            raise Unprocessable(f"{name}: a label map must hold whole numbers (organ ids 0-{MAX_LABEL_ID})")
+            raise Unprocessable(f"{name}: a label map must hold whole numbers (organ ids 0-{max_id})")
     lo, hi = array.min(), array.max()
-    if lo < 0 or hi > MAX_LABEL_ID:
-        outside = np.unique(array[(array < 0) | (array > MAX_LABEL_ID)])[:10]
-        raise Unprocessable(f"{name}: label ids {[int(v) for v in outside]} are outside the AMOS ids 0-{MAX_LABEL_ID}")
+    if lo < 0 or hi > max_id:
+        outside = np.unique(array[(array < 0) | (array > max_id)])[:10]
+        which = f"the AMOS ids 0-{max_id}" if max_id == MAX_LABEL_ID else f"0-{max_id}"
+        raise Unprocessable(f"{name}: label ids {[int(v) for v in outside]} are outside {which}")
     if image.GetPixelID() != sitk.sitkUInt8:
         image = sitk.Cast(image, sitk.sitkUInt8)
     return image
@@ -189,7 +193,7 @@ def check_on_grid(grid: Geometry | str | os.PathLike, label: sitk.Image, name: s
 
 
 def read_label_on_grid(
-    grid: Geometry | str | os.PathLike, path: str | os.PathLike, max_voxels: int, name: str
+    grid: Geometry | str | os.PathLike, path: str | os.PathLike, max_voxels: int, name: str, max_id: int = MAX_LABEL_ID
 ) -> sitk.Image:
     """A label map for an image, on the image's exact grid: its header's grid is checked against the image's before a
     voxel is read (a label off the grid costs no memory), then :func:`read_label` and :func:`check_on_grid`.
@@ -207,7 +211,7 @@ def read_label_on_grid(
         reason = grid.mismatch(Geometry.of(header))
         if reason:
             raise OffGrid(name, reason)
-    return check_on_grid(grid, read_label(path, max_voxels, name), name)
+    return check_on_grid(grid, read_label(path, max_voxels, name, max_id), name)
 
 
 def onto_grid(

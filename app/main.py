@@ -98,7 +98,7 @@ class AmosLabelApp(MONAILabelApp):
         """Check the image and the model before MONAI Label runs the request; the review workflow records it."""
         request = (datastore or self.datastore()).infer_request(request)
         request = route_request(request, self._infers, self.config.fallback_for)
-        if self.served.clicks and request.get("model") == self.served.clicks.name:
+        if request.get("model") in self.served.click_models():
             request["save_label"] = False  # a click's answer is the user's label version (review.record_inference)
         result = super().infer(request, datastore)
         self.review.record_inference(request, result)

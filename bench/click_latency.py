@@ -1,10 +1,18 @@
-"""One click round trip through the real server, as 3D Slicer makes it (part ``latency`` of ``make bench-clicks``).
+"""Interaction round trips through the real server, as 3D Slicer makes them (part ``latency`` of ``make
+bench-clicks``), and the review API's undo and redo.
 
 A ``monailabel start_server`` process on the sample studies (``cpu-fast`` preset, background scoring off so that it
 does not share the two cores), a UNet version with random weights (the time of a click does not depend on the
-weights), and per real CT one junior with the case in their queue. Each click is what Slicer sends for a landmark on
-the liver segment (``label`` and the organ's points, result as NRRD), answered from the case's current label on the
-server and saved as the junior's label version: the whole round trip, timed at the client.
+weights), and per real CT one junior with the case in their queue. Each round, at a random voxel of the liver:
+
+* ``click``: what Slicer sends for a landmark on the liver segment (``label`` and the organ's points, result NRRD);
+* ``box``: Slicer's ROI, 40 voxels a side about it;
+* ``scribble``: a foreground stroke 21 voxels long through it, on its axial slice;
+* ``lasso``: a foreground square 17 voxels a side about it, on its axial slice;
+
+each answered from the case's current label on the server and saved as the junior's label version: the whole round
+trip, timed at the client. Then ``undo`` and ``redo`` of the last answer through the review API (a new label version
+each), timed at the client as well.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
+import requests
 import SimpleITK as sitk
 from tqdm import tqdm
 
@@ -42,8 +51,39 @@ def _client(url: str, tmp: Path, name: str, secret: str):
     return client
 
 
+KINDS = ("click", "box", "scribble", "lasso")
+
+
+def _interaction(kind: str, x: int, y: int, z: int, shape) -> Dict[str, Any]:
+    """The request's interaction of ``kind`` about voxel (x, y, z) (i, j, k), inside a scan of ``shape`` (z, y, x)."""
+    size = tuple(reversed(shape))
+
+    def within(value: int, axis: int, pad: int) -> int:
+        return int(min(max(value, pad), size[axis] - 1 - pad))
+
+    if kind == "click":
+        return {"liver": [[x, y, z]]}
+    if kind == "box":
+        return {"roi": [max(x - 20, 0), min(x + 20, size[0] - 1), max(y - 20, 0), min(y + 20, size[1] - 1), z, z]}
+    cx, cy = within(x, 0, 10), within(y, 1, 10)
+    if kind == "scribble":
+        return {"scribbles": [{"kind": "foreground", "points": [[cx - 10, cy, z], [cx + 10, cy, z]]}]}
+    corners = [[cx - 8, cy - 8, z], [cx + 8, cy - 8, z], [cx + 8, cy + 8, z], [cx - 8, cy + 8, z]]
+    return {"lassos": [{"kind": "foreground", "points": corners}]}
+
+
+def _percentiles(values: List[float]) -> Dict[str, Any]:
+    ordered = sorted(values)
+    return {
+        "p50_s": round(statistics.median(ordered), 3),
+        "p95_s": round(ordered[min(len(ordered) - 1, int(np.ceil(0.95 * len(ordered))) - 1)], 3),
+        "n": len(ordered),
+    }
+
+
 def measure_round_trips(clicks: int, seed: int = 0) -> Dict[str, Any]:
-    """p50/p95 of ``clicks`` click round trips on each scan of :data:`SCANS`."""
+    """p50/p95 of ``clicks`` rounds of each interaction kind (:data:`KINDS`), and of undo and redo, on each scan of
+    :data:`SCANS`."""
     work = Path(tempfile.mkdtemp(prefix="bench-clicks-"))
     studies = work / "studies"
     import_source(PROJECT_ROOT / "samples" / "shared-data.yaml", studies, link_images=True, progress=False)
@@ -68,20 +108,22 @@ def measure_round_trips(clicks: int, seed: int = 0) -> Dict[str, Any]:
             assert claimed and claimed["id"] == case, claimed
             liver = sitk.GetArrayFromImage(sitk.ReadImage(str(reference))) == LIVER
             inside = np.argwhere(liver)
-            times: List[float] = []
-            for _ in tqdm(range(clicks), desc=f"clicks on {case}", unit="click"):
-                z, y, x = inside[rng.integers(len(inside))]
-                params = {"label": "liver", "liver": [[int(x), int(y), int(z)]], "result_extension": ".nrrd"}
-                started = time.perf_counter()
-                junior.infer("deepedit", case, params)
-                times.append(time.perf_counter() - started)
-            ordered = sorted(times)
-            out[case] = {
-                "size": "x".join(str(n) for n in reversed(liver.shape)),
-                "p50_s": round(statistics.median(ordered), 3),
-                "p95_s": round(ordered[min(len(ordered) - 1, int(np.ceil(0.95 * len(ordered))) - 1)], 3),
-                "n": len(ordered),
-            }
+            times: Dict[str, List[float]] = {kind: [] for kind in KINDS + ("undo", "redo")}
+            headers = {"Authorization": f"Bearer {secrets[f'bench_junior{i}']}"}
+            for _ in tqdm(range(clicks), desc=f"interactions on {case}", unit="round"):
+                z, y, x = (int(v) for v in inside[rng.integers(len(inside))])
+                for kind in KINDS:
+                    params = {"label": "liver", **_interaction(kind, x, y, z, liver.shape), "result_extension": ".nrrd"}
+                    started = time.perf_counter()
+                    junior.infer("deepedit", case, params)
+                    times[kind].append(time.perf_counter() - started)
+                for step in ("undo", "redo"):
+                    started = time.perf_counter()
+                    answer = requests.post(f"{url}/review/api/cases/{case}/{step}", headers=headers, timeout=60)
+                    times[step].append(time.perf_counter() - started)
+                    answer.raise_for_status()
+            out[case] = {"size": "x".join(str(n) for n in reversed(liver.shape))}
+            out[case].update({kind: _percentiles(values) for kind, values in times.items()})
     finally:
         process.terminate()
         process.wait(timeout=60)

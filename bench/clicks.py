@@ -19,12 +19,18 @@ simulation's cases at ``--spacing`` mm on a ``--grid``^3 grid) and on the REAL s
    share that reached the goal; the headline is the median organ's NoC (goal: <= 5 on the synthetic set). With the
    trained click model also ``box + clicks``: the annotator first draws a box around the organ (its reference's
    extent and a voxel more, as Slicer's ROI; the server's :func:`models.click_merge.refine_in_box`), then clicks;
-   the box counts as one interaction.
-4. Minutes (assumptions, :mod:`evaluation.effort`, :data:`evaluation.clicks.T_CLICK_S` and ``T_BOX_S``): voxel
+   the box counts as one interaction. And ``box + scribbles``: the box, then a scribble a round instead of a click
+   (:func:`evaluation.clicks.next_scribble`: along the largest error's cross-section on its centre slice; its voxels
+   act as clicks, as the server reads a scribble; the network sees them all as guidance, where the server gives it
+   five per stroke: on this coarse grid a stroke is a few voxels). And ``box + lassos``: a lasso a round around that
+   cross-section (:func:`evaluation.clicks.next_lasso`), every voxel inside acting as a click.
+4. Minutes (assumptions, :mod:`evaluation.effort`, :data:`evaluation.clicks.T_CLICK_S`, ``T_BOX_S`` and
+   ``T_SCRIBBLE_S``): voxel
    editing of the start against the interactions plus voxel editing of what they left.
-5. ``latency``: one click round trip through the real server (``monailabel.client``, a junior's token, the click
-   saved as a label version) on the real CHAOS CT series (512 x 512 x 78) and the real 3 mm CT, at the ``cpu-fast``
-   preset: p50 and p95 over ``--latency-clicks`` clicks (target: p95 <= 2 s on 2 cores).
+5. ``latency``: round trips through the real server (``monailabel.client``, a junior's token, each answer saved as
+   a label version) on the real CHAOS CT series (512 x 512 x 78) and the real 3 mm CT, at the ``cpu-fast`` preset:
+   p50 and p95 over ``--latency-clicks`` rounds of a click, a box, a scribble and a lasso (target: p95 <= 2 s on 2
+   cores), and of the review API's undo and redo (target: p95 <= 300 ms); :mod:`bench.click_latency`.
 
     python -m bench.clicks [--parts synthetic,real,latency --seg-steps 1000 --click-steps 400 --cases 6]
 """
@@ -52,7 +58,18 @@ import bench.al_simulation as simulation  # noqa: E402
 from amoslabel.config import ClickSettings, load_config  # noqa: E402
 from amoslabel.organs import ORGANS  # noqa: E402
 from bench.attention import real_cases  # noqa: E402
-from evaluation.clicks import Click, box_then_clicks, click_minutes, clicks_to_goal  # noqa: E402
+from evaluation.clicks import (  # noqa: E402
+    T_CLICK_S,
+    T_LASSO_S,
+    T_SCRIBBLE_S,
+    Click,
+    box_then_clicks,
+    click_minutes,
+    clicks_to_goal,
+    next_lasso,
+    next_scribble,
+    one_click,
+)
 from evaluation.effort import correction_effort  # noqa: E402
 from models.click_merge import click_box, refine_in_box, refine_organ  # noqa: E402
 from models.click_network import build_click_network, warm_start  # noqa: E402
@@ -206,15 +223,18 @@ def measure(
 ) -> dict:
     """Interactions to the goal per (start, refiner, case, organ), with the minutes by voxel editing and by clicks.
     For the refiners in ``box_first``, also a run that draws a box around the organ first (``START + box +
-    REFINER``)."""
+    REFINER``), and runs that then draw scribbles or lassos instead of clicks (``START + box + scribbles
+    (REFINER)``, ``... lassos ...``)."""
     spacing = (simulation.SPACING,) * 3
     runs: Dict[str, List[dict]] = {}
-    variants = [(name, network, False) for name, network in refiners.items()]
-    variants += [(name, refiners[name], True) for name in box_first]
+    variants = [(name, network, False, one_click, T_CLICK_S) for name, network in refiners.items()]
+    variants += [(f"box + {name}", refiners[name], True, one_click, T_CLICK_S) for name in box_first]
+    for stroke, annotator, seconds in (("scribbles", next_scribble, T_SCRIBBLE_S), ("lassos", next_lasso, T_LASSO_S)):
+        variants += [(f"box + {stroke} ({name})", refiners[name], True, annotator, seconds) for name in box_first]
     bar = tqdm(total=len(starts) * len(variants) * len(cases), desc=desc, unit="case")
     for start_name, labels in starts.items():
-        for refiner_name, network, boxed in variants:
-            key = f"{start_name} + {'box + ' if boxed else ''}{refiner_name}"
+        for refiner_name, network, boxed, annotator, seconds in variants:
+            key = f"{start_name} + {refiner_name}"
             runs[key] = []
             for case in cases:
                 start = labels[case.name].astype(np.uint8)
@@ -225,7 +245,9 @@ def measure(
                     if not (truth == organ.id).any():
                         continue
                     if boxed:
-                        run = box_then_clicks(start, truth, organ.id, refine.box, refine, goal, cap, spacing)
+                        run = box_then_clicks(
+                            start, truth, organ.id, refine.box, refine, goal, cap, spacing, annotator=annotator
+                        )
                     else:
                         run = clicks_to_goal(start, truth, organ.id, refine, goal, cap, spacing)
                     left = correction_effort(run.final, truth, spacing, organs=[organ]).get(organ.id)
@@ -236,12 +258,12 @@ def measure(
                             "border_share": border_share(truth == organ.id),
                             "noc": run.noc(cap),
                             "noc_lower": run.clicks_to(LOWER_GOAL, cap),
-                            "clicks": len(run.clicks),  # fewer than the cap: no error left this organ's clicks fix
+                            "clicks": run.rounds,  # after the box; fewer than the cap: no error left to fix
                             "boxes": run.boxes,
                             "reached": run.reached_at is not None,
                             "dice": [round(d, 4) for d in run.dice],
                             "voxel_minutes": round(voxel[organ.id].minutes if organ.id in voxel else 0.0, 3),
-                            "click_minutes": round(click_minutes(run, left.minutes if left else 0.0), 3),
+                            "click_minutes": round(click_minutes(run, left.minutes if left else 0.0, seconds), 3),
                         }
                     )
                 bar.update(1)
@@ -363,10 +385,12 @@ def markdown(results: Dict[str, Any], goal: float, cap: int) -> str:
             lines.append(f"| {organ.name} | {share} | " + " | ".join(cells) + " |")
         lines.append("")
     if "latency" in results:
-        lines += ["## Click round trip (real server, cpu-fast, 2 cores)", "", "| scan | size | p50 s | p95 s | n |"]
-        lines.append("|---|---|---|---|---|")
+        lines += ["## Round trips (real server, cpu-fast, 2 cores)", "", "| scan | size | kind | p50 s | p95 s | n |"]
+        lines.append("|---|---|---|---|---|---|")
         for scan, r in results["latency"].items():
-            lines.append(f"| {scan} | {r['size']} | {r['p50_s']} | {r['p95_s']} | {r['n']} |")
+            for kind, t in r.items():
+                if isinstance(t, dict):
+                    lines.append(f"| {scan} | {r['size']} | {kind} | {t['p50_s']} | {t['p95_s']} | {t['n']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,8 @@ voxels (:mod:`models.click_merge`), so a missed part that another organ holds is
 own clicks: the annotator of one organ clicks only missed parts that lie on background. This is the click model of
 the interactive segmentation literature (DeepEdit's and DeepGrow's evaluation, NoC@85/90 since Xu et al. 2016), one
 click per round. A run may start with a box around the organ (:func:`box_then_clicks`), as a user who draws Slicer's
-ROI first.
+ROI first; and the annotator may draw a scribble or a lasso a round instead of a click (:func:`next_scribble`,
+:func:`next_lasso`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import skeletonize
 
 from evaluation.metrics import dice_of as organ_dice
 
@@ -45,6 +47,15 @@ def next_click(
         prediction, truth: label maps of one grid, (z, y, x).
         spacing: voxel size (z, y, x) in mm, so that "farthest from the border" is in millimetres.
     """
+    found = _largest_error(prediction, truth, organ)
+    if found is None:
+        return None
+    region, positive = found
+    return Click(organ, _centre(region, spacing), positive)
+
+
+def _largest_error(prediction: np.ndarray, truth: np.ndarray, organ: int) -> Optional[Tuple[np.ndarray, bool]]:
+    """The organ's largest error region (a missed part on background, or a false blob) and whether it is missed."""
     best: Optional[Tuple[int, np.ndarray, bool]] = None
     for positive, region in (
         (True, (truth == organ) & (prediction == 0)),
@@ -57,15 +68,61 @@ def next_click(
         largest = int(np.argmax(sizes)) + 1
         if best is None or sizes[largest - 1] > best[0]:
             best = (int(sizes[largest - 1]), components == largest, positive)
-    if best is None:
-        return None
-    _, region, positive = best
+    return None if best is None else (best[1], best[2])
+
+
+def _centre(region: np.ndarray, spacing: Sequence[float]) -> Tuple[int, int, int]:
+    """The region's voxel farthest from its border, in millimetres."""
     # the border of the volume is not the region's border: pad so that it does not pull the centre to the edge
     distance = ndimage.distance_transform_edt(np.pad(region, 1, constant_values=False), sampling=spacing)[
         1:-1, 1:-1, 1:-1
     ]
-    voxel = np.unravel_index(int(np.argmax(distance)), region.shape)
-    return Click(organ, tuple(int(v) for v in voxel), positive)
+    return tuple(int(v) for v in np.unravel_index(int(np.argmax(distance)), region.shape))
+
+
+def next_scribble(
+    prediction: np.ndarray, truth: np.ndarray, organ: int, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+) -> List[Click]:
+    """The scribble the simulated annotator draws next on ``organ``, as its voxels (each acts as a click, as the
+    server reads a scribble): on the axial slice through the centre of the largest error region (:func:`next_click`'s
+    voxel), along the medial line of the region's cross-section there (its 2D skeleton), foreground over a missed
+    part, background over a false blob. Empty when the organ has no error left."""
+    return _stroke(prediction, truth, organ, spacing, lasso=False)
+
+
+def next_lasso(
+    prediction: np.ndarray, truth: np.ndarray, organ: int, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+) -> List[Click]:
+    """The lasso the simulated annotator draws next on ``organ``: around the cross-section of the largest error
+    region on the axial slice through its centre, as every voxel inside (each acts as a click, as the server reads a
+    lasso). Empty when the organ has no error left."""
+    return _stroke(prediction, truth, organ, spacing, lasso=True)
+
+
+def _stroke(prediction, truth, organ, spacing, lasso: bool) -> List[Click]:
+    found = _largest_error(prediction, truth, organ)
+    if found is None:
+        return []
+    region, positive = found
+    centre = _centre(region, spacing)
+    parts, _ = ndimage.label(region[centre[0]])
+    section = parts == parts[centre[1:]]
+    drawn = section if lasso else skeletonize(section)
+    drawn[centre[1:]] = True
+    return [Click(organ, (centre[0], int(y), int(x)), positive) for y, x in np.argwhere(drawn)]
+
+
+def one_click(
+    prediction: np.ndarray, truth: np.ndarray, organ: int, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+) -> List[Click]:
+    """:func:`next_click` as an interaction: one click, or none."""
+    click = next_click(prediction, truth, organ, spacing)
+    return [click] if click is not None else []
+
+
+#: (current label, reference, organ, spacing) -> the next interaction's clicks (a click, a scribble's voxels); none
+#: when the organ has no error left
+Annotator = Callable[[np.ndarray, np.ndarray, int, Sequence[float]], List[Click]]
 
 
 Refine = Callable[[np.ndarray, List[Click]], np.ndarray]  # (current label, every click so far) -> new label
@@ -73,14 +130,16 @@ Refine = Callable[[np.ndarray, List[Click]], np.ndarray]  # (current label, ever
 
 @dataclass
 class ClicksToGoal:
-    """One organ's run: the Dice after each click (index 0: the start) and the clicks it took to reach the goal."""
+    """One organ's run: the Dice after each interaction (index 0: the start) and the interactions it took to reach
+    the goal."""
 
     organ: int
     dice: List[float] = field(default_factory=list)
-    clicks: List[Click] = field(default_factory=list)
+    clicks: List[Click] = field(default_factory=list)  # every click, a scribble's voxels among them
     reached_at: Optional[int] = None  # interactions to the goal; None: not within the cap
     final: Optional[np.ndarray] = field(default=None, repr=False)  # the label after the last interaction
     boxes: int = 0  # boxes drawn before the clicks (:func:`box_then_clicks`); each counts as one interaction
+    rounds: int = 0  # interactions after the box: clicks, or scribbles
 
     def noc(self, cap: int) -> int:
         """Number of clicks to the goal, counted as ``cap`` when it was not reached (the usual NoC convention)."""
@@ -100,8 +159,10 @@ def clicks_to_goal(
     goal: float = 0.9,
     cap: int = 20,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    annotator: Annotator = one_click,
 ) -> ClicksToGoal:
-    """Click on ``organ`` until its Dice reaches ``goal`` or ``cap`` clicks were made (NoC@goal)."""
+    """Interact with ``organ`` (a click a round, or what ``annotator`` draws) until its Dice reaches ``goal`` or
+    ``cap`` interactions were made (NoC@goal)."""
     run = ClicksToGoal(organ)
     label = start
     run.dice.append(organ_dice(label, truth, organ))
@@ -109,16 +170,17 @@ def clicks_to_goal(
     if run.dice[0] >= goal:
         run.reached_at = 0
         return run
-    while len(run.clicks) < cap:
-        click = next_click(label, truth, organ, spacing)
-        if click is None:
+    while run.rounds < cap:
+        drawn = annotator(label, truth, organ, spacing)
+        if not drawn:
             break
-        run.clicks.append(click)
+        run.clicks.extend(drawn)
+        run.rounds += 1
         label = refine(label, list(run.clicks))
         run.final = label
         run.dice.append(organ_dice(label, truth, organ))
         if run.dice[-1] >= goal:
-            run.reached_at = len(run.clicks)
+            run.reached_at = run.rounds
             break
     return run
 
@@ -145,16 +207,17 @@ def box_then_clicks(
     goal: float = 0.9,
     cap: int = 20,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    annotator: Annotator = one_click,
 ) -> ClicksToGoal:
-    """A box around ``organ`` (:func:`organ_box`), then clicks until the goal: the box counts as one interaction of
-    the ``cap``. A start already at the goal needs neither."""
+    """A box around ``organ`` (:func:`organ_box`), then clicks (or what ``annotator`` draws) until the goal: the box
+    counts as one interaction of the ``cap``. A start already at the goal needs neither."""
     first = organ_dice(start, truth, organ)
     if first >= goal:
         return ClicksToGoal(organ, dice=[first], reached_at=0, final=start)
     boxed = refine_box(start, organ, organ_box(truth, organ))
-    rest = clicks_to_goal(boxed, truth, organ, refine, goal, cap - 1, spacing)
+    rest = clicks_to_goal(boxed, truth, organ, refine, goal, cap - 1, spacing, annotator)
     reached = rest.reached_at + 1 if rest.reached_at is not None else None
-    return ClicksToGoal(organ, [first] + rest.dice, rest.clicks, reached, rest.final, boxes=1)
+    return ClicksToGoal(organ, [first] + rest.dice, rest.clicks, reached, rest.final, boxes=1, rounds=rest.rounds)
 
 
 #: Seconds per click round, an assumption like :class:`evaluation.effort.EffortModel`'s: find the error on the
@@ -162,9 +225,14 @@ def box_then_clicks(
 T_CLICK_S = 6.0
 #: Seconds per box, an assumption: two corners on one slice, a look along the third axis, the answer's wait and look.
 T_BOX_S = 10.0
+#: Seconds per scribble, an assumption: a click's round (:data:`T_CLICK_S`) and a stroke drawn along the error.
+T_SCRIBBLE_S = 8.0
+#: Seconds per lasso, an assumption: a click's round and a contour drawn around the error.
+T_LASSO_S = 10.0
 
 
 def click_minutes(run: ClicksToGoal, minutes_left: float, t_click_s: float = T_CLICK_S) -> float:
-    """Estimated minutes of a correction by clicks (and a box, if drawn): the interactions made, plus voxel editing
-    of whatever they left wrong (``minutes_left``: :func:`evaluation.effort.correction_effort` of the last label)."""
-    return (len(run.clicks) * t_click_s + run.boxes * T_BOX_S) / 60 + minutes_left
+    """Estimated minutes of a correction by clicks (and a box, if drawn): the interactions made (``t_click_s``
+    each; :data:`T_SCRIBBLE_S` for scribbles), plus voxel editing of whatever they left wrong (``minutes_left``:
+    :func:`evaluation.effort.correction_effort` of the last label)."""
+    return (run.rounds * t_click_s + run.boxes * T_BOX_S) / 60 + minutes_left

@@ -106,25 +106,33 @@ def refine_organ(
     organ_now = region == organ
     free = (region == 0) | organ_now
     mask = organ_now.copy()
+    # Each click acts on the region it lands in; the regions are found once, however many clicks (a scribble's or a
+    # lasso's voxels are clicks too), and every click's rule reads the label as it was, so their order is no matter.
     grow, count = ndimage.label((prob >= CLICK_TIPS) & free)
+    grown = {int(grow[p]) for p in local[0]} - {0} if count else set()
+    if grown:
+        mask |= np.isin(grow, sorted(grown))
     for point in local[0]:
-        if count and grow[point]:
-            mask |= grow == grow[point]
         if free[point]:
             mask[point] = True
     parts, _ = ndimage.label(organ_now)
     inner_faces = _inner_faces(box, label.shape)
     # counted over the whole label only when a background click needs it: a foreground click stays cheap
     total = int((label == organ).sum()) if local[1] else 0
+    by_part: dict = {}
     for point in local[1]:
         if parts[point]:
-            part = parts == parts[point]
-            if not _touches(part, inner_faces) and part.sum() < total - part.sum():
-                mask &= ~part  # a false blob: an island, smaller than the rest of the organ
-            else:
-                doubt, _ = ndimage.label(part & (prob < 1 - CLICK_TIPS))
-                if doubt[point]:
-                    mask &= ~(doubt == doubt[point])
+            by_part.setdefault(int(parts[point]), []).append(point)
+    for part_id, points in by_part.items():
+        part = parts == part_id
+        if not _touches(part, inner_faces) and part.sum() < total - part.sum():
+            mask &= ~part  # a false blob: an island, smaller than the rest of the organ
+        else:
+            doubt, _ = ndimage.label(part & (prob < 1 - CLICK_TIPS))
+            doubted = {int(doubt[p]) for p in points} - {0}
+            if doubted:
+                mask &= ~np.isin(doubt, sorted(doubted))
+    for point in local[1]:
         mask[point] = False
     return merge_organ(label, organ, mask, box)
 

@@ -12,6 +12,9 @@ Points are voxel indices (i, j, k) of the scan, as both viewers send them; here 
 (z, y, x). The organs refined: ``label``/``organ`` when given; else every organ with clicks; else, for background
 clicks alone, the organ each one lands on in the current label.
 
+Scribbles and lassos (:mod:`models.click_strokes`): ``scribbles`` and ``lassos``, each a list of ``{"kind":
+"foreground" or "background", "points": [[i, j, k], ...]}`` on one slice; their voxels act as clicks.
+
 A box: ``roi``, as Slicer's SmartEdit sends its ROI (``[i_min, i_max, j_min, j_max, k_min, k_max]``, voxel indices,
 inclusive; each pair in either order, as Slicer leaves it when an axis is flipped), for the organ named by ``label``;
 with or without clicks.
@@ -28,13 +31,20 @@ import numpy as np
 from amoslabel.errors import InputError, Unprocessable
 from amoslabel.organs import ORGANS
 from models.click_merge import Box, Voxel
+from models.click_strokes import LEAST_VERTICES, SHAPES, Stroke, slice_axis, stroke_voxels
 
 BACKGROUND = "background"
+FOREGROUND = "foreground"  # a stroke's kind, and the single-label form's key
 CLICK_RESULT = "click"  # a click result's ``interaction``: what the review service saves as the user's label version
 ORGAN_NAMES: Dict[int, str] = {o.id: o.name for o in ORGANS}
 _BY_NAME: Dict[str, int] = {o.name.lower(): o.id for o in ORGANS}
 CURRENT_LABEL_KEY = "current_label_file"  # the uploaded label to correct: set by the server, never by a client
+#: in an answer's params: the whole label to save as the user's version, when the answer sent holds less (Slicer's
+#: scribbles answer one organ); the review service takes it out before the answer leaves
+WHOLE_LABEL_KEY = "whole_label_file"
 MAX_CLICKS = 200  # per request: far beyond any correction, and a bound on the work one request can ask for
+MAX_STROKE_POINTS = 5000  # per request: a hand-drawn stroke has hundreds of points; a bound on the work again
+MAX_STROKE_VOXELS = 1_000_000  # per request, the lassos' insides with the rest: a liver's section is some 20,000
 
 
 @dataclass
@@ -46,33 +56,53 @@ class ClickRequest:
         clicks: label name (an organ's or ``background``) -> clicked voxels (z, y, x): every click, for the guidance.
         foreground: clicks from ``foreground`` (single-label form): positive for every refined organ.
         box: the organ's box (z, y, x slices), when the request has one.
+        strokes: scribbles and lassos; a foreground one's voxels are positive for every refined organ.
     """
 
     organs: List[int]
     clicks: Dict[str, List[Voxel]] = field(default_factory=dict)
     foreground: List[Voxel] = field(default_factory=list)
     box: Optional[Box] = None
+    strokes: List[Stroke] = field(default_factory=list)
 
     def positives(self, organ: int) -> List[Voxel]:
-        return self.clicks.get(ORGAN_NAMES[organ], []) + self.foreground
+        return self.clicks.get(ORGAN_NAMES[organ], []) + self.foreground + self._stroked(FOREGROUND)
 
     def negatives(self) -> List[Voxel]:
-        return list(self.clicks.get(BACKGROUND, []))
+        return list(self.clicks.get(BACKGROUND, [])) + self._stroked(BACKGROUND)
+
+    def _stroked(self, kind: str) -> List[Voxel]:
+        """Every voxel of the strokes of ``kind``: each acts as a click."""
+        return [p for s in self.strokes if s.kind == kind for p in s.points]
 
     def guidance(self, organ: int) -> Dict[str, List[Voxel]]:
-        """The clicks as the network's guidance when refining ``organ``: its positives under its name, and a box's
-        centre among them (the network learned from clicks; a box tells it where the organ is)."""
+        """The clicks as the network's guidance when refining ``organ``: its positives under its name, a box's
+        centre and a few voxels of each stroke among them (the network learned from clicks; a box tells it where the
+        organ is)."""
         out = {name: list(points) for name, points in self.clicks.items()}
-        if self.foreground or self.box is not None:
+        if self.foreground or self.box is not None or self.strokes:
             centre = [tuple((b.start + b.stop - 1) // 2 for b in self.box)] if self.box is not None else []
-            out[ORGAN_NAMES[organ]] = self.positives(organ) + centre
+            drawn = {
+                kind: [p for s in self.strokes if s.kind == kind for p in s.guidance()]
+                for kind in (FOREGROUND, BACKGROUND)
+            }
+            out[ORGAN_NAMES[organ]] = (
+                self.clicks.get(ORGAN_NAMES[organ], []) + self.foreground + drawn[FOREGROUND] + centre
+            )
+            if drawn[BACKGROUND]:
+                out[BACKGROUND] = out.get(BACKGROUND, []) + drawn[BACKGROUND]
         return out
 
     def all_clicks(self) -> List[Voxel]:
-        return [p for points in self.clicks.values() for p in points] + self.foreground
+        """Every clicked voxel, a stroke's among them."""
+        return (
+            [p for points in self.clicks.values() for p in points]
+            + self.foreground
+            + [p for s in self.strokes for p in s.points]
+        )
 
     def resolve_organs(self, label: np.ndarray) -> List[int]:
-        """The organs to refine; background clicks alone refine the organ they land on."""
+        """The organs to refine; background clicks (or strokes) alone refine the organs they land on."""
         if not self.organs:
             found = {int(label[p]) for p in self.negatives()} - {0}
             self.organs = sorted(found)
@@ -111,17 +141,23 @@ def parse_clicks(request: Mapping[str, Any], size_xyz: Sequence[int]) -> ClickRe
         points = _points(request.get(name), name, size_xyz)
         if points:
             clicks[name] = points
-    foreground = _points(request.get("foreground"), "foreground", size_xyz)
+    foreground = _points(request.get(FOREGROUND), FOREGROUND, size_xyz)
     if "background" not in clicks and request.get("background"):
         clicks[BACKGROUND] = _points(request.get("background"), BACKGROUND, size_xyz)
-    parsed = ClickRequest(organs, clicks, foreground, _box(request.get("roi"), size_xyz))
-    count = len(parsed.all_clicks())
-    if count == 0 and parsed.box is None:
-        raise InputError("no clicks: send points as {organ name or 'background': [[i, j, k], ...]}, or a box (roi)")
+    strokes = _strokes(request, size_xyz)
+    parsed = ClickRequest(organs, clicks, foreground, box_of(request.get("roi"), size_xyz), strokes)
+    count = sum(len(points) for points in clicks.values()) + len(foreground)
+    if count == 0 and parsed.box is None and not strokes:
+        raise InputError(
+            "no clicks: send points as {organ name or 'background': [[i, j, k], ...]}, a box (roi), or strokes "
+            "(scribbles, lassos)"
+        )
     if count > MAX_CLICKS:
         raise InputError(f"{count} clicks in one request; at most {MAX_CLICKS}")
     if parsed.box is not None and not organs:
         raise InputError("a box needs the organ it is for ('label')")
+    if any(s.kind != BACKGROUND for s in strokes) and not organs:
+        raise InputError("a foreground scribble or lasso needs the organ it is for ('label')")
     if not organs and not foreground:
         parsed.organs = sorted(organ_id(n) for n in clicks if n != BACKGROUND)
     elif not organs:
@@ -146,7 +182,46 @@ def _points(value: Any, name: str, size_xyz: Sequence[int]) -> List[Voxel]:
     return out
 
 
-def _box(value: Any, size_xyz: Sequence[int]) -> Optional[Box]:
+def _strokes(request: Mapping[str, Any], size_xyz: Sequence[int]) -> List[Stroke]:
+    """The request's scribbles and lassos, checked.
+
+    Raises:
+        InputError: a stroke not ``{"kind": "foreground" or "background", "points": [[i, j, k], ...]}``, a lasso of
+            fewer than three points, points on more than one slice, too many points or voxels (400).
+        Unprocessable: a point outside the scan (422).
+    """
+    strokes: List[Stroke] = []
+    total = 0
+    for key, shape in SHAPES.items():
+        value = request.get(key)
+        if value in (None, "", []):
+            continue
+        if not isinstance(value, list):
+            raise InputError(f"{key!r} is a list of {{'kind': 'foreground' or 'background', 'points': [[i, j, k]]}}")
+        for stroke in value:
+            if not isinstance(stroke, dict) or stroke.get("kind") not in (FOREGROUND, BACKGROUND):
+                raise InputError(f"a {shape} is {{'kind': 'foreground' or 'background', 'points': [[i, j, k], ...]}}")
+            points = stroke.get("points")
+            if not isinstance(points, list) or len(points) < LEAST_VERTICES[shape]:
+                raise InputError(f"a {shape} needs a list of at least {LEAST_VERTICES[shape]} points [i, j, k]")
+            total += len(points)
+            if total > MAX_STROKE_POINTS:
+                raise InputError(f"more than {MAX_STROKE_POINTS} scribble and lasso points in one request")
+            for point in points:
+                if not isinstance(point, (list, tuple)) or len(point) != 3 or not all(_is_index(v) for v in point):
+                    raise InputError(f"a {shape} point is not three voxel indices [i, j, k]: {str(point)[:60]}")
+            ijk = np.array([[int(round(v)) for v in p] for p in points], dtype=np.int64)
+            if (ijk < 0).any() or (ijk >= np.asarray(size_xyz)).any():
+                raise Unprocessable(f"a {shape} lies outside the image of {list(size_xyz)} voxels")
+            if slice_axis(ijk) is None:
+                raise InputError(f"a {shape} is drawn on one slice: its points differ in i, in j and in k")
+            strokes.append(Stroke(shape, stroke["kind"], stroke_voxels(shape, ijk, size_xyz)))
+            if sum(len(s.voxels) for s in strokes) > MAX_STROKE_VOXELS:
+                raise InputError(f"the strokes cover more than {MAX_STROKE_VOXELS} voxels in one request")
+    return strokes
+
+
+def box_of(value: Any, size_xyz: Sequence[int]) -> Optional[Box]:
     """Slicer's ROI ``[i_min, i_max, j_min, j_max, k_min, k_max]`` (inclusive voxel indices) -> (z, y, x) slices.
 
     Slicer sends ``[]`` when no ROI is placed: no box.

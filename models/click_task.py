@@ -9,7 +9,8 @@ tools and MONAI Label's OHIF panel its point prompts (:mod:`models.click_request
 2. runs the network on a region around the clicks only (:func:`models.click_merge.click_box` widened by
    ``clicks.context_mm``), at the version's spacing and normalisation, with the clicks as MONAI DeepEdit guidance;
 3. changes the organ under :func:`models.click_merge.refine_organ`'s rules, from the network's probability of it
-   (a box, Slicer's ROI, first: :func:`models.click_merge.refine_in_box`), and answers the whole label map on the
+   (a scribble's or a lasso's voxels act as clicks, :mod:`models.click_strokes`; a box, Slicer's ROI, first:
+   :func:`models.click_merge.refine_in_box`), and answers the whole label map on the
    scan's grid. The review service saves it as a label version by the user
    who clicked.
 
@@ -48,6 +49,8 @@ from models.versions import ModelStore, ModelVersion
 log = logging.getLogger(__name__)
 
 CurrentLabel = Callable[[str, str], Optional[str]]  # (case id, user) -> the label file a click starts from
+#: (request, the scan's geometry) -> the clicks, the label (z, y, x) they correct, and where that label came from
+ReadRequest = Callable[[Dict[str, Any], Geometry], Tuple[ClickRequest, np.ndarray, str]]
 
 
 class ClickInferTask(InferTask):
@@ -114,12 +117,29 @@ class ClickInferTask(InferTask):
         return info
 
     def __call__(self, request: Dict[str, Any], callbacks=None) -> Tuple[str, Dict[str, Any]]:
+        label, geometry, answer = self.correct(request)
+        image = geometry.apply_to(sitk.GetImageFromArray(label))
+        return write_prelabel(image, request.get("result_extension")), answer
+
+    def correct(
+        self, request: Dict[str, Any], read: Optional[ReadRequest] = None
+    ) -> Tuple[np.ndarray, Geometry, Dict[str, Any]]:
+        """The label after the request's clicks (z, y, x, on the scan's grid), the scan's geometry, and what was
+        done (the answer's params).
+
+        Args:
+            read: the request's clicks and the label they correct, from the request and the scan's geometry; by
+                default the click forms of :mod:`models.click_request` and :meth:`current_label_of`.
+        """
         started = time.perf_counter()
         device = resolve_device(first_value(request.get("device")))
         scan = self._scan(request)
         geometry: Geometry = scan["image_geometry"]
-        clicks = parse_clicks(request, geometry.size)
-        label, started_from = self._current_label(request, geometry)
+        if read is None:
+            clicks = parse_clicks(request, geometry.size)
+            label, started_from = self.current_label_of(request, geometry)
+        else:
+            clicks, label, started_from = read(request, geometry)
         organs = clicks.resolve_organs(label)
         source, network = self._network(request.get("model_version"), device)
         recipe = VersionRecipe.of(source, self.app_config)
@@ -144,24 +164,27 @@ class ClickInferTask(InferTask):
                     label = refine_organ(
                         label, organ, in_box(mask, roi, box), clicks.positives(organ), clicks.negatives(), box
                     )
-        image = geometry.apply_to(sitk.GetImageFromArray(label))
-        path = write_prelabel(image, request.get("result_extension"))
         changed = {ORGAN_NAMES[o]: int(((before == o) != (label == o)).sum()) for o in organs}
-        return path, {
-            "interaction": CLICK_RESULT,
-            "model": self.model_name,
-            "model_version": source.number if source.model == self.model_name else None,
-            "network_from": source.tag,
-            "organs": [ORGAN_NAMES[o] for o in organs],
-            "clicks": {name: [list(reversed(p)) for p in pts] for name, pts in clicks.clicks.items()},
-            "foreground": [list(reversed(p)) for p in clicks.foreground],
-            "box_ijk": [[b.start, b.stop - 1] for b in reversed(clicks.box)] if clicks.box is not None else None,
-            "changed_voxels": changed,
-            "region_ijk": [[b.start, b.stop - 1] for b in reversed(roi)],
-            "started_from": started_from,
-            "device": device,
-            "latency_s": round(time.perf_counter() - started, 3),
-        }
+        return (
+            label,
+            geometry,
+            {
+                "interaction": CLICK_RESULT,
+                "model": self.model_name,
+                "model_version": source.number if source.model == self.model_name else None,
+                "network_from": source.tag,
+                "organs": [ORGAN_NAMES[o] for o in organs],
+                "clicks": {name: [list(reversed(p)) for p in pts] for name, pts in clicks.clicks.items()},
+                "foreground": [list(reversed(p)) for p in clicks.foreground],
+                "box_ijk": [[b.start, b.stop - 1] for b in reversed(clicks.box)] if clicks.box is not None else None,
+                "strokes": [{"shape": s.shape, "kind": s.kind, "voxels": len(s.voxels)} for s in clicks.strokes],
+                "changed_voxels": changed,
+                "region_ijk": [[b.start, b.stop - 1] for b in reversed(roi)],
+                "started_from": started_from,
+                "device": device,
+                "latency_s": round(time.perf_counter() - started, 3),
+            },
+        )
 
     # -- the parts ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -189,14 +212,16 @@ class ClickInferTask(InferTask):
                 self._scans.popitem(last=False)
         return data
 
-    def _current_label(self, request: Dict[str, Any], geometry: Geometry) -> Tuple[np.ndarray, str]:
+    def current_label_of(
+        self, request: Dict[str, Any], geometry: Geometry, upload: bool = True
+    ) -> Tuple[np.ndarray, str]:
         """The label the clicks correct (z, y, x) uint8 and where it came from: uploaded, else the case's current
-        one for this user, else empty.
+        one for this user, else empty. ``upload=False``: the case's, whatever was uploaded.
 
         Raises:
             Unprocessable: the label is not on the scan's grid (422), or not a label map.
         """
-        path, source = request.get(CURRENT_LABEL_KEY), "upload"
+        path, source = (request.get(CURRENT_LABEL_KEY) if upload else None), "upload"
         if not path and self.current_label is not None and request.get("case_id"):
             path, source = self.current_label(str(request["case_id"]), str(request.get("client_id") or "")), "case"
         if not path:

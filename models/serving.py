@@ -27,6 +27,7 @@ from amoslabel.config import AppConfig, NetworkSettings
 from amoslabel.errors import NotFound
 from amoslabel.modality import ModalityEvidence, resolve_modality
 from amoslabel.volume import read_header
+from models.click_scribbles import ScribbleInferTask
 from models.click_task import ClickInferTask, CurrentLabel
 from models.click_train import ClickTrainTask
 from models.infer_task import SegmentationInferTask
@@ -106,6 +107,7 @@ class ClickConfig:
 
     def __init__(self, config: AppConfig, models_dir: Path, base: NetworkConfig):
         self.name = config.clicks.model
+        self.scribbles_name = f"{self.name}_scribbles"  # the same network, for Slicer's Scribbles section
         self.config = config
         self.store = ModelStore(models_dir, self.name)
         self.base = base
@@ -142,8 +144,20 @@ class ServedModels:
             **{name: c.infer() for name, c in self.networks.items()},
             **{name: c.infer() for name, c in self.imported.items()},
             PRIOR_MODEL: self.prior.infer(),
-            **({self.clicks.name: self.clicks.infer(current_label)} if self.clicks else {}),
+            **(self._click_infers(current_label) if self.clicks else {}),
         }
+
+    def _click_infers(self, current_label: Optional[CurrentLabel]) -> Dict[str, InferTask]:
+        """The click model's task, and Slicer's scribbles on it (one network in memory for both)."""
+        clicks = self.clicks.infer(current_label)
+        return {
+            self.clicks.name: clicks,
+            self.clicks.scribbles_name: ScribbleInferTask(self.clicks.scribbles_name, clicks),
+        }
+
+    def click_models(self) -> List[str]:
+        """The models whose answer is saved as the user's label version (clicks, scribbles), not as a pre-label."""
+        return [self.clicks.name, self.clicks.scribbles_name] if self.clicks else []
 
     def trainers(self, studies: str, final_labels: FinalLabels) -> Dict[str, TrainTask]:
         configs: Dict[str, Any] = {**self.networks, **self.imported}

@@ -38,7 +38,7 @@ from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, KEPT_AS_VERSION, ORIGI
 from amoslabel.errors import Conflict, Unprocessable
 from amoslabel.volume import Geometry, check_on_grid, read_label, read_label_on_grid
 from amoslabel.workspace import Workspace
-from models.click_request import CLICK_RESULT
+from models.click_request import CLICK_RESULT, WHOLE_LABEL_KEY
 from review import audit
 from review.auth import Accounts, Forbidden, Principal
 from review.blinding import REVIEWER_EDIT, blind_round
@@ -268,12 +268,23 @@ class ReviewService:
     def record_inference(self, request: Dict[str, Any], result: Dict[str, Any]) -> None:
         """After ``/infer`` on a case: audit who opened the scan through a viewer; a case's first pre-label starts
         its workflow (Slicer's auto-segmentation, or the server's own) and goes to the datastore's viewers."""
+        params = result.get("params") or {}
+        whole = params.pop(WHOLE_LABEL_KEY, None)  # a server's path: never in the answer
+        try:
+            self._record_inference(request, result, params, whole)
+        finally:
+            if whole:
+                Path(whole).unlink(missing_ok=True)
+
+    def _record_inference(
+        self, request: Dict[str, Any], result: Dict[str, Any], params: Dict[str, Any], whole: Optional[str]
+    ) -> None:
         case_id = request.get("case_id")
         if not case_id:
             return
-        params = result.get("params") or {}
         if params.get("interaction") == CLICK_RESULT and result.get("file"):
-            params["label_version"] = self.save_click(request.get("client_id"), case_id, result["file"], params)
+            saved = whole or result["file"]
+            params["label_version"] = self.save_click(request.get("client_id"), case_id, saved, params)
             return
         if request.get("client_id"):
             model = request.get("requested_model") or request.get("model")
@@ -453,7 +464,8 @@ class ReviewService:
             Forbidden: the user may not save this case's label now (not its junior or one of its reviewers).
         """
         who = self.principal_for_client(client_id)
-        info = {"via": "clicks", "clicks": {k: params.get(k) for k in ("model", "network_from", "organs", "clicks")}}
+        asked = ("model", "network_from", "organs", "clicks", "foreground", "box_ijk", "strokes")
+        info = {"via": "clicks", "clicks": {k: params[k] for k in asked if params.get(k)}}
         # read, not copied: the answer may be NRRD (Slicer's and OHIF's format), the store keeps NIfTI
         return self._save_edit(who, case_id, sitk.ReadImage(str(label_file)), info)
 

@@ -216,6 +216,10 @@ class VersionFiles:
             finally:
                 tmp.unlink(missing_ok=True)
         source = Path(source)
+        if not source.name.endswith(".nii.gz"):
+            # the store keeps gzipped NIfTI as <digest>.nii.gz: a file in another format (an NRRD answer, as Slicer
+            # and MONAI Label's OHIF panel ask for) is converted, never copied under that name
+            return self._put(case_id, sitk.ReadImage(str(source)))
         if source.parent.resolve() == folder.resolve() and _VERSION_NAME.fullmatch(source.name):
             return StoredLabel(source.name.split(".")[0], source)
         digest = file_sha256(source)

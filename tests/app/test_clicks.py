@@ -1,7 +1,7 @@
 """Interactive correction through the real server and the client class 3D Slicer uses: the click model trains on
 the final labels (MONAI DeepEdit's simulated clicks), a junior's clicks change one organ near them, and each answer is
-a label version by the junior's token; a box (Slicer's ROI) changes the organ inside it only, and the review API's
-undo takes the last answer back.
+a label version by the junior's token; a box (Slicer's ROI) changes the organ inside it only, a lasso and a scribble
+act as clicks on their voxels, and the review API's undo takes the last answer back.
 
 The click model here has had two training steps: its network is barely trained, so these tests check what the
 server guarantees whatever the network says (the click rules of models.click_merge, the saves, the refusals);
@@ -18,6 +18,7 @@ from monailabel.client.client import MONAILabelClientException
 from scipy import ndimage
 
 from amoslabel.config import load_config
+from amoslabel.organs import ORGANS
 from review.schema import Case, LabelVersion, User
 from review.service import ReviewService
 from tests.app.test_server import status_of, train
@@ -175,6 +176,77 @@ def test_clicks_grow_a_missed_part_and_remove_a_false_blob_and_nothing_else(
     assert step == {"action": "undo", "restores": params["label_version"]}
 
 
+def test_a_lasso_makes_its_inside_the_organ_on_its_slice_and_a_scribble_answers_too(trained, junior, sample_studies):
+    name, user = junior
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_studies / "labels" / "working" / f"{CASE}.nii.gz")))
+    free = np.argwhere(before == 0)
+    z, y, x = (int(v) for v in free[len(free) // 2])  # a slice and a spot where the label has nothing
+    corners = [[x - 3, y - 3, z], [x + 3, y - 3, z], [x + 3, y + 3, z], [x - 3, y + 3, z]]  # i, j, k on slice k = z
+    result_file, params = user.infer(
+        "deepedit", CASE, {"label": "liver", "lassos": [{"kind": "foreground", "points": corners}]}
+    )
+    after = sitk.GetArrayFromImage(sitk.ReadImage(result_file))
+    inside = np.zeros(after.shape, bool)
+    inside[z, y - 3 : y + 4, x - 3 : x + 4] = True
+    assert params["strokes"] == [{"shape": "lasso", "kind": "foreground", "voxels": 49}]
+    assert (after[inside & (before == 0)] == LIVER).all()  # the lasso's inside, where no other organ is
+    assert np.array_equal(after[(before != 0) & (before != LIVER)], before[(before != 0) & (before != LIVER)])
+    # a background scribble across what the lasso added takes it back at least where it runs
+    line = [[x - 3, y, z], [x + 3, y, z]]
+    result_file, params = user.infer(
+        "deepedit", CASE, {"label": "liver", "scribbles": [{"kind": "background", "points": line}]}
+    )
+    cut = sitk.GetArrayFromImage(sitk.ReadImage(result_file))
+    assert not (cut[z, y, x - 3 : x + 4] == LIVER).any() and params["strokes"][0]["voxels"] == 7
+    saved = [v for v in versions_of(sample_studies, CASE) if v[3].get("via") == "clicks"]
+    assert saved[-1][0] == params["label_version"] and saved[-1][2] == name
+    assert saved[-1][3]["clicks"]["strokes"] == params["strokes"]  # the history says what was drawn
+
+
+def test_slicers_scribbles_correct_the_selected_organ_and_the_whole_label_is_saved(
+    trained, junior, client, sample_studies, truth, tmp_path
+):
+    name, user = junior
+    assert client.info()["models"]["deepedit_scribbles"]["type"] == "scribbles"  # what Slicer's section lists
+    stored = sample_studies / "labels" / "working" / f"{CASE}.nii.gz"
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(stored)))
+    # Slicer's export of its editor: a value per segment in its order (the organs, last first), then the scribble
+    # layers (16 foreground, 17 background)
+    order = [o for o in reversed(ORGANS)]
+    exported = np.zeros(before.shape, np.uint8)
+    for value, organ in enumerate(order, start=1):
+        exported[before == organ.id] = value
+    free = np.argwhere(before == 0)
+    z, y, x = (int(v) for v in free[len(free) // 3])
+    exported[z, y, x - 3 : x + 4] = 16
+    image = sitk.GetImageFromArray(exported)
+    image.CopyInformation(truth)
+    path = tmp_path / "scribbles.nrrd"
+    sitk.WriteImage(image, str(path))
+    info = [{"name": o.name, "id": value} for value, o in enumerate(order, start=1)]
+    info += [{"name": "foreground_scribbles", "id": 16}, {"name": "background_scribbles", "id": 17}]
+    params = {"label_info": info, "selected_label_name": "liver", "roi": [], "result_extension": ".nrrd"}
+    result_file, answer = user.infer("deepedit_scribbles", CASE, params, label_in=str(path))
+    only = sitk.GetArrayFromImage(sitk.ReadImage(result_file))
+    assert set(np.unique(only)) <= {0, LIVER} and (only[z, y, x - 3 : x + 4] == LIVER).all()  # the liver alone
+    assert "whole_label_file" not in answer and answer["strokes"] == [
+        {"shape": "scribble", "kind": "foreground", "voxels": 7}
+    ]
+    whole = sitk.GetArrayFromImage(sitk.ReadImage(str(stored)))  # the user's version: every organ, the liver's new
+    assert np.array_equal(whole == LIVER, only == LIVER)
+    assert np.array_equal(whole[(before != 0) & (before != LIVER)], before[(before != 0) & (before != LIVER)])
+    saved = [v for v in versions_of(sample_studies, CASE) if v[3].get("via") == "clicks"]
+    assert saved[-1][0] == answer["label_version"] and saved[-1][2] == name
+    exported[exported >= 16] = 0  # no scribble painted: refused, nothing saved
+    unpainted = sitk.GetImageFromArray(exported)
+    unpainted.CopyInformation(truth)
+    sitk.WriteImage(unpainted, str(path))
+    with pytest.raises(MONAILabelClientException) as err:
+        user.infer("deepedit_scribbles", CASE, params, label_in=str(path))
+    assert status_of(err.value) == 400 and "no scribbles" in err.value.msg, err.value.msg
+    assert versions_of(sample_studies, CASE)[-1][0] == saved[-1][0]
+
+
 def test_bad_clicks_are_refused_and_nothing_is_saved(trained, junior, client, server, shared, sample_studies):
     name, user = junior
     before = versions_of(sample_studies, CASE)
@@ -187,6 +259,18 @@ def test_bad_clicks_are_refused_and_nothing_is_saved(trained, junior, client, se
         ({"label": "liver"}, None, 400, "no clicks"),
         ({"roi": [1, 5, 1, 5, 1, 5]}, None, 400, "needs the organ"),
         ({"label": "liver", "roi": [9000, 9100, 1, 5, 1, 5]}, None, 422, "outside the image"),
+        (
+            {"label": "liver", "scribbles": [{"kind": "foreground", "points": [[1, 1, 1], [5, 5, 5]]}]},
+            None,
+            400,
+            "one slice",
+        ),
+        (
+            {"label": "liver", "lassos": [{"kind": "foreground", "points": [[1, 1, 1], [1, 9000, 1], [1, 5, 5]]}]},
+            None,
+            422,
+            "outside",
+        ),
         ({"label": "liver", "liver": [[50, 50, 50]]}, off_grid, 422, "grid"),
         ({"label": "liver", "liver": [[50, 50, 50]], "current_label_file": "/etc/passwd"}, None, None, None),
     ]

@@ -11,7 +11,7 @@ from bench.clicks import REFINERS, STARTS, main
 
 def test_the_click_bench_counts_clicks_per_organ_and_times_the_round_trip(tmp_path):
     tiny = ["--grid", "24", "--spacing", "16", "--per-source", "3", "--cases", "2", "--seg-steps", "2"]
-    tiny += ["--click-steps", "2", "--cap", "3", "--latency-clicks", "2", "--parts", "synthetic,latency"]
+    tiny += ["--click-steps", "2", "--cap", "3", "--latency-clicks", "1", "--parts", "synthetic,latency"]
     networks = ["--networks", str(tmp_path / "networks")]
     assert main(tiny + ["--out", str(tmp_path)] + networks) == 0
     results = json.loads((tmp_path / "results.json").read_text())
@@ -19,7 +19,9 @@ def test_the_click_bench_counts_clicks_per_organ_and_times_the_round_trip(tmp_pa
     assert results["training"]["click_steps"] == 2
     assert "real" not in results
     for name in ("synthetic",):
-        boxed = {f"{s} + box + clicks" for s in STARTS}
+        boxed = {f"{s} + box + clicks" for s in STARTS} | {
+            f"{s} + box + {k} (clicks)" for s in STARTS for k in ("scribbles", "lassos")
+        }
         assert set(results[name]) == {f"{s} + {r}" for s in STARTS for r in REFINERS} | boxed
         for key, figures in results[name].items():
             runs = figures["runs"]
@@ -34,10 +36,19 @@ def test_the_click_bench_counts_clicks_per_organ_and_times_the_round_trip(tmp_pa
             assert figures["median_organ_noc_lower"] <= figures["median_organ_noc"]
             assert all(0 <= figures[key] <= 1 for key in ("dice_start", "dice_after_5", "dice_last"))
             assert figures["dice_start"] == round(sum(r["dice"][0] for r in runs) / len(runs), 3)
-    for scan, timing in results["latency"].items():
-        assert timing["n"] == 2 and 0 < timing["p50_s"] <= timing["p95_s"], scan
+    for scan, timings in results["latency"].items():
+        assert set(timings) == {"size", "click", "box", "scribble", "lasso", "undo", "redo"}, scan
+        for kind, timing in timings.items():
+            if kind != "size":
+                assert timing["n"] == 1 and 0 < timing["p50_s"] <= timing["p95_s"], (scan, kind)
     table = (tmp_path / "table.md").read_text()
-    assert "| prior + clicks |" in table and "## Click round trip" in table and "NoC@85" in table
+    assert (
+        "| prior + clicks |" in table
+        and "| segmentor + box + scribbles (clicks) |" in table
+        and "## Round trips" in table
+        and "| lasso |" in table
+        and "NoC@85" in table
+    )
 
     # the trained pair is reused by a run with the same settings: the same figures without training again
     again = tmp_path / "again"

@@ -47,6 +47,9 @@ from tests.dicomweb.ohif_driver import (
     voxel_centres,
     wait_for_ct,
 )
+from amoslabel.config import load_config
+from review.schema import Case, LabelVersion, User
+from review.service import ReviewService
 from tests.review.conftest import add_users
 
 PEOPLE = [("jun", "junior"), ("jun2", "junior"), ("sen1", "senior"), ("sen2", "senior"), ("boss", "admin")]
@@ -426,4 +429,55 @@ def test_monai_labels_own_ohif_panel_prelabels_a_case_under_auth(site, browser):
     assert [v["kind"] for v in detail["versions"]] == ["prelabel"]
     history = site.api("boss", "GET", f"/cases/{case}/history").json()["events"]
     assert any(e["actor"] == "jun2" and e["reason"].startswith("viewer /infer/") for e in history)
+    page.close()
+
+
+def test_monai_labels_ohif_panel_point_prompts_correct_the_case_as_its_junior(site, browser):
+    """The panel's *Point Prompts* on the click model (type deepedit): the organ chosen in its list, a point placed
+    on the canvas with the mouse, *Run*; the answer is saved as a label version by the case's junior, whose browser
+    session made the request, with the point as the panel sent it (voxel indices on the scan)."""
+    from bench.cohort import publish_random_unet
+
+    study, case = site.unlabelled
+    service = ReviewService(load_config(), str(site.root))
+    try:
+        with service.store.read() as s:
+            junior = s.get(User, s.get(Case, case).junior_id).name  # routed at its pre-label (the test before)
+    finally:
+        service.store.dispose()
+    # the click model answers on a segmentor's version (random weights here: the click rules decide what changes)
+    publish_random_unet(site.root, "cpu-fast")
+    before = [v["id"] for v in site.api("boss", "GET", f"/cases/{case}").json()["versions"]]
+    page = browser.page(junior)
+    page.goto(f"{site.server.url}/ohif/monai-label?StudyInstanceUIDs={study}")
+    page.wait_for_selector("[data-cy=study-browser-thumbnail]", timeout=90000)
+    dismiss_banners(page)
+    page.locator("table.settingsTable button.actionButton").first.click()  # the panel's "connect"
+    page.get_by_text("Point Prompts", exact=True).click()  # its tab: the probe tool becomes active
+    page.locator("tr.clickable-row", has=page.get_by_text("liver", exact=True)).first.click()
+    # the volume loaded (the axial viewport counts its slices) before a point can land on it; a click before
+    # then places no point, and the panel fails on Run
+    page.get_by_text(re.compile(r"\(\d+/78\)")).first.wait_for(timeout=120000)
+    time.sleep(2)
+    axial = page.locator("[data-viewport-uid=mpr-axial] canvas").first.bounding_box()  # the panel's layout is MPR
+    page.mouse.click(axial["x"] + axial["width"] / 2, axial["y"] + axial["height"] / 2)  # the probe: a point
+    time.sleep(1)
+    with page.expect_response(lambda r: "/infer/deepedit" in r.url, timeout=600000) as answer:
+        page.locator("button[title='Run PointPrompts']").click()
+    assert answer.value.status == 200, answer.value.text()[:300]
+    page.get_by_text("Running Inference for Point Prompts - Successful").first.wait_for(timeout=60000)
+    time.sleep(3)
+    shot(page, "monai-panel-point-prompt")
+    versions = site.api("boss", "GET", f"/cases/{case}").json()["versions"]
+    (new,) = [v for v in versions if v["id"] not in before]
+    assert (new["kind"], new["author"]) == ("junior", junior)
+    service = ReviewService(load_config(), str(site.root))
+    try:
+        with service.store.read() as s:
+            info = dict(s.get(LabelVersion, new["id"]).info or {})
+    finally:
+        service.store.dispose()
+    size = sitk.ReadImage(str(site.root / f"{case}.nii.gz")).GetSize()
+    (point,) = info["clicks"]["clicks"]["liver"]  # the panel's point, voxel indices (i, j, k) on the scan
+    assert info["via"] == "clicks" and all(0 <= v < n for v, n in zip(point, size)), info
     page.close()

@@ -9,11 +9,14 @@ from scipy import ndimage
 from evaluation.clicks import (
     T_BOX_S,
     T_CLICK_S,
+    T_SCRIBBLE_S,
     Click,
     box_then_clicks,
     click_minutes,
     clicks_to_goal,
     next_click,
+    next_lasso,
+    next_scribble,
     organ_box,
     organ_dice,
 )
@@ -143,3 +146,35 @@ def test_a_box_first_counts_as_one_interaction_and_its_minutes_are_counted():
     assert already.reached_at == 0 and already.boxes == 0 and len(drawn) == 1  # at the goal: no box drawn
     never = box_then_clicks(start, truth, LIVER, lambda label, organ, box: label, lambda label, clicks: label, cap=3)
     assert never.reached_at is None and never.boxes == 1 and len(never.clicks) == 2  # the box is one of the cap
+
+
+def test_a_scribble_runs_along_the_largest_errors_cross_section_on_its_centre_slice():
+    truth = np.zeros((20, 30, 30), np.uint8)
+    truth[4:16, 5:25, 5:25] = LIVER
+    start = truth.copy()
+    start[8:12, 10:14, 5:25] = 0  # a missed bar along x, 20 voxels long
+    scribble = next_scribble(start, truth, LIVER)
+    centre = next_click(start, truth, LIVER)
+    assert scribble and all(c.positive and c.organ == LIVER for c in scribble)
+    assert {c.voxel[0] for c in scribble} == {centre.voxel[0]} and centre.voxel in [c.voxel for c in scribble]
+    xs = sorted(c.voxel[2] for c in scribble)
+    assert xs[-1] - xs[0] >= 15  # along the bar, not a point
+    assert all(start[c.voxel] == 0 and truth[c.voxel] == LIVER for c in scribble)  # all on the missed part
+    blob = truth.copy()
+    blob[2, 2:6, 2:6] = LIVER  # a false blob: a background scribble
+    assert not any(c.positive for c in next_scribble(blob, truth, LIVER))
+    assert next_scribble(truth, truth, LIVER) == []
+    # a lasso around the same cross-section: every voxel of the bar on that slice
+    lasso = next_lasso(start, truth, LIVER)
+    assert sorted(c.voxel for c in lasso) == [(centre.voxel[0], y, x) for y in range(10, 14) for x in range(5, 25)]
+
+
+def test_a_scribble_a_round_counts_one_interaction_each_and_its_own_minutes():
+    truth = np.zeros((30, 30, 30), np.uint8)
+    truth[5:25, 5:25, 5:25] = LIVER
+    start = truth.copy()
+    for z in (6, 12, 18):
+        start[z : z + 3, 5:25, 5:25] = 0
+    run = clicks_to_goal(start, truth, LIVER, fill_component(truth), goal=0.99, annotator=next_scribble)
+    assert run.reached_at == 3 and run.rounds == 3 and len(run.clicks) > 3  # three strokes of many voxels
+    assert click_minutes(run, 0.0, T_SCRIBBLE_S) == pytest.approx(3 * T_SCRIBBLE_S / 60)

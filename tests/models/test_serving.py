@@ -9,6 +9,7 @@ from amoslabel.config import load_config
 from amoslabel.errors import NotFound
 from models.infer_task import SegmentationInferTask
 from models.prior_task import PRIOR_MODEL, AtlasCache, PriorInferTask
+from models.click_scribbles import ScribbleInferTask
 from models.click_task import ClickInferTask
 from models.click_train import ClickTrainTask
 from models.serving import ServedModels, check_model_name, route_request
@@ -24,7 +25,7 @@ def served(tmp_path):
 
 def test_each_model_sets_up_its_own_tasks_on_its_own_store(served, tmp_path):
     infers = served.infers()
-    assert sorted(infers) == ["deepedit", "prior", "unet", "vnet"]
+    assert sorted(infers) == ["deepedit", "deepedit_scribbles", "prior", "unet", "vnet"]
     assert isinstance(infers["unet"], SegmentationInferTask) and isinstance(infers[PRIOR_MODEL], PriorInferTask)
     assert infers["vnet"].store.root == tmp_path / "models" / "vnet"
     trainers = served.trainers(str(tmp_path), lambda: [])
@@ -34,6 +35,12 @@ def test_each_model_sets_up_its_own_tasks_on_its_own_store(served, tmp_path):
     assert isinstance(infers["deepedit"], ClickInferTask) and isinstance(trainers["deepedit"], ClickTrainTask)
     assert infers["deepedit"].store.root == trainers["deepedit"].store.root == tmp_path / "models" / "deepedit"
     assert infers["deepedit"].base_store.root == infers["unet"].store.root
+    # Slicer's scribbles on the click model's own task: one network in memory for both
+    assert (
+        isinstance(infers["deepedit_scribbles"], ScribbleInferTask)
+        and infers["deepedit_scribbles"].clicks is infers["deepedit"]
+    )
+    assert served.click_models() == ["deepedit", "deepedit_scribbles"]
     assert served.serving_versions() == {"unet": None, "vnet": None, "deepedit": None}
 
 

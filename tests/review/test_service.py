@@ -16,6 +16,7 @@ from amoslabel.data.datastore import AmosDatastore
 from amoslabel.data.importer import import_source
 from amoslabel.errors import InputError
 from amoslabel.files import file_sha256
+from amoslabel.volume import read_label
 from review.auth import Principal
 from review.queries import queue
 from review.service import ReviewService
@@ -165,3 +166,19 @@ def history_of(service: ReviewService, case_id: str):
     from review.queries import history
 
     return history(service.workflow, case_id, Principal(0, "test", "admin"))
+
+
+def test_a_prelabel_answered_as_nrrd_is_stored_as_nifti(attached, tmp_path):
+    """Slicer and MONAI Label's OHIF panel ask for NRRD answers (result_extension .nrrd): the version store keeps
+    gzipped NIfTI under <sha>.nii.gz, so the answer is converted, never copied under that name (a copied NRRD named
+    .nii.gz could not be read back: the next click on the case failed)."""
+    studies, service, store, people = attached
+    label = sitk.ReadImage(str(LABEL))
+    answer = tmp_path / "prelabel-answer.nrrd"
+    sitk.WriteImage(label, str(answer))
+    version = service.store_prelabel(CASE, str(answer), {"model": "unet", "model_version": 1})
+    stored = Path(service.current_label_file(CASE, "j1"))
+    assert stored.name.endswith(".nii.gz") and stored.read_bytes()[:2] == b"\x1f\x8b"  # gzip, as its name says
+    read_back = read_label(stored)  # the checked reader the click task uses: it refused the copied NRRD
+    assert np.array_equal(sitk.GetArrayFromImage(read_back), sitk.GetArrayFromImage(label))
+    assert version and stored.name.split(".")[0] == file_sha256(stored)
