@@ -141,6 +141,8 @@ def read_label(
     Raises:
         InputError: as :func:`read_image`, and Unprocessable (422) for ids outside 0-15 or non-integer values.
     """
+    if not 0 < max_id <= 255:
+        raise ValueError(f"max_id {max_id}: label maps are read as uint8, ids 0-255")
     name = name or Path(path).name
     image = _read_checked(path, max_voxels, name)
     array = sitk.GetArrayViewFromImage(image)

@@ -32,6 +32,7 @@ from amoslabel.organs import label_table  # noqa: E402
 from amoslabel.server import identity, routes  # noqa: E402
 from amoslabel.server.dicomweb_launch import OHIF_URL_ENV  # noqa: E402
 from amoslabel.workspace import Workspace  # noqa: E402
+from models.click_request import WHOLE_LABEL_KEY  # noqa: E402
 from models.prior_task import AtlasCache  # noqa: E402
 from models.retraining import RetrainingTrigger  # noqa: E402
 from models.serving import ServedModels, check_model_name, route_request  # noqa: E402
@@ -96,6 +97,7 @@ class AmosLabelApp(MONAILabelApp):
 
     def infer(self, request: Dict[str, Any], datastore=None):
         """Check the image and the model before MONAI Label runs the request; the review workflow records it."""
+        request.pop(WHOLE_LABEL_KEY, None)  # named by an infer task in its answer, never by a request
         request = (datastore or self.datastore()).infer_request(request)
         request = route_request(request, self._infers, self.config.fallback_for)
         if request.get("model") in self.served.click_models():

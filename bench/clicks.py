@@ -24,9 +24,10 @@ simulation's cases at ``--spacing`` mm on a ``--grid``^3 grid) and on the REAL s
    act as clicks, as the server reads a scribble; the network sees them all as guidance, where the server gives it
    five per stroke: on this coarse grid a stroke is a few voxels). And ``box + lassos``: a lasso a round around that
    cross-section (:func:`evaluation.clicks.next_lasso`), every voxel inside acting as a click.
-4. Minutes (assumptions, :mod:`evaluation.effort`, :data:`evaluation.clicks.T_CLICK_S`, ``T_BOX_S`` and
-   ``T_SCRIBBLE_S``): voxel
-   editing of the start against the interactions plus voxel editing of what they left.
+4. Minutes (assumptions, :mod:`evaluation.effort`, :data:`evaluation.clicks.T_CLICK_S`, ``T_BOX_S``,
+   ``T_SCRIBBLE_S`` and ``T_LASSO_S``): voxel editing of the start against the interactions plus voxel editing of
+   what they left; and *then brush*: an annotator who interacts until an interaction changes nothing they can see
+   (Dice up by less than 0.01, :func:`evaluation.clicks.mixed_minutes`) and edits the rest by hand.
 5. ``latency``: round trips through the real server (``monailabel.client``, a junior's token, each answer saved as
    a label version) on the real CHAOS CT series (512 x 512 x 78) and the real 3 mm CT, at the ``cpu-fast`` preset:
    p50 and p95 over ``--latency-clicks`` rounds of a click, a box, a scribble and a lasso (target: p95 <= 2 s on 2
@@ -66,6 +67,7 @@ from evaluation.clicks import (  # noqa: E402
     box_then_clicks,
     click_minutes,
     clicks_to_goal,
+    mixed_minutes,
     next_lasso,
     next_scribble,
     one_click,
@@ -251,6 +253,10 @@ def measure(
                     else:
                         run = clicks_to_goal(start, truth, organ.id, refine, goal, cap, spacing)
                     left = correction_effort(run.final, truth, spacing, organs=[organ]).get(organ.id)
+                    if run.at_stall is not None:
+                        at_stall = correction_effort(run.at_stall, truth, spacing, organs=[organ]).get(organ.id)
+                    else:
+                        at_stall = left
                     runs[key].append(
                         {
                             "case": case.name,
@@ -264,6 +270,10 @@ def measure(
                             "dice": [round(d, 4) for d in run.dice],
                             "voxel_minutes": round(voxel[organ.id].minutes if organ.id in voxel else 0.0, 3),
                             "click_minutes": round(click_minutes(run, left.minutes if left else 0.0, seconds), 3),
+                            "stalled_at": run.stalled_at,
+                            "mixed_minutes": round(
+                                mixed_minutes(run, at_stall.minutes if at_stall else 0.0, seconds), 3
+                            ),
                         }
                     )
                 bar.update(1)
@@ -301,6 +311,7 @@ def summary(rows: List[dict]) -> dict:
         "dice_last": _mean_dice(rows, None),
         "voxel_minutes": round(sum(r["voxel_minutes"] for r in rows), 1),
         "click_minutes": round(sum(r["click_minutes"] for r in rows), 1),
+        "mixed_minutes": round(sum(r["mixed_minutes"] for r in rows), 1),
     }
 
 
@@ -365,14 +376,14 @@ def markdown(results: Dict[str, Any], goal: float, cap: int) -> str:
         lines += [f"## {name}", ""]
         lines += [
             f"| start + refiner | median organ NoC | median organ NoC@{lower} | mean Dice: start, 5 interactions, last "
-            "| voxel-editing min | click min |"
+            "| voxel-editing min | click min | then brush min |"
         ]
-        lines += ["|---|---|---|---|---|---|"]
+        lines += ["|---|---|---|---|---|---|---|"]
         for key, s in results[name].items():
             dice = f"{s['dice_start']}, {s['dice_after_5']}, {s['dice_last']}"
             lines.append(
                 f"| {key} | {s['median_organ_noc']} | {s['median_organ_noc_lower']} | {dice} "
-                f"| {s['voxel_minutes']} | {s['click_minutes']} |"
+                f"| {s['voxel_minutes']} | {s['click_minutes']} | {s['mixed_minutes']} |"
             )
         header = "| organ | border share | " + " | ".join(results[name]) + " |"
         lines += ["", header, "|---" * (2 + len(results[name])) + "|"]

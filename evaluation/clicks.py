@@ -140,6 +140,18 @@ class ClicksToGoal:
     final: Optional[np.ndarray] = field(default=None, repr=False)  # the label after the last interaction
     boxes: int = 0  # boxes drawn before the clicks (:func:`box_then_clicks`); each counts as one interaction
     rounds: int = 0  # interactions after the box: clicks, or scribbles
+    # the first interaction that raised the Dice by less than :data:`STALL_GAIN` (its index in ``dice``: a box counts),
+    # and the label after it: where an annotator who sees nothing change takes the brush instead; None: never
+    stalled_at: Optional[int] = None
+    at_stall: Optional[np.ndarray] = field(default=None, repr=False)
+
+    def note(self, label: np.ndarray) -> None:
+        """Record the label after an interaction whose Dice was just appended; mark the first stall, keeping the
+        better of the labels before and after it (an annotator undoes an interaction that made things worse)."""
+        before, self.final = self.final, label
+        if self.stalled_at is None and len(self.dice) > 1 and self.dice[-1] - self.dice[-2] < STALL_GAIN:
+            worse = self.dice[-1] < self.dice[-2] and before is not None
+            self.stalled_at, self.at_stall = len(self.dice) - 1, before if worse else label
 
     def noc(self, cap: int) -> int:
         """Number of clicks to the goal, counted as ``cap`` when it was not reached (the usual NoC convention)."""
@@ -177,8 +189,8 @@ def clicks_to_goal(
         run.clicks.extend(drawn)
         run.rounds += 1
         label = refine(label, list(run.clicks))
-        run.final = label
         run.dice.append(organ_dice(label, truth, organ))
+        run.note(label)
         if run.dice[-1] >= goal:
             run.reached_at = run.rounds
             break
@@ -217,8 +229,19 @@ def box_then_clicks(
     boxed = refine_box(start, organ, organ_box(truth, organ))
     rest = clicks_to_goal(boxed, truth, organ, refine, goal, cap - 1, spacing, annotator)
     reached = rest.reached_at + 1 if rest.reached_at is not None else None
-    return ClicksToGoal(organ, [first] + rest.dice, rest.clicks, reached, rest.final, boxes=1, rounds=rest.rounds)
+    run = ClicksToGoal(organ, [first], rest.clicks, reached, final=start, boxes=1, rounds=rest.rounds)
+    run.dice.append(rest.dice[0])
+    run.note(boxed)
+    if run.stalled_at is None and rest.stalled_at is not None:
+        run.stalled_at, run.at_stall = rest.stalled_at + 1, rest.at_stall
+    run.dice += rest.dice[1:]
+    run.final = rest.final
+    return run
 
+
+#: An interaction that raises the organ's Dice by less than this is one the annotator sees change nothing: they take
+#: the brush for the rest (:func:`mixed_minutes`).
+STALL_GAIN = 0.01
 
 #: Seconds per click round, an assumption like :class:`evaluation.effort.EffortModel`'s: find the error on the
 #: slice (the voxel-editing model's 4 s per slice), click, wait for the answer (1-2 s measured on CPU) and look at it.
@@ -236,3 +259,13 @@ def click_minutes(run: ClicksToGoal, minutes_left: float, t_click_s: float = T_C
     each; :data:`T_SCRIBBLE_S` for scribbles), plus voxel editing of whatever they left wrong (``minutes_left``:
     :func:`evaluation.effort.correction_effort` of the last label)."""
     return (run.rounds * t_click_s + run.boxes * T_BOX_S) / 60 + minutes_left
+
+
+def mixed_minutes(run: ClicksToGoal, minutes_left_at_stall: float, t_click_s: float = T_CLICK_S) -> float:
+    """Estimated minutes of an annotator who interacts until an interaction changes nothing they can see (the first
+    stall, :data:`STALL_GAIN`), then edits the rest by hand: the interactions up to and including that one, plus
+    voxel editing of the label after it (``minutes_left_at_stall``: :func:`evaluation.effort.correction_effort` of
+    ``run.at_stall``, or of ``run.final`` when the run never stalled)."""
+    made = run.stalled_at if run.stalled_at is not None else len(run.dice) - 1
+    boxes = min(run.boxes, made)
+    return (boxes * T_BOX_S + (made - boxes) * t_click_s) / 60 + minutes_left_at_stall

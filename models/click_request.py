@@ -44,7 +44,7 @@ CURRENT_LABEL_KEY = "current_label_file"  # the uploaded label to correct: set b
 WHOLE_LABEL_KEY = "whole_label_file"
 MAX_CLICKS = 200  # per request: far beyond any correction, and a bound on the work one request can ask for
 MAX_STROKE_POINTS = 5000  # per request: a hand-drawn stroke has hundreds of points; a bound on the work again
-MAX_STROKE_VOXELS = 1_000_000  # per request, the lassos' insides with the rest: a liver's section is some 20,000
+MAX_STROKE_VOXELS = 250_000  # per request, the lassos' insides with the rest: a liver's section is some 20,000
 
 
 @dataclass
@@ -191,7 +191,7 @@ def _strokes(request: Mapping[str, Any], size_xyz: Sequence[int]) -> List[Stroke
         Unprocessable: a point outside the scan (422).
     """
     strokes: List[Stroke] = []
-    total = 0
+    total = voxels = 0
     for key, shape in SHAPES.items():
         value = request.get(key)
         if value in (None, "", []):
@@ -216,7 +216,8 @@ def _strokes(request: Mapping[str, Any], size_xyz: Sequence[int]) -> List[Stroke
             if slice_axis(ijk) is None:
                 raise InputError(f"a {shape} is drawn on one slice: its points differ in i, in j and in k")
             strokes.append(Stroke(shape, stroke["kind"], stroke_voxels(shape, ijk, size_xyz)))
-            if sum(len(s.voxels) for s in strokes) > MAX_STROKE_VOXELS:
+            voxels += len(strokes[-1].voxels)
+            if voxels > MAX_STROKE_VOXELS:
                 raise InputError(f"the strokes cover more than {MAX_STROKE_VOXELS} voxels in one request")
     return strokes
 

@@ -7,7 +7,8 @@ Slicer's MONAI Label module lists the models of type ``scribbles`` in that secti
   being its place in the editor's list (1, 2, ...), the ``foreground_scribbles`` and ``background_scribbles``
   layers among them; where segments overlap, the later one (a scribble layer, added last) holds the voxel;
 * ``label_info`` (each segment's ``name`` and that ``id``), ``selected_label_name`` (the segment to correct), and
-  ``roi`` (the *Scribbles ROI*, voxel indices, or ``[]``);
+  ``roi`` (the *Scribbles ROI*, voxel indices, or ``[]``: as in MONAI Label's own scribbles methods, it bounds the
+  work: only the scribbles inside it count);
 
 and puts the answer's voxels into the selected segment only (the answer's lowest label value becomes that segment).
 
@@ -61,8 +62,8 @@ def read_scribble_layers(
     organs: Dict[int, int] = {}  # Slicer's value -> our organ id
     for entry in info:
         name, value = str(entry["name"]).strip(), entry["id"]
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InputError(f"a segment's id in label_info is an integer: {str(value)[:20]!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= SEGMENT_VALUES:
+            raise InputError(f"a segment's id in label_info is an integer 1-{SEGMENT_VALUES}: {str(value)[:20]!r}")
         if name.lower() in layers:
             layers[name.lower()].append(value)
         else:
@@ -70,10 +71,17 @@ def read_scribble_layers(
                 organs[value] = organ_id(name)
             except InputError:
                 pass  # a segment that is no organ (Slicer's "background", a user's own): not ours to correct
-    scribbled = {kind: np.argwhere(np.isin(exported, values)) for kind, values in layers.items()}
+    size_xyz = tuple(reversed(exported.shape))
+    roi = box_of(request.get("roi"), size_xyz)
+    inside = np.zeros(exported.shape, bool)
+    inside[roi if roi is not None else ...] = True  # the Scribbles ROI: only the scribbles inside it count
+    scribbled = {kind: np.argwhere(np.isin(exported, values) & inside) for kind, values in layers.items()}
     count = sum(len(v) for v in scribbled.values())
     if count == 0:
-        raise InputError(f"no scribbles: paint on the {FOREGROUND_LAYER!r} or {BACKGROUND_LAYER!r} layer before Update")
+        raise InputError(
+            f"no scribbles: paint on the {FOREGROUND_LAYER!r} or {BACKGROUND_LAYER!r} layer (inside the ROI, if one "
+            "is placed) before Update"
+        )
     if count > MAX_SCRIBBLED_VOXELS:
         raise InputError(f"{count} scribbled voxels in one request; at most {MAX_SCRIBBLED_VOXELS}")
     table = np.zeros(max([int(exported.max()), *organs]) + 1, np.uint8)
@@ -88,8 +96,7 @@ def read_scribble_layers(
         for kind, voxels in (("foreground", scribbled[FOREGROUND_LAYER]), ("background", scribbled[BACKGROUND_LAYER]))
         if len(voxels)
     ]
-    size_xyz = tuple(reversed(exported.shape))
-    return ClickRequest([organ], box=box_of(request.get("roi"), size_xyz), strokes=strokes), label
+    return ClickRequest([organ], strokes=strokes), label
 
 
 class ScribbleInferTask(InferTask):

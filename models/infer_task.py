@@ -15,6 +15,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from amoslabel.config import AppConfig, ModalityPlan, NetworkSettings, Normalisation
+from amoslabel.data.locations import results_folder
 from amoslabel.errors import Conflict, InputError
 from amoslabel.files import file_sha256
 from amoslabel.organs import NUM_CLASSES, label_table
@@ -263,9 +264,7 @@ def write_prelabel(label: sitk.Image, extension: Any = None) -> str:
     extension = extension or ".nii.gz"
     if extension not in RESULT_EXTENSIONS:
         raise InputError(f"result_extension must be one of {', '.join(RESULT_EXTENSIONS)}, not {str(extension)[:20]!r}")
-    # Not straight in /tmp: MONAI Label's client saves the download as <its tmpdir>/<same file name>, and on a
-    # machine running both Slicer and the server it would then be deleted by the server's clean-up of its copy.
-    results = Path(tempfile.gettempdir()) / "amoslabel-results"
+    results = results_folder()
     results.mkdir(exist_ok=True)
     fd, path = tempfile.mkstemp(suffix=extension, prefix="prelabel-", dir=results)
     os.close(fd)

@@ -32,6 +32,7 @@ from sqlalchemy import select
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from amoslabel.cluster.leadership import LeaderJobs, leadership_for
+from amoslabel.data.locations import results_folder
 from amoslabel.config import AppConfig
 from amoslabel.dicom.naming import SegKind, seg_uids
 from amoslabel.data.tags import ATTENTION_TAG, FINAL_TAG, KEPT_AS_VERSION, ORIGINAL_TAG, WORKING_TAG
@@ -270,6 +271,10 @@ class ReviewService:
         its workflow (Slicer's auto-segmentation, or the server's own) and goes to the datastore's viewers."""
         params = result.get("params") or {}
         whole = params.pop(WHOLE_LABEL_KEY, None)  # a server's path: never in the answer
+        if whole and Path(whole).resolve().parent != results_folder().resolve():
+            # only an infer task writes this key, into the answers' folder; anything else is not ours to read or delete
+            log.warning(f"ignored a whole label file outside the answers' folder: {str(whole)[:200]!r}")
+            whole = None
         try:
             self._record_inference(request, result, params, whole)
         finally:

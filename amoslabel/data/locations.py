@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -31,3 +32,10 @@ def user_cache() -> Path:
 def working_folder(studies: str, dicomweb_cache: Optional[str] = None) -> Path:
     """The local folder that plays the studies folder: the folder itself, or a DICOMweb server's mirror."""
     return cache_root(studies, dicomweb_cache) if is_dicomweb(studies) else Path(studies)
+
+
+def results_folder() -> Path:
+    """Where the infer tasks write their answers, for MONAI Label to send. Not straight in the temporary folder:
+    MONAI Label's client saves a download as <its tmpdir>/<same file name>, and on a machine running both Slicer and
+    the server it would then be deleted by the server's clean-up of its copy."""
+    return Path(tempfile.gettempdir()) / "amoslabel-results"

@@ -66,7 +66,7 @@ from amoslabel.server.review_hot_routes import HotReviewRoutes
 from amoslabel.server.sessions import check_owner, install_session_routes
 from amoslabel.server.uploads import BodyLimit, remove_later, temporary_files_go
 from amoslabel.server.viewer_dicomweb import ViewerDicomWeb
-from models.click_request import CURRENT_LABEL_KEY
+from models.click_request import CURRENT_LABEL_KEY, WHOLE_LABEL_KEY
 from review.api import create_review_api
 from review.web.pages import SessionCookies
 from review.service import ReviewQueueStrategy, ReviewService
@@ -276,13 +276,22 @@ def install_route_overrides(
             check_id(image)  # before MONAI Label's endpoint logs it
         check_owner(session_id, request)
         fields = json.loads(own(params, "params", request))
-        fields.pop(CURRENT_LABEL_KEY, None)  # a path is named by the server only
+        for key in (CURRENT_LABEL_KEY, WHOLE_LABEL_KEY):
+            fields.pop(key, None)  # a path is named by the server only
         with temporary_files_go(background_tasks):
             if label is not None:
                 # The uploaded label is the label to correct. MONAI Label would put its path under "label", where
                 # Slicer's click request names the organ; here it gets a key of its own.
                 fields[CURRENT_LABEL_KEY] = keep_upload(label, background_tasks)
             return run_inference(background_tasks, model, image, session_id, json.dumps(fields), file, None, output)
+
+    def whole_slide_refused(model: str):
+        # MONAI Label's whole-slide routes copy a client's params into the request as they are: they would bypass
+        # the checks of /infer/{model} (the caller's identity, the paths only the server names)
+        return JSONResponse(
+            {"detail": "whole-slide inference is for pathology; this server's models are 3D: POST /infer/{model}"},
+            status_code=404,
+        )
 
     def reload_refused():
         return JSONResponse(
@@ -317,6 +326,8 @@ def install_route_overrides(
         ("/datastore/label/info", put_label_info, ["PUT"], "Datastore"),
         ("/datastore/updatelabelinfo", put_label_info, ["PUT"], None),  # deprecated alias
         ("/infer/{model}", infer, ["POST"], "Infer"),
+        ("/infer/wsi/{model}", whole_slide_refused, ["POST"], None),
+        ("/infer/wsi_v2/{model}", whole_slide_refused, ["POST"], None),
         ("/datastore/image", download_image, ["GET"], "Datastore"),
         ("/datastore/label", download_label, ["GET"], "Datastore"),
     ]

@@ -10,6 +10,8 @@ server guarantees whatever the network says (the click rules of models.click_mer
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import requests
@@ -273,11 +275,13 @@ def test_bad_clicks_are_refused_and_nothing_is_saved(trained, junior, client, se
         ),
         ({"label": "liver", "liver": [[50, 50, 50]]}, off_grid, 422, "grid"),
         ({"label": "liver", "liver": [[50, 50, 50]], "current_label_file": "/etc/passwd"}, None, None, None),
+        ({"label": "liver", "liver": [[50, 50, 50]], "whole_label_file": "/etc/passwd"}, None, None, None),
     ]
     for params, label_in, expected, words in cases:
         if expected is None:  # a client cannot name a file for the server to read: the key is dropped
             _, answer = user.infer("deepedit", CASE, params)
-            assert answer["started_from"] == "case"
+            assert answer["started_from"] == "case" and "whole_label_file" not in answer
+            assert Path("/etc/passwd").is_file()
             before = versions_of(sample_studies, CASE)
             continue
         with pytest.raises(MONAILabelClientException) as err:
@@ -287,5 +291,15 @@ def test_bad_clicks_are_refused_and_nothing_is_saved(trained, junior, client, se
     with pytest.raises(MONAILabelClientException) as err:
         client.infer("deepedit", CASE, {"label": "liver", "liver": [[50, 50, 50]]})
     assert status_of(err.value) == 403
+    # MONAI Label's whole-slide routes would take params unchecked (a path, another user's client_id): not served
+    token = _token(sample_studies, name)
+    for route in ("wsi", "wsi_v2"):
+        refused = requests.post(
+            f"{server.url}/infer/{route}/deepedit?image={CASE}",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"level": 0, "params": {"label": "liver", "liver": [[50, 50, 50]], "client_id": "someone"}},
+            timeout=60,
+        )
+        assert refused.status_code == 404 and "POST /infer/{model}" in refused.json()["detail"], refused.text
     assert versions_of(sample_studies, CASE) == before
     assert server.alive()

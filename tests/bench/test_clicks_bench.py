@@ -32,6 +32,9 @@ def test_the_click_bench_counts_clicks_per_organ_and_times_the_round_trip(tmp_pa
             assert all(r["boxes"] + r["clicks"] == r["noc"] for r in runs if r["reached"])
             assert all(r["reached"] == (max(r["dice"]) >= 0.9) for r in runs)
             assert figures["median_organ_noc"] is not None and figures["voxel_minutes"] >= 0
+            # an annotator who never saw an interaction change nothing never took the brush early
+            assert all(r["mixed_minutes"] == r["click_minutes"] for r in runs if r["stalled_at"] is None), key
+            assert all(0 < r["stalled_at"] < len(r["dice"]) for r in runs if r["stalled_at"] is not None), key
             assert all(r["noc_lower"] <= r["noc"] and 0 < r["border_share"] <= 1 for r in runs)
             assert figures["median_organ_noc_lower"] <= figures["median_organ_noc"]
             assert all(0 <= figures[key] <= 1 for key in ("dice_start", "dice_after_5", "dice_last"))

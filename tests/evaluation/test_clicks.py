@@ -14,6 +14,7 @@ from evaluation.clicks import (
     box_then_clicks,
     click_minutes,
     clicks_to_goal,
+    mixed_minutes,
     next_click,
     next_lasso,
     next_scribble,
@@ -98,12 +99,18 @@ def fill_component(truth):
     return refine
 
 
-def test_clicks_to_goal_counts_one_click_per_error_region():
+def three_missed_slabs():
+    """A cube of liver, and a start that misses three separate slabs of it."""
     truth = np.zeros((30, 30, 30), np.uint8)
     truth[5:25, 5:25, 5:25] = LIVER
     start = truth.copy()
-    for z in (6, 12, 18):  # three separate missed slabs
+    for z in (6, 12, 18):
         start[z : z + 3, 5:25, 5:25] = 0
+    return truth, start
+
+
+def test_clicks_to_goal_counts_one_click_per_error_region():
+    truth, start = three_missed_slabs()
     run = clicks_to_goal(start, truth, LIVER, fill_component(truth), goal=0.99)
     assert run.reached_at == 3 and len(run.clicks) == 3 and all(c.positive for c in run.clicks)
     assert run.dice[0] < run.dice[1] < run.dice[2] < run.dice[3] and run.dice[-1] == 1.0
@@ -170,11 +177,34 @@ def test_a_scribble_runs_along_the_largest_errors_cross_section_on_its_centre_sl
 
 
 def test_a_scribble_a_round_counts_one_interaction_each_and_its_own_minutes():
-    truth = np.zeros((30, 30, 30), np.uint8)
-    truth[5:25, 5:25, 5:25] = LIVER
-    start = truth.copy()
-    for z in (6, 12, 18):
-        start[z : z + 3, 5:25, 5:25] = 0
+    truth, start = three_missed_slabs()
     run = clicks_to_goal(start, truth, LIVER, fill_component(truth), goal=0.99, annotator=next_scribble)
     assert run.reached_at == 3 and run.rounds == 3 and len(run.clicks) > 3  # three strokes of many voxels
     assert click_minutes(run, 0.0, T_SCRIBBLE_S) == pytest.approx(3 * T_SCRIBBLE_S / 60)
+
+
+def test_the_annotator_takes_the_brush_at_the_first_interaction_that_changes_nothing():
+    truth, start = three_missed_slabs()
+    helpful = clicks_to_goal(start, truth, LIVER, fill_component(truth), goal=0.99)
+    assert helpful.stalled_at is None  # every click raised the Dice: no stall, the brush is not needed
+    assert mixed_minutes(helpful, 0.5) == click_minutes(helpful, 0.5)
+    useless = clicks_to_goal(start, truth, LIVER, lambda label, clicks: label, goal=0.99, cap=5)
+    assert useless.stalled_at == 1 and np.array_equal(useless.at_stall, start) and useless.rounds == 5
+    assert mixed_minutes(useless, 2.0) == pytest.approx(T_CLICK_S / 60 + 2.0)  # one click, then the brush
+    harmful = clicks_to_goal(start, truth, LIVER, lambda label, clicks: np.zeros_like(label), goal=0.99, cap=3)
+    assert harmful.stalled_at == 1 and np.array_equal(harmful.at_stall, start)  # undone: the brush starts before it
+    assert click_minutes(useless, 2.0) == pytest.approx(5 * T_CLICK_S / 60 + 2.0)
+
+    def box_fills_most(label, organ, box):
+        out = label.copy()
+        out[truth == organ] = organ
+        out[10:13, 5:25, 5:25] = 0
+        return out
+
+    boxed = box_then_clicks(
+        np.zeros_like(truth), truth, LIVER, box_fills_most, lambda label, clicks: label, goal=0.99, cap=4
+    )
+    assert (
+        boxed.stalled_at == 2 and (boxed.at_stall == LIVER).sum() == (box_fills_most(truth, LIVER, None) == LIVER).sum()
+    )
+    assert mixed_minutes(boxed, 1.0) == pytest.approx((T_BOX_S + T_CLICK_S) / 60 + 1.0)  # the box, a click, the brush

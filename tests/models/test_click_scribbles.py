@@ -50,12 +50,18 @@ def test_segments_become_our_organs_and_scribbles_become_strokes(exported):
     assert clicks.resolve_organs(label) == [LIVER]
 
 
-def test_without_a_label_on_the_server_a_scribbled_voxel_is_background_and_a_roi_is_a_box(exported):
+def test_without_a_label_on_the_server_a_scribbled_voxel_is_background_and_the_roi_bounds_the_scribbles(exported):
+    roi = [0, 4, 0, 4, 3, 5]  # i, j, k: around the background scribble only (k 3-4), not the foreground one (k 2)
     clicks, label = read_scribble_layers(
-        {"label_info": INFO, "selected_label_name": "spleen", "roi": [0, 4, 0, 4, 0, 2]}, exported, None
+        {"label_info": INFO, "selected_label_name": "spleen", "roi": roi}, exported, None
     )
-    assert clicks.organs == [SPLEEN] and clicks.box == (slice(0, 3), slice(0, 5), slice(0, 5))
+    assert clicks.organs == [SPLEEN] and clicks.box is None
+    assert clicks.positives(SPLEEN) == [] and sorted(clicks.negatives()) == [(3, 1, 1), (4, 1, 1)]
     assert label[3, 1, 1] == 0 and label[2, 5, 7] == 0
+    with pytest.raises(InputError, match="inside the ROI"):
+        read_scribble_layers(
+            {"label_info": INFO, "selected_label_name": "spleen", "roi": [7, 9, 7, 9, 0, 1]}, exported, None
+        )
 
 
 @pytest.mark.parametrize(
@@ -65,6 +71,8 @@ def test_without_a_label_on_the_server_a_scribbled_voxel_is_background_and_a_roi
         ({"label_info": [{"name": "liver"}], "selected_label_name": "liver"}, "label_info"),
         ({"label_info": INFO, "selected_label_name": "tumour"}, "unknown organ"),
         ({"label_info": [{"name": "liver", "id": "3"}], "selected_label_name": "liver"}, "integer"),
+        ({"label_info": [{"name": "liver", "id": 10**12}], "selected_label_name": "liver"}, "integer 1-255"),
+        ({"label_info": [{"name": "liver", "id": 0}], "selected_label_name": "liver"}, "integer 1-255"),
         ({"label_info": INFO[:3], "selected_label_name": "liver"}, "no scribbles"),
     ],
 )

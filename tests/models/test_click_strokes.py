@@ -99,16 +99,15 @@ def test_bad_strokes_are_refused_with_a_message(request_, error, words):
 
 
 def test_lassos_that_cover_too_many_voxels_are_refused():
-    big = (1000, 1000, 3)  # a lasso over a whole 1000 x 1000 slice holds a million voxels
-    whole = [[0, 0, 1], [999, 0, 1], [999, 999, 1], [0, 999, 1]]
-    assert (
-        len(
-            parse_clicks({"label": "liver", "lassos": [{"kind": "foreground", "points": whole}]}, big).strokes[0].voxels
-        )
-        == MAX_STROKE_VOXELS
-    )
+    big = (500, 500, 3)  # a lasso over a whole 500 x 500 slice holds 250,000 voxels
+    whole = [[0, 0, 1], [499, 0, 1], [499, 499, 1], [0, 499, 1]]
+    one = parse_clicks({"label": "liver", "lassos": [{"kind": "foreground", "points": whole}]}, big)
+    assert len(one.strokes[0].voxels) == MAX_STROKE_VOXELS
     with pytest.raises(InputError, match="more than"):
-        twice = [{"kind": "foreground", "points": whole}, {"kind": "background", "points": whole}]
+        twice = [
+            {"kind": "foreground", "points": whole},
+            {"kind": "background", "points": [[0, 0, 2], [3, 0, 2], [0, 3, 2]]},
+        ]
         parse_clicks({"label": "liver", "lassos": twice}, big)
 
 

@@ -17,6 +17,7 @@ from amoslabel.data.importer import import_source
 from amoslabel.errors import InputError
 from amoslabel.files import file_sha256
 from amoslabel.volume import read_label
+from models.click_request import WHOLE_LABEL_KEY
 from review.auth import Principal
 from review.queries import queue
 from review.service import ReviewService
@@ -182,3 +183,14 @@ def test_a_prelabel_answered_as_nrrd_is_stored_as_nifti(attached, tmp_path):
     read_back = read_label(stored)  # the checked reader the click task uses: it refused the copied NRRD
     assert np.array_equal(sitk.GetArrayFromImage(read_back), sitk.GetArrayFromImage(label))
     assert version and stored.name.split(".")[0] == file_sha256(stored)
+
+
+def test_a_whole_label_path_outside_the_answers_folder_is_neither_read_nor_deleted(attached, tmp_path):
+    """Only an infer task names the whole label of a scribbles answer, in the answers' folder: a path from anywhere
+    else (a client's params echoed by a task) is dropped from the answer, not saved, not deleted."""
+    studies, service, store, people = attached
+    victim = tmp_path / "precious.nii.gz"
+    victim.write_bytes(b"not yours")
+    params = {WHOLE_LABEL_KEY: str(victim), "interaction": "click"}
+    service.record_inference({"case_id": CASE, "client_id": "j1"}, {"params": params, "file": None})
+    assert victim.read_bytes() == b"not yours" and WHOLE_LABEL_KEY not in params
