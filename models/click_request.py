@@ -173,13 +173,18 @@ def _points(value: Any, name: str, size_xyz: Sequence[int]) -> List[Voxel]:
         raise InputError(f"clicks for {name!r} must be a list of [i, j, k] voxel indices")
     out = []
     for point in value:
-        if not isinstance(point, (list, tuple)) or len(point) != 3 or not all(_is_index(v) for v in point):
-            raise InputError(f"a click for {name!r} is not three voxel indices [i, j, k]: {str(point)[:60]}")
-        ijk = [int(round(v)) for v in point]
+        ijk = _voxel_index(point, f"a click for {name!r}")
         if any(v < 0 or v >= n for v, n in zip(ijk, size_xyz)):
             raise Unprocessable(f"the click {ijk} for {name!r} lies outside the image of {list(size_xyz)} voxels")
         out.append((ijk[2], ijk[1], ijk[0]))
     return out
+
+
+def _voxel_index(point: Any, what: str) -> List[int]:
+    """A point as three integer voxel indices [i, j, k]; 400 naming ``what`` otherwise."""
+    if not isinstance(point, (list, tuple)) or len(point) != 3 or not all(_is_index(v) for v in point):
+        raise InputError(f"{what} is not three voxel indices [i, j, k]: {str(point)[:60]}")
+    return [int(round(v)) for v in point]
 
 
 def _strokes(request: Mapping[str, Any], size_xyz: Sequence[int]) -> List[Stroke]:
@@ -207,10 +212,7 @@ def _strokes(request: Mapping[str, Any], size_xyz: Sequence[int]) -> List[Stroke
             total += len(points)
             if total > MAX_STROKE_POINTS:
                 raise InputError(f"more than {MAX_STROKE_POINTS} scribble and lasso points in one request")
-            for point in points:
-                if not isinstance(point, (list, tuple)) or len(point) != 3 or not all(_is_index(v) for v in point):
-                    raise InputError(f"a {shape} point is not three voxel indices [i, j, k]: {str(point)[:60]}")
-            ijk = np.array([[int(round(v)) for v in p] for p in points], dtype=np.int64)
+            ijk = np.array([_voxel_index(point, f"a {shape} point") for point in points], dtype=np.int64)
             if (ijk < 0).any() or (ijk >= np.asarray(size_xyz)).any():
                 raise Unprocessable(f"a {shape} lies outside the image of {list(size_xyz)} voxels")
             if slice_axis(ijk) is None:

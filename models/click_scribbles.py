@@ -75,7 +75,8 @@ def read_scribble_layers(
     roi = box_of(request.get("roi"), size_xyz)
     inside = np.zeros(exported.shape, bool)
     inside[roi if roi is not None else ...] = True  # the Scribbles ROI: only the scribbles inside it count
-    scribbled = {kind: np.argwhere(np.isin(exported, values) & inside) for kind, values in layers.items()}
+    painted = {kind: np.isin(exported, values) for kind, values in layers.items()}
+    scribbled = {kind: np.argwhere(mask & inside) for kind, mask in painted.items()}
     count = sum(len(v) for v in scribbled.values())
     if count == 0:
         raise InputError(
@@ -86,10 +87,9 @@ def read_scribble_layers(
         raise InputError(f"{count} scribbled voxels in one request; at most {MAX_SCRIBBLED_VOXELS}")
     table = np.zeros(max([int(exported.max()), *organs]) + 1, np.uint8)
     for value, ours in organs.items():
-        if value >= 0:
-            table[value] = ours
+        table[value] = ours
     label = table[exported]
-    covered = np.isin(exported, layers[FOREGROUND_LAYER] + layers[BACKGROUND_LAYER])
+    covered = painted[FOREGROUND_LAYER] | painted[BACKGROUND_LAYER]
     label[covered] = beneath[covered] if beneath is not None else 0
     strokes = [
         Stroke("scribble", kind, voxels)

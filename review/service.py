@@ -471,8 +471,7 @@ class ReviewService:
         who = self.principal_for_client(client_id)
         asked = ("model", "network_from", "organs", "clicks", "foreground", "box_ijk", "strokes")
         info = {"via": "clicks", "clicks": {k: params[k] for k in asked if params.get(k)}}
-        # read, not copied: the answer may be NRRD (Slicer's and OHIF's format), the store keeps NIfTI
-        return self._save_edit(who, case_id, sitk.ReadImage(str(label_file)), info)
+        return self._save_edit(who, case_id, str(label_file), info)  # an NRRD answer: the store converts it
 
     def current_label_file(self, case_id: str, user: str) -> Optional[str]:
         """The label a user's next click starts from: the newest version this user saved in the case's current
