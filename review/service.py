@@ -268,7 +268,8 @@ class ReviewService:
 
     def record_inference(self, request: Dict[str, Any], result: Dict[str, Any]) -> None:
         """After ``/infer`` on a case: audit who opened the scan through a viewer; a case's first pre-label starts
-        its workflow (Slicer's auto-segmentation, or the server's own) and goes to the datastore's viewers."""
+        its workflow (Slicer's auto-segmentation, or the server's own) and goes to the datastore's viewers. A click's
+        answer is saved as the user's version; refused, its file in the answers' folder goes with the refusal."""
         params = result.get("params") or {}
         whole = params.pop(WHOLE_LABEL_KEY, None)  # a server's path: never in the answer
         if whole and Path(whole).resolve().parent != results_folder().resolve():
@@ -277,6 +278,11 @@ class ReviewService:
             whole = None
         try:
             self._record_inference(request, result, params, whole)
+        except BaseException:
+            answer = result.get("file")
+            if answer and Path(answer).resolve().parent == results_folder().resolve():
+                Path(answer).unlink(missing_ok=True)  # refused: the answer never leaves, and is not kept either
+            raise
         finally:
             if whole:
                 Path(whole).unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from amoslabel.data.backup import restore, snapshot
 from amoslabel.data.datastore import AmosDatastore
 from amoslabel.data.importer import import_source
 from amoslabel.errors import InputError
+from amoslabel.data.locations import results_folder
 from amoslabel.files import file_sha256
 from amoslabel.volume import read_label
 from models.click_request import WHOLE_LABEL_KEY
@@ -194,3 +195,18 @@ def test_a_whole_label_path_outside_the_answers_folder_is_neither_read_nor_delet
     params = {WHOLE_LABEL_KEY: str(victim), "interaction": "click"}
     service.record_inference({"case_id": CASE, "client_id": "j1"}, {"params": params, "file": None})
     assert victim.read_bytes() == b"not yours" and WHOLE_LABEL_KEY not in params
+
+
+def test_a_refused_click_answer_is_not_left_in_the_answers_folder(attached, tmp_path):
+    """A click by a user who may not save the case's label is refused (403) after the network answered: the answer
+    never leaves the server, and its file does not stay behind in the answers' folder either."""
+    studies, service, store, people = attached
+    service.workflow.record_prelabel(CASE, LABEL, "prior:test", {})  # with no junior yet: s1 may not save it
+    results_folder().mkdir(exist_ok=True)
+    answer = results_folder() / f"prelabel-refused-{os.getpid()}.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(LABEL)), str(answer))
+    params = {"interaction": "click", "model": "deepedit"}
+    with pytest.raises(Exception) as refused:
+        service.record_inference({"case_id": CASE, "client_id": "s1"}, {"params": params, "file": str(answer)})
+    assert getattr(refused.value, "status_code", None) == 403, refused.value
+    assert not answer.exists()
