@@ -222,11 +222,13 @@ def measure(
     cap: int,
     desc: str,
     box_first: Sequence[str] = (),
+    organs: Sequence[int] = (),
 ) -> dict:
     """Interactions to the goal per (start, refiner, case, organ), with the minutes by voxel editing and by clicks.
     For the refiners in ``box_first``, also a run that draws a box around the organ first (``START + box +
     REFINER``), and runs that then draw scribbles or lassos instead of clicks (``START + box + scribbles
-    (REFINER)``, ``... lassos ...``)."""
+    (REFINER)``, ``... lassos ...``). ``organs``: the organ ids measured (all of them when empty)."""
+    measured = [o for o in ORGANS if not organs or o.id in organs]
     spacing = (simulation.SPACING,) * 3
     runs: Dict[str, List[dict]] = {}
     variants = [(name, network, False, one_click, T_CLICK_S) for name, network in refiners.items()]
@@ -243,7 +245,7 @@ def measure(
                 truth = case.label.astype(np.uint8)
                 voxel = correction_effort(start, truth, spacing)
                 refine = BoxRefiner(network, case, ClickSettings())
-                for organ in ORGANS:
+                for organ in measured:
                     if not (truth == organ.id).any():
                         continue
                     if boxed:
@@ -355,7 +357,7 @@ def synthetic_and_real(args, parts: Sequence[str]) -> Dict[str, Any]:
         }
         desc = f"NoC@{int(args.goal * 100)} {name}"
         box_first = [name for name in ("clicks",) if name in refiners]
-        out[name] = measure(cases, starts, refiners, args.goal, args.cap, desc, box_first=box_first)
+        out[name] = measure(cases, starts, refiners, args.goal, args.cap, desc, box_first, args.organs or ())
     return out
 
 
@@ -423,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated, of {', '.join(REFINERS)} (the box runs go with clicks)",
     )
     parser.add_argument("--goal", type=float, default=0.9)
+    parser.add_argument("--organs", type=int, nargs="+", default=None, help="organ ids measured (default: all 15)")
     parser.add_argument("--cap", type=int, default=20)
     parser.add_argument("--latency-clicks", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -439,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         parser.error(f"unknown part(s) {unknown}; parts: {', '.join(PARTS)}")
+    if args.organs and not set(args.organs) <= {o.id for o in ORGANS}:
+        parser.error(f"--organs: ids from 1 to {len(ORGANS)}, not {args.organs}")
     if not args.refiners or set(args.refiners) - set(REFINERS):
         parser.error(f"--refiners: of {', '.join(REFINERS)}")
     results: Dict[str, Any] = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}

@@ -15,10 +15,10 @@ bench-attention`` runs it after the attention bench.)
      of them in 20 % of the cases (the table's *best possible*); so the same figure is also given at
      ``--failing-share`` (20 %) of failing cases, as a team's queue holds them, where a perfect ranking finds all:
      each set resampled (every passing case, failing cases drawn to the share, 200 draws);
-   * the pass policy: organs with a predicted probability below a threshold need one approval; the threshold is
-     chosen on the estimator's own training units (out-of-fold) as the largest that lets at most
-     ``--max-missed`` of the failing organs through, then applied to the held-out sets: organ reviews saved, and
-     failing organs passed with one reader.
+   * the pass policy: organs with a predicted probability below a threshold need one approval; the threshold (one
+     per model stage) is chosen on the estimator's own training units of that stage (out-of-fold) as the largest
+     that lets at most ``--max-missed`` of the failing organs through, then applied to the held-out sets: organ
+     reviews saved, and failing organs passed with one reader.
 
 Failing counts only *segmentable* organs (median Dice >= 0.8 on the estimator's training units): at 10 mm the
 adrenal glands never reach 0.8 and every case would fail. The curve (reviews saved against failures let through)
@@ -57,7 +57,7 @@ from evaluation.error_detection import (  # noqa: E402
 from strategies.anatomy import learn  # noqa: E402
 from strategies.attention import attention  # noqa: E402
 from strategies.clasp import class_entropies  # noqa: E402
-from strategies.quality import QualityEstimator, feature_vector, organ_features  # noqa: E402
+from strategies.quality import ALL_FEATURES, OUTLINE, QualityEstimator, feature_vector, organ_features  # noqa: E402
 
 FAILURE = FAILURE_DICE  # set from --failure-dice (tiny test settings never reach 0.8)
 FAILING_SHARE = 0.2  # set from --failing-share
@@ -95,6 +95,14 @@ def units(measured: Dict[str, dict], organs: Sequence[int]):
     return names, np.array(rows), np.array(failed, dtype=int)
 
 
+def without_outline(rows: np.ndarray) -> np.ndarray:
+    """The rows with the boundary-error features at 0: what the estimator had before them (the bench's peer)."""
+    out = np.array(rows, dtype=np.float64, copy=True)
+    if len(out):
+        out[:, [ALL_FEATURES.index(name) for name in OUTLINE]] = 0.0
+    return out
+
+
 def auroc(scores: np.ndarray, truth: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -122,9 +130,17 @@ def choose_threshold(curve: List[dict], max_missed: float) -> float:
     return max(allowed) if allowed else 0.0
 
 
-def evaluate(estimator: QualityEstimator, measured: Dict[str, dict], organs: Sequence[int], threshold: float) -> dict:
+def evaluate(
+    estimator: QualityEstimator,
+    measured: Dict[str, dict],
+    organs: Sequence[int],
+    threshold: float,
+    plain: QualityEstimator,
+) -> dict:
+    """One held-out set's figures; ``plain`` is the estimator fitted without the outline features."""
     names, rows, failed = units(measured, organs)
     p_fail = estimator.probabilities(rows) if len(rows) else np.zeros(0)
+    p_plain = plain.probabilities(without_outline(rows)) if len(rows) else np.zeros(0)
     by_case: Dict[str, Dict[int, float]] = {}
     for (case, organ), p in zip(names, p_fail):
         by_case.setdefault(case, {})[organ] = float(p)
@@ -141,6 +157,7 @@ def evaluate(estimator: QualityEstimator, measured: Dict[str, dict], organs: Seq
         "failing organs": int(failed.sum()),
         "organ auroc": auroc(p_fail, failed),
         "organ auroc (entropy)": auroc(np.array([measured[c]["entropy"][o] for c, o in names]), failed),
+        "organ auroc (without outline)": auroc(p_plain, failed),
         "cases top 20%": {k: top_fraction_recall(v, failing, 0.2) for k, v in case_scores.items()},
         "best top 20%": best_recall(len(measured), len(failing), 0.2),
         # as a team's queue holds them: FAILING_SHARE of the cases fail, where a perfect ranking finds them all
@@ -178,18 +195,20 @@ def out_of_fold(rows: np.ndarray, failed: np.ndarray, folds: int = 5) -> np.ndar
 
 def table(results: dict) -> str:
     lines = [
-        "| set | model steps | cases (failing) | organs (failing) | organ AUROC | AUROC entropy | top 20 %: expected "
+        "| set | model steps | cases (failing) | organs (failing) | organ AUROC | without outline | AUROC entropy | "
+        "top 20 %: expected "
         "failures | attention mL | entropy per organ | random | best possible | top 20 % at "
         f"{FAILING_SHARE:.0%} failing: expected failures | attention mL | entropy per organ | reviews saved | "
         "failing organs passed |",
-        "|---" * 16 + "|",
+        "|---" * 17 + "|",
     ]
     for stage in results["stages"]:
         for name, part in stage["sets"].items():
             r, a = part["cases top 20%"], part["cases top 20% at share"]
             lines.append(
                 f"| {name} | {stage['steps']} | {part['cases']} ({part['failing cases']}) | {part['organ units']} "
-                f"({part['failing organs']}) | {part['organ auroc']:.3f} | {part['organ auroc (entropy)']:.3f} | "
+                f"({part['failing organs']}) | {part['organ auroc']:.3f} | "
+                f"{part['organ auroc (without outline)']:.3f} | {part['organ auroc (entropy)']:.3f} | "
                 f"{r['expected failures']:.2f} | {r['attention mL']:.2f} | {r['entropy per organ']:.2f} | "
                 f"{part['random top 20%']:.2f} | {part['best top 20%']:.2f} | {a['expected failures']:.2f} | "
                 f"{a['attention mL']:.2f} | {a['entropy per organ']:.2f} | {part['policy']['saved']:.1%} | "
@@ -212,7 +231,7 @@ def summarise_seeds(parts: List[dict]) -> dict:
         "failing organs": sum(p["failing organs"] for p in parts),
         "random top 20%": stat([p["random top 20%"] for p in parts])[0],
     }
-    for key in ("organ auroc", "organ auroc (entropy)"):
+    for key in ("organ auroc", "organ auroc (entropy)", "organ auroc (without outline)"):
         out[key], out[f"{key} sd"] = stat([p[key] for p in parts])
     out["best top 20%"] = stat([p["best top 20%"] for p in parts])[0]
     for key in ("cases top 20%", "cases top 20% at share"):
@@ -327,47 +346,70 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, cases in held.items()
         }
     every_organ = sorted({o for m in fit_measured.values() for o in m["dice"]})
-    _, rows, failed = units(fit_measured, every_organ)  # the estimator learns from every organ (its base rates too)
+    # the estimator learns from every organ (its base rates too)
+    fit_names, rows, failed = units(fit_measured, every_organ)
     estimator = QualityEstimator.fit(rows, failed)
-    threshold = choose_threshold(policy_curve(out_of_fold(rows, failed), failed), args.max_missed)
+    plain = QualityEstimator.fit(without_outline(rows), failed)
+    # the pass policy's threshold per model stage, from that stage's units (out of fold), as a team sets it from its
+    # current model's audited history: one pooled over the stages lets the trained stage's failures through
+    oof = out_of_fold(rows, failed)
+    stage_of = np.array([int(case.split("/", 1)[0]) for case, _ in fit_names])
+    thresholds = {
+        steps: choose_threshold(policy_curve(oof[stage_of == steps], failed[stage_of == steps]), args.max_missed)
+        for steps in stages
+    }
+    threshold = thresholds[stages[-1]]
     results = {
         "settings": vars(args) | {"out": str(args.out), "plot": str(args.plot), "publish": str(args.publish)},
         "estimator": {
             "units": len(rows),
             "failing": int(failed.sum()),
             "threshold": threshold,
+            "thresholds": thresholds,
             "largest": estimator.largest(8),
             "params": estimator.params(),
         },
         "stages": [],
         "units": [],
     }
+    held_rows: List[List[float]] = []  # the held-out units' features, in results["units"] order
     for steps in stages:
         synthetic = {k: v for k, v in measured[steps].items() if k != "real"}
         counted = {"all": every_organ, "segmentable": segmentable(synthetic)}
         for definition, organs in counted.items():
             if not organs:
                 continue
-            parts = [evaluate(estimator, m, organs, threshold) for m in synthetic.values()]
+            parts = [evaluate(estimator, m, organs, thresholds[steps], plain) for m in synthetic.values()]
             sets = {f"synthetic, {definition} (mean of {len(parts)} seeds)": summarise_seeds(parts)}
             if "real" in measured[steps]:
-                sets[f"real, {definition}"] = evaluate(estimator, measured[steps]["real"], organs, threshold)
+                real = measured[steps]["real"]
+                sets[f"real, {definition}"] = evaluate(estimator, real, organs, thresholds[steps], plain)
             results["stages"].append({"steps": steps, "counted": organs, "sets": sets})
         for name, cases in measured[steps].items():
             names, unit_rows, _ = units(cases, every_organ)
+            held_rows.extend(unit_rows.tolist())
             for (case, organ), p in zip(names, estimator.probabilities(unit_rows) if len(unit_rows) else []):
                 results["units"].append([steps, name, case, organ, round(cases[case]["dice"][organ], 4), round(p, 4)])
     results["minutes"] = round((time.time() - started) / 60, 1)
     results["table"] = table(results)
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (args.out / "table.md").write_text(results["table"] + "\n")
+    # every unit's features, to study other estimators without measuring again (columns: strategies.quality's)
+    np.savez_compressed(
+        args.out / "units.npz",
+        features=np.array(ALL_FEATURES),
+        fit_rows=rows,
+        fit_failed=failed,
+        fit_units=np.array([f"{case}/{organ}" for case, organ in fit_names]),
+        held_rows=np.array(held_rows),
+    )
     if args.plot:
         plot(results, args.plot)
     if args.publish:
         version = publish_cold_start(args.publish, estimator, results["estimator"])
         print(f"published {version.tag} in {version.path} (it serves: the cold start)")
     print(results["table"])
-    print(f"threshold {threshold:.2f}; largest features {estimator.largest(6)}")
+    print(f"thresholds per stage {thresholds}; largest features {estimator.largest(6)}")
     print(f"{results['minutes']} min; results.json and table.md in {args.out}")
     return 0
 

@@ -8,6 +8,10 @@ For each organ of a pre-label, :func:`organ_features` reduces what the scorer al
 * plausibility against what the atlas prior and the final labels know (:mod:`strategies.anatomy`): the volume
   against the organ's learned range, the centroid's distance from its usual place, extra connected pieces, a
   left/right swap, and the overlap with the atlas prior's mask;
+* its outline (boundary errors, which the rest do not see): one minus the soft Dice between the pre-label's mask and
+  the networks' mean probability of the organ (the Dice the networks expect), the doubt band's volume (probability
+  between 0.2 and 0.8) against the organ's, how weakly the image's edges support its surface, how far the pre-label's
+  mask is from the nearest network's, and its size (a thin error costs a small organ more of its Dice);
 * the organ itself (some organs fail more often than others).
 
 :class:`QualityEstimator` is a logistic regression on the standardised features, calibrated with Platt's sigmoid
@@ -25,6 +29,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy.ndimage import binary_erosion
 
 from amoslabel.organs import ORGAN_BY_ID, ORGANS
 from evaluation.metrics import dice_of
@@ -43,10 +48,19 @@ FEATURES: Dict[str, str] = {
     "doubt": "the networks' top probability is low over it",
     "disagreement": "the networks disagree on its outline",
     "attention": "the attention heat is high over it",
+    # boundary errors: an organ found in the right place whose outline is wrong (a liver at Dice 0.75)
+    "soft_miss": "the networks' probabilities follow its outline poorly",
+    "doubt_band": "a wide band around its outline is in doubt",
+    "edge_miss": "its outline does not follow the image's edges",
+    "prelabel_apart": "the pre-label's outline differs from a network's",
+    "small": "it is small, so a thin error at its outline costs much of its Dice",
 }
+# the boundary-error features (the bench measures the estimator without them too)
+OUTLINE = ("soft_miss", "doubt_band", "edge_miss", "prelabel_apart", "small")
 ORGAN_FEATURES = [f"organ_{o.id}" for o in ORGANS]
 ALL_FEATURES = list(FEATURES) + ORGAN_FEATURES
 IN_PLAY = 0.1  # a voxel is in an organ's region where the networks give it at least this probability
+BAND = (0.2, 0.8)  # an organ's probability in this range puts a voxel in the doubt band around its outline
 
 
 def organ_features(
@@ -72,6 +86,7 @@ def organ_features(
         judge: organs to judge even where nothing expects them (a benchmark's reference organs).
     """
     mean = np.mean(networks, axis=0) if networks else None
+    edges = _edge_strength(scan) if scan is not None else None
     masks = [p.argmax(0) for p in networks]
     prior_mask = prior.argmax(0) if prior is not None else None
     label = sitk.GetImageFromArray(prelabel.astype(np.uint8))
@@ -119,8 +134,43 @@ def organ_features(
             row["disagreement"] = 1.0 - min(dice_of(a, b, organ.id) for a, b in pairs)
         if heat is not None and region.any():
             row["attention"] = float(heat[region].mean())
+        if mean is not None:
+            row.update(_outline_features(mask, mean[organ.id]))
+        if edges is not None and mask.any():
+            row["edge_miss"] = _edge_miss(mask, edges)
+        if masks:
+            row["prelabel_apart"] = 1.0 - min(dice_of(prelabel, other, organ.id) for other in masks)
+        row["small"] = -math.log10(m.volume_ml + 0.1) if m is not None else 1.0  # 0.1 mL floor: an absent organ
         out[organ.id] = row
     return out
+
+
+def _outline_features(mask: np.ndarray, p: np.ndarray) -> Dict[str, float]:
+    """How well the networks' mean probability ``p`` of an organ agrees with the pre-label's ``mask`` of it: one minus
+    their soft Dice (1 for an organ the pre-label lacks), and the doubt band's volume against the organ's (at most
+    5)."""
+    size = float(mask.sum())
+    counted = p[mask | (p > IN_PLAY)]  # the faint tail over the whole scan would swamp a small organ's sum
+    soft = 2.0 * float(p[mask].sum()) / max(size + float(counted.sum()), 1e-6)
+    band = float(((p > BAND[0]) & (p < BAND[1])).sum())
+    return {"soft_miss": 1.0 - soft, "doubt_band": min(band / max(size, 1.0), 5.0)}
+
+
+def _edge_strength(scan: sitk.Image) -> np.ndarray:
+    """The scan's gradient magnitude (one-voxel Gaussian), scaled so that the strongest 1 % of edges are at 1."""
+    magnitude = sitk.GetArrayFromImage(
+        sitk.GradientMagnitudeRecursiveGaussian(sitk.Cast(scan, sitk.sitkFloat32), float(min(scan.GetSpacing())))
+    )
+    top = float(np.percentile(magnitude, 99))
+    return np.clip(magnitude / top, 0.0, 1.0) if top > 0 else np.zeros_like(magnitude)
+
+
+def _edge_miss(mask: np.ndarray, edges: np.ndarray) -> float:
+    """One minus the mean edge strength on the mask's surface (its voxels with a neighbour outside it)."""
+    box = tuple(slice(max(int(a.min()) - 1, 0), int(a.max()) + 2) for a in np.nonzero(mask))  # the organ's, padded
+    part = mask[box]
+    surface = part & ~binary_erosion(part, border_value=0)
+    return 1.0 - float(edges[box][surface].mean()) if surface.any() else 1.0
 
 
 def _outside_log_range(volume: float, low: float, high: float) -> float:
@@ -156,27 +206,65 @@ class OrganQuality:
         }
 
 
+SPLINE_DEGREE = 2  # each feature's effect is a quadratic B-spline over its learned range: three knots, four terms
+SPLINE_TERMS = 4
+
+
+def spline_terms(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """The B-spline basis (n, :data:`SPLINE_TERMS`) of one feature: knots at its learned ``low``, midpoint and
+    ``high``, spaced evenly beyond them; a value outside [low, high] counts as the nearest end."""
+    from scipy.interpolate import BSpline
+
+    step = (high - low) / 2 if high > low else 0.5
+    knots = low + step * np.arange(-SPLINE_DEGREE, 2 + SPLINE_DEGREE + 1)
+    end = low + 2 * step
+    x = np.clip(np.asarray(values, np.float64), low, end)
+    return BSpline.design_matrix(x, knots, SPLINE_DEGREE).toarray()
+
+
 class QualityEstimator:
-    """A calibrated logistic regression on :data:`ALL_FEATURES`; its parameters are plain numbers (no pickle).
+    """A calibrated logistic regression on a spline of each of :data:`FEATURES` and the organ one-hots: additive, so
+    each feature's push on the logit is its own (the reasons), yet a feature may matter only past a point (a soft
+    Dice that costs nothing above 0.9 and much below 0.7). Its parameters are plain numbers (no pickle).
 
     Args:
-        params: ``mean``, ``scale``, ``coef`` (one per feature), ``intercept``, and Platt's ``a`` and ``b`` (the
-            calibrated probability is ``sigmoid(a * logit + b)``).
+        params: ``low`` and ``high`` (each feature's learned range, where its knots sit), ``mean``, ``scale`` and
+            ``coef`` (one per spline term and organ), ``intercept``, and Platt's ``a`` and ``b`` (the calibrated
+            probability is ``sigmoid(a * logit + b)``).
     """
 
     def __init__(self, params: Mapping[str, Sequence[float] | float]):
+        self.low = np.asarray(params.get("low", []), dtype=np.float64)
+        self.high = np.asarray(params.get("high", []), dtype=np.float64)
         self.mean = np.asarray(params["mean"], dtype=np.float64)
         self.scale = np.asarray(params["scale"], dtype=np.float64)
         self.coef = np.asarray(params["coef"], dtype=np.float64)
         self.intercept = float(params["intercept"])
         self.a, self.b = float(params.get("a", 1.0)), float(params.get("b", 0.0))
-        if not (len(self.mean) == len(self.scale) == len(self.coef) == len(ALL_FEATURES)):
-            raise ValueError(f"an estimator needs {len(ALL_FEATURES)} parameters per kind, got {len(self.coef)}")
+        width = len(FEATURES) * SPLINE_TERMS + len(ORGAN_FEATURES)
+        if len(self.low) != len(FEATURES) or not (len(self.mean) == len(self.scale) == len(self.coef) == width):
+            raise ValueError(
+                f"this estimator was fitted on {len(self.coef)} terms and AMOS Label now computes {width} "
+                f"({len(FEATURES)} features as splines, and the organs): the next retraining from the finals "
+                "replaces it, or publish a new cold start (python -m bench.quality --publish STUDIES_DIR)"
+            )
+
+    @staticmethod
+    def _expand(rows: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        rows = np.atleast_2d(np.asarray(rows, np.float64))
+        n = len(FEATURES)
+        splines = [spline_terms(rows[:, j], low[j], high[j]) for j in range(n)]
+        return np.hstack(splines + [rows[:, n:]])
+
+    def expand(self, rows: np.ndarray) -> np.ndarray:
+        """Rows in :data:`ALL_FEATURES` order as the regression's terms: each feature's splines, then the organs."""
+        return self._expand(rows, self.low, self.high)
 
     @classmethod
     def fit(cls, rows: np.ndarray, failed: np.ndarray, c: float = 1.0) -> "QualityEstimator":
         """Fit on (n, features) rows and 0/1 outcomes; Platt scaling on 3-fold out-of-fold scores when each class
-        has at least 3 examples (else the regression's own probabilities)."""
+        has at least 3 examples (else the regression's own probabilities). ``c``: the inverse of the L2 penalty
+        (1 was the best of 0.3, 1 and 3, with 3 or 5 knots, in 5-fold cross-validation on the bench's units)."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
         from sklearn.pipeline import make_pipeline
@@ -185,10 +273,15 @@ class QualityEstimator:
         rows, failed = np.asarray(rows, np.float64), np.asarray(failed, np.int64)
         if len(set(failed.tolist())) < 2:
             raise ValueError("the estimator needs both failing and passing organs to learn from")
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-        model.fit(rows, failed)
+        n = len(FEATURES)
+        low, high = rows[:, :n].min(0), rows[:, :n].max(0)
+        terms = cls._expand(rows, low, high)
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+        model.fit(terms, failed)
         scaler, regression = model[0], model[1]
         params = {
+            "low": low.tolist(),
+            "high": high.tolist(),
             "mean": scaler.mean_.tolist(),
             "scale": np.where(scaler.scale_ > 0, scaler.scale_, 1.0).tolist(),
             "coef": regression.coef_[0].tolist(),
@@ -196,13 +289,15 @@ class QualityEstimator:
         }
         if min(np.bincount(failed, minlength=2)) >= 3:
             folds = StratifiedKFold(3, shuffle=True, random_state=0)
-            logits = cross_val_predict(model, rows, failed, cv=folds, method="decision_function")
+            logits = cross_val_predict(model, terms, failed, cv=folds, method="decision_function")
             platt = LogisticRegression(C=1e6, max_iter=1000).fit(logits.reshape(-1, 1), failed)
             params["a"], params["b"] = float(platt.coef_[0][0]), float(platt.intercept_[0])
         return cls(params)
 
     def params(self) -> Dict[str, object]:
         return {
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
             "mean": self.mean.tolist(),
             "scale": self.scale.tolist(),
             "coef": self.coef.tolist(),
@@ -221,12 +316,16 @@ class QualityEstimator:
 
     def probabilities(self, rows: np.ndarray) -> np.ndarray:
         """The calibrated probability of failing, per row."""
-        logits = ((np.asarray(rows, np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
+        if len(rows) == 0:
+            return np.zeros(0)
+        logits = ((self.expand(rows) - self.mean) / self.scale) @ self.coef + self.intercept
         return 1.0 / (1.0 + np.exp(-(self.a * logits + self.b)))
 
     def contributions(self, row: Sequence[float]) -> np.ndarray:
-        """Each feature's push on the logit, against an average organ."""
-        return (np.asarray(row, np.float64) - self.mean) / self.scale * self.coef
+        """Each feature's push on the logit (its spline terms together), against an average organ; one per
+        :data:`FEATURES`."""
+        push = ((self.expand(np.asarray(row)[None]) - self.mean) / self.scale * self.coef)[0]
+        return push[: len(FEATURES) * SPLINE_TERMS].reshape(len(FEATURES), SPLINE_TERMS).sum(1)
 
     def predict(self, features: Mapping[int, Mapping[str, float]], top: int = 2) -> Dict[int, OrganQuality]:
         """Per organ: the probability that it fails and its ``top`` reasons (features that raise it, in words)."""
@@ -237,15 +336,30 @@ class QualityEstimator:
         chances = self.probabilities(rows)
         out = {}
         for organ, row, p in zip(organs, rows, chances):
-            push = self.contributions(row)[: len(FEATURES)]
+            push = self.contributions(row)
             order = [i for i in np.argsort(-push) if push[i] > 0.25][:top]
             out[organ] = OrganQuality(organ, float(p), [FEATURES[list(FEATURES)[i]] for i in order])
         return out
 
+    def effects(self) -> Dict[str, float]:
+        """How far each feature moves the logit from the low end of its learned range to the high end (signed), and
+        each organ's weight (per standard deviation of its one-hot)."""
+        n, grid = len(FEATURES), 21
+        out = {}
+        for j, name in enumerate(FEATURES):
+            terms = slice(j * SPLINE_TERMS, (j + 1) * SPLINE_TERMS)
+            basis = spline_terms(np.linspace(self.low[j], self.high[j], grid), self.low[j], self.high[j])
+            curve = basis / self.scale[terms] @ self.coef[terms]
+            out[name] = float(curve[-1] - curve[0])
+        for k, name in enumerate(ORGAN_FEATURES):
+            out[name] = float(self.coef[n * SPLINE_TERMS + k])
+        return out
+
     def largest(self, n: int = 5) -> List[Tuple[str, float]]:
-        """The ``n`` features with the largest weights (per standard deviation), signed."""
-        order = np.argsort(-np.abs(self.coef))[:n]
-        return [(ALL_FEATURES[i], round(float(self.coef[i]), 3)) for i in order]
+        """The ``n`` features that move the logit the most over their learned range (signed), organs included."""
+        effects = self.effects()
+        order = sorted(effects, key=lambda name: -abs(effects[name]))[:n]
+        return [(name, round(effects[name], 3)) for name in order]
 
 
 def expected_failures(predicted: Mapping[int, OrganQuality]) -> float:

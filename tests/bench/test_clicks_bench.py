@@ -12,6 +12,7 @@ from bench.clicks import REFINERS, STARTS, main
 def test_the_click_bench_counts_clicks_per_organ_and_times_the_round_trip(tmp_path):
     tiny = ["--grid", "24", "--spacing", "16", "--per-source", "3", "--cases", "2", "--seg-steps", "2"]
     tiny += ["--click-steps", "2", "--cap", "3", "--latency-clicks", "1", "--parts", "synthetic,latency"]
+    tiny += ["--organs", "1", "3", "6"]  # the spleen, the left kidney and the liver: a fifth of the time of all 15
     networks = ["--networks", str(tmp_path / "networks")]
     assert main(tiny + ["--out", str(tmp_path)] + networks) == 0
     results = json.loads((tmp_path / "results.json").read_text())
@@ -26,6 +27,7 @@ def test_the_click_bench_counts_clicks_per_organ_and_times_the_round_trip(tmp_pa
         for key, figures in results[name].items():
             runs = figures["runs"]
             assert runs and all(0 <= r["noc"] <= 3 for r in runs)
+            assert {r["organ"] for r in runs} == {"spleen", "left kidney", "liver"}, key
             # the start, then one Dice per interaction (a box, when drawn, is the first)
             assert all(len(r["dice"]) == 1 + r["boxes"] + r["clicks"] for r in runs)
             assert all(r["boxes"] == (1 if key in boxed and r["dice"][0] < 0.9 else 0) for r in runs), key

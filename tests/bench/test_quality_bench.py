@@ -24,10 +24,12 @@ def test_the_quality_bench_learns_measures_and_publishes_a_cold_start(tmp_path):
     assert sorted({stage["steps"] for stage in results["stages"]}) == [40, 160]
     learned = results["estimator"]
     assert learned["units"] > 0 and 0 < learned["failing"] < learned["units"] and 0 <= learned["threshold"] <= 1
+    assert set(learned["thresholds"]) == {"40", "160"} and learned["threshold"] == learned["thresholds"]["160"]
     for stage in results["stages"]:
         for name, part in stage["sets"].items():
             assert part["cases"] == (20 if name.startswith("synthetic") else 3), name
             assert part["failing organs"] <= part["organ units"]
+            assert "organ auroc (without outline)" in part, name
             assert set(part["cases top 20%"]) == {"expected failures", "attention mL", "entropy per organ"}
             assert set(part["cases top 20% at share"]) == set(part["cases top 20%"])
             assert all(0 <= v <= 1 for v in part["cases top 20% at share"].values() if v == v), name

@@ -175,13 +175,18 @@ def test_one_ddp_step_equals_the_same_step_in_one_process(tmp_path):
     # DDP averages the ranks' gradients: the step of one process whose loss is the mean of the two halves' losses
     reference = _step(task, context, [data["image"][h] for h in halves], [data["label"][h] for h in halves])
     # AdamW's first step moves every weight by about lr * sign(gradient), so float32 summation-order noise in a
-    # gradient near Adam's eps shows up scaled to lr: the tolerance is 1% of one step (measured: 1.1e-5 at most,
-    # lr 0.003); a different step moves weights by up to 2 lr.
+    # gradient near Adam's eps shows up scaled to lr, and which few weights it hits depends on the CPU (one machine
+    # measured 1.1e-5 at most, another 1.6 % of lr on 2 of 11 million weights). So: the share of weights that moved
+    # differently by over 1 % of one step (measured: 2e-7; a different step: 8e-3, by up to 2 lr).
     tolerance = 0.01 * float(context.request["learning_rate"])
-    for name, value in reference.items():
-        assert torch.allclose(ranks[0][name], value, atol=tolerance, rtol=0), name
+
+    def share_apart(weights):
+        apart = sum(int(((ranks[0][k] - v).abs() > tolerance).sum()) for k, v in weights.items())
+        return apart / sum(v.numel() for v in weights.values())
+
+    assert share_apart(reference) <= 1e-5, "DDP's step is not the step of the two halves' mean loss"
 
     # One loss over the whole batch of 2b is another step: the loss's batch Dice and class-balanced CE weights are
-    # statistics of the batch, which under DDP is each rank's b. The tolerance above tells the two apart.
+    # statistics of the batch, which under DDP is each rank's b. The measure above tells the two apart.
     whole = _step(task, context, [data["image"]], [data["label"]])
-    assert max((ranks[0][k] - whole[k]).abs().max().item() for k in whole) > 10 * tolerance
+    assert share_apart(whole) >= 1e-3

@@ -55,6 +55,27 @@ def test_features_flag_a_missing_organ_a_swapped_side_and_disagreeing_networks(r
     assert set(features) == {int(v) for v in np.unique(label) if v}
 
 
+def test_outline_features_see_a_boundary_error_that_the_rest_miss(real_label):
+    """A liver shifted by a few voxels is in its place, whole and of its size, but its outline is wrong: the soft Dice
+    with the networks, the doubt band and the image's edges say so."""
+    image, label = real_label
+    scan = sitk.GetImageFromArray((label * 40.0).astype(np.float32))  # every organ its own intensity: edges at outlines
+    scan.CopyInformation(image)
+    networks = [one_hot(label), one_hot(np.roll(label, 1, axis=2))]  # two networks, a voxel apart
+    shifted = label.copy()
+    shifted[label == LIVER] = 0
+    shifted[np.roll(label == LIVER, 4, axis=2)] = LIVER
+    right = organ_features(label, networks, image, scan=scan)[LIVER]
+    wrong = organ_features(shifted, networks, image, scan=scan)[LIVER]
+    assert wrong["soft_miss"] > right["soft_miss"] + 0.05, (right, wrong)
+    assert wrong["edge_miss"] > right["edge_miss"] + 0.1, (right, wrong)
+    assert right["doubt_band"] == wrong["doubt_band"] > 0  # the networks' doubt does not depend on the pre-label
+    missing = label.copy()
+    missing[label == LIVER] = 0
+    gone = organ_features(missing, networks, image, scan=scan)[LIVER]
+    assert gone["soft_miss"] == 1.0 and gone["doubt_band"] == 5.0 and gone["edge_miss"] == 0.0
+
+
 def made_units(n: int, seed: int = 0):
     """Organ units whose failure is known: a missing organ or disagreeing networks fail, the rest mostly pass."""
     rng = np.random.default_rng(seed)
@@ -95,6 +116,12 @@ def test_a_version_that_does_not_load_serves_nothing_and_says_why(tmp_path):
     source = QualitySource(tmp_path)
     assert source.current() is None and source.version() is None
     assert "does not load" in source.problem and "keeps its order" in source.problem
+    # a version fitted before the features grew (10 of them then, and the 15 organs) says what replaces it
+    older = {k: torch.zeros(25, dtype=torch.float64) for k in ("mean", "coef")} | {"scale": torch.ones(25)}
+    version = store.publish(older | {"intercept": torch.tensor(0.0)}, {"source": "cold start, older"})
+    store.set_champion(version.number, "test", "tests")
+    assert source.current() is None
+    assert "fitted on 25 terms" in source.problem and "the next retraining from the finals" in source.problem
 
 
 CASES = [f"case{n:02d}" for n in range(16)]
