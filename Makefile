@@ -13,11 +13,10 @@ LABELS_AS ?= final
 # models fetched (once) and made the first pre-labelers: totalsegmentator, totalsegmentator-fast, or none
 PRETRAINED ?=
 PYTEST_ARGS ?=
-# test modules run on this many workers (pytest-xdist; each module stays whole, in order, on one worker). Four on
-# 2 cores: a module often waits on a server, a browser or Ray (a run on three kept the cores 55 % busy), and more
-# workers fill that time (three: 14:13 against about 15:20 on two, 2026-12-06; four against three: the closing note
-# of 2026-12-07)
-TEST_WORKERS ?= 4
+# test modules run on this many workers (pytest-xdist; each module stays whole, in order, on one worker). Three on
+# 2 cores: a module often waits on a server, a browser or Ray, and a third worker fills that time (14:13 against
+# about 15:20 on two, 2026-12-06)
+TEST_WORKERS ?= 3
 
 .PHONY: run run-dicomweb run-team test env reliability bench gpu-check bench-attention bench-clicks bench-cohort bench-effort bench-nnunet-model bench-metrics bench-review bench-review-profile bench-keepalive baselines prior-check learning-check al-simulation lint clean
 
