@@ -15,7 +15,8 @@ PRETRAINED ?=
 PYTEST_ARGS ?=
 # test modules run on this many workers (pytest-xdist; each module stays whole, in order, on one worker). Three on
 # 2 cores: a module often waits on a server, a browser or Ray, and a third worker fills that time (14:13 against
-# about 15:20 on two, 2026-12-06)
+# about 15:20 on two, 2026-12-06). A fourth does not: 15:17 against 14:42 on three, each module's waits growing
+# (2026-12-07; the cores were 55 % busy on three)
 TEST_WORKERS ?= 3
 
 .PHONY: run run-dicomweb run-team test env reliability bench gpu-check bench-attention bench-clicks bench-cohort bench-effort bench-nnunet-model bench-metrics bench-review bench-review-profile bench-keepalive baselines prior-check learning-check al-simulation lint clean
