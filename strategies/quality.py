@@ -14,8 +14,9 @@ For each organ of a pre-label, :func:`organ_features` reduces what the scorer al
   mask is from the nearest network's, and its size (a thin error costs a small organ more of its Dice);
 * the organ itself (some organs fail more often than others).
 
-:class:`QualityEstimator` is a logistic regression on the standardised features, calibrated with Platt's sigmoid
-(scikit-learn), so its reasons are the features that push an organ's probability up the most. It learns first from
+:class:`QualityEstimator` is a logistic regression on a spline of each feature and the organ one-hots, calibrated with
+Platt's sigmoid (scikit-learn); it is additive, so its reasons are the features that push an organ's probability up
+the most. It learns first from
 simulated corrections (``bench.attention`` makes them), then from the team's own history (:mod:`strategies.
 quality_history`); its versions are kept and promoted like the networks' (:class:`models.versions.ModelStore`).
 """
