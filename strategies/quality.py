@@ -223,6 +223,13 @@ def spline_terms(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return BSpline.design_matrix(x, knots, SPLINE_DEGREE).toarray()
 
 
+def expand_terms(rows: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Rows in :data:`ALL_FEATURES` order as the regression's terms: each feature's splines, then the organs."""
+    rows = np.atleast_2d(np.asarray(rows, np.float64))
+    n = len(FEATURES)
+    return np.hstack([spline_terms(rows[:, j], low[j], high[j]) for j in range(n)] + [rows[:, n:]])
+
+
 class QualityEstimator:
     """A calibrated logistic regression on a spline of each of :data:`FEATURES` and the organ one-hots: additive, so
     each feature's push on the logit is its own (the reasons), yet a feature may matter only past a point (a soft
@@ -250,17 +257,6 @@ class QualityEstimator:
                 "replaces it, or publish a new cold start (python -m bench.quality --publish STUDIES_DIR)"
             )
 
-    @staticmethod
-    def _expand(rows: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-        rows = np.atleast_2d(np.asarray(rows, np.float64))
-        n = len(FEATURES)
-        splines = [spline_terms(rows[:, j], low[j], high[j]) for j in range(n)]
-        return np.hstack(splines + [rows[:, n:]])
-
-    def expand(self, rows: np.ndarray) -> np.ndarray:
-        """Rows in :data:`ALL_FEATURES` order as the regression's terms: each feature's splines, then the organs."""
-        return self._expand(rows, self.low, self.high)
-
     @classmethod
     def fit(cls, rows: np.ndarray, failed: np.ndarray, c: float = 1.0) -> "QualityEstimator":
         """Fit on (n, features) rows and 0/1 outcomes; Platt scaling on 3-fold out-of-fold scores when each class
@@ -276,7 +272,7 @@ class QualityEstimator:
             raise ValueError("the estimator needs both failing and passing organs to learn from")
         n = len(FEATURES)
         low, high = rows[:, :n].min(0), rows[:, :n].max(0)
-        terms = cls._expand(rows, low, high)
+        terms = expand_terms(rows, low, high)
         model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
         model.fit(terms, failed)
         scaler, regression = model[0], model[1]
@@ -315,29 +311,35 @@ class QualityEstimator:
     def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> "QualityEstimator":
         return cls({k: (v.tolist() if v.dim() else float(v)) for k, v in state.items()})
 
-    def probabilities(self, rows: np.ndarray) -> np.ndarray:
-        """The calibrated probability of failing, per row."""
-        if len(rows) == 0:
-            return np.zeros(0)
-        logits = ((self.expand(rows) - self.mean) / self.scale) @ self.coef + self.intercept
+    def _pushes(self, rows: np.ndarray) -> np.ndarray:
+        """Each term's push on the logit, per row, against an average organ."""
+        return (expand_terms(rows, self.low, self.high) - self.mean) / self.scale * self.coef
+
+    def _chances(self, pushes: np.ndarray) -> np.ndarray:
+        logits = pushes.sum(1) + self.intercept
         return 1.0 / (1.0 + np.exp(-(self.a * logits + self.b)))
 
+    def probabilities(self, rows: np.ndarray) -> np.ndarray:
+        """The calibrated probability of failing, per row."""
+        return self._chances(self._pushes(rows)) if len(rows) else np.zeros(0)
+
+    @staticmethod
+    def _by_feature(pushes: np.ndarray) -> np.ndarray:
+        """Terms' pushes (n, terms) summed per feature of :data:`FEATURES` (its spline terms together)."""
+        return pushes[:, : len(FEATURES) * SPLINE_TERMS].reshape(len(pushes), len(FEATURES), SPLINE_TERMS).sum(2)
+
     def contributions(self, row: Sequence[float]) -> np.ndarray:
-        """Each feature's push on the logit (its spline terms together), against an average organ; one per
-        :data:`FEATURES`."""
-        push = ((self.expand(np.asarray(row)[None]) - self.mean) / self.scale * self.coef)[0]
-        return push[: len(FEATURES) * SPLINE_TERMS].reshape(len(FEATURES), SPLINE_TERMS).sum(1)
+        """Each feature's push on the logit, against an average organ; one per :data:`FEATURES`."""
+        return self._by_feature(self._pushes(np.asarray(row)[None]))[0]
 
     def predict(self, features: Mapping[int, Mapping[str, float]], top: int = 2) -> Dict[int, OrganQuality]:
         """Per organ: the probability that it fails and its ``top`` reasons (features that raise it, in words)."""
         organs = sorted(features)
         if not organs:
             return {}
-        rows = np.array([feature_vector(o, features[o]) for o in organs])
-        chances = self.probabilities(rows)
+        pushes = self._pushes(np.array([feature_vector(o, features[o]) for o in organs]))  # the splines once
         out = {}
-        for organ, row, p in zip(organs, rows, chances):
-            push = self.contributions(row)
+        for organ, push, p in zip(organs, self._by_feature(pushes), self._chances(pushes)):
             order = [i for i in np.argsort(-push) if push[i] > 0.25][:top]
             out[organ] = OrganQuality(organ, float(p), [FEATURES[list(FEATURES)[i]] for i in order])
         return out
@@ -345,13 +347,13 @@ class QualityEstimator:
     def effects(self) -> Dict[str, float]:
         """How far each feature moves the logit from the low end of its learned range to the high end (signed), and
         each organ's weight (per standard deviation of its one-hot)."""
-        n, grid = len(FEATURES), 21
+        n = len(FEATURES)
         out = {}
         for j, name in enumerate(FEATURES):
             terms = slice(j * SPLINE_TERMS, (j + 1) * SPLINE_TERMS)
-            basis = spline_terms(np.linspace(self.low[j], self.high[j], grid), self.low[j], self.high[j])
-            curve = basis / self.scale[terms] @ self.coef[terms]
-            out[name] = float(curve[-1] - curve[0])
+            ends = spline_terms(np.array([self.low[j], self.high[j]]), self.low[j], self.high[j])
+            low_end, high_end = ends / self.scale[terms] @ self.coef[terms]
+            out[name] = float(high_end - low_end)
         for k, name in enumerate(ORGAN_FEATURES):
             out[name] = float(self.coef[n * SPLINE_TERMS + k])
         return out
