@@ -163,8 +163,18 @@ class PassPolicy(_Strict):
     """Opt-in: an organ the quality estimator predicts correct with high confidence needs one senior's approval
     instead of every reader's; a random share of those organs is audited (full review), which measures the policy."""
 
-    threshold: float = Field(ge=0, le=1)  # an organ whose predicted chance of failing is below this passes
+    # an organ whose predicted chance of failing is below this passes; "auto": the largest at which the open cases'
+    # own predictions expect at most max_missed of the failing organs to pass (review/pass_policy.py)
+    threshold: Union[float, Literal["auto"]]
     audit_fraction: float = Field(gt=0, le=1)  # of the organs that would pass, the share reviewed in full anyway
+    max_missed: float = Field(default=0.02, gt=0, lt=1)  # with threshold auto: failing organs it may let through
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+            return value
+        raise ValueError("a probability between 0 and 1, or auto")
 
 
 class ReviewSettings(_Strict):
@@ -262,6 +272,9 @@ class ClickSettings(_Strict):
     context_mm: float = Field(default=24.0, ge=0, le=200)  # image the network sees beyond that box
     deepgrow_probability: float = Field(default=0.5, ge=0, le=1)  # share of training steps with simulated clicks
     max_interactions: int = Field(default=3, ge=1, le=20)  # click rounds simulated in one training step
+    # what answers a click unless the request names one (``engine``): this model (amos), or SAM2 once its weights
+    # are fetched (models fetch sam2; models/click_sam2.py)
+    engine: Literal["amos", "sam2"] = "amos"
 
 
 class AppConfig(_Strict):

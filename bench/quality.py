@@ -18,7 +18,9 @@ bench-attention`` runs it after the attention bench.)
    * the pass policy: organs with a predicted probability below a threshold need one approval; the threshold (one
      per model stage) is chosen on the estimator's own training units of that stage (out-of-fold) as the largest
      that lets at most ``--max-missed`` of the failing organs through, then applied to the held-out sets: organ
-     reviews saved, and failing organs passed with one reader.
+     reviews saved, and failing organs passed with one reader;
+   * the same with the server's ``threshold: auto`` (:func:`review.pass_policy.choose_threshold`), chosen without
+     labels from each held-out set's own predictions (every organ of its cases, as a team's open cases hold them).
 
 Failing counts only *segmentable* organs (median Dice >= 0.8 on the estimator's training units): at 10 mm the
 adrenal glands never reach 0.8 and every case would fail. The curve (reviews saved against failures let through)
@@ -54,6 +56,7 @@ from evaluation.error_detection import (  # noqa: E402
     recall_at_failing_share,
     top_fraction_recall,
 )
+from review import pass_policy  # noqa: E402
 from strategies.anatomy import learn  # noqa: E402
 from strategies.attention import attention  # noqa: E402
 from strategies.clasp import class_entropies  # noqa: E402
@@ -109,10 +112,10 @@ def auroc(scores: np.ndarray, truth: np.ndarray) -> float:
     return float(roc_auc_score(truth, scores)) if 0 < truth.sum() < len(truth) else float("nan")
 
 
-def policy_curve(p_fail: np.ndarray, failed: np.ndarray) -> List[dict]:
+def policy_curve(p_fail: np.ndarray, failed: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> List[dict]:
     """Per threshold: the share of organ reviews passed with one reader, and of failing organs among them."""
     out = []
-    for t in THRESHOLDS:
+    for t in thresholds:
         passed = p_fail < t
         out.append(
             {
@@ -136,10 +139,14 @@ def evaluate(
     organs: Sequence[int],
     threshold: float,
     plain: QualityEstimator,
+    max_missed: float,
 ) -> dict:
-    """One held-out set's figures; ``plain`` is the estimator fitted without the outline features."""
+    """One held-out set's figures; ``plain`` is the estimator fitted without the outline features. The set is also
+    the queue of ``threshold: auto`` (:func:`review.pass_policy.choose_threshold`): every organ of its cases."""
     names, rows, failed = units(measured, organs)
     p_fail = estimator.probabilities(rows) if len(rows) else np.zeros(0)
+    _, queue_rows, _ = units(measured, sorted({o for m in measured.values() for o in m["dice"]}))
+    auto = pass_policy.choose_threshold(estimator.probabilities(queue_rows), max_missed)
     p_plain = plain.probabilities(without_outline(rows)) if len(rows) else np.zeros(0)
     by_case: Dict[str, Dict[int, float]] = {}
     for (case, organ), p in zip(names, p_fail):
@@ -169,6 +176,8 @@ def evaluate(
     }
     at = next(row for row in out["curve"] if row["threshold"] == threshold)
     out["policy"] = {"threshold": threshold, "saved": at["saved"], "missed": at["missed"]}
+    at = next(row for row in policy_curve(p_fail, failed, [auto]))
+    out["auto"] = {"threshold": auto, "saved": at["saved"], "missed": at["missed"]}
     return out
 
 
@@ -199,8 +208,8 @@ def table(results: dict) -> str:
         "top 20 %: expected "
         "failures | attention mL | entropy per organ | random | best possible | top 20 % at "
         f"{FAILING_SHARE:.0%} failing: expected failures | attention mL | entropy per organ | reviews saved | "
-        "failing organs passed |",
-        "|---" * 17 + "|",
+        "failing organs passed | auto: threshold | reviews saved | failing organs passed |",
+        "|---" * 20 + "|",
     ]
     for stage in results["stages"]:
         for name, part in stage["sets"].items():
@@ -212,7 +221,8 @@ def table(results: dict) -> str:
                 f"{r['expected failures']:.2f} | {r['attention mL']:.2f} | {r['entropy per organ']:.2f} | "
                 f"{part['random top 20%']:.2f} | {part['best top 20%']:.2f} | {a['expected failures']:.2f} | "
                 f"{a['attention mL']:.2f} | {a['entropy per organ']:.2f} | {part['policy']['saved']:.1%} | "
-                f"{part['policy']['missed']:.1%} |"
+                f"{part['policy']['missed']:.1%} | {part['auto']['threshold']:.2f} | {part['auto']['saved']:.1%} | "
+                f"{part['auto']['missed']:.1%} |"
             )
     return "\n".join(lines)
 
@@ -237,12 +247,13 @@ def summarise_seeds(parts: List[dict]) -> dict:
     for key in ("cases top 20%", "cases top 20% at share"):
         out[key] = {k: stat([p[key][k] for p in parts])[0] for k in parts[0][key]}
         out[f"{key} sd"] = {k: stat([p[key][k] for p in parts])[1] for k in parts[0][key]}
-    out["policy"] = {k: stat([p["policy"][k] for p in parts])[0] for k in ("threshold", "saved", "missed")}
+    for key in ("policy", "auto"):
+        out[key] = {k: stat([p[key][k] for p in parts])[0] for k in ("threshold", "saved", "missed")}
     out["curve"] = [
         {k: stat([p["curve"][i][k] for p in parts])[0] for k in ("threshold", "saved", "missed")}
         for i in range(len(parts[0]["curve"]))
     ]
-    kept = ("organ auroc", "cases top 20%", "cases top 20% at share", "policy")
+    kept = ("organ auroc", "cases top 20%", "cases top 20% at share", "policy", "auto")
     out["per seed"] = [{k: p[k] for k in kept} for p in parts]
     return out
 
@@ -379,11 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for definition, organs in counted.items():
             if not organs:
                 continue
-            parts = [evaluate(estimator, m, organs, thresholds[steps], plain) for m in synthetic.values()]
+            parts = [
+                evaluate(estimator, m, organs, thresholds[steps], plain, args.max_missed) for m in synthetic.values()
+            ]
             sets = {f"synthetic, {definition} (mean of {len(parts)} seeds)": summarise_seeds(parts)}
             if "real" in measured[steps]:
                 real = measured[steps]["real"]
-                sets[f"real, {definition}"] = evaluate(estimator, real, organs, thresholds[steps], plain)
+                sets[f"real, {definition}"] = evaluate(
+                    estimator, real, organs, thresholds[steps], plain, args.max_missed
+                )
             results["stages"].append({"steps": steps, "counted": organs, "sets": sets})
         for name, cases in measured[steps].items():
             names, unit_rows, _ = units(cases, every_organ)

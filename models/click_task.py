@@ -14,9 +14,11 @@ tools and MONAI Label's OHIF panel its point prompts (:mod:`models.click_request
    scan's grid. The review service saves it as a label version by the user
    who clicked.
 
-The network: the click model's serving version; before it has one, the base segmentor's serving version,
-warm-started (:func:`models.click_network.warm_start`: it answers as the segmentor, and the clicks act through the
-rules alone). Without either: 409.
+The engine (request parameter ``engine``, else ``clicks.engine``): ``amos``, the click model's serving version;
+before it has one, the base segmentor's serving version, warm-started (:func:`models.click_network.warm_start`: it
+answers as the segmentor, and the clicks act through the rules alone); without either, 409. ``sam2``: SAM2's video
+predictor over the region's slices (:mod:`models.click_sam2`), once its weights are fetched (else 409). Either way
+the rules above decide what changes.
 """
 
 from __future__ import annotations
@@ -34,13 +36,21 @@ import torch
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from amoslabel.config import AppConfig, NetworkSettings
-from amoslabel.errors import Conflict
+from amoslabel.errors import Conflict, InputError
 from amoslabel.organs import label_table
 from amoslabel.volume import Geometry, read_label_on_grid
 from models.click_merge import Box, click_box, refine_in_box, refine_organ
 from models.click_region import in_box, organ_probability, region_around
+from models.click_sam2 import Sam2Engine
 from models.click_network import build_click_network, warm_start
-from models.click_request import CLICK_RESULT, CURRENT_LABEL_KEY, ORGAN_NAMES, ClickRequest, Voxel, parse_clicks
+from models.click_request import (
+    CLICK_RESULT,
+    CURRENT_LABEL_KEY,
+    ORGAN_NAMES,
+    ClickRequest,
+    Voxel,
+    parse_clicks,
+)
 from models.infer_task import VersionRecipe, first_value, resolve_device, write_prelabel
 from models.inference_gate import InferenceGate
 from models.preprocessing import LoadVolumed, NormaliseIntensityd, ResampleToPland, ResolveModalityd, zyx
@@ -51,13 +61,14 @@ log = logging.getLogger(__name__)
 CurrentLabel = Callable[[str, str], Optional[str]]  # (case id, user) -> the label file a click starts from
 #: (request, the scan's geometry) -> the clicks, the label (z, y, x) they correct, and where that label came from
 ReadRequest = Callable[[Dict[str, Any], Geometry], Tuple[ClickRequest, np.ndarray, str]]
+ENGINES = ("amos", "sam2")  # what answers a click (the request's ``engine``, else ``clicks.engine``)
 
 
 class ClickInferTask(InferTask):
     """Refine organs of a label with clicks, on the click model's serving version (see the module docstring).
 
-    Request parameters: the clicks (:mod:`models.click_request`), ``model_version``, ``modality``, ``device``,
-    ``result_extension``.
+    Request parameters: the clicks (:mod:`models.click_request`), ``engine``, ``model_version``, ``modality``,
+    ``device``, ``result_extension``.
     """
 
     def __init__(
@@ -76,6 +87,7 @@ class ClickInferTask(InferTask):
         self.network_settings = network
         self.current_label = current_label
         self.gate = InferenceGate(store.root.parent)
+        self.sam2 = Sam2Engine(store.root.parent)  # SAM2's versions beside the click model's
         self._networks: Dict[Tuple[str, str], torch.nn.Module] = {}
         self._scans: "OrderedDict[str, Tuple[float, Dict[str, Any]]]" = OrderedDict()
         self._lock = threading.Lock()
@@ -107,6 +119,8 @@ class ClickInferTask(InferTask):
                 "base_model": self.base_store.model,
                 "base_version": base.number if base else None,
                 "trained": champion is not None,
+                "engine": self.app_config.clicks.engine,  # the default; a request may name another (``engine``)
+                "engines": {"amos": True, "sam2": self.sam2.available()},
             }
         )
         if champion is None:
@@ -141,8 +155,15 @@ class ClickInferTask(InferTask):
         else:
             clicks, label, started_from = read(request, geometry)
         organs = clicks.resolve_organs(label)
-        source, network = self._network(request.get("model_version"), device)
-        recipe = VersionRecipe.of(source, self.app_config)
+        engine = str(first_value(request.get("engine")) or self.app_config.clicks.engine)
+        if engine not in ENGINES:
+            raise InputError(f"unknown engine {engine[:40]!r}: one of {', '.join(ENGINES)}")
+        recipe: Optional[VersionRecipe] = None
+        if engine == "sam2":
+            source, network = self.sam2.version(), None  # 409 before any work when its weights are not here
+        else:
+            source, network = self._network(request.get("model_version"), device)
+            recipe = VersionRecipe.of(source, self.app_config)
         spacing = tuple(reversed(geometry.spacing))
         margin = self.app_config.clicks.margin_mm
         boxes = {  # around each organ's clicks (none for a box alone)
@@ -150,13 +171,16 @@ class ClickInferTask(InferTask):
             for organ in organs
             if (points := self._organ_clicks(clicks, organ))
         }
-        least_mm = tuple(reversed(recipe.patch_mm(scan["modality"])))
+        least_mm = tuple(reversed(recipe.patch_mm(scan["modality"]))) if recipe else None
         bounds = [*boxes.values(), *([clicks.box] if clicks.box is not None else [])]
         roi = region_around(bounds, label.shape, self.app_config.clicks.context_mm, spacing, least_mm)
         before = label.copy()
         with self.gate.held():
             for organ in organs:
-                mask = self._predict(scan, recipe, network, roi, clicks.guidance(organ), organ, device)
+                if recipe is None:
+                    mask = self._sam2_mask(scan, roi, clicks, organ, device)
+                else:
+                    mask = self._predict(scan, recipe, network, roi, clicks.guidance(organ), organ, device)
                 if clicks.box is not None:  # the box first: the clicks then correct what it gave
                     label = refine_in_box(label, organ, in_box(mask, roi, clicks.box), clicks.box)
                 if organ in boxes:
@@ -170,6 +194,7 @@ class ClickInferTask(InferTask):
             geometry,
             {
                 "interaction": CLICK_RESULT,
+                "engine": engine,
                 "model": self.model_name,
                 "model_version": source.number if source.model == self.model_name else None,
                 "network_from": source.tag,
@@ -262,6 +287,24 @@ class ClickInferTask(InferTask):
         else:
             warm_start(network, weights)
         return network
+
+    def _sam2_mask(self, scan: Dict[str, Any], roi: Box, clicks: ClickRequest, organ: int, device: str) -> np.ndarray:
+        """SAM2's mask of ``organ`` over ``roi`` (float32 0/1, the roi's shape): the organ's prompts positive, the
+        background's and other organs' clicks negative, a box as SAM2's box."""
+        crop = sitk.GetArrayFromImage(scan["image"][_xyz(roi)])
+        guidance = clicks.guidance(organ)
+        name = ORGAN_NAMES[organ]
+        negatives = [p for key, points in guidance.items() if key != name for p in points]
+
+        def local(points: Sequence[Voxel]) -> List[Voxel]:
+            return [tuple(int(v) - r.start for v, r in zip(p, roi)) for p in points]
+
+        box = clicks.box
+        inside = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, roi)) if box else None
+        mask, _ = self.sam2.organ_mask(
+            crop, scan["modality"], local(guidance.get(name, [])), local(negatives), inside, device
+        )
+        return mask
 
     def _predict(
         self,

@@ -10,14 +10,21 @@ measured live (:func:`figures`, shown on the overview page).
 The draw of each organ is fixed by the case, round and organ (so it replays), and the plan, with every probability
 and draw, is in the case's history. Organs the estimator did not judge (no estimate, or outside the scan's field of
 view) are reviewed in full; the consensus rule for every other organ is unchanged.
+
+``threshold: auto`` spares a team from guessing the threshold (:func:`choose_threshold`): the largest at which the
+open cases' own predictions expect at most ``max_missed`` of their failing organs to pass. It needs no final label,
+follows the models as they retrain (it is chosen again every :data:`AUTO_REFRESH_S`), and the audit measures whether
+the estimator's probabilities deserved the trust.
 """
 
 from __future__ import annotations
 
 import math
+import time
 import zlib
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
+import numpy as np
 from sqlalchemy import func, select
 
 from amoslabel.config import PassPolicy
@@ -26,6 +33,8 @@ from review import assignments, audit
 from review.schema import AuditEvent, Case, CaseScore, Decision, Review
 
 POLICY_EVENT = "pass_policy"
+AUTO_REFRESH_S = 300.0  # how long an automatic threshold serves before the open cases' predictions choose it again
+AUTO_MIN_ORGANS = 100  # fewer judged organs than this among the open cases choose no automatic threshold
 
 
 def draw(case_id: str, round_: int, organ: int) -> float:
@@ -33,14 +42,66 @@ def draw(case_id: str, round_: int, organ: int) -> float:
     return zlib.crc32(f"audit:{case_id}:{round_}:{organ}".encode()) / 2**32
 
 
-def plan(s, case: Case, policy: Optional[PassPolicy], readers: Sequence[int]) -> Dict[int, int]:
-    """At the start of a round of review: ``{organ: the one reader who approves it}``; recorded in the history."""
+def choose_threshold(p_fail: Iterable[float], max_missed: float) -> float:
+    """The largest threshold, in hundredths, at which the organs passed are expected to hold at most ``max_missed``
+    of the failing ones. With calibrated probabilities, the failing organs expected among those passed are the sum
+    of their probabilities, and among all organs the sum of all: so the rule is ``sum(p < t) <= max_missed *
+    sum(p)``. It weighs every organ's probability, where counting the few known failures of a small history steps
+    by whole organs."""
+    p = np.sort(np.asarray(list(p_fail), dtype=np.float64))
+    total = float(p.sum())
+    if total <= 0:
+        return 0.0
+    below = np.concatenate([[0.0], np.cumsum(p)])  # below[n]: the sum of the n smallest
+    thresholds = np.arange(101) / 100
+    expected = below[np.searchsorted(p, thresholds, side="left")]  # the sum of p < t, for each t
+    return float(thresholds[expected <= max_missed * total].max())
+
+
+class AutoThreshold:
+    """``threshold: auto``: chosen from the open cases' predictions (:func:`choose_threshold`), once per
+    :data:`AUTO_REFRESH_S` per process; a number in the configuration is used as it is."""
+
+    def __init__(self) -> None:
+        self._chosen: Tuple[float, float, Optional[float], str] = (-math.inf, 0.0, None, "")  # when, for, (t, basis)
+
+    def resolve(self, s, policy: PassPolicy) -> Tuple[Optional[float], str]:
+        """(the threshold, or None when the open cases cannot choose one yet; what it rests on, in words)."""
+        if policy.threshold != "auto":
+            return float(policy.threshold), "configured"
+        when, max_missed, _, _ = self._chosen
+        if time.monotonic() - when > AUTO_REFRESH_S or max_missed != policy.max_missed:
+            p_fail = [
+                float(q["p_fail"])
+                for quality in s.execute(
+                    select(CaseScore.components["quality"])
+                    .join(Case, Case.id == CaseScore.case_id)
+                    .where(Case.state != "final")
+                ).scalars()
+                for q in (quality or {}).values()
+            ]
+            threshold = choose_threshold(p_fail, policy.max_missed) if len(p_fail) >= AUTO_MIN_ORGANS else None
+            basis = (
+                f"auto: at most {policy.max_missed:.0%} of the failing organs expected through, "
+                f"by the predictions for {len(p_fail)} organs of the open cases"
+                + ("" if threshold is not None else f" (too few: it needs {AUTO_MIN_ORGANS})")
+            )
+            self._chosen = (time.monotonic(), policy.max_missed, threshold, basis)
+        return self._chosen[2], self._chosen[3]
+
+
+def plan(
+    s, case: Case, policy: Optional[PassPolicy], readers: Sequence[int], auto: Optional[AutoThreshold] = None
+) -> Dict[int, int]:
+    """At the start of a round of review: ``{organ: the one reader who approves it}``; recorded in the history.
+    ``auto``: the workflow's :class:`AutoThreshold` (it keeps the chosen threshold between rounds)."""
     if policy is None or not readers:
         return {}
+    threshold, basis = (auto or AutoThreshold()).resolve(s, policy)
     score = s.get(CaseScore, case.id)
     quality = (score.components.get("quality") if score else None) or {}
     chances = {int(organ): float(q["p_fail"]) for organ, q in quality.items()}
-    below = sorted(o for o, p in chances.items() if p < policy.threshold)
+    below = sorted(o for o, p in chances.items() if threshold is not None and p < threshold)
     audited = [o for o in below if draw(case.id, case.round, o) < policy.audit_fraction]
     passing = [o for o in below if o not in audited]
     ordered = sorted(readers)
@@ -54,10 +115,12 @@ def plan(s, case: Case, policy: Optional[PassPolicy], readers: Sequence[int]) ->
         case.state,
         case.state,
         f"round {case.round}: one approval for {names}; {len(audited)} of {len(below)} predicted correct audited"
-        + ("" if quality else " (no quality estimate: every organ in full)"),
+        + ("" if quality else " (no quality estimate: every organ in full)")
+        + ("" if threshold is not None else f" (no threshold yet: every organ in full; {basis})"),
         {
             "round": case.round,
-            "threshold": policy.threshold,
+            "threshold": threshold,
+            "threshold_basis": basis,
             "audit_fraction": policy.audit_fraction,
             "one_approval": {str(o): r for o, r in designated.items()},
             "audited": audited,
@@ -117,7 +180,9 @@ def wilson(misses: int, n: int, z: float = 1.96) -> tuple:
 def figures(s) -> Dict[str, object]:
     """The policy's record over every decided round: the audited organs' miss rate (full review asked for changes)
     with its confidence interval, and the organ votes it saved."""
-    events = s.execute(select(AuditEvent.case_id, AuditEvent.details).where(AuditEvent.action == POLICY_EVENT)).all()
+    events = s.execute(
+        select(AuditEvent.case_id, AuditEvent.details).where(AuditEvent.action == POLICY_EVENT).order_by(AuditEvent.id)
+    ).all()
     if not events:
         return {}
     decisions = {
@@ -143,7 +208,10 @@ def figures(s) -> Dict[str, object]:
         passed += len(designated)
         saved += len(designated) * max(readers.get((case_id, details.get("round")), 1) - 1, 0)
     low, high = wilson(misses, audited)
+    newest = events[-1][1] if events else {}
     return {
+        "threshold": newest.get("threshold"),  # the newest round's, and what it rests on
+        "threshold_basis": newest.get("threshold_basis", "configured"),
         "audited": audited,
         "audited_misses": misses,
         "miss_rate": misses / audited if audited else None,

@@ -475,7 +475,7 @@ class ReviewService:
             Forbidden: the user may not save this case's label now (not its junior or one of its reviewers).
         """
         who = self.principal_for_client(client_id)
-        asked = ("model", "network_from", "organs", "clicks", "foreground", "box_ijk", "strokes")
+        asked = ("engine", "model", "network_from", "organs", "clicks", "foreground", "box_ijk", "strokes")
         info = {"via": "clicks", "clicks": {k: params[k] for k in asked if params.get(k)}}
         return self._save_edit(who, case_id, str(label_file), info)  # an NRRD answer: the store converts it
 

@@ -58,6 +58,7 @@ class Workflow(Finalising, HotPaths):
             {name: OrganRule(r.kind, r.k) for name, r in settings.organ_rules.items()},
         )
         self.version_listeners: List[VersionListener] = []
+        self.auto_threshold = pass_policy.AutoThreshold()  # review.pass_policy.threshold: auto
 
     # -- cases and versions -------------------------------------------------------------------------------------
     def register_case(self, case_id: str, actor: str = "system") -> str:
@@ -266,7 +267,7 @@ class Workflow(Finalising, HotPaths):
         if seniors:
             audit.move(s, case, "in_review", "system", "route", "to " + ", ".join(u.name for u in seniors))
         carried = carry_approvals(s, case, current, seniors)
-        designated = pass_policy.plan(s, case, self.settings.pass_policy, [u.id for u in seniors])
+        designated = pass_policy.plan(s, case, self.settings.pass_policy, [u.id for u in seniors], self.auto_threshold)
         for senior in seniors:  # nothing left for them (unchanged, or another's alone): their round is done already
             theirs = {_ORGAN_BY_NAME[n] for n in carried.get(senior.name, [])}
             if len(theirs | {o for o, r in designated.items() if r != senior.id}) >= len(ORGANS):

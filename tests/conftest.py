@@ -85,6 +85,22 @@ def shared() -> Path:
 
 
 @pytest.fixture(scope="session")
+def made_sam2(tmp_path_factory) -> Path:
+    """SAM2.1 hiera-tiny built from the ``sam2`` package's own config with random weights (seeded), saved as Meta
+    publishes checkpoints (``{"model": state_dict}``): no SAM2 weights can be downloaded here. It checks the
+    plumbing (models fetch sam2, the click model's sam2 engine), not SAM2's quality."""
+    import torch
+
+    from models.pretrained.sam2_weights import build_predictor
+
+    torch.manual_seed(0)
+    predictor = build_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", 256, None, "cpu")
+    path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": predictor.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def output_dir() -> Path:
     OUTPUT.mkdir(exist_ok=True)
     return OUTPUT

@@ -34,7 +34,7 @@ def register(sub) -> None:
     fetch = actions.add_parser(
         "fetch", help="download an open model with its package's own downloader (or take it --from a file), import it"
     )
-    fetch.add_argument("kind", choices=["totalsegmentator", "monai-bundle"])
+    fetch.add_argument("kind", choices=["totalsegmentator", "monai-bundle", "sam2"])
     fetch.add_argument("bundle", nargs="?", help="monai-bundle: the bundle's name, e.g. wholeBody_ct_segmentation")
     fetch.add_argument("--task", default="total", choices=["total", "total_mr"], help="TotalSegmentator: CT or MRI")
     fetch.add_argument("--fast", action="store_true", help="TotalSegmentator: its 3 mm model (one part, faster)")
@@ -44,7 +44,8 @@ def register(sub) -> None:
     fetch.add_argument("--label-map", default=None, help="monai-bundle: its label map (shipped name or YAML)")
     fetch.add_argument("--version", default=None, help="monai-bundle: the bundle's version (default: the latest)")
     fetch.add_argument("--hub", default="monaihosting", choices=["monaihosting", "github", "ngc"])
-    fetch.add_argument("--url", default=None, help="monai-bundle: a URL of the bundle's zip (a mirror)")
+    fetch.add_argument("--url", default=None, help="monai-bundle: a URL of the bundle's zip; sam2: of the .pt file")
+    fetch.add_argument("--image-size", type=int, default=1024, help="sam2: its input size (1024 as trained)")
     fetch.add_argument("--studies", type=Path, required=True, help="the studies folder the server runs on")
     fetch.set_defaults(run=_fetch_model)
 
@@ -86,6 +87,17 @@ def _fetch_model(args) -> int:
         "reserved": [*config.models, *config.active.networks, PRIOR_MODEL],
         "actor": os.environ.get("USER", "operator"),
     }
+    if args.kind == "sam2":
+        from models.pretrained.sam2_weights import fetch_sam2
+
+        version = fetch_sam2(models_dir, args.url, args.source, args.image_size, common["actor"])
+        spec = version.meta["sam2"]
+        print(
+            f"fetched {version.tag}: {spec['config'].rsplit('/', 1)[-1]} at {spec['image_size']} pixels, sha256 "
+            f"{version.meta['fetched']['sha256'][:16]}. Clicks use it with the request parameter engine=sam2, or "
+            "for every click with --conf clicks.engine sam2"
+        )
+        return 0
     if args.kind == "totalsegmentator":
         version = fetch_totalsegmentator(args.task, args.fast, accept_licence=args.accept_licence, **common)
     else:

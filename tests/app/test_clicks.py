@@ -21,6 +21,8 @@ from scipy import ndimage
 
 from amoslabel.config import load_config
 from amoslabel.organs import ORGANS
+from models.click_merge import click_box
+from models.pretrained.sam2_weights import fetch_sam2
 from review.schema import Case, LabelVersion, User
 from review.service import ReviewService
 from tests.app.test_server import status_of, train
@@ -203,6 +205,42 @@ def test_a_lasso_makes_its_inside_the_organ_on_its_slice_and_a_scribble_answers_
     saved = [v for v in versions_of(sample_studies, CASE) if v[3].get("via") == "clicks"]
     assert saved[-1][0] == params["label_version"] and saved[-1][2] == name
     assert saved[-1][3]["clicks"]["strokes"] == params["strokes"]  # the history says what was drawn
+
+
+def test_the_sam2_engine_answers_under_the_same_rules_once_its_weights_are_fetched(
+    trained, junior, sample_studies, scan, made_sam2
+):
+    """``engine: sam2`` (SAM2 with random weights here: ``made_sam2``): refused until an admin fetches the weights,
+    then its answer changes the liver alone, near the click, and is the junior's version with the engine named."""
+    name, user = junior
+    working = sample_studies / "labels" / "working" / f"{CASE}.nii.gz"
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(working)))
+    click = centre(before == LIVER)
+    params = {"label": "liver", "engine": "sam2", "liver": [ijk(click)]}
+    saved_before = versions_of(sample_studies, CASE)
+    for asked, status, words in [(params, 409, "models fetch sam2"), ({**params, "engine": "nope"}, 400, "engine")]:
+        with pytest.raises(MONAILabelClientException) as err:
+            user.infer("deepedit", CASE, asked)
+        assert status_of(err.value) == status and words in err.value.msg, err.value.msg
+    assert versions_of(sample_studies, CASE) == saved_before  # nothing saved
+    assert user.info()["models"]["deepedit"]["engines"] == {"amos": True, "sam2": False}
+    # what `models fetch sam2 --from FILE.pt` does (the command itself: tests/models/pretrained/test_sam2_weights.py)
+    fetch_sam2(sample_studies / ".amoslabel" / "models", source=made_sam2, image_size=256)
+    assert user.info()["models"]["deepedit"]["engines"] == {"amos": True, "sam2": True}
+    result_file, answer = user.infer("deepedit", CASE, params)
+    assert answer["engine"] == "sam2" and answer["network_from"] == "sam2:v1", answer
+    after = sitk.GetArrayFromImage(sitk.ReadImage(result_file))
+    others = (before != 0) & (before != LIVER)
+    assert np.array_equal(after[others], before[others])  # never another organ's voxel
+    changed = before != after
+    assert set(np.unique(after[changed])) <= {0, LIVER}
+    spacing = tuple(reversed(sitk.ReadImage(str(scan)).GetSpacing()))
+    near = np.zeros(before.shape, bool)
+    near[click_box([click], before.shape, load_config().clicks.margin_mm, spacing)] = True
+    assert not (changed & ~near).any()  # only near the click
+    saved = [v for v in versions_of(sample_studies, CASE) if v[3].get("via") == "clicks"]
+    assert saved[-1][0] == answer["label_version"] and saved[-1][2] == name
+    assert saved[-1][3]["clicks"]["engine"] == "sam2" and saved[-1][3]["clicks"]["network_from"] == "sam2:v1"
 
 
 def test_slicers_scribbles_correct_the_selected_organ_and_the_whole_label_is_saved(

@@ -37,6 +37,11 @@ def test_the_quality_bench_learns_measures_and_publishes_a_cold_start(tmp_path):
             curve = part["curve"]
             assert curve[0]["saved"] == 0 and curve[-1]["saved"] == 1.0  # nothing below 0, everything below 1
             assert all(a["saved"] <= b["saved"] and a["missed"] <= b["missed"] for a, b in zip(curve, curve[1:]))
+            auto = part["auto"]  # the server's threshold: auto, chosen from the set's own predictions
+            assert 0 <= auto["threshold"] <= 1 and 0 <= auto["saved"] <= 1 and 0 <= auto["missed"] <= 1, name
+            if name.startswith("real"):  # one set (not a mean of seeds): its curve holds the same figures there
+                at = next(row for row in curve if abs(row["threshold"] - auto["threshold"]) < 1e-9)
+                assert (at["saved"], at["missed"]) == (auto["saved"], auto["missed"]), name
     units = np.array([u[4:] for u in results["units"]], dtype=float)  # (dice, predicted chance of failing)
     assert len(units) and ((units[:, 1] >= 0) & (units[:, 1] <= 1)).all()
     assert (

@@ -4,6 +4,7 @@ overview's figures count the votes saved and the audited miss rate."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import yaml
 
@@ -114,6 +115,44 @@ def test_without_the_policy_or_an_estimate_every_reader_votes_every_organ(tmp_pa
         assert "no quality estimate" in history(team.workflow, "c2", team.users["admin"])[-1]["reason"]
 
 
+def test_the_automatic_threshold_expects_at_most_max_missed_of_the_failing_organs_through():
+    # known answers: 90 organs at 0.01 and 10 at 0.5 expect 5.9 failing organs; the 90 hold 0.9 of them
+    p = [0.01] * 90 + [0.5] * 10
+    assert pass_policy.choose_threshold(p, 0.02) == 0.01  # 0.9 > 2 % of 5.9: nothing passes
+    assert pass_policy.choose_threshold(p, 0.2) == 0.5  # 0.9 <= 1.18: the 90 pass, the 10 at 0.5 do not
+    assert pass_policy.choose_threshold([], 0.02) == 0.0 and pass_policy.choose_threshold([0.0] * 5, 0.02) == 0.0
+    # calibrated predictions (outcomes drawn from them): the share of failing organs let through is near the bound
+    rng = np.random.default_rng(0)
+    p = rng.beta(0.5, 2.0, 20000)
+    failed = rng.random(len(p)) < p
+    threshold = pass_policy.choose_threshold(p, 0.02)
+    through = failed & (p < threshold)
+    assert 0.01 < through.sum() / failed.sum() <= 0.03 and (p < threshold).mean() > 0.2
+    assert pass_policy.choose_threshold(p, 0.05) > threshold  # more allowed through: a higher threshold
+
+
+def test_threshold_auto_is_chosen_from_the_open_cases_and_recorded(tmp_path):
+    policy = PassPolicy(threshold="auto", audit_fraction=0.25, max_missed=0.2)
+    team = make_team(tmp_path, pass_policy=policy)
+    scored_case(team, "c1")
+    team.workflow.save_version(team.users["j1"], "c1", LABEL, submit=True)
+    with team.store.read() as s:  # 15 organs judged: too few to choose from, so every organ is reviewed in full
+        plan = pass_policy.latest(s, "c1")
+        assert plan["threshold"] is None and plan["one_approval"] == {} and "too few" in plan["threshold_basis"]
+    assert "no threshold yet" in history(team.workflow, "c1", team.users["admin"])[-1]["reason"]
+    for n in range(2, 9):
+        scored_case(team, f"c{n}")
+    team.workflow.auto_threshold = pass_policy.AutoThreshold()  # not the one chosen 5 minutes ago
+    team.workflow.save_version(team.users["j1"], "c2", LABEL, submit=True)
+    with team.store.read() as s:
+        plan = pass_policy.latest(s, "c2")
+    # 8 open cases of 14 organs at 0.01 and a liver at 0.9: the 112 organs at 0.01 hold 1.12 of the 8.32 expected
+    # failing, within 20 %; the livers do not pass
+    assert plan["threshold"] == 0.9 and "120 organs" in plan["threshold_basis"]
+    passing = {int(o) for o in plan["one_approval"]} | set(plan["audited"])
+    assert passing == {o.id for o in ORGANS} - {LIVER}
+
+
 @pytest.mark.parametrize(
     "policy, message",
     [
@@ -122,6 +161,9 @@ def test_without_the_policy_or_an_estimate_every_reader_votes_every_organ(tmp_pa
         ({"threshold": 0.1, "audit_fraction": 0}, "review.pass_policy.audit_fraction"),
         ({"threshold": 0.1, "audit_fraction": 1.5}, "review.pass_policy.audit_fraction"),
         ({"threshold": 0.1}, "review.pass_policy.audit_fraction"),
+        ({"threshold": "sometimes", "audit_fraction": 0.1}, "review.pass_policy.threshold"),
+        ({"threshold": "auto", "audit_fraction": 0.1, "max_missed": 0}, "review.pass_policy.max_missed"),
+        ({"threshold": "auto", "audit_fraction": 0.1, "max_missed": 1}, "review.pass_policy.max_missed"),
     ],
 )
 def test_a_pass_policy_out_of_range_is_refused_with_the_key(policy, message):

@@ -139,7 +139,7 @@ def test_with_the_pass_policy_organs_predicted_correct_need_one_approval_and_the
     assert "one approval for" in plan["reason"] and "audited" in plan["reason"]
     overview = page_session(server.url, "boss", people["boss"]).get(f"{server.url}/review/overview", timeout=30).text
     table = re.search(r'<table id="pass-policy">.*?</table>', overview, re.S).group(0)
-    assert f"<td>{len(one)}</td>" in table and "Audited miss rate" in table
+    assert f"<td>{len(one)}</td>" in table and "Audited miss rate" in table and "0.30 (configured)" in table
 
 
 def test_an_estimator_version_that_does_not_load_leaves_the_usual_order_with_a_warning(served):
