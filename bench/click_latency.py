@@ -13,6 +13,11 @@ weights), and per real CT one junior with the case in their queue. Each round, a
 each answered from the case's current label on the server and saved as the junior's label version: the whole round
 trip, timed at the client. Then ``undo`` and ``redo`` of the last answer through the review API (a new label version
 each), timed at the client as well.
+
+With a SAM2 checkpoint (``--sam2 FILE.pt``, fetched into the bench's studies as ``models fetch sam2 --from`` does),
+every round is asked of the ``sam2`` engine too (``sam2 click``, ``sam2 box``, ...), at ``--sam2-image-size``
+(1024 as SAM2 trained). Its time does not depend on the weights' values either: a checkpoint of random weights
+(tests/conftest.py's ``made_sam2``) measures it as well as a real one.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import requests
@@ -30,7 +35,7 @@ from tqdm import tqdm
 
 from amoslabel.config import load_config
 from amoslabel.data.importer import import_source
-from amoslabel.workspace import PROJECT_ROOT, SHARED_DATA
+from amoslabel.workspace import PROJECT_ROOT, SHARED_DATA, Workspace
 from bench.cohort import publish_random_unet
 from bench.server import start_bench_server
 from review.service import ReviewService
@@ -81,13 +86,21 @@ def _percentiles(values: List[float]) -> Dict[str, Any]:
     }
 
 
-def measure_round_trips(clicks: int, seed: int = 0) -> Dict[str, Any]:
+def measure_round_trips(
+    clicks: int, seed: int = 0, sam2: Optional[Path] = None, sam2_image_size: int = 1024
+) -> Dict[str, Any]:
     """p50/p95 of ``clicks`` rounds of each interaction kind (:data:`KINDS`), and of undo and redo, on each scan of
-    :data:`SCANS`."""
+    :data:`SCANS`; with ``sam2`` (a checkpoint), each kind of the ``sam2`` engine as well."""
     work = Path(tempfile.mkdtemp(prefix="bench-clicks-"))
     studies = work / "studies"
     import_source(PROJECT_ROOT / "samples" / "shared-data.yaml", studies, link_images=True, progress=False)
     publish_random_unet(studies, "cpu-fast")
+    engines = {"": "amos"}
+    if sam2 is not None:
+        from models.pretrained.sam2_weights import fetch_sam2
+
+        fetch_sam2(Workspace(studies).models(), source=sam2, image_size=sam2_image_size, actor="bench")
+        engines["sam2 "] = "sam2"
     service = ReviewService(load_config(), str(studies))
     secrets = {}
     for name, role in [("bench_admin", "admin")] + [(f"bench_junior{i}", "junior") for i in range(len(SCANS))]:
@@ -108,15 +121,17 @@ def measure_round_trips(clicks: int, seed: int = 0) -> Dict[str, Any]:
             assert claimed and claimed["id"] == case, claimed
             liver = sitk.GetArrayFromImage(sitk.ReadImage(str(reference))) == LIVER
             inside = np.argwhere(liver)
-            times: Dict[str, List[float]] = {kind: [] for kind in KINDS + ("undo", "redo")}
+            kinds = [prefix + kind for prefix in engines for kind in KINDS]
+            times: Dict[str, List[float]] = {kind: [] for kind in kinds + ["undo", "redo"]}
             headers = {"Authorization": f"Bearer {secrets[f'bench_junior{i}']}"}
             for _ in tqdm(range(clicks), desc=f"interactions on {case}", unit="round"):
                 z, y, x = (int(v) for v in inside[rng.integers(len(inside))])
-                for kind in KINDS:
-                    params = {"label": "liver", **_interaction(kind, x, y, z, liver.shape), "result_extension": ".nrrd"}
-                    started = time.perf_counter()
-                    junior.infer("deepedit", case, params)
-                    times[kind].append(time.perf_counter() - started)
+                for prefix, engine in engines.items():
+                    for kind in KINDS:
+                        params = {"label": "liver", **_interaction(kind, x, y, z, liver.shape), "engine": engine}
+                        started = time.perf_counter()
+                        junior.infer("deepedit", case, {**params, "result_extension": ".nrrd"})
+                        times[prefix + kind].append(time.perf_counter() - started)
                 for step in ("undo", "redo"):
                     started = time.perf_counter()
                     answer = requests.post(f"{url}/review/api/cases/{case}/{step}", headers=headers, timeout=60)

@@ -428,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--organs", type=int, nargs="+", default=None, help="organ ids measured (default: all 15)")
     parser.add_argument("--cap", type=int, default=20)
     parser.add_argument("--latency-clicks", type=int, default=20)
+    parser.add_argument("--sam2", type=Path, default=None, help="latency: a SAM2 checkpoint, to time the sam2 engine")
+    parser.add_argument("--sam2-image-size", type=int, default=1024, help="latency: SAM2's input size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=BENCH_OUTPUT / "clicks")
     parser.add_argument(
@@ -452,7 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "latency" in parts:
         from bench.click_latency import measure_round_trips
 
-        results["latency"] = measure_round_trips(args.latency_clicks)
+        results["latency"] = measure_round_trips(
+            args.latency_clicks, sam2=args.sam2, sam2_image_size=args.sam2_image_size
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     table = markdown(results, args.goal, args.cap)

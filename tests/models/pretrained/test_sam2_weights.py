@@ -19,6 +19,7 @@ import torch
 from amoslabel.errors import Conflict, InputError
 from models.pretrained.sam2_weights import SAM2_MODEL, config_of, fetch_sam2, serving
 from models.versions import ModelStore
+from tests.conftest import amoslabel_command
 
 TINY = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
@@ -95,21 +96,12 @@ def test_each_bad_checkpoint_is_one_message_and_registers_nothing(made_sam2, tmp
 
 
 def test_the_command_fetches_it_as_an_admin_types_it(made_sam2, tmp_path):
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     studies = tmp_path / "studies"
     studies.mkdir()
-    command = [sys.executable, "-m", "amoslabel", "models", "fetch", "sam2", "--from", str(made_sam2)]
-    done = subprocess.run(
-        command + ["--image-size", "256", "--studies", str(studies)], cwd=ROOT, capture_output=True, text=True
-    )
+    fetch = ("models", "fetch", "sam2", "--studies", studies)
+    done = amoslabel_command(*fetch, "--from", made_sam2, "--image-size", "256")
     assert done.returncode == 0 and "fetched sam2:v1: sam2.1_hiera_t.yaml at 256 pixels" in done.stdout, done.stderr
     meta = json.loads((studies / ".amoslabel" / "models" / SAM2_MODEL / "v0001" / "meta.json").read_text())
     assert meta["sam2"]["image_size"] == 256
-    bad = subprocess.run(
-        command[:-1] + [str(tmp_path / "none.pt"), "--studies", str(studies)], cwd=ROOT, capture_output=True, text=True
-    )
+    bad = amoslabel_command(*fetch, "--from", tmp_path / "none.pt")
     assert bad.returncode == 2 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
