@@ -172,6 +172,11 @@ class PassPolicy(_Strict):
     @field_validator("threshold", mode="before")
     @classmethod
     def _threshold_or_auto(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            try:
+                value = float(value)  # a number written as text ("0.05")
+            except ValueError:
+                pass
         if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
             return value
         raise ValueError("a probability between 0 and 1, or auto")
@@ -376,6 +381,7 @@ _OVERRIDES: Dict[str, Tuple[str, Any]] = {
     "access_token_hours": ("auth.access_token_hours", str),
     "active_learning": ("active_learning.enabled", str),
     "clicks": ("clicks.enabled", str),
+    "click_engine": ("clicks.engine", str),
 }
 
 

@@ -41,7 +41,7 @@ from amoslabel.organs import label_table
 from amoslabel.volume import Geometry, read_label_on_grid
 from models.click_merge import Box, click_box, refine_in_box, refine_organ
 from models.click_region import in_box, organ_probability, region_around
-from models.click_sam2 import Sam2Engine
+from models.click_sam2 import SQUARE_MM, Sam2Engine, sam2_prompts, square_slices
 from models.click_network import build_click_network, warm_start
 from models.click_request import (
     CLICK_RESULT,
@@ -161,6 +161,11 @@ class ClickInferTask(InferTask):
         recipe: Optional[VersionRecipe] = None
         if engine == "sam2":
             source, network = self.sam2.version(), None  # 409 before any work when its weights are not here
+            if clicks.box is None and not any(sam2_prompts(clicks, organ)[0] for organ in organs):
+                raise InputError(
+                    "the sam2 engine needs a point on the organ (or a box): background clicks alone tell SAM2 only "
+                    "where the organ is not; use the amos engine for them"
+                )
         else:
             source, network = self._network(request.get("model_version"), device)
             recipe = VersionRecipe.of(source, self.app_config)
@@ -171,14 +176,16 @@ class ClickInferTask(InferTask):
             for organ in organs
             if (points := self._organ_clicks(clicks, organ))
         }
-        least_mm = tuple(reversed(recipe.patch_mm(scan["modality"]))) if recipe else None
+        least_mm = tuple(reversed(recipe.patch_mm(scan["modality"]))) if recipe else (0.0, SQUARE_MM, SQUARE_MM)
         bounds = [*boxes.values(), *([clicks.box] if clicks.box is not None else [])]
         roi = region_around(bounds, label.shape, self.app_config.clicks.context_mm, spacing, least_mm)
+        if recipe is None:
+            roi = square_slices(roi, label.shape)
         before = label.copy()
         with self.gate.held():
             for organ in organs:
                 if recipe is None:
-                    mask = self._sam2_mask(scan, roi, clicks, organ, device)
+                    mask = self._sam2_mask(source, scan, roi, clicks, organ, device)
                 else:
                     mask = self._predict(scan, recipe, network, roi, clicks.guidance(organ), organ, device)
                 if clicks.box is not None:  # the box first: the clicks then correct what it gave
@@ -288,23 +295,19 @@ class ClickInferTask(InferTask):
             warm_start(network, weights)
         return network
 
-    def _sam2_mask(self, scan: Dict[str, Any], roi: Box, clicks: ClickRequest, organ: int, device: str) -> np.ndarray:
-        """SAM2's mask of ``organ`` over ``roi`` (float32 0/1, the roi's shape): the organ's prompts positive, the
-        background's and other organs' clicks negative, a box as SAM2's box."""
+    def _sam2_mask(
+        self, version: ModelVersion, scan: Dict[str, Any], roi: Box, clicks: ClickRequest, organ: int, device: str
+    ) -> np.ndarray:
+        """SAM2's mask of ``organ`` over ``roi`` (float32 0/1, the roi's shape), by ``version``."""
         crop = sitk.GetArrayFromImage(scan["image"][_xyz(roi)])
-        guidance = clicks.guidance(organ)
-        name = ORGAN_NAMES[organ]
-        negatives = [p for key, points in guidance.items() if key != name for p in points]
+        positives, negatives = sam2_prompts(clicks, organ)
 
         def local(points: Sequence[Voxel]) -> List[Voxel]:
             return [tuple(int(v) - r.start for v, r in zip(p, roi)) for p in points]
 
         box = clicks.box
         inside = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, roi)) if box else None
-        mask, _ = self.sam2.organ_mask(
-            crop, scan["modality"], local(guidance.get(name, [])), local(negatives), inside, device
-        )
-        return mask
+        return self.sam2.organ_mask(version, crop, scan["modality"], local(positives), local(negatives), inside, device)
 
     def _predict(
         self,

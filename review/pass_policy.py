@@ -76,7 +76,7 @@ class AutoThreshold:
                 for quality in s.execute(
                     select(CaseScore.components["quality"])
                     .join(Case, Case.id == CaseScore.case_id)
-                    .where(Case.state != "final")
+                    .where(Case.state.notin_(("final", "withdrawn")))
                 ).scalars()
                 for q in (quality or {}).values()
             ]

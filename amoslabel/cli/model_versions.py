@@ -95,7 +95,7 @@ def _fetch_model(args) -> int:
         print(
             f"fetched {version.tag}: {spec['config'].rsplit('/', 1)[-1]} at {spec['image_size']} pixels, sha256 "
             f"{version.meta['fetched']['sha256'][:16]}. Clicks use it with the request parameter engine=sam2, or "
-            "for every click with --conf clicks.engine sam2"
+            "for every click with --conf click_engine sam2 (or clicks.engine: sam2 in apps.yaml)"
         )
         return 0
     if args.kind == "totalsegmentator":

@@ -10,6 +10,7 @@ server guarantees whatever the network says (the click rules of models.click_mer
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -208,7 +209,7 @@ def test_a_lasso_makes_its_inside_the_organ_on_its_slice_and_a_scribble_answers_
 
 
 def test_the_sam2_engine_answers_under_the_same_rules_once_its_weights_are_fetched(
-    trained, junior, sample_studies, scan, made_sam2
+    trained, junior, sample_studies, scan, made_sam2, request
 ):
     """``engine: sam2`` (SAM2 with random weights here: ``made_sam2``): refused until an admin fetches the weights,
     then its answer changes the liver alone, near the click, and is the junior's version with the engine named."""
@@ -225,8 +226,13 @@ def test_the_sam2_engine_answers_under_the_same_rules_once_its_weights_are_fetch
     assert versions_of(sample_studies, CASE) == saved_before  # nothing saved
     assert user.info()["models"]["deepedit"]["engines"] == {"amos": True, "sam2": False}
     # what `models fetch sam2 --from FILE.pt` does (the command itself: tests/models/pretrained/test_sam2_weights.py)
-    fetch_sam2(sample_studies / ".amoslabel" / "models", source=made_sam2, image_size=256)
+    models = sample_studies / ".amoslabel" / "models"
+    fetch_sam2(models, source=made_sam2, image_size=256)
+    request.addfinalizer(lambda: shutil.rmtree(models / "sam2"))  # the other tests' server has no sam2 again
     assert user.info()["models"]["deepedit"]["engines"] == {"amos": True, "sam2": True}
+    with pytest.raises(MONAILabelClientException) as err:  # SAM2 needs a point on the organ, or a box
+        user.infer("deepedit", CASE, {"label": "liver", "engine": "sam2", "background": [ijk(click)]})
+    assert status_of(err.value) == 400 and "needs a point on the organ" in err.value.msg, err.value.msg
     result_file, answer = user.infer("deepedit", CASE, params)
     assert answer["engine"] == "sam2" and answer["network_from"] == "sam2:v1", answer
     after = sitk.GetArrayFromImage(sitk.ReadImage(result_file))

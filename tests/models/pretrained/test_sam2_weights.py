@@ -24,6 +24,14 @@ from tests.conftest import amoslabel_command
 TINY = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
 
+def test_the_release_and_size_are_read_from_the_weights(made_sam2):
+    from models.pretrained.sam2_weights import build_predictor
+
+    assert config_of(torch.load(made_sam2, weights_only=True)["model"]) == TINY
+    sam2_small = build_predictor("configs/sam2/sam2_hiera_s.yaml", 256, None, "cpu").state_dict()  # SAM2, not 2.1
+    assert config_of(sam2_small) == "configs/sam2/sam2_hiera_s.yaml"
+
+
 def test_a_carried_in_checkpoint_is_checked_and_published(made_sam2, tmp_path):
     models = tmp_path / "models"
     with pytest.raises(Conflict, match="models fetch sam2"):
@@ -84,7 +92,7 @@ def test_each_bad_checkpoint_is_one_message_and_registers_nothing(made_sam2, tmp
     torch.save({"model": {k: v for k, v in weights.items() if not k.startswith("memory_encoder.")}}, cut)
     for source, words, size in [
         (half, "not a whole PyTorch checkpoint", 256),
-        (other, "not a SAM2.1 checkpoint", 256),
+        (other, "not a SAM2 checkpoint", 256),
         (not_weights, "no weights under 'model'", 256),
         (cut, "do not fit SAM2's", 256),
         (tmp_path / "nowhere.pt", "no such file", 256),
