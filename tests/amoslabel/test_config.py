@@ -81,6 +81,9 @@ def test_conf_overrides_chosen_keys_only(raw):
         parse_config(raw, {"ttaa": "true"})
     with pytest.raises(ConfigError, match="set by --conf sw_overlap"):
         parse_config(raw, {"sw_overlap": "2"})
+    assert parse_config(raw, {"click_engine": "sam2"}).clicks.engine == "sam2"
+    with pytest.raises(ConfigError, match="set by --conf click_engine"):
+        parse_config(raw, {"click_engine": "nninteractive"})
 
 
 def test_the_fallback_is_one_model_or_one_per_modality(raw):
