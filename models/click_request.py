@@ -82,16 +82,18 @@ class ClickRequest:
         out = {name: list(points) for name, points in self.clicks.items()}
         if self.foreground or self.box is not None or self.strokes:
             centre = [tuple((b.start + b.stop - 1) // 2 for b in self.box)] if self.box is not None else []
-            drawn = {
-                kind: [p for s in self.strokes if s.kind == kind for p in s.guidance()]
-                for kind in (FOREGROUND, BACKGROUND)
-            }
-            out[ORGAN_NAMES[organ]] = (
-                self.clicks.get(ORGAN_NAMES[organ], []) + self.foreground + drawn[FOREGROUND] + centre
-            )
-            if drawn[BACKGROUND]:
-                out[BACKGROUND] = out.get(BACKGROUND, []) + drawn[BACKGROUND]
+            out[ORGAN_NAMES[organ]] = self.drawn_positives(organ) + centre
+            if self.stroke_guidance(BACKGROUND):
+                out[BACKGROUND] = out.get(BACKGROUND, []) + self.stroke_guidance(BACKGROUND)
         return out
+
+    def stroke_guidance(self, kind: str) -> List[Voxel]:
+        """A few voxels of each stroke of ``kind`` (:meth:`models.click_strokes.Stroke.guidance`)."""
+        return [p for s in self.strokes if s.kind == kind for p in s.guidance()]
+
+    def drawn_positives(self, organ: int) -> List[Voxel]:
+        """``organ``'s clicks, the single-label form's foreground and a few voxels of each foreground stroke."""
+        return self.clicks.get(ORGAN_NAMES[organ], []) + self.foreground + self.stroke_guidance(FOREGROUND)
 
     def all_clicks(self) -> List[Voxel]:
         """Every clicked voxel, a stroke's among them."""

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from models.click_merge import Box
-from models.click_request import BACKGROUND, FOREGROUND, ORGAN_NAMES, ClickRequest
+from models.click_request import BACKGROUND, ORGAN_NAMES, ClickRequest
 from models.pretrained.sam2_weights import SAM2_MODEL, build_predictor, serving
 from models.versions import ModelStore, ModelVersion
 
@@ -115,12 +115,8 @@ def sam2_prompts(clicks: ClickRequest, organ: int) -> Tuple[List[Voxel], List[Vo
     foreground and a few voxels of each foreground stroke; the background's clicks and strokes, and other organs'
     clicks. A box's centre is not among them (a curved organ's box centre is often outside it)."""
     name = ORGAN_NAMES[organ]
-    drawn = {
-        kind: [p for s in clicks.strokes if s.kind == kind for p in s.guidance()] for kind in (FOREGROUND, BACKGROUND)
-    }
-    positives = list(clicks.clicks.get(name, [])) + list(clicks.foreground) + drawn[FOREGROUND]
-    negatives = [p for key, points in clicks.clicks.items() if key != name for p in points] + drawn[BACKGROUND]
-    return positives, negatives
+    negatives = [p for key, points in clicks.clicks.items() if key != name for p in points]
+    return clicks.drawn_positives(organ), negatives + clicks.stroke_guidance(BACKGROUND)
 
 
 def square_slices(roi: Box, shape: Sequence[int]) -> Box:

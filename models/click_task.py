@@ -43,14 +43,7 @@ from models.click_merge import Box, click_box, refine_in_box, refine_organ
 from models.click_region import in_box, organ_probability, region_around
 from models.click_sam2 import SQUARE_MM, Sam2Engine, sam2_prompts, square_slices
 from models.click_network import build_click_network, warm_start
-from models.click_request import (
-    CLICK_RESULT,
-    CURRENT_LABEL_KEY,
-    ORGAN_NAMES,
-    ClickRequest,
-    Voxel,
-    parse_clicks,
-)
+from models.click_request import CLICK_RESULT, CURRENT_LABEL_KEY, ORGAN_NAMES, ClickRequest, Voxel, parse_clicks
 from models.infer_task import VersionRecipe, first_value, resolve_device, write_prelabel
 from models.inference_gate import InferenceGate
 from models.preprocessing import LoadVolumed, NormaliseIntensityd, ResampleToPland, ResolveModalityd, zyx
@@ -179,12 +172,12 @@ class ClickInferTask(InferTask):
         least_mm = tuple(reversed(recipe.patch_mm(scan["modality"]))) if recipe else (0.0, SQUARE_MM, SQUARE_MM)
         bounds = [*boxes.values(), *([clicks.box] if clicks.box is not None else [])]
         roi = region_around(bounds, label.shape, self.app_config.clicks.context_mm, spacing, least_mm)
-        if recipe is None:
+        if engine == "sam2":
             roi = square_slices(roi, label.shape)
         before = label.copy()
         with self.gate.held():
             for organ in organs:
-                if recipe is None:
+                if engine == "sam2":
                     mask = self._sam2_mask(source, scan, roi, clicks, organ, device)
                 else:
                     mask = self._predict(scan, recipe, network, roi, clicks.guidance(organ), organ, device)
