@@ -20,7 +20,10 @@ bench-attention`` runs it after the attention bench.)
      that lets at most ``--max-missed`` of the failing organs through, then applied to the held-out sets: organ
      reviews saved, and failing organs passed with one reader;
    * the same with the server's ``threshold: auto`` (:func:`review.pass_policy.choose_threshold`), chosen without
-     labels from each held-out set's own predictions (every organ of its cases, as a team's open cases hold them).
+     labels from each held-out set's own predictions (every organ of its cases, as a team's open cases hold them);
+   * and with ``threshold: auto`` once the team has a history (:func:`review.pass_policy.history_threshold`, the
+     split-conformal rule): chosen on the other synthetic sets of the stage, labelled, as a team's finished cases
+     are, and applied to this one (for the real scans: on every synthetic set).
 
 Failing counts only *segmentable* organs (median Dice >= 0.8 on the estimator's training units): at 10 mm the
 adrenal glands never reach 0.8 and every case would fail. The curve (reviews saved against failures let through)
@@ -140,9 +143,11 @@ def evaluate(
     threshold: float,
     plain: QualityEstimator,
     max_missed: float,
+    history: tuple,
 ) -> dict:
     """One held-out set's figures; ``plain`` is the estimator fitted without the outline features. The set is also
-    the queue of ``threshold: auto`` (:func:`review.pass_policy.choose_threshold`): every organ of its cases."""
+    the queue of ``threshold: auto`` (:func:`review.pass_policy.choose_threshold`): every organ of its cases.
+    ``history``: (probabilities, failed) of other held-out units, labelled, for the history's threshold."""
     names, rows, failed = units(measured, organs)
     p_fail = estimator.probabilities(rows) if len(rows) else np.zeros(0)
     _, queue_rows, _ = units(measured, sorted({o for m in measured.values() for o in m["dice"]}))
@@ -178,7 +183,24 @@ def evaluate(
     out["policy"] = {"threshold": threshold, "saved": at["saved"], "missed": at["missed"]}
     at = next(row for row in policy_curve(p_fail, failed, [auto]))
     out["auto"] = {"threshold": auto, "saved": at["saved"], "missed": at["missed"]}
+    p_history, failed_history = history
+    chosen = pass_policy.history_threshold(pass_policy.by_hundredth(p_history[failed_history == 1]), max_missed)
+    at = policy_curve(p_fail, failed, [chosen])[0] if chosen is not None else {}
+    out["history"] = {"threshold": chosen, "saved": at.get("saved"), "missed": at.get("missed")}
+    out["history"] = {k: float("nan") if v is None else v for k, v in out["history"].items()}
     return out
+
+
+def predicted(estimator: QualityEstimator, measured: Dict[str, dict], organs: Sequence[int]) -> tuple:
+    """(the estimator's probabilities, failed) over the set's units: a history for :func:`evaluate`."""
+    _, rows, failed = units(measured, organs)
+    return (estimator.probabilities(rows) if len(rows) else np.zeros(0)), failed
+
+
+def pooled(sets: Dict[str, tuple], leaving_out=None) -> tuple:
+    """The units of every set but ``leaving_out``, as one history."""
+    chosen = [v for k, v in sets.items() if k != leaving_out]
+    return np.concatenate([p for p, _ in chosen]), np.concatenate([f for _, f in chosen])
 
 
 def segmentable(sets: Dict[str, Dict[str, dict]]) -> List[int]:
@@ -208,8 +230,9 @@ def table(results: dict) -> str:
         "top 20 %: expected "
         "failures | attention mL | entropy per organ | random | best possible | top 20 % at "
         f"{FAILING_SHARE:.0%} failing: expected failures | attention mL | entropy per organ | reviews saved | "
-        "failing organs passed | auto: threshold | reviews saved | failing organs passed |",
-        "|---" * 20 + "|",
+        "failing organs passed | auto: threshold | reviews saved | failing organs passed | auto from history: "
+        "threshold | reviews saved | failing organs passed |",
+        "|---" * 23 + "|",
     ]
     for stage in results["stages"]:
         for name, part in stage["sets"].items():
@@ -222,9 +245,16 @@ def table(results: dict) -> str:
                 f"{part['random top 20%']:.2f} | {part['best top 20%']:.2f} | {a['expected failures']:.2f} | "
                 f"{a['attention mL']:.2f} | {a['entropy per organ']:.2f} | {part['policy']['saved']:.1%} | "
                 f"{part['policy']['missed']:.1%} | {part['auto']['threshold']:.2f} | {part['auto']['saved']:.1%} | "
-                f"{part['auto']['missed']:.1%} |"
+                f"{part['auto']['missed']:.1%} | " + history_cells(part["history"]) + " |"
             )
     return "\n".join(lines)
+
+
+def history_cells(history: dict) -> str:
+    """The history's threshold and figures, or why there are none (too few failing organs in the history)."""
+    if history["threshold"] != history["threshold"]:
+        return "too few failing | - | -"
+    return f"{history['threshold']:.2f} | {history['saved']:.1%} | {history['missed']:.1%}"
 
 
 def summarise_seeds(parts: List[dict]) -> dict:
@@ -247,13 +277,13 @@ def summarise_seeds(parts: List[dict]) -> dict:
     for key in ("cases top 20%", "cases top 20% at share"):
         out[key] = {k: stat([p[key][k] for p in parts])[0] for k in parts[0][key]}
         out[f"{key} sd"] = {k: stat([p[key][k] for p in parts])[1] for k in parts[0][key]}
-    for key in ("policy", "auto"):
+    for key in ("policy", "auto", "history"):
         out[key] = {k: stat([p[key][k] for p in parts])[0] for k in ("threshold", "saved", "missed")}
     out["curve"] = [
         {k: stat([p["curve"][i][k] for p in parts])[0] for k in ("threshold", "saved", "missed")}
         for i in range(len(parts[0]["curve"]))
     ]
-    kept = ("organ auroc", "cases top 20%", "cases top 20% at share", "policy", "auto")
+    kept = ("organ auroc", "cases top 20%", "cases top 20% at share", "policy", "auto", "history")
     out["per seed"] = [{k: p[k] for k in kept} for p in parts]
     return out
 
@@ -390,14 +420,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for definition, organs in counted.items():
             if not organs:
                 continue
+            # the team's history for each set: the other sets, labelled
+            histories = {k: predicted(estimator, m, organs) for k, m in synthetic.items()}
             parts = [
-                evaluate(estimator, m, organs, thresholds[steps], plain, args.max_missed) for m in synthetic.values()
+                evaluate(estimator, m, organs, thresholds[steps], plain, args.max_missed, pooled(histories, k))
+                for k, m in synthetic.items()
             ]
             sets = {f"synthetic, {definition} (mean of {len(parts)} seeds)": summarise_seeds(parts)}
             if "real" in measured[steps]:
                 real = measured[steps]["real"]
                 sets[f"real, {definition}"] = evaluate(
-                    estimator, real, organs, thresholds[steps], plain, args.max_missed
+                    estimator, real, organs, thresholds[steps], plain, args.max_missed, pooled(histories)
                 )
             results["stages"].append({"steps": steps, "counted": organs, "sets": sets})
         for name, cases in measured[steps].items():

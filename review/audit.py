@@ -16,7 +16,7 @@ def record(s, *event, **fields) -> None:
 
 
 def row(
-    case_id: str,
+    case_id: Optional[str],
     actor: str,
     action: str,
     from_state: Optional[str],

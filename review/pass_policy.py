@@ -11,10 +11,12 @@ The draw of each organ is fixed by the case, round and organ (so it replays), an
 and draw, is in the case's history. Organs the estimator did not judge (no estimate, or outside the scan's field of
 view) are reviewed in full; the consensus rule for every other organ is unchanged.
 
-``threshold: auto`` spares a team from guessing the threshold (:func:`choose_threshold`): the largest at which the
-open cases' own predictions expect at most ``max_missed`` of their failing organs to pass. It needs no final label,
-follows the models as they retrain (it is chosen again every :data:`AUTO_REFRESH_S`), and the audit measures whether
-the estimator's probabilities deserved the trust.
+``threshold: auto`` spares a team from guessing the threshold. Once the team's history holds enough failing organs,
+it comes from there (:func:`history_threshold`): the estimator's retraining measures the serving version on the
+held-out final cases (:func:`record_calibration`), and the threshold is the largest that the split-conformal rule
+allows, so that at most ``max_missed`` of the failing organs pass, whatever the probabilities' calibration. Before
+that, the open cases' own predictions choose it (:func:`choose_threshold`), which trusts their calibration. Either
+is chosen again every :data:`AUTO_REFRESH_S`, and the audit measures whether it deserved the trust.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from sqlalchemy import func, select
@@ -33,7 +35,8 @@ from review import assignments, audit
 from review.schema import AuditEvent, Case, CaseScore, Decision, Review
 
 POLICY_EVENT = "pass_policy"
-AUTO_REFRESH_S = 300.0  # how long an automatic threshold serves before the open cases' predictions choose it again
+CALIBRATION_EVENT = "quality_calibration"  # the serving estimator measured on the held-out history (no case)
+AUTO_REFRESH_S = 300.0  # how long an automatic threshold serves before it is chosen again
 AUTO_MIN_ORGANS = 100  # fewer judged organs than this among the open cases choose no automatic threshold
 
 
@@ -58,9 +61,66 @@ def choose_threshold(p_fail: Iterable[float], max_missed: float) -> float:
     return float(thresholds[expected <= max_missed * total].max())
 
 
+def by_hundredth(p_fail: Iterable[float]) -> List[int]:
+    """How many probabilities fall in each hundredth [j/100, (j+1)/100) (1.0 in the last): what a threshold in
+    hundredths needs of them, as ``sum(bins[:j])`` is the count below ``j/100``."""
+    bins = np.clip(np.floor(np.asarray(list(p_fail), dtype=np.float64) * 100), 0, 99).astype(int)
+    return np.bincount(bins, minlength=100).tolist()
+
+
+def history_threshold(failing_bins: Sequence[int], max_missed: float) -> Optional[float]:
+    """The split-conformal threshold from held-out history (``failing_bins``: :func:`by_hundredth` of the failing
+    organs' probabilities): with ``n`` failing organs and ``k = floor(max_missed * (n + 1))``, the largest hundredth
+    below which fewer than ``k`` of them lie. A new failing organ, exchangeable with them, then passes with chance at
+    most ``k / (n + 1) <= max_missed``. None while ``k`` is 0 (fewer than ``1 / max_missed - 1`` failing organs)."""
+    failing = int(sum(failing_bins))
+    allowed = math.floor(max_missed * (failing + 1) + 1e-9)
+    if allowed < 1:
+        return None
+    below = np.concatenate([[0], np.cumsum(failing_bins)])  # below[j]: how many lie under j / 100
+    return float(np.flatnonzero(below <= allowed - 1).max() / 100)
+
+
+def record_calibration(s, version: int, p_fail: Sequence[float], failed: Sequence[bool], cases: int) -> None:
+    """Record the serving estimator ``version``'s probabilities on the held-out history (``cases`` final cases): per
+    hundredth, how many organs and how many failing ones. :class:`AutoThreshold` chooses from the newest."""
+    failing = [p for p, f in zip(p_fail, failed) if f]
+    audit.record(
+        s,
+        None,
+        "quality estimator",
+        CALIBRATION_EVENT,
+        None,
+        None,
+        f"quality estimator v{version} on the held-out history: {len(failing)} failing of {len(p_fail)} organs "
+        f"({cases} final cases)",
+        {
+            "version": version,
+            "cases": cases,
+            "organs": by_hundredth(p_fail),
+            "failing": by_hundredth(failing),
+        },
+    )
+
+
+def _newest_calibration(s) -> Optional[dict]:
+    return (
+        s.execute(
+            select(AuditEvent.details)
+            .where(AuditEvent.action == CALIBRATION_EVENT)
+            .order_by(AuditEvent.id.desc())
+            .limit(1)
+        )
+        .scalars()
+        .first()
+    )
+
+
 class AutoThreshold:
-    """``threshold: auto``: chosen from the open cases' predictions (:func:`choose_threshold`), once per
-    :data:`AUTO_REFRESH_S` per process; a number in the configuration is used as it is."""
+    """``threshold: auto``: chosen from the held-out history of the version that scored the open cases
+    (:func:`history_threshold`) when it has enough failing organs, else from the open cases' predictions
+    (:func:`choose_threshold`); once per :data:`AUTO_REFRESH_S` per process. A number in the configuration is used as
+    it is."""
 
     def __init__(self) -> None:
         self._chosen: Tuple[float, float, Optional[float], str] = (-math.inf, 0.0, None, "")  # when, for, (t, basis)
@@ -71,23 +131,41 @@ class AutoThreshold:
             return float(policy.threshold), "configured"
         when, max_missed, _, _ = self._chosen
         if time.monotonic() - when > AUTO_REFRESH_S or max_missed != policy.max_missed:
-            p_fail = [
-                float(q["p_fail"])
-                for quality in s.execute(
-                    select(CaseScore.components["quality"])
-                    .join(Case, Case.id == CaseScore.case_id)
-                    .where(Case.state.notin_(("final", "withdrawn")))
-                ).scalars()
-                for q in (quality or {}).values()
-            ]
-            threshold = choose_threshold(p_fail, policy.max_missed) if len(p_fail) >= AUTO_MIN_ORGANS else None
-            basis = (
-                f"auto: at most {policy.max_missed:.0%} of the failing organs expected through, "
-                f"by the predictions for {len(p_fail)} organs of the open cases"
-                + ("" if threshold is not None else f" (too few: it needs {AUTO_MIN_ORGANS})")
-            )
+            threshold, basis = self._choose(s, policy.max_missed)
             self._chosen = (time.monotonic(), policy.max_missed, threshold, basis)
         return self._chosen[2], self._chosen[3]
+
+    @staticmethod
+    def _choose(s, max_missed: float) -> Tuple[Optional[float], str]:
+        scored = s.execute(
+            select(CaseScore.members, CaseScore.components["quality"])
+            .join(Case, Case.id == CaseScore.case_id)
+            .where(Case.state.notin_(("final", "withdrawn")))
+        ).all()
+        p_fail = [float(q["p_fail"]) for _, quality in scored for q in (quality or {}).values()]
+        versions = {(members or {}).get("quality") for members, quality in scored if quality}
+        calibration = _newest_calibration(s)
+        history = ""
+        if calibration and calibration.get("version") in versions:
+            failing = int(sum(calibration["failing"]))
+            threshold = history_threshold(calibration["failing"], max_missed)
+            if threshold is not None:
+                through = int(sum(calibration["failing"][: round(threshold * 100)]))
+                return threshold, (
+                    f"auto from the team's history: {through} of the {failing} failing organs of "
+                    f"{calibration['cases']} held-out final cases under it (quality estimator "
+                    f"v{calibration['version']}); at most {max_missed:.0%} of the failing organs through"
+                )
+            history = f"; the history's {failing} failing organs are too few for {max_missed:.0%}"
+        elif calibration:
+            history = f"; the history measured quality estimator v{calibration.get('version')}, not the scoring one"
+        threshold = choose_threshold(p_fail, max_missed) if len(p_fail) >= AUTO_MIN_ORGANS else None
+        return threshold, (
+            f"auto: at most {max_missed:.0%} of the failing organs expected through, "
+            f"by the predictions for {len(p_fail)} organs of the open cases"
+            + ("" if threshold is not None else f" (too few: it needs {AUTO_MIN_ORGANS})")
+            + history
+        )
 
 
 def plan(

@@ -5,6 +5,9 @@ estimator's parameters as a weights-only ``model.pt``, what it learned from in `
 the cold start (``python -m bench.quality --publish STUDIES``: learned from simulated corrections); each retraining
 from the store's history publishes a challenger, which serves only when it predicts the held-out history better.
 
+Each retraining also measures the serving version on the held-out share (:func:`review.pass_policy.record_calibration`):
+``review.pass_policy.threshold: auto`` chooses its threshold from that.
+
 A unit of history is one organ of one final case: the features the scorer stored for the case while it was open
 (``case_scores.components.organ_features``), and whether the organ failed: the Dice between the case's first
 pre-label and its final label below 0.8.
@@ -23,6 +26,7 @@ from sqlalchemy import select
 from evaluation.error_detection import FAILURE_DICE
 from evaluation.metrics import dice_of
 from models.versions import ModelStore
+from review import pass_policy
 from review.schema import Case, CaseScore, LabelVersion
 from review.store import ReviewStore
 from strategies.quality import QualityEstimator, feature_vector
@@ -153,4 +157,11 @@ def retrain(store: ReviewStore, models_dir) -> Dict[str, object]:
     }
     version = publish(source.store, challenger, meta, better, why)
     log.info("quality estimator: %s %s", version.tag, why)
+    # the serving version on the held-out history: what threshold: auto chooses from (review.pass_policy)
+    serving, serving_number = (challenger, version.number) if better else (current[1], current[0])
+    with store.write() as s:
+        pass_policy.record_calibration(
+            s, serving_number, serving.probabilities(test_rows).tolist(), test_failed.astype(bool).tolist(),
+            len({u[0] for u in test}),
+        )  # fmt: skip
     return {"published": version.number, "promoted": better, "why": why}

@@ -25,6 +25,7 @@ def test_the_quality_bench_learns_measures_and_publishes_a_cold_start(tmp_path):
     learned = results["estimator"]
     assert learned["units"] > 0 and 0 < learned["failing"] < learned["units"] and 0 <= learned["threshold"] <= 1
     assert set(learned["thresholds"]) == {"40", "160"} and learned["threshold"] == learned["thresholds"]["160"]
+    histories = 0
     for stage in results["stages"]:
         for name, part in stage["sets"].items():
             assert part["cases"] == (20 if name.startswith("synthetic") else 3), name
@@ -39,9 +40,16 @@ def test_the_quality_bench_learns_measures_and_publishes_a_cold_start(tmp_path):
             assert all(a["saved"] <= b["saved"] and a["missed"] <= b["missed"] for a, b in zip(curve, curve[1:]))
             auto = part["auto"]  # the server's threshold: auto, chosen from the set's own predictions
             assert 0 <= auto["threshold"] <= 1 and 0 <= auto["saved"] <= 1 and 0 <= auto["missed"] <= 1, name
+            # threshold: auto from a history: the other seeds' units (the real scans: every seed's), labelled
+            history = part["history"]
+            histories += history["threshold"] == history["threshold"]  # a number: the history had enough failures
+            assert all(0 <= history[k] <= 1 for k in history if history[k] == history[k]), name
             if name.startswith("real"):  # one set (not a mean of seeds): its curve holds the same figures there
-                at = next(row for row in curve if abs(row["threshold"] - auto["threshold"]) < 1e-9)
-                assert (at["saved"], at["missed"]) == (auto["saved"], auto["missed"]), name
+                for chosen in (auto, history) if history["threshold"] == history["threshold"] else (auto,):
+                    at = next(row for row in curve if abs(row["threshold"] - chosen["threshold"]) < 1e-9)
+                    assert (at["saved"], at["missed"]) == (chosen["saved"], chosen["missed"]), name
+    assert histories > 0
+    assert "auto from history: threshold" in (tmp_path / "table.md").read_text()
     units = np.array([u[4:] for u in results["units"]], dtype=float)  # (dice, predicted chance of failing)
     assert len(units) and ((units[:, 1] >= 0) & (units[:, 1] <= 1)).all()
     assert (

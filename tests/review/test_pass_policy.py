@@ -10,7 +10,7 @@ import yaml
 
 from amoslabel.config import ConfigError, PassPolicy, parse_config
 from amoslabel.organs import ORGANS
-from review import pass_policy
+from review import assignments, pass_policy
 from review.queries import case_detail, history
 from review.schema import Case, CaseScore, Review
 from review.store import utcnow
@@ -21,15 +21,25 @@ LIVER = 6
 POLICY = PassPolicy(threshold=0.2, audit_fraction=0.25)
 
 
-def scored_case(team, case_id: str, doubtful=(LIVER,)) -> None:
-    """A pre-labelled case, scored: every organ predicted correct (p 0.01) but ``doubtful`` ones (p 0.9)."""
+def scored_case(team, case_id: str, doubtful=(LIVER,), version=None) -> None:
+    """A pre-labelled case, scored (by quality estimator ``version``): every organ predicted correct (p 0.01) but
+    ``doubtful`` ones (p 0.9)."""
     team.workflow.record_prelabel(case_id, LABEL, "unet:v1", {})
     quality = {
         str(o.id): {"organ": o.id, "name": o.name, "p_fail": 0.9 if o.id in doubtful else 0.01, "reasons": []}
         for o in ORGANS
     }
     with team.store.write() as s:
-        s.add(CaseScore(case_id=case_id, computed=utcnow(), members={}, components={"quality": quality}))
+        members = {} if version is None else {"quality": version}
+        s.add(CaseScore(case_id=case_id, computed=utcnow(), members=members, components={"quality": quality}))
+
+
+def submit_as_its_junior(team, case_id: str) -> None:
+    """The junior the case was handed to submits the pre-label as it is."""
+    with team.store.read() as s:
+        holder = assignments.live(s, case_id, "annotate").user_id
+    junior = next(u for u in team.users.values() if u.id == holder)
+    team.workflow.save_version(junior, case_id, LABEL, submit=True)
 
 
 def votes_per_organ(team, case_id: str) -> dict:
@@ -151,6 +161,57 @@ def test_threshold_auto_is_chosen_from_the_open_cases_and_recorded(tmp_path):
     assert plan["threshold"] == 0.9 and "120 organs" in plan["threshold_basis"]
     passing = {int(o) for o in plan["one_approval"]} | set(plan["audited"])
     assert passing == {o.id for o in ORGANS} - {LIVER}
+
+
+def test_the_history_threshold_lets_at_most_max_missed_of_the_failing_organs_through():
+    # known answers: k = floor(0.02 * (n + 1)) failing organs may not lie under the threshold
+    assert pass_policy.history_threshold(pass_policy.by_hundredth([0.05] * 10 + [0.3] * 90), 0.02) == 0.05
+    assert pass_policy.history_threshold(pass_policy.by_hundredth([0.05] + [0.3] * 99), 0.02) == 0.3  # 1 below
+    assert pass_policy.history_threshold(pass_policy.by_hundredth([0.3] * 48), 0.02) is None  # k = 0: too few
+    assert pass_policy.history_threshold(pass_policy.by_hundredth([0.3] * 49), 0.02) == 0.3
+    assert pass_policy.by_hundredth([0.0, 0.009, 0.5, 1.0]) == [2] + [0] * 49 + [1] + [0] * 48 + [1]
+    # the conformal bound: over many histories and new cases drawn alike, the failing organs let through stay under
+    # max_missed, even from predictions far from calibrated (every probability halved)
+    rng = np.random.default_rng(1)
+    through = failing = 0
+    for _ in range(200):
+        p = rng.beta(0.5, 2.0, 3000)
+        failed = rng.random(len(p)) < p
+        history, new = slice(0, 1500), slice(1500, None)
+        threshold = pass_policy.history_threshold(pass_policy.by_hundredth(p[history][failed[history]] / 2), 0.02)
+        through += int((failed[new] & (p[new] / 2 < threshold)).sum())
+        failing += int(failed[new].sum())
+    assert 0.01 < through / failing <= 0.02
+
+
+def test_threshold_auto_comes_from_the_history_of_the_version_that_scored_the_open_cases(tmp_path):
+    policy = PassPolicy(threshold="auto", audit_fraction=0.25, max_missed=0.02)
+    team = make_team(tmp_path, pass_policy=policy)
+    for n in range(1, 9):  # 120 organs at 0.01 and 8 livers at 0.9, scored by quality estimator v2
+        scored_case(team, f"c{n}", version=2)
+    failing = [0.005] + [0.5] * 99  # one failing organ of the history under 0.5: k = 2 allows it
+    with team.store.write() as s:
+        pass_policy.record_calibration(s, 2, failing + [0.005] * 400, [True] * 100 + [False] * 400, 40)
+    team.workflow.save_version(team.users["j1"], "c1", LABEL, submit=True)
+    with team.store.read() as s:
+        plan = pass_policy.latest(s, "c1")
+    assert plan["threshold"] == 0.5 and "team's history: 1 of the 100 failing organs" in plan["threshold_basis"]
+    # the history of another version does not decide: the open cases' predictions do, and the basis says why
+    with team.store.write() as s:
+        pass_policy.record_calibration(s, 1, failing, [True] * 100, 40)
+    team.workflow.auto_threshold = pass_policy.AutoThreshold()
+    submit_as_its_junior(team, "c2")
+    with team.store.read() as s:
+        plan = pass_policy.latest(s, "c2")
+    assert "open cases" in plan["threshold_basis"] and "v1, not the scoring one" in plan["threshold_basis"]
+    # too few failing organs in the history of the scoring version: the open cases' predictions again
+    with team.store.write() as s:
+        pass_policy.record_calibration(s, 2, [0.5] * 30, [True] * 30, 10)
+    team.workflow.auto_threshold = pass_policy.AutoThreshold()
+    submit_as_its_junior(team, "c3")
+    with team.store.read() as s:
+        plan = pass_policy.latest(s, "c3")
+    assert "30 failing organs are too few" in plan["threshold_basis"] and plan["threshold"] is not None
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ import torch
 
 from amoslabel.config import ActiveLearningSettings
 from models.versions import ModelStore
-from review.schema import CaseScore
+from review.pass_policy import CALIBRATION_EVENT
+from review.schema import AuditEvent, CaseScore
 from review.store import utcnow
 from strategies.anatomy import learn
 from strategies.quality import FEATURES, QualityEstimator, feature_vector, organ_features
@@ -162,6 +163,14 @@ def test_the_estimator_retrains_from_the_finals_and_a_worse_challenger_is_not_pr
     assert any(held_out(c) for c in CASES) and not all(held_out(c) for c in CASES)
     first = retrain(team.store, tmp_path / "models")
     assert first["published"] == 1 and first["promoted"], first
+    # the serving version measured on the held-out history, for threshold: auto (review.pass_policy)
+    with team.store.read() as s:
+        calibration = [e for e in s.query(AuditEvent).filter(AuditEvent.action == CALIBRATION_EVENT)]
+    held = [c for c in CASES if held_out(c)]
+    assert len(calibration) == 1 and calibration[0].details["version"] == 1
+    assert calibration[0].details["cases"] == len(held) and calibration[0].case_id is None
+    assert sum(calibration[0].details["organs"]) == len(held) * len(present)
+    assert sum(calibration[0].details["failing"]) == sum(o in present for c in held for o in set(REMOVED[c]))
     good = QualitySource(tmp_path / "models").current()[1]
     assert good.predict({SPLEEN: {"missing": 1.0}})[SPLEEN].p_fail > 0.5
     # the stored features of the training share lose their information: the challenger learns nothing from them
@@ -173,6 +182,9 @@ def test_the_estimator_retrains_from_the_finals_and_a_worse_challenger_is_not_pr
     second = retrain(team.store, tmp_path / "models")
     assert second["published"] == 2 and not second["promoted"], second
     assert "the champion stays" in second["why"]
+    with team.store.read() as s:  # the champion that stays is the one measured
+        newest = s.query(AuditEvent).filter(AuditEvent.action == CALIBRATION_EVENT).order_by(AuditEvent.id.desc())
+        assert newest.first().details["version"] == 1
     store = ModelStore(tmp_path / "models", QUALITY_MODEL)
     assert store.champion().number == 1 and store.get(2).meta["source"] == "history"
 
