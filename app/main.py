@@ -120,7 +120,7 @@ class AmosLabelApp(MONAILabelApp):
                 lambda name: self.async_training(name, enqueue=True),
             )
             self.review.final_listeners.append(retraining.check)
-            self.review.final_listeners.append(self.atlas.refresh)  # the atlas prior rebuilt with each new final...
+            self.review.final_listeners.append(self.atlas.final_published)  # the atlas prior rebuilt with new finals...
             self.atlas.watch()  # ...and with those another server of a team published (models/prior_task.py)
         self.review.sync_cases()
         if routes.in_server_process():

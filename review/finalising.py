@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Optional
+from typing import Container, Optional
 
 from sqlalchemy import select
 
@@ -84,10 +84,11 @@ class Finalising:
             self.publisher(case_id, path, info)
         return version.id
 
-    def recover(self, settled_s: float = 0.0) -> int:
+    def recover(self, settled_s: float = 0.0, queued: Container[str] = frozenset()) -> int:
         """Finalise every case in ``consensus`` (a crash between the last vote and finalising, or a vote on another
-        server of the team) that has been there at least ``settled_s`` seconds, oldest first; returns how many were
-        finalised. A case that fails is logged and left for the next call."""
+        server of the team) that has been there at least ``settled_s`` seconds, oldest first, but those ``queued``
+        for this process's finaliser (looked up as each case comes: the container may change meanwhile); returns how
+        many were finalised. A case that fails is logged and left for the next call."""
         query = select(Case.id).where(Case.state == "consensus")
         if settled_s > 0:
             query = query.where(Case.updated <= utcnow() - timedelta(seconds=settled_s))
@@ -95,6 +96,8 @@ class Finalising:
             pending = list(s.execute(query.order_by(Case.updated)).scalars())
         done = 0
         for case_id in pending:
+            if case_id in queued:
+                continue
             try:
                 self.finalise(case_id)
                 done += 1

@@ -112,6 +112,9 @@ class ReviewService:
         self.accounts = Accounts(self.store, config.auth.access_token_hours, throttle)
         self.workflow = Workflow(self.store, config.review, self._published)
         self._finaliser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finalise")
+        # cases queued on that finaliser: the leader's sweep leaves them to it (fusing one twice, when the queue runs
+        # behind under a busy review, cost a tenth of the server's CPU)
+        self._queued: Set[str] = set()
         # the team's background work runs on one server, its leader (the sole server on SQLite)
         self.leadership = leadership_for(url)
         self.background = LeaderJobs(self.leadership)
@@ -258,7 +261,7 @@ class ReviewService:
     def _finalise_settled(self) -> int:
         """The leader's sweep: finalise cases that have been in consensus a while (voted on another server, or left
         by a server that died before finalising)."""
-        return self.workflow.recover(settled_s=SETTLED_S)
+        return self.workflow.recover(settled_s=SETTLED_S, queued=self._queued)
 
     def image_added(self, case_id: str) -> None:
         """A new scan is a new case at once: routable, and scored without waiting."""
@@ -370,6 +373,7 @@ class ReviewService:
         """Queue finalising when a review brought the case to consensus (the vote answers at once); tell the
         viewers' label info when it went back to the junior."""
         if summary.get("state") == "consensus" and self.leadership.is_leader():  # else the leader's sweep does it
+            self._queued.add(summary["case_id"])
             self._finaliser.submit(self._finalise, summary["case_id"])
         elif summary.get("state") in ("with_junior", "escalated") and self.files is not None:
             detail = case_detail(self.workflow, summary["case_id"], Principal(0, "system", "admin"))
@@ -390,8 +394,10 @@ class ReviewService:
     def _finalise(self, case_id: str) -> None:
         try:
             self.workflow.finalise(case_id)
-        except Exception:  # logged; the case stays in consensus and recover() retries at start-up
+        except Exception:  # logged; the case stays in consensus, for the leader's sweep (and recover() at start-up)
             log.exception("finalising %s failed", case_id)
+        finally:
+            self._queued.discard(case_id)
 
     def wait_idle(self) -> None:
         """Block until queued finalising is done (tests, shutdown)."""

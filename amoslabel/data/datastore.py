@@ -22,6 +22,7 @@ Differences from ``monailabel.datastore.local.LocalDatastore``, which this exten
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -359,6 +360,16 @@ class AmosDatastore(LocalDatastore):
         if info:
             info = {**self.records.get(image_id).get("image_info", {}), **info}
         return info
+
+    def image_info_without_path(self, image_id: str) -> Dict[str, Any]:
+        """:meth:`get_image_info` less the scan's path on the server, which it resolves on disk: what a viewer's
+        Next Sample answers (``amoslabel.server.routes.review_sample``; resolving the path cost a tenth of a busy
+        server's Next Sample). Empty for an image not in the datastore."""
+        self.has_image(image_id)
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            return {}
+        return {**self.records.get(image_id).get("image_info", {}), **copy.deepcopy(obj.image.info)}
 
     def status(self) -> Dict[str, Any]:
         """MONAI Label's datastore statistics, cached for a few seconds.

@@ -145,15 +145,15 @@ def review_sample(params: dict, review: ReviewService) -> dict:
 
     It skips what ``sample`` adds for its own strategies: the whole app ``info()`` (for strategy settings this one
     has none of), a note of the strategy in the image's info (the claim is in the case's audit log), and the scan's
-    real path on the server (``next_sample`` resolves it; the answer leaves it out). Each cost more than finding and
-    claiming the case.
+    real path on the server (MONAI Label resolves it on disk; the answer leaves it out). Each cost more than finding
+    and claiming the case.
     """
     instance = app_instance()
     strategy = getattr(instance, "_strategies", {}).get(ReviewQueueStrategy.NAME)
     result = strategy({**params, "strategy": ReviewQueueStrategy.NAME}, instance.datastore()) if strategy else None
     if not result:  # no "id": the client says there is nothing; the answer says why and what to do
         return review.nothing_waits(params.get("client_id"))
-    return without_server_paths({**instance.datastore().get_image_info(result["id"]), **result})
+    return without_server_paths({**instance.datastore().image_info_without_path(result["id"]), **result})
 
 
 def without_server_paths(sample: dict) -> dict:

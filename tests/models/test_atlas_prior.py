@@ -188,6 +188,36 @@ def test_the_periodic_check_rebuilds_without_a_request(studies, tmp_path):
         cache.stop()
 
 
+def test_finals_published_together_make_one_look_at_the_sources_not_one_each(studies, tmp_path, monkeypatch):
+    """The final listener (``final_published``): with the watcher running, a burst of finals wakes it for one look
+    (and one more for those published during that look and the pause after it), not one each; a final published
+    later is looked at too. Without a watcher, each looks at once."""
+    *_, cache, _ = atlas_of_one_final(studies, tmp_path, wait_s=0)
+    looks = []
+    monkeypatch.setattr(cache, "refresh", lambda: looks.append(time.monotonic()) or False)
+    cache.final_published()
+    assert len(looks) == 1  # no watcher: at once
+    cache.watch(interval_s=600)  # the periodic check far away: only the finals wake it
+
+    def looked(n: int) -> bool:
+        deadline = time.monotonic() + 60
+        while len(looks) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(looks) >= n
+
+    try:
+        for _ in range(20):
+            cache.final_published()
+        assert looked(2)
+        time.sleep(3 * models.prior_task.GATHER_S)  # the pause, and the one more look it may end with
+        burst = len(looks) - 1
+        assert 1 <= burst <= 2, looks  # 20 finals: one or two looks
+        cache.final_published()
+        assert looked(1 + burst + 1)  # a final after the pause: looked at
+    finally:
+        cache.stop()
+
+
 def test_a_final_the_atlas_cannot_place_is_named_in_the_log_and_the_atlas(studies, tmp_path, caplog):
     """A thin slab (every organ cut by its first or last slice) has nothing to place it by: it is left out, and the
     log and the atlas say which (the log's count is of the maps used)."""

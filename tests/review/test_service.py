@@ -4,6 +4,7 @@ version store, and the datastore's ``working`` and ``final`` labels are links to
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,12 @@ from amoslabel.files import file_sha256
 from amoslabel.volume import read_label
 from models.click_request import WHOLE_LABEL_KEY
 from review.auth import Principal
-from review.queries import queue
+from review.queries import case_detail, queue
 from review.service import ReviewService
 from tests.review.conftest import LABEL
 
 CASE = "ts_abdomen_ct_small"
+ADMIN = Principal(0, "system", "admin")
 
 
 @pytest.fixture()
@@ -113,6 +115,26 @@ def test_submit_review_and_final_link_to_the_consensus_version(attached, tmp_pat
     with pytest.raises(InputError, match="broken"):  # a link that leads elsewhere: nothing is restored
         restore(tmp_path / "snap", tmp_path / "again", progress=False)
     assert not (tmp_path / "again").exists()
+
+
+def test_the_leaders_sweep_leaves_a_case_queued_for_the_finaliser_to_it(attached, tmp_path, monkeypatch):
+    """Under a busy review the finaliser's queue runs behind; the sweep (cases in consensus a while) then leaves the
+    queued ones to it rather than fusing them a second time, and takes a case again once the finaliser is done."""
+    studies, service, store, people = attached
+    monkeypatch.setattr("review.service.SETTLED_S", 0.0)
+    service.workflow.record_prelabel(CASE, LABEL, "prior:test", {})
+    service.workflow.claim(people["j1"], CASE)
+    store.save_label(CASE, str(_edited(tmp_path, 1)), "final", {"client_id": "j1"})
+    gate = threading.Event()
+    service._finaliser.submit(gate.wait, 60)  # the finaliser busy with earlier cases
+    try:
+        service.after_review(service.workflow.review(people["s1"], CASE, [], default="approve"))
+        assert service._finalise_settled() == 0  # queued: left to the finaliser
+        assert case_detail(service.workflow, CASE, ADMIN)["state"] == "consensus"
+    finally:
+        gate.set()
+    service.wait_idle()
+    assert case_detail(service.workflow, CASE, ADMIN)["state"] == "final" and not service._queued
 
 
 def test_a_refused_save_writes_nothing(attached, tmp_path):

@@ -285,8 +285,9 @@ def test_a_round_waits_for_every_review_slot_to_be_filled(tmp_path):
 
 
 def test_a_case_that_cannot_be_finalised_does_not_hold_up_the_others(team):
-    """The leader's sweep (``recover``) finalises every case in consensus, oldest first; one whose label file is
-    damaged fails, is logged and stays in consensus, and the sweep goes on to the next."""
+    """The leader's sweep (``recover``) finalises every case in consensus, oldest first, but those queued for the
+    process's own finaliser; one whose label file is damaged fails, is logged and stays in consensus, and the sweep
+    goes on to the next."""
     wf, u = team.workflow, team.users
     for case_id in ("c1", "c2"):
         submitted_case(team, case_id, edit=team.edited(f"{case_id}-j1", PANCREAS))
@@ -297,6 +298,8 @@ def test_a_case_that_cannot_be_finalised_does_not_hold_up_the_others(team):
     path = next((team.tmp / "versions" / "c1").glob(f"{damaged['sha256']}.nii.gz"))
     path.chmod(0o644)
     path.write_bytes(b"not a label any more")  # the junior's version of c1, damaged on disk
+    assert wf.recover(queued={"c2"}) == 0  # c2 is queued for this process's finaliser: the sweep leaves it
+    assert case_detail(wf, "c2", u["admin"])["state"] == "consensus"
     assert wf.recover() == 1
     assert case_detail(wf, "c1", u["admin"])["state"] == "consensus"  # left for the next sweep
     assert case_detail(wf, "c2", u["admin"])["state"] == "final"

@@ -62,6 +62,17 @@ def test_image_info_survives_a_restart_without_an_index_rewrite(studies):
     assert again.get_image_info("ts_abdomen_ct_small")["strategy"]["review_queue"]["client_id"] == "jun"
 
 
+def test_the_image_info_without_path_is_monai_labels_less_the_path_it_resolves(studies):
+    """What a viewer's Next Sample answers: MONAI Label's image info, our records' included, less the server path
+    (which it never resolves); nothing for an unknown image."""
+    store = _store(studies)
+    store.update_image_info("ts_abdomen_ct_small", {"note": "x"})
+    info = store.get_image_info("ts_abdomen_ct_small")
+    assert info["path"] == os.path.realpath(studies / "ts_abdomen_ct_small.nii.gz") and info["note"] == "x"
+    assert store.image_info_without_path("ts_abdomen_ct_small") == {k: v for k, v in info.items() if k != "path"}
+    assert store.image_info_without_path("no_such_case") == {}
+
+
 def test_delayed_index_writes_coalesce(studies, shared):
     store = AmosDatastore(str(studies), 2**31, 2**31, index_delay_s=0.3)
     label = shared / "ct" / "ts_abdomen_ct_small_label.nii.gz"
