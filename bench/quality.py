@@ -200,6 +200,8 @@ def predicted(estimator: QualityEstimator, measured: Dict[str, dict], organs: Se
 def pooled(sets: Dict[str, tuple], leaving_out=None) -> tuple:
     """The units of every set but ``leaving_out``, as one history."""
     chosen = [v for k, v in sets.items() if k != leaving_out]
+    if not chosen:  # one seed: no other set to be its history
+        return np.zeros(0), np.zeros(0, dtype=int)
     return np.concatenate([p for p, _ in chosen]), np.concatenate([f for _, f in chosen])
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Container, Optional
+from typing import Callable, Optional
 
 from sqlalchemy import select
 
@@ -84,11 +84,11 @@ class Finalising:
             self.publisher(case_id, path, info)
         return version.id
 
-    def recover(self, settled_s: float = 0.0, queued: Container[str] = frozenset()) -> int:
+    def recover(self, settled_s: float = 0.0, queued: Callable[[str], bool] = lambda case_id: False) -> int:
         """Finalise every case in ``consensus`` (a crash between the last vote and finalising, or a vote on another
         server of the team) that has been there at least ``settled_s`` seconds, oldest first, but those ``queued``
-        for this process's finaliser (looked up as each case comes: the container may change meanwhile); returns how
-        many were finalised. A case that fails is logged and left for the next call."""
+        for this process's finaliser (asked as each case comes: the queue moves meanwhile); returns how many were
+        finalised. A case that fails is logged and left for the next call."""
         query = select(Case.id).where(Case.state == "consensus")
         if settled_s > 0:
             query = query.where(Case.updated <= utcnow() - timedelta(seconds=settled_s))
@@ -96,7 +96,7 @@ class Finalising:
             pending = list(s.execute(query.order_by(Case.updated)).scalars())
         done = 0
         for case_id in pending:
-            if case_id in queued:
+            if queued(case_id):
                 continue
             try:
                 self.finalise(case_id)

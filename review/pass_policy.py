@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -61,30 +62,62 @@ def choose_threshold(p_fail: Iterable[float], max_missed: float) -> float:
     return float(thresholds[expected <= max_missed * total].max())
 
 
-def by_hundredth(p_fail: Iterable[float]) -> List[int]:
-    """How many probabilities fall in each hundredth [j/100, (j+1)/100) (1.0 in the last): what a threshold in
-    hundredths needs of them, as ``sum(bins[:j])`` is the count below ``j/100``."""
+def by_hundredth(p_fail: Iterable[float], weights: Optional[Iterable[float]] = None) -> List[float]:
+    """How many probabilities (or how much ``weights``) fall in each hundredth [j/100, (j+1)/100) (1.0 in the last):
+    what a threshold in hundredths needs of them, as ``sum(bins[:j])`` is the count below ``j/100``."""
     bins = np.clip(np.floor(np.asarray(list(p_fail), dtype=np.float64) * 100), 0, 99).astype(int)
-    return np.bincount(bins, minlength=100).tolist()
+    w = None if weights is None else np.asarray(list(weights), dtype=np.float64)
+    return [round(float(v), 3) for v in np.bincount(bins, weights=w, minlength=100)]
 
 
 def history_threshold(failing_bins: Sequence[int], max_missed: float) -> Optional[float]:
     """The split-conformal threshold from held-out history (``failing_bins``: :func:`by_hundredth` of the failing
     organs' probabilities): with ``n`` failing organs and ``k = floor(max_missed * (n + 1))``, the largest hundredth
     below which fewer than ``k`` of them lie. A new failing organ, exchangeable with them, then passes with chance at
-    most ``k / (n + 1) <= max_missed``. None while ``k`` is 0 (fewer than ``1 / max_missed - 1`` failing organs)."""
-    failing = int(sum(failing_bins))
+    most ``k / (n + 1) <= max_missed``. None while ``k`` is 0 (fewer than ``1 / max_missed - 1`` failing organs).
+    Weighted bins (:func:`history_weights`) count each organ by its weight."""
+    failing = float(sum(failing_bins))
     allowed = math.floor(max_missed * (failing + 1) + 1e-9)
     if allowed < 1:
         return None
-    below = np.concatenate([[0], np.cumsum(failing_bins)])  # below[j]: how many lie under j / 100
-    return float(np.flatnonzero(below <= allowed - 1).max() / 100)
+    below = np.concatenate([[0.0], np.cumsum(failing_bins)])  # below[j]: how many lie under j / 100
+    return float(np.flatnonzero(below < allowed - 1e-9).max() / 100)
 
 
-def record_calibration(s, version: int, p_fail: Sequence[float], failed: Sequence[bool], cases: int) -> None:
+def history_weights(s, case_ids: Iterable[str]) -> Dict[Tuple[str, int], float]:
+    """What each organ the policy let through weighs in the history (the others weigh 1), by its case's newest plan:
+    0 for an organ one reader approved, whose failure no other reader could see (counted as a success, it would
+    raise the next threshold); ``1 / audit_fraction`` for an audited one, reviewed in full, which stands for those it
+    was drawn among."""
+    wanted = set(case_ids)
+    newest: Dict[str, dict] = {}
+    for case_id, details in s.execute(
+        select(AuditEvent.case_id, AuditEvent.details).where(AuditEvent.action == POLICY_EVENT).order_by(AuditEvent.id)
+    ).all():
+        if case_id in wanted:
+            newest[case_id] = details
+    weights: Dict[Tuple[str, int], float] = {}
+    for case_id, details in newest.items():
+        for organ in details.get("one_approval", {}):
+            weights[(case_id, int(organ))] = 0.0
+        for organ in details.get("audited", []):
+            weights[(case_id, int(organ))] = 1.0 / float(details.get("audit_fraction") or 1.0)
+    return weights
+
+
+def record_calibration(
+    s,
+    version: int,
+    p_fail: Sequence[float],
+    failed: Sequence[bool],
+    cases: int,
+    weights: Optional[Sequence[float]] = None,
+) -> None:
     """Record the serving estimator ``version``'s probabilities on the held-out history (``cases`` final cases): per
-    hundredth, how many organs and how many failing ones. :class:`AutoThreshold` chooses from the newest."""
-    failing = [p for p, f in zip(p_fail, failed) if f]
+    hundredth, how many organs and how many failing ones, each counted by its ``weights`` (:func:`history_weights`;
+    1 without). :class:`AutoThreshold` chooses from the newest."""
+    w = [1.0] * len(p_fail) if weights is None else list(weights)
+    failing = [(p, x) for p, f, x in zip(p_fail, failed, w) if f]
     audit.record(
         s,
         None,
@@ -92,13 +125,13 @@ def record_calibration(s, version: int, p_fail: Sequence[float], failed: Sequenc
         CALIBRATION_EVENT,
         None,
         None,
-        f"quality estimator v{version} on the held-out history: {len(failing)} failing of {len(p_fail)} organs "
-        f"({cases} final cases)",
+        f"quality estimator v{version} on the held-out history: {sum(x for _, x in failing):g} failing of "
+        f"{sum(w):g} organs ({cases} final cases; organs the pass policy let through weighted)",
         {
             "version": version,
             "cases": cases,
-            "organs": by_hundredth(p_fail),
-            "failing": by_hundredth(failing),
+            "organs": by_hundredth(p_fail, w),
+            "failing": by_hundredth([p for p, _ in failing], [x for _, x in failing]),
         },
     )
 
@@ -116,6 +149,16 @@ def _newest_calibration(s) -> Optional[dict]:
     )
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A threshold (None: every organ in full), what it rests on in words, and the quality estimator version whose
+    history measured it (None: not from the history), which a case must have been scored by for it to apply."""
+
+    threshold: Optional[float]
+    basis: str
+    calibrated: Optional[int] = None
+
+
 class AutoThreshold:
     """``threshold: auto``: chosen from the held-out history of the version that scored the open cases
     (:func:`history_threshold`) when it has enough failing organs, else from the open cases' predictions
@@ -123,20 +166,19 @@ class AutoThreshold:
     it is."""
 
     def __init__(self) -> None:
-        self._chosen: Tuple[float, float, Optional[float], str] = (-math.inf, 0.0, None, "")  # when, for, (t, basis)
+        self._chosen: Tuple[float, float, Choice] = (-math.inf, 0.0, Choice(None, ""))  # when, for which max_missed
 
-    def resolve(self, s, policy: PassPolicy) -> Tuple[Optional[float], str]:
-        """(the threshold, or None when the open cases cannot choose one yet; what it rests on, in words)."""
+    def resolve(self, s, policy: PassPolicy) -> Choice:
+        """The threshold (None when neither the history nor the open cases can choose one yet) and its basis."""
         if policy.threshold != "auto":
-            return float(policy.threshold), "configured"
-        when, max_missed, _, _ = self._chosen
+            return Choice(float(policy.threshold), "configured")
+        when, max_missed, _ = self._chosen
         if time.monotonic() - when > AUTO_REFRESH_S or max_missed != policy.max_missed:
-            threshold, basis = self._choose(s, policy.max_missed)
-            self._chosen = (time.monotonic(), policy.max_missed, threshold, basis)
-        return self._chosen[2], self._chosen[3]
+            self._chosen = (time.monotonic(), policy.max_missed, self._choose(s, policy.max_missed))
+        return self._chosen[2]
 
     @staticmethod
-    def _choose(s, max_missed: float) -> Tuple[Optional[float], str]:
+    def _choose(s, max_missed: float) -> Choice:
         scored = s.execute(
             select(CaseScore.members, CaseScore.components["quality"])
             .join(Case, Case.id == CaseScore.case_id)
@@ -147,24 +189,26 @@ class AutoThreshold:
         calibration = _newest_calibration(s)
         history = ""
         if calibration and calibration.get("version") in versions:
-            failing = int(sum(calibration["failing"]))
+            failing = round(float(sum(calibration["failing"])), 1)
             threshold = history_threshold(calibration["failing"], max_missed)
             if threshold is not None:
-                through = int(sum(calibration["failing"][: round(threshold * 100)]))
-                return threshold, (
-                    f"auto from the team's history: {through} of the {failing} failing organs of "
+                through = round(float(sum(calibration["failing"][: round(threshold * 100)])), 1)
+                basis = (
+                    f"auto from the team's history: {through:g} of the {failing:g} failing organs of "
                     f"{calibration['cases']} held-out final cases under it (quality estimator "
                     f"v{calibration['version']}); at most {max_missed:.0%} of the failing organs through"
                 )
-            history = f"; the history's {failing} failing organs are too few for {max_missed:.0%}"
+                return Choice(threshold, basis, int(calibration["version"]))
+            history = f"; the history's {failing:g} failing organs are too few for {max_missed:.0%}"
         elif calibration:
             history = f"; the history measured quality estimator v{calibration.get('version')}, not the scoring one"
         threshold = choose_threshold(p_fail, max_missed) if len(p_fail) >= AUTO_MIN_ORGANS else None
-        return threshold, (
+        return Choice(
+            threshold,
             f"auto: at most {max_missed:.0%} of the failing organs expected through, "
             f"by the predictions for {len(p_fail)} organs of the open cases"
             + ("" if threshold is not None else f" (too few: it needs {AUTO_MIN_ORGANS})")
-            + history
+            + history,
         )
 
 
@@ -175,9 +219,13 @@ def plan(
     ``auto``: the workflow's :class:`AutoThreshold` (it keeps the chosen threshold between rounds)."""
     if policy is None or not readers:
         return {}
-    threshold, basis = (auto or AutoThreshold()).resolve(s, policy)
+    choice = (auto or AutoThreshold()).resolve(s, policy)
+    threshold, basis = choice.threshold, choice.basis
     score = s.get(CaseScore, case.id)
     quality = (score.components.get("quality") if score else None) or {}
+    scored_by = (score.members or {}).get("quality") if score else None
+    if choice.calibrated is not None and scored_by != choice.calibrated:  # rescoring after a promotion not done yet
+        threshold, basis = None, f"{basis}; this case was scored by quality estimator v{scored_by}"
     chances = {int(organ): float(q["p_fail"]) for organ, q in quality.items()}
     below = sorted(o for o, p in chances.items() if threshold is not None and p < threshold)
     audited = [o for o in below if draw(case.id, case.round, o) < policy.audit_fraction]

@@ -19,6 +19,7 @@ line, tests on a bare store) the workflow runs alone.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 import time
@@ -57,6 +58,7 @@ from review.workflow import Workflow
 log = logging.getLogger(__name__)
 _ID_LIKE = re.compile(r"[0-9.]{1,128}")  # a DICOM UID (a DICOMweb datastore's case id)
 FINALISE_SWEEP_S = 1.0  # the leader finalises cases another server's vote brought to consensus within about this
+QUEUED_TRUST_S = 300.0  # a case queued for the finaliser longer than this is the sweep's again
 SETTLED_S = 2.0  # ... once they have been in consensus this long (the voting leader's own finaliser goes first)
 LEASE_SWEEP_S = 10.0  # how often lapsed leases are expired (a queue already treats a lapsed lease as none)
 IMPORTED_PRELABEL = "import"  # the "model" of a pre-label that came with its scan
@@ -112,9 +114,9 @@ class ReviewService:
         self.accounts = Accounts(self.store, config.auth.access_token_hours, throttle)
         self.workflow = Workflow(self.store, config.review, self._published)
         self._finaliser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finalise")
-        # cases queued on that finaliser: the leader's sweep leaves them to it (fusing one twice, when the queue runs
-        # behind under a busy review, cost a tenth of the server's CPU)
-        self._queued: Set[str] = set()
+        # cases queued on that finaliser, and when: the leader's sweep leaves them to it (fusing one twice, when the
+        # queue runs behind under a busy review, cost a tenth of the server's CPU) unless queued QUEUED_TRUST_S ago
+        self._queued: Dict[str, float] = {}
         # the team's background work runs on one server, its leader (the sole server on SQLite)
         self.leadership = leadership_for(url)
         self.background = LeaderJobs(self.leadership)
@@ -261,7 +263,12 @@ class ReviewService:
     def _finalise_settled(self) -> int:
         """The leader's sweep: finalise cases that have been in consensus a while (voted on another server, or left
         by a server that died before finalising)."""
-        return self.workflow.recover(settled_s=SETTLED_S, queued=self._queued)
+        return self.workflow.recover(settled_s=SETTLED_S, queued=self._in_queue)
+
+    def _in_queue(self, case_id: str) -> bool:
+        """Whether the case waits on this process's finaliser, queued recently enough to leave it there (a finaliser
+        stuck on one case must not keep the others in consensus)."""
+        return time.monotonic() - self._queued.get(case_id, -math.inf) < QUEUED_TRUST_S
 
     def image_added(self, case_id: str) -> None:
         """A new scan is a new case at once: routable, and scored without waiting."""
@@ -373,8 +380,13 @@ class ReviewService:
         """Queue finalising when a review brought the case to consensus (the vote answers at once); tell the
         viewers' label info when it went back to the junior."""
         if summary.get("state") == "consensus" and self.leadership.is_leader():  # else the leader's sweep does it
-            self._queued.add(summary["case_id"])
-            self._finaliser.submit(self._finalise, summary["case_id"])
+            case_id = summary["case_id"]
+            self._queued[case_id] = time.monotonic()
+            try:
+                self._finaliser.submit(self._finalise, case_id)
+            except RuntimeError:  # the executor is shut down (the server stopping): the sweep or a restart does it
+                self._queued.pop(case_id, None)
+                raise
         elif summary.get("state") in ("with_junior", "escalated") and self.files is not None:
             detail = case_detail(self.workflow, summary["case_id"], Principal(0, "system", "admin"))
             lines = [
@@ -397,7 +409,7 @@ class ReviewService:
         except Exception:  # logged; the case stays in consensus, for the leader's sweep (and recover() at start-up)
             log.exception("finalising %s failed", case_id)
         finally:
-            self._queued.discard(case_id)
+            self._queued.pop(case_id, None)
 
     def wait_idle(self) -> None:
         """Block until queued finalising is done (tests, shutdown)."""

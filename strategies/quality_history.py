@@ -157,11 +157,13 @@ def retrain(store: ReviewStore, models_dir) -> Dict[str, object]:
     }
     version = publish(source.store, challenger, meta, better, why)
     log.info("quality estimator: %s %s", version.tag, why)
-    # the serving version on the held-out history: what threshold: auto chooses from (review.pass_policy)
+    # the serving version on the held-out history: what threshold: auto chooses from (review.pass_policy); an organ
+    # the pass policy let through with one approval is no evidence of its outcome, an audited one stands for them
     serving, serving_number = (challenger, version.number) if better else (current[1], current[0])
     with store.write() as s:
+        weights = pass_policy.history_weights(s, {u[0] for u in test})
         pass_policy.record_calibration(
             s, serving_number, serving.probabilities(test_rows).tolist(), test_failed.astype(bool).tolist(),
-            len({u[0] for u in test}),
+            len({u[0] for u in test}), [weights.get((u[0], u[1]), 1.0) for u in test],
         )  # fmt: skip
     return {"published": version.number, "promoted": better, "why": why}

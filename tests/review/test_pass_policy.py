@@ -184,6 +184,28 @@ def test_the_history_threshold_lets_at_most_max_missed_of_the_failing_organs_thr
     assert 0.01 < through / failing <= 0.02
 
 
+def test_organs_the_policy_let_through_weigh_in_the_history_as_what_they_say_of_it(tmp_path):
+    # one approval: no other reader saw the organ, so its outcome is no evidence (0); audited: it stands for the
+    # organs it was drawn among (1 / audit_fraction); the rest weigh 1 (not listed)
+    team, plan = submitted_with_plan(tmp_path)
+    with team.store.read() as s:
+        weights = pass_policy.history_weights(s, ["c1", "elsewhere"])
+    assert {o for (c, o), w in weights.items() if w == 0} == {int(o) for o in plan["one_approval"]}
+    assert {o for (c, o), w in weights.items() if w > 0} == set(plan["audited"])
+    assert all(w == 1 / POLICY.audit_fraction for w in weights.values() if w > 0)
+    assert LIVER not in {o for _, o in weights}  # reviewed in full as always: weighs 1
+    # weighted bins: ten failing organs at 0.05 weighing 0.1 each count as one, below the 99 at 0.3
+    bins = pass_policy.by_hundredth([0.05] * 10 + [0.3] * 99, [0.1] * 10 + [1.0] * 99)
+    assert bins[5] == 1.0 and sum(bins) == 100.0
+    assert pass_policy.history_threshold(bins, 0.02) == 0.3  # k = 2: one (weighted) organ under it may be
+    assert pass_policy.history_threshold(pass_policy.by_hundredth([0.05] * 10 + [0.3] * 99), 0.02) == 0.05
+    with team.store.write() as s:
+        pass_policy.record_calibration(s, 3, [0.05, 0.3, 0.9], [True, True, False], 2, [4.0, 1.0, 1.0])
+    with team.store.read() as s:
+        calibration = pass_policy._newest_calibration(s)
+    assert sum(calibration["failing"]) == 5.0 and calibration["failing"][5] == 4.0 and sum(calibration["organs"]) == 6
+
+
 def test_threshold_auto_comes_from_the_history_of_the_version_that_scored_the_open_cases(tmp_path):
     policy = PassPolicy(threshold="auto", audit_fraction=0.25, max_missed=0.02)
     team = make_team(tmp_path, pass_policy=policy)
@@ -212,6 +234,15 @@ def test_threshold_auto_comes_from_the_history_of_the_version_that_scored_the_op
     with team.store.read() as s:
         plan = pass_policy.latest(s, "c3")
     assert "30 failing organs are too few" in plan["threshold_basis"] and plan["threshold"] is not None
+    # a case still scored by the previous version (its rescoring after a promotion not done): every organ in full
+    with team.store.write() as s:
+        pass_policy.record_calibration(s, 2, failing + [0.005] * 400, [True] * 100 + [False] * 400, 40)
+    team.workflow.auto_threshold = pass_policy.AutoThreshold()
+    scored_case(team, "c9", version=1)
+    submit_as_its_junior(team, "c9")
+    with team.store.read() as s:
+        plan = pass_policy.latest(s, "c9")
+    assert plan["threshold"] is None and "this case was scored by quality estimator v1" in plan["threshold_basis"]
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,8 @@ def test_submit_review_and_final_link_to_the_consensus_version(attached, tmp_pat
 
 def test_the_leaders_sweep_leaves_a_case_queued_for_the_finaliser_to_it(attached, tmp_path, monkeypatch):
     """Under a busy review the finaliser's queue runs behind; the sweep (cases in consensus a while) then leaves the
-    queued ones to it rather than fusing them a second time, and takes a case again once the finaliser is done."""
+    queued ones to it rather than fusing them a second time, unless they have waited there too long (a finaliser
+    stuck on one case must not keep the others in consensus)."""
     studies, service, store, people = attached
     monkeypatch.setattr("review.service.SETTLED_S", 0.0)
     service.workflow.record_prelabel(CASE, LABEL, "prior:test", {})
@@ -131,6 +132,9 @@ def test_the_leaders_sweep_leaves_a_case_queued_for_the_finaliser_to_it(attached
         service.after_review(service.workflow.review(people["s1"], CASE, [], default="approve"))
         assert service._finalise_settled() == 0  # queued: left to the finaliser
         assert case_detail(service.workflow, CASE, ADMIN)["state"] == "consensus"
+        monkeypatch.setattr("review.service.QUEUED_TRUST_S", 0.0)  # queued too long: the finaliser seems stuck
+        assert service._finalise_settled() == 1
+        assert case_detail(service.workflow, CASE, ADMIN)["state"] == "final"
     finally:
         gate.set()
     service.wait_idle()
