@@ -10,7 +10,9 @@ Each retraining also measures the serving version on the held-out share (:func:`
 
 A unit of history is one organ of one final case: the features the scorer stored for the case while it was open
 (``case_scores.components.organ_features``), and whether the organ failed: the Dice between the case's first
-pre-label and its final label below 0.8.
+pre-label and its final label below 0.8. Organs that the pass policy let through with one approval are left out
+(:func:`review.pass_policy.history_weights`): no other reader saw them, so a failure among them would be learnt as a
+success.
 """
 
 from __future__ import annotations
@@ -129,7 +131,11 @@ def log_loss(estimator: QualityEstimator, rows: np.ndarray, failed: np.ndarray) 
 def retrain(store: ReviewStore, models_dir) -> Dict[str, object]:
     """Fit a challenger on the history's training share; publish it, and promote it when its log loss on the
     held-out share beats the champion's (or there is no champion). Returns what happened, for the log."""
-    units = history_units(store)
+    every = history_units(store)
+    with store.read() as s:
+        weights = pass_policy.history_weights(s, {u[0] for u in every})
+    # an organ the pass policy let through with one approval says nothing of its outcome: no reader but one saw it
+    units = [u for u in every if weights.get((u[0], u[1]), 1.0) > 0]
     train = [u for u in units if not held_out(u[0])]
     test = [u for u in units if held_out(u[0])]
     if len(train) < MIN_UNITS or len({u[3] for u in train}) < 2 or len({u[3] for u in test}) < 2:
@@ -157,11 +163,10 @@ def retrain(store: ReviewStore, models_dir) -> Dict[str, object]:
     }
     version = publish(source.store, challenger, meta, better, why)
     log.info("quality estimator: %s %s", version.tag, why)
-    # the serving version on the held-out history: what threshold: auto chooses from (review.pass_policy); an organ
-    # the pass policy let through with one approval is no evidence of its outcome, an audited one stands for them
+    # the serving version on the held-out history: what threshold: auto chooses from (review.pass_policy); an
+    # audited organ stands for the organs it was drawn among
     serving, serving_number = (challenger, version.number) if better else (current[1], current[0])
     with store.write() as s:
-        weights = pass_policy.history_weights(s, {u[0] for u in test})
         pass_policy.record_calibration(
             s, serving_number, serving.probabilities(test_rows).tolist(), test_failed.astype(bool).tolist(),
             len({u[0] for u in test}), [weights.get((u[0], u[1]), 1.0) for u in test],

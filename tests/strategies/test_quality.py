@@ -10,6 +10,7 @@ import torch
 
 from amoslabel.config import ActiveLearningSettings
 from models.versions import ModelStore
+from review import audit, pass_policy
 from review.pass_policy import CALIBRATION_EVENT
 from review.schema import AuditEvent, CaseScore
 from review.store import utcnow
@@ -187,6 +188,28 @@ def test_the_estimator_retrains_from_the_finals_and_a_worse_challenger_is_not_pr
         assert newest.first().details["version"] == 1
     store = ModelStore(tmp_path / "models", QUALITY_MODEL)
     assert store.champion().number == 1 and store.get(2).meta["source"] == "history"
+
+
+def test_organs_the_pass_policy_let_through_alone_do_not_teach_the_estimator_and_audited_ones_count_more(tmp_path):
+    """An organ one reader approved alone reached the final unseen by the others: left out of the history (its
+    failure would be learnt as a success); an audited one counts for the organs it was drawn among."""
+    team = make_team(tmp_path)
+    present = finals_with_history(team)
+    held = [c for c in CASES if held_out(c)]
+    alone, audited = held[0], held[1]
+    with team.store.write() as s:
+        for case, details in (
+            (alone, {"round": 1, "one_approval": {str(o): 1 for o in present}, "audited": [], "audit_fraction": 0.5}),
+            (audited, {"round": 1, "one_approval": {}, "audited": sorted({*REMOVED[audited]}), "audit_fraction": 0.5}),
+        ):
+            audit.record(s, case, "system", pass_policy.POLICY_EVENT, "in_review", "in_review", "plan", details)
+    assert retrain(team.store, tmp_path / "models")["published"] == 1
+    with team.store.read() as s:
+        calibration = pass_policy._newest_calibration(s)
+    failing = {c: len(set(REMOVED[c]) & set(present)) for c in held}
+    expected = sum(failing.values()) - failing[alone] + failing[audited]  # alone: 0; audited: counted twice (1 / 0.5)
+    assert sum(calibration["failing"]) == expected
+    assert sum(calibration["organs"]) == len(present) * (len(held) - 1) + failing[audited]
 
 
 def test_the_queue_orders_by_expected_failures_and_falls_back_without_an_estimate(tmp_path):
