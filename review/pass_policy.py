@@ -140,7 +140,8 @@ def _newest_calibration(s) -> Optional[dict]:
     return (
         s.execute(
             select(AuditEvent.details)
-            .where(AuditEvent.action == CALIBRATION_EVENT)
+            # case_id's index finds the events of no case (a few); action has none
+            .where(AuditEvent.case_id.is_(None), AuditEvent.action == CALIBRATION_EVENT)
             .order_by(AuditEvent.id.desc())
             .limit(1)
         )
