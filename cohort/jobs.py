@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from amoslabel.errors import InputError
+from amoslabel.volume import read_header
 from amoslabel.workspace import Workspace
 from cohort.plan import PRELABEL_STATES, CohortPlan, plan_cases, prelabelled_by, scored_with, states
 from cohort.spec import CohortSpec, network_task
@@ -32,6 +33,20 @@ from review.states import CLOSED
 from review.service import ReviewService
 
 log = logging.getLogger(__name__)
+
+
+def readable_scan(case_id: str, path: Optional[str]) -> str:
+    """The case's scan file, once its header reads. A missing or corrupt file fails here, as the run is planned,
+    and never reaches the cluster: a re-run whose only cases left are corrupt joins no cluster and starts no worker."""
+    if not path:
+        raise InputError(f"{case_id}: the scan's file is missing")
+    if os.path.isfile(path):  # a series folder is read whole by the read stage
+        try:
+            read_header(path)
+        except RuntimeError as error:
+            reason = " ".join(str(error).split("sitk::ERROR:")[-1].split())[:200]  # SimpleITK's own words
+            raise InputError(f"{case_id}: the scan does not read ({reason})") from error
+    return path
 
 
 @dataclass(frozen=True)
@@ -97,9 +112,7 @@ class PrelabelJob:
     def first_payload(self, case_id: str) -> Dict[str, Any]:
         """What the server's ``/infer`` request carries once MONAI Label resolved the image (see
         :meth:`amoslabel.data.datastore.AmosDatastore.infer_request`)."""
-        path = self.datastore.image_file(case_id)
-        if not path:
-            raise InputError(f"{case_id}: the scan's file is missing")
+        path = readable_scan(case_id, self.datastore.image_file(case_id))
         config = self.spec.config()
         return {
             "image": path,
@@ -178,9 +191,7 @@ class ScoreJob:
         return plan_cases(table, done, open_states, "scored with these versions already", wanted, limit)
 
     def first_payload(self, case_id: str) -> Dict[str, Any]:
-        path = self.datastore.image_file(case_id)
-        if not path:
-            raise InputError(f"{case_id}: the scan's file is missing")
+        path = readable_scan(case_id, self.datastore.image_file(case_id))
         modality = self.review.modality_of(case_id)
         return {"image_path": path, "case_id": case_id, "modality": modality, "modality_short": short(modality)}
 

@@ -212,6 +212,7 @@ def test_prelabel_a_cohort_with_a_worker_killed_midway(studies, ray_cluster, tmp
     assert again.wait(timeout=300) == 1
     text = (tmp_path / "again.log").read_text()
     assert f"0 done, {N_CASES} skipped, 1 failed" in text and "pre-labelled by unet:v1 already" in text
+    assert "0 case(s) to do" in text and "does not read" in text  # the corrupt scan failed as planned: no pipeline
     assert prelabels(studies, "unet:v1") == counts
 
 
