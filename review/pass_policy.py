@@ -136,18 +136,17 @@ def record_calibration(
     )
 
 
-def _newest_calibration(s) -> Optional[dict]:
+def _newest_calibration_query():
     return (
-        s.execute(
-            select(AuditEvent.details)
-            # case_id's index finds the events of no case (a few); action has none
-            .where(AuditEvent.case_id.is_(None), AuditEvent.action == CALIBRATION_EVENT)
-            .order_by(AuditEvent.id.desc())
-            .limit(1)
-        )
-        .scalars()
-        .first()
+        select(AuditEvent.details)
+        .where(AuditEvent.case_id.is_(None), AuditEvent.action == CALIBRATION_EVENT)
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
     )
+
+
+def _newest_calibration(s) -> Optional[dict]:
+    return s.execute(_newest_calibration_query()).scalars().first()
 
 
 @dataclass(frozen=True)

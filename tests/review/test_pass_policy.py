@@ -7,13 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from sqlalchemy import select
 
 from amoslabel.config import ConfigError, PassPolicy, parse_config
 from amoslabel.organs import ORGANS
 from review import assignments, pass_policy
 from review.queries import case_detail, history
-from review.schema import Case, CaseScore, Review
-from review.store import utcnow
+from review.schema import AuditEvent, Case, CaseScore, Review
+from review.store import ReviewStore, utcnow
 from tests.conftest import ROOT
 from tests.review.conftest import LABEL, make_team
 
@@ -243,6 +244,23 @@ def test_threshold_auto_comes_from_the_history_of_the_version_that_scored_the_op
     with team.store.read() as s:
         plan = pass_policy.latest(s, "c9")
     assert plan["threshold"] is None and "this case was scored by quality estimator v1" in plan["threshold_basis"]
+
+
+def test_a_store_made_before_the_action_index_gets_it_and_the_policys_reads_use_it(tmp_path):
+    """The overview's figures and threshold: auto read the pass policy's events across cases, by action: an index
+    search, not a scan of the whole audit; a store made before the index was added gets it when a server opens it."""
+    url = f"sqlite:///{tmp_path / 'review.db'}"
+    with ReviewStore(url, tmp_path / "versions").engine.begin() as connection:
+        connection.exec_driver_sql("DROP INDEX ix_audit_action")  # as an older store was made
+    store = ReviewStore(url, tmp_path / "versions")
+    with store.engine.begin() as connection:
+        for query in (
+            select(AuditEvent.details).where(AuditEvent.action == pass_policy.POLICY_EVENT).order_by(AuditEvent.id),
+            pass_policy._newest_calibration_query(),
+        ):
+            sql = str(query.compile(store.engine, compile_kwargs={"literal_binds": True}))
+            plan = " ".join(str(row[-1]) for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+            assert "USING INDEX ix_audit_action" in plan, plan
 
 
 @pytest.mark.parametrize(
