@@ -98,9 +98,31 @@ def _choose_export_dicom_seg(page, attempts: int = 3) -> None:
             page.keyboard.press("Escape")
 
 
+NOT_LOADED = "Ensure the referenced series is fully loaded"  # OHIF's refusal to store before its prefetch is done
+
+
 def store_segmentation(page, timeout_s: float = 120.0, picture: Optional[Path] = None) -> str:
     """OHIF's own store: the panel's menu, Export, DICOM SEG, then Save in its dialog. Returns the notice that
-    tells the outcome; ``picture``: a screenshot the moment it shows (OHIF's own notices soon stack over it)."""
+    tells the outcome; ``picture``: a screenshot the moment it shows (OHIF's own notices soon stack over it).
+
+    OHIF itself refuses to build the SEG while the scan's slices are still loading into its cache (a full run on a
+    slowed machine once stored before that: "Referenced source image not in cache"); then, as a user would, this
+    waits and stores again (twice at most). Nothing reached the server: the outcome is still the server's."""
+    for attempt in range(3):
+        outcome = _store_once(page, timeout_s, picture)
+        if NOT_LOADED not in outcome or attempt == 2:
+            return outcome
+        page.keyboard.press("Escape")
+        deadline = time.time() + 60  # its notice gone (else the next attempt would read it again), the slices loading
+        while time.time() < deadline and any(
+            NOT_LOADED in t for t in page.locator("[data-sonner-toast]").all_inner_texts()
+        ):
+            time.sleep(1)
+        time.sleep(5)
+    raise AssertionError("unreachable")
+
+
+def _store_once(page, timeout_s: float, picture: Optional[Path]) -> str:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     dialog = page.locator("[role=dialog]").first
@@ -123,7 +145,9 @@ def store_segmentation(page, timeout_s: float = 120.0, picture: Optional[Path] =
             if text not in seen:
                 seen.append(text)
         outcome = [
-            t for t in seen if "saved successfully" in t or "request failed" in t or re.search(r"\b[45]\d\d: ", t)
+            t
+            for t in seen
+            if "saved successfully" in t or "request failed" in t or re.search(r"\b[45]\d\d: ", t) or NOT_LOADED in t
         ]
         if outcome:
             if picture is not None:
