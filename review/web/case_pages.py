@@ -26,6 +26,9 @@ def register(pages: Blueprint, context: "PageContext") -> None:
     @pages.get("/cases/<case_id>")
     @context.logged_in
     def case_page(who: Principal, case_id: str):
+        # the stamp before the panel: the page's poll then sees any change after it (one read too early only swaps
+        # the panel once more; one too late would leave the page at the state it was rendered with)
+        stamp = context.stamp(check_id(case_id, "case id"))
         panel = case_panel_data(context, who, case_id)
         workflow.record_opened(who.name, case_id, "review page")
         return render_template(
@@ -33,6 +36,7 @@ def register(pages: Blueprint, context: "PageContext") -> None:
             who=who,
             **panel,
             **viewer_data(context, case_id, panel["case"]),
+            stamp=stamp,
             focus=parse_point(request.args.get("at")),
             views=VIEWS,
             has_attention=service.attention_file(case_id) is not None,

@@ -221,11 +221,12 @@ def _queue_routes(pages: Blueprint, context: PageContext) -> None:
     @pages.get("/")
     @context.logged_in
     def my_queue(who: Principal):
+        stamp = context.stamp()  # before the rows: the page's poll then sees any change after it
         return render_template(
             "queue.html",
             who=who,
             rows=_queue_rows(who),
-            stamp=context.stamp(),
+            stamp=stamp,
             ohif=context.service.ohif_viewer is not None,
             server_url=request.host_url.rstrip("/"),
         )

@@ -3,7 +3,8 @@
   "use strict";
 
   function poll(panel, every, onChange) {
-    let stamp = null;
+    // the stamp the page was rendered with: a change between rendering and the first poll is a change too
+    let stamp = panel.dataset.stamp !== undefined ? Number(panel.dataset.stamp) : null;
     async function tick() {
       try {
         const reply = await fetch(panel.dataset.stampUrl, {credentials: "same-origin", cache: "no-store"});

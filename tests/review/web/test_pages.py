@@ -28,6 +28,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CASE = "web_ct"
 PANCREAS = 10
 NEW = "web_mr"  # uploaded at the end
+LIVE = "live_ct"  # uploaded by the live-state test
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> pancreas tail cut off'
 FLAGS = CHROMIUM_FLAGS
 
@@ -212,3 +213,30 @@ def test_review_round_trip_in_the_browser(web, shared, tmp_path):
     assert champion is not None, "no training started after the final label:\n" + server.tail()
     assert CASE in champion.meta["training_cases"]
     assert members.get("unet") == champion.number, members
+
+
+def test_a_case_page_follows_a_change_made_before_its_first_poll(web, shared, tmp_path):
+    """The page polls a stamp of the case's history; the stamp it was rendered with is its first, so a change that
+    lands between rendering and the first poll still updates the page (the last vote's finalising did, and the page
+    stayed at ``consensus``)."""
+    server, tokens, browser, studies = web
+    client = viewer_login(server.url, tmp_path, "ada", tokens["ada"])
+    client.upload_image(str(shared / "ct" / "ts_abdomen_ct_small.nii.gz"), LIVE)
+    client.infer("unet", LIVE, {})  # pre-labelled: to ana, the one junior
+    junior = login(browser, server, tokens["ana"])
+    moved = []
+
+    def submit_then_poll(route):
+        if not moved:  # the junior submits (from another tab) before this page's first look at the stamp
+            reply = requests.post(
+                f"{server.url}/review/api/cases/{LIVE}/submit",
+                headers={"Authorization": f"Bearer {tokens['ana']}"},
+                timeout=60,
+            )
+            moved.append(reply.status_code)
+        route.continue_()
+
+    junior.route(re.compile(rf".*/review/cases/{LIVE}/live$"), submit_then_poll)
+    junior.goto(f"{server.url}/review/cases/{LIVE}")  # rendered with the case with ana
+    junior.wait_for_selector("#case-state[data-state='in_review']", timeout=30000)
+    assert moved == [200]
