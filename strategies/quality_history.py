@@ -5,7 +5,8 @@ estimator's parameters as a weights-only ``model.pt``, what it learned from in `
 the cold start (``python -m bench.quality --publish STUDIES``: learned from simulated corrections); each retraining
 from the store's history publishes a challenger, which serves only when it predicts the held-out history better.
 
-Each retraining also measures the serving version on the held-out share (:func:`review.pass_policy.record_calibration`):
+Each retraining also measures the serving version on the history it did not learn from (:func:`unseen_by`: all of it
+for the cold start, the held-out share for a version of the history; :func:`review.pass_policy.record_calibration`):
 ``review.pass_policy.threshold: auto`` chooses its threshold from that.
 
 A unit of history is one organ of one final case: the features the scorer stored for the case while it was open
@@ -155,6 +156,7 @@ def retrain(store: ReviewStore, models_dir) -> Dict[str, object]:
     )
     meta = {
         "source": "history",
+        "training_cases": sorted({u[0] for u in train}),  # what its calibration must leave out (unseen_by)
         "units": len(train),
         "failing": int(failed.sum()),
         "held_out_units": len(test),
@@ -163,12 +165,27 @@ def retrain(store: ReviewStore, models_dir) -> Dict[str, object]:
     }
     version = publish(source.store, challenger, meta, better, why)
     log.info("quality estimator: %s %s", version.tag, why)
-    # the serving version on the held-out history: what threshold: auto chooses from (review.pass_policy); an
-    # audited organ stands for the organs it was drawn among
-    serving, serving_number = (challenger, version.number) if better else (current[1], current[0])
+    # the serving version on the history it did not learn from: what threshold: auto chooses from
+    # (review.pass_policy); an audited organ stands for the organs it was drawn among
+    serving, serving_version = (challenger, version) if better else (current[1], source.store.get(current[0]))
+    unseen = unseen_by(serving_version.meta, units)
     with store.write() as s:
         pass_policy.record_calibration(
-            s, serving_number, serving.probabilities(test_rows).tolist(), test_failed.astype(bool).tolist(),
-            len({u[0] for u in test}), [weights.get((u[0], u[1]), 1.0) for u in test],
+            s, serving_version.number, serving.probabilities(np.array([u[2] for u in unseen])).tolist(),
+            [bool(u[3]) for u in unseen], len({u[0] for u in unseen}), [weights.get((u[0], u[1]), 1.0) for u in unseen],
         )  # fmt: skip
-    return {"published": version.number, "promoted": better, "why": why}
+    return {"published": version.number, "promoted": better, "why": why, "calibrated_on": len(unseen)}
+
+
+def unseen_by(meta: dict, units: List[Tuple[str, int, List[float], bool]]) -> List[Tuple[str, int, List[float], bool]]:
+    """The units of history a version did not learn from, on which it is calibrated: every unit for a cold start
+    (it learned from simulated corrections, none of the team's cases), those outside its ``training_cases`` for a
+    version of the history (one published before it named them: the held-out share). The larger this history, the
+    closer ``threshold: auto`` comes to the budget it is given (a split-conformal bound is coarse on few failures)."""
+    if meta.get("source") != "history":
+        return list(units)
+    trained = meta.get("training_cases")
+    if trained is None:
+        return [u for u in units if held_out(u[0])]
+    trained = set(trained)
+    return [u for u in units if u[0] not in trained]

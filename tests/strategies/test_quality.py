@@ -16,7 +16,15 @@ from review.schema import AuditEvent, CaseScore
 from review.store import utcnow
 from strategies.anatomy import learn
 from strategies.quality import FEATURES, QualityEstimator, feature_vector, organ_features
-from strategies.quality_history import QUALITY_MODEL, QualitySource, held_out, history_units, publish, retrain
+from strategies.quality_history import (
+    QUALITY_MODEL,
+    QualitySource,
+    held_out,
+    history_units,
+    publish,
+    retrain,
+    unseen_by,
+)
 from strategies.queue_order import expected_failures_order
 from tests.review.conftest import LABEL, make_team
 
@@ -188,6 +196,31 @@ def test_the_estimator_retrains_from_the_finals_and_a_worse_challenger_is_not_pr
         assert newest.first().details["version"] == 1
     store = ModelStore(tmp_path / "models", QUALITY_MODEL)
     assert store.champion().number == 1 and store.get(2).meta["source"] == "history"
+
+
+def test_a_cold_start_that_keeps_serving_is_calibrated_on_the_whole_history(tmp_path):
+    """The cold start learned from none of the team's cases: all of them are its calibration, not the held-out
+    quarter a version of the history leaves itself (four times the failures for threshold: auto)."""
+    team = make_team(tmp_path)
+    present = finals_with_history(team)
+    units = history_units(team.store)
+    rows, failed = np.array([u[2] for u in units]), np.array([int(u[3]) for u in units])
+    store = ModelStore(tmp_path / "models", QUALITY_MODEL)
+    publish(store, QualityEstimator.fit(rows, failed), {"source": "cold start (simulated corrections)"}, True, "cold")
+    with team.store.write() as s:  # the training share teaches a challenger nothing: the cold start stays
+        for case in CASES:
+            if not held_out(case):
+                s.get(CaseScore, case).components = {"organ_features": {str(o): {"entropy": 0.1} for o in present}}
+    result = retrain(team.store, tmp_path / "models")
+    assert result["published"] == 2 and not result["promoted"], result
+    assert result["calibrated_on"] == len(units) == len(CASES) * len(present)
+    assert store.get(2).meta["training_cases"] == sorted(c for c in CASES if not held_out(c))
+    with team.store.read() as s:
+        calibration = pass_policy._newest_calibration(s)
+    assert calibration["version"] == 1 and calibration["cases"] == len(CASES)
+    assert sum(calibration["failing"]) == int(failed.sum()) and sum(calibration["organs"]) == len(units)
+    # a version of the history, once it serves, is calibrated on the cases it did not learn from
+    assert len(unseen_by(store.get(2).meta, units)) == len([u for u in units if held_out(u[0])])
 
 
 def test_organs_the_pass_policy_let_through_alone_do_not_teach_the_estimator_and_audited_ones_count_more(tmp_path):
