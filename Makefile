@@ -111,10 +111,10 @@ al-simulation: env
 # Does the attention map point at the pre-label's errors, and does the quality estimator find the organs that fail?
 # Voxel AUROC/AP and case-level recall of attention and entropy; organ AUROC, failing cases in the top 20 % by
 # expected failures, and the pass policy's curve (docs/quality-pass-policy.png), on synthetic held-out volumes and the
-# real scans with labels (.bench/attention/, .bench/quality/; about 40 min on 2 cores).
+# real scans with labels (.bench/attention/, .bench/quality/; about 45 min on 2 cores).
 bench-attention: env
 	$(PY) -m bench.attention
-	$(PY) -m bench.quality --grid 48 --spacing 8 --plot docs/quality-pass-policy.png
+	$(PY) -m bench.quality --grid 48 --spacing 8 --seeds 10 --plot docs/quality-pass-policy.png
 
 # A simulated AbdomenAtlas-size cohort (2,000 synthetic cases) pre-labelled on Ray with 1 and 2 model workers, per
 # stage, against the infer task one case at a time; the store with every case (.bench/cohort/; COHORT_ARGS: --full

@@ -23,13 +23,14 @@ bench-attention`` runs it after the attention bench.)
      labels from each held-out set's own predictions (every organ of its cases, as a team's open cases hold them);
    * and with ``threshold: auto`` once the team has a history (:func:`review.pass_policy.history_threshold`, the
      split-conformal rule): chosen on the other synthetic sets of the stage, labelled, as a team's finished cases
-     are, and applied to this one (for the real scans: on every synthetic set).
+     are, and applied to this one (for the real scans: on every synthetic set); and the same as that history grows
+     (:func:`history_growth`: each set with 1, 2, ... other sets as its history, the second table).
 
 Failing counts only *segmentable* organs (median Dice >= 0.8 on the estimator's training units): at 10 mm the
 adrenal glands never reach 0.8 and every case would fail. The curve (reviews saved against failures let through)
 is plotted to ``docs/quality-pass-policy.png`` with ``--plot``.
 
-    python -m bench.quality [--steps 300 1200 --seeds 5 --test-per-source 6 --fit-per-source 6]
+    python -m bench.quality [--steps 300 1200 --seeds 5 --test-per-source 6 --fit-per-source 6]  (make: --seeds 10)
 """
 
 from __future__ import annotations
@@ -203,6 +204,61 @@ def pooled(sets: Dict[str, tuple], leaving_out=None) -> tuple:
     if not chosen:  # one seed: no other set to be its history
         return np.zeros(0), np.zeros(0, dtype=int)
     return np.concatenate([p for p, _ in chosen]), np.concatenate([f for _, f in chosen])
+
+
+def history_growth(histories: Dict[str, tuple], max_missed: float) -> List[dict]:
+    """``threshold: auto`` from the history as a team's history grows: each synthetic set (its (probabilities,
+    failed) in ``histories``) with the 1, 2, ... sets after it, in turn, as its history. Per size: the failing organs
+    in the history, how many sets got no threshold (too few failing), and over those that did, the threshold, the
+    reviews saved and the failing organs passed (per set, averaged; and pooled over the sets)."""
+    names = list(histories)
+    growth = []
+    for size in range(1, len(names)):
+        failing, chosen, saved, missed, passed_failing, all_failing = [], [], [], [], 0, 0
+        for i, name in enumerate(names):
+            others = [names[(i + j) % len(names)] for j in range(1, size + 1)]
+            p_history = np.concatenate([histories[o][0] for o in others])
+            failed_history = np.concatenate([histories[o][1] for o in others])
+            failing.append(int(failed_history.sum()))
+            t = pass_policy.history_threshold(pass_policy.by_hundredth(p_history[failed_history == 1]), max_missed)
+            if t is None:
+                continue
+            p, failed = histories[name]
+            at = policy_curve(p, failed, [t])[0]
+            chosen.append(t)
+            saved.append(at["saved"])
+            missed.append(at["missed"])
+            passed_failing += int(((p < t) & (failed == 1)).sum())
+            all_failing += int(failed.sum())
+        growth.append(
+            {
+                "other sets": size,
+                "failing organs in the history": float(np.mean(failing)),
+                "sets without a threshold": len(names) - len(chosen),
+                "threshold": float(np.mean(chosen)) if chosen else float("nan"),
+                "saved": float(np.mean(saved)) if saved else float("nan"),
+                "missed": float(np.mean(missed)) if missed else float("nan"),
+                "missed, pooled": passed_failing / all_failing if all_failing else float("nan"),
+            }
+        )
+    return growth
+
+
+def growth_table(results: dict) -> str:
+    """The history's growth (:func:`history_growth`) per stage and definition, as a markdown table."""
+    lines = [
+        "| model steps | organs | history: other sets | failing organs in it | sets without a threshold | "
+        "threshold | reviews saved | failing organs passed (mean; pooled) |",
+        "|---" * 8 + "|",
+    ]
+    for stage in results["stages"]:
+        for row in stage.get("history growth", []):
+            lines.append(
+                f"| {stage['steps']} | {stage['definition']} | {row['other sets']} | "
+                f"{row['failing organs in the history']:.0f} | {row['sets without a threshold']} | "
+                f"{row['threshold']:.2f} | {row['saved']:.1%} | {row['missed']:.1%}; {row['missed, pooled']:.1%} |"
+            )
+    return "\n".join(lines)
 
 
 def segmentable(sets: Dict[str, Dict[str, dict]]) -> List[int]:
@@ -434,7 +490,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sets[f"real, {definition}"] = evaluate(
                     estimator, real, organs, thresholds[steps], plain, args.max_missed, pooled(histories)
                 )
-            results["stages"].append({"steps": steps, "counted": organs, "sets": sets})
+            results["stages"].append(
+                {
+                    "steps": steps,
+                    "definition": definition,
+                    "counted": organs,
+                    "sets": sets,
+                    "history growth": history_growth(histories, args.max_missed),
+                }
+            )
         for name, cases in measured[steps].items():
             names, unit_rows, _ = units(cases, every_organ)
             held_rows.extend(unit_rows.tolist())
@@ -442,8 +506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["units"].append([steps, name, case, organ, round(cases[case]["dice"][organ], 4), round(p, 4)])
     results["minutes"] = round((time.time() - started) / 60, 1)
     results["table"] = table(results)
+    results["growth table"] = growth_table(results)
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    (args.out / "table.md").write_text(results["table"] + "\n")
+    (args.out / "table.md").write_text(results["table"] + "\n\n" + results["growth table"] + "\n")
     # every unit's features, to study other estimators without measuring again (columns: strategies.quality's)
     np.savez_compressed(
         args.out / "units.npz",
@@ -459,6 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         version = publish_cold_start(args.publish, estimator, results["estimator"])
         print(f"published {version.tag} in {version.path} (it serves: the cold start)")
     print(results["table"])
+    print(results["growth table"])
     print(f"thresholds per stage {thresholds}; largest features {estimator.largest(6)}")
     print(f"{results['minutes']} min; results.json and table.md in {args.out}")
     return 0

@@ -50,6 +50,16 @@ def test_the_quality_bench_learns_measures_and_publishes_a_cold_start(tmp_path):
                     assert (at["saved"], at["missed"]) == (chosen["saved"], chosen["missed"]), name
     assert histories > 0
     assert "auto from history: threshold" in (tmp_path / "table.md").read_text()
+    # the history's growth: with 2 seeds, one size (the other seed), which is the table's leave-one-seed-out history
+    for stage in results["stages"]:
+        (grown,) = stage["history growth"]
+        seeds = next(part for name, part in stage["sets"].items() if name.startswith("synthetic"))
+        assert grown["other sets"] == 1 and grown["failing organs in the history"] == seeds["failing organs"] / 2
+        assert grown["sets without a threshold"] == sum(s["history"]["threshold"] != s["history"]["threshold"]
+                                                        for s in seeds["per seed"])  # fmt: skip
+        for key in ("threshold", "saved", "missed"):
+            assert np.isclose(grown[key], seeds["history"][key], equal_nan=True), (key, grown, seeds["history"])
+    assert "| history: other sets |" in (tmp_path / "table.md").read_text()
     units = np.array([u[4:] for u in results["units"]], dtype=float)  # (dice, predicted chance of failing)
     assert len(units) and ((units[:, 1] >= 0) & (units[:, 1] <= 1)).all()
     assert (
