@@ -20,15 +20,15 @@ import functools
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from sqlalchemy import DateTime, and_, bindparam, exists, insert, or_, select, update
-from sqlalchemy.sql import Select
+from sqlalchemy import DateTime, and_, bindparam, exists, insert, null, or_, select, union_all, update
+from sqlalchemy.sql import Executable, Select
 
 from amoslabel.errors import Conflict, NotFound, Unprocessable
 from amoslabel.organs import ORGAN_BY_ID, ORGANS
 from review import assignments, audit, pass_policy
 from review.auth import Principal
 from review.consensus import decide_round
-from review.eligibility import QUEUE_ORDER, queue_selects
+from review.eligibility import QUEUE_ORDER, queue_parts
 from review.schema import Assignment, AuditEvent, Case, Decision, LabelVersion, Review, User
 from review.states import check_transition
 from review.store import utcnow
@@ -56,17 +56,18 @@ class HotPaths:
             return None  # admins claim nothing: they resolve escalated cases on the review pages
         with self.store.write() as s:
             now = utcnow()
-            for candidate in self._candidates(s, who, now):
-                claimed = self._claim_candidate(s, who, candidate, now)
-                if claimed is not None:
-                    return claimed
+            for own in (True, False):  # the user's own leases first: the others are not read while one is claimed
+                for candidate in self._candidates(s, who, now, own):
+                    claimed = self._claim_candidate(s, who, candidate, now)
+                    if claimed is not None:
+                        return claimed
         return None
 
-    def _candidates(self, s, who: Principal, now: datetime, case_id: Optional[str] = None) -> List[Any]:
-        """The first cases of the queue (or ``case_id`` alone, if it is in it) with what the claim needs: ``mine``
-        (my live lease's id) and ``stale`` (a lapsed lease to expire first)."""
+    def _candidates(self, s, who: Principal, now: datetime, own: bool, case_id: Optional[str] = None) -> List[Any]:
+        """The first cases of the queue's ``own`` part or of the others (or ``case_id`` alone, if it is there) with
+        what the claim needs: ``mine`` (my live lease's id) and ``stale`` (a lapsed lease to expire first)."""
         rows = []
-        for query in _candidate_queries(who.role, self.settings.reviewers_per_case, case_id is not None):
+        for query in _candidate_queries(who.role, self.settings.reviewers_per_case, own, case_id is not None):
             rows += s.execute(query, {"me": who.id, "now": now, "case_id": case_id}).all()
         return sorted(rows, key=lambda r: (-r.priority, r.created, r.id))[:_CANDIDATES]
 
@@ -75,7 +76,8 @@ class HotPaths:
             locked = select(Case.id).where(Case.id == candidate.id).with_for_update(skip_locked=True)
             if s.execute(locked).first() is None:
                 return None  # another claim holds it: the next case, not a wait
-            fresh = self._candidates(s, who, now, candidate.id)  # read after the lock: every earlier claim is seen
+            # read after the lock: every earlier claim is seen
+            fresh = self._candidates(s, who, now, candidate.mine is not None, candidate.id)
             if not fresh:
                 return None  # claimed by another between the queue's read and the lock
             candidate = fresh[0]
@@ -360,25 +362,21 @@ def _seniors_query(reviewers_per_case: int) -> Select:
 
 
 @functools.lru_cache(maxsize=None)
-def _candidate_queries(role: str, reviewers_per_case: int, one_case: bool) -> Tuple[Select, ...]:
-    duty = "annotate" if role == "junior" else "review"
-    mine = select(Assignment.id).where(
-        Assignment.case_id == Case.id,
-        Assignment.user_id == _ME,
-        Assignment.duty == duty,
-        Assignment.status == "active",
-        Assignment.expires >= _NOW,
-    )
-    if duty == "review":
-        mine = mine.where(Assignment.round == Case.round)
+def _candidate_queries(role: str, reviewers_per_case: int, own: bool, one_case: bool) -> Tuple[Executable, ...]:
     stale = exists().where(Assignment.case_id == Case.id, Assignment.status == "active", Assignment.expires < _NOW)
     columns = (Case.id, Case.state, Case.round, Case.priority, Case.priority_reason, Case.created, Case.updated)
     queries = []
-    for query in queue_selects(role, _ME, _NOW, reviewers_per_case).values():
-        query = query.with_only_columns(*columns, mine.limit(1).scalar_subquery().label("mine"), stale.label("stale"))
+    for part in queue_parts(role, _ME, _NOW, reviewers_per_case):
+        if part.own != own:
+            continue
+        # the user's live lease: the one an own part is read from; the other parts hold none (they are disjoint)
+        lease = (part.lease if part.own else null()).label("mine")
+        query = part.select.with_only_columns(*columns, lease, stale.label("stale"))
         if one_case:
             query = query.where(Case.id == _CASE)
         queries.append(query.order_by(*QUEUE_ORDER).limit(_CANDIDATES))
+    if len(queries) > 1:  # one statement: each part still one early-stopping scan, in a subquery of its own
+        return (union_all(*(select(query.subquery()) for query in queries)),)
     return tuple(queries)
 
 

@@ -13,7 +13,7 @@ from review import pass_policy
 from review.auth import Forbidden, Principal
 from review.blinding import REVIEWER_EDIT, blind_round, hides_event
 from review.consensus import aggregate_comments
-from review.eligibility import QUEUE_ORDER, queue_selects
+from review.eligibility import QUEUE_ORDER, queue_parts
 from review.schema import Assignment, AuditEvent, Case, CaseScore, Comment, Decision, LabelVersion, Review, User
 from review.store import ReviewStore, utcnow
 from review.summaries import case_summaries, case_summary
@@ -21,7 +21,7 @@ from review.workflow import Workflow
 
 
 def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str, Any]]:
-    """The user's cases, highest priority first, then oldest first: their own leases, then what they may claim."""
+    """The user's cases: their own leases, then what they may claim; each highest priority first, then oldest."""
     cases = queue_cases(workflow, who, limit)
     with workflow.store.read() as s:
         return case_summaries(s, cases)
@@ -30,12 +30,13 @@ def queue(workflow: Workflow, who: Principal, limit: int = 50) -> List[Dict[str,
 def queue_cases(workflow: Workflow, who: Principal, limit: int = 50) -> List[Case]:
     """The cases of :func:`queue`, without their queue lines (a lapsed lease counts as none here already)."""
     with workflow.store.read() as s:
-        per_state = queue_selects(who.role, who.id, utcnow(), workflow.settings.reviewers_per_case)
-        # one ordered, early-stopping scan per state (see the index on cases), merged here
+        parts = queue_parts(who.role, who.id, utcnow(), workflow.settings.reviewers_per_case)
+        # one ordered, early-stopping scan per part (see the index on cases), merged here
         cases = []
-        for query in per_state.values():
-            cases += s.execute(query.order_by(*QUEUE_ORDER).limit(limit)).scalars().all()
-        return sorted(cases, key=lambda c: (-c.priority, c.created, c.id))[:limit]
+        for part in parts:
+            found = s.execute(part.select.order_by(*QUEUE_ORDER).limit(limit)).scalars().all()
+            cases += [(not part.own, -c.priority, c.created, c.id, c) for c in found]
+        return [row[-1] for row in sorted(cases, key=lambda row: row[:-1])[:limit]]
 
 
 def next_case(workflow: Workflow, who: Principal) -> Dict[str, Any] | None:

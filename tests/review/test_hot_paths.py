@@ -106,3 +106,29 @@ def test_a_repeated_write_is_a_409_and_changes_nothing(tmp_path):
     _same(back, _read(team, "c1"))
     claimed = wf.claim_next(u["j1"])
     assert claimed["case_id"] == "c1" and claimed["sent_back"] == back["sent_back"]
+
+
+def test_a_readers_own_routed_case_comes_before_any_other(tmp_path):
+    """Next Sample and the queue give a senior the cases routed to them first, then cases with a free slot (even
+    of a higher priority): routed cases left behind hold their readers' slots for a whole lease."""
+    from review.queries import queue
+    from review.schema import Assignment
+
+    team = make_team(tmp_path, reviewers_per_case=2)
+    wf, u = team.workflow, team.users
+    for case in ("b", "c"):
+        wf.record_prelabel(case, LABEL, "prior", {})
+        wf.claim(u["j1"], case)
+        assert {a["user"] for a in wf.submit(u["j1"], case)["assignees"] if a["duty"] == "review"} == (
+            {"s1", "s2"} if case == "b" else {"s3", "s4"}  # the least loaded seniors
+        )
+    with team.store.write() as s:  # s4 gave up c's slot; c is more urgent than b
+        s.execute(
+            select(Assignment).where(Assignment.case_id == "c", Assignment.user_id == u["s4"].id)
+        ).scalar_one().status = "expired"
+        s.get(Case, "c").priority = 10.0
+    assert [c["case_id"] for c in queue(wf, u["s1"])] == ["b", "c"]
+    assert wf.claim_next(u["s1"])["case_id"] == "b"
+    wf.review(u["s1"], "b", [], default="approve")
+    assert wf.claim_next(u["s1"])["case_id"] == "c"  # then the free slot
+    assert [c["case_id"] for c in queue(wf, u["s2"])] == ["b"]  # c's slots are full now (s3, s1)
