@@ -104,8 +104,9 @@ def agreement(readers: Mapping[str, sitk.Image], against: sitk.Image) -> Dict[st
     spacing = against.GetSpacing()[::-1]
     out: Dict[str, Dict[str, Optional[float]]] = {}
     for name, label in readers.items():
-        if label is against:  # the reviewed label is the consensus (no reviewer edited): what comparing would give
-            out[name] = _self_agreement(ref)
+        known = _self_agreement(ref) if label is against else None  # the reviewed label is the consensus
+        if known is not None:
+            out[name] = known
             continue
         scores = evaluate_case(sitk.GetArrayViewFromImage(label), ref, spacing)
         out[name] = {
@@ -117,10 +118,15 @@ def agreement(readers: Mapping[str, sitk.Image], against: sitk.Image) -> Dict[st
     return out
 
 
-def _self_agreement(label: np.ndarray) -> Dict[str, object]:
+def _self_agreement(label: np.ndarray) -> Optional[Dict[str, object]]:
     """A label map's agreement with itself: 1 for every organ it holds, none for the others. Comparing the map with
-    itself gives the same, at the cost of every organ's surface distances (seconds on a full CT, per final)."""
+    itself gives the same, at the cost of every organ's surface distances (seconds on a full CT, per final). None
+    for a map that is not one of organ ids (not integers, or ids past the last organ): measuring it says why."""
+    if label.dtype.kind not in "ui":
+        return None
     present = np.bincount(label.ravel(), minlength=MAX_LABEL_ID + 1) > 0
+    if len(present) > MAX_LABEL_ID + 1:
+        return None
     per_organ = {organ.name: 1.0 if present[organ.id] else None for organ in ORGANS}
     mean = 1.0 if any(v is not None for v in per_organ.values()) else None
     return {"dice": mean, "nsd": mean, "dice_per_organ": per_organ, "nsd_per_organ": dict(per_organ)}

@@ -62,8 +62,9 @@ def register(pages: Blueprint, context: "PageContext") -> None:
     @pages.get("/cases/<case_id>/live")
     @context.logged_in
     def case_live(who: Principal, case_id: str):
-        detail = case_detail(workflow, check_id(case_id, "case id"), who)
-        return {"state": detail["state"], "round": detail["round"], "stamp": context.stamp(case_id)}
+        stamp = context.stamp(check_id(case_id, "case id"))  # before the state: a change between is seen next poll
+        detail = case_detail(workflow, case_id, who)
+        return {"state": detail["state"], "round": detail["round"], "stamp": stamp}
 
     @pages.post("/cases/<case_id>/claim")
     @context.logged_in
