@@ -60,7 +60,8 @@ def queue_parts(role: str, user_id: Any, now: Any, reviewers_per_case: int) -> L
         ]
     if role == "senior":
         this_round = and_(Assignment.case_id == Case.id, Assignment.duty == "review", Assignment.round == Case.round)
-        read = or_(Assignment.status == "active", Assignment.status == "done")
+        # a reader: a lease done, or active and not lapsed (a lapsed one is expired in the claim's transaction)
+        read = or_(Assignment.status == "done", and_(Assignment.status == "active", Assignment.expires >= now))
         took_part = exists().where(this_round, Assignment.user_id == user_id, read)
         voted_all = (
             select(func.count())

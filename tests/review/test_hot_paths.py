@@ -132,3 +132,32 @@ def test_a_readers_own_routed_case_comes_before_any_other(tmp_path):
     wf.review(u["s1"], "b", [], default="approve")
     assert wf.claim_next(u["s1"])["case_id"] == "c"  # then the free slot
     assert [c["case_id"] for c in queue(wf, u["s2"])] == ["b"]  # c's slots are full now (s3, s1)
+
+
+def test_a_lapsed_review_lease_frees_its_slot_at_once(tmp_path):
+    """A reader's lease that lapsed counts as none for the next claim (not only after the sweep): another senior
+    takes the slot, and the expiry is in the case's history."""
+    from datetime import timedelta
+
+    from review.schema import Assignment
+    from review.store import utcnow
+
+    team = make_team(tmp_path, reviewers_per_case=2)
+    wf, u = team.workflow, team.users
+    wf.record_prelabel("b", LABEL, "prior", {})
+    wf.claim(u["j1"], "b")
+    wf.submit(u["j1"], "b")  # routed to s1 and s2
+    assert wf.claim_next(u["s3"]) is None  # both slots held
+    with team.store.write() as s:
+        lease = s.execute(select(Assignment).where(Assignment.case_id == "b", Assignment.user_id == u["s2"].id))
+        lease.scalar_one().expires = utcnow() - timedelta(seconds=1)
+    claimed = wf.claim_next(u["s3"])
+    assert claimed["case_id"] == "b" and {a["user"] for a in claimed["assignees"] if a["duty"] == "review"} == {
+        "s1",
+        "s3",
+    }
+    with team.store.read() as s:
+        expired = s.execute(
+            select(AuditEvent).where(AuditEvent.case_id == "b", AuditEvent.action == "lease_expired")
+        ).all()
+    assert len(expired) == 1
