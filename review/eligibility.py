@@ -24,6 +24,11 @@ from review.schema import Assignment, Case, LabelVersion, Review
 QUEUE_ORDER = (Case.priority.desc(), Case.created, Case.id)
 
 
+def queue_key(row: Any) -> tuple:
+    """:data:`QUEUE_ORDER` in Python, for merging the rows of several parts (a case, or a row of its columns)."""
+    return (-row.priority, row.created, row.id)
+
+
 class QueuePart(NamedTuple):
     """One part of a user's queue: the cases of one state they may take, as a select to order with
     :data:`QUEUE_ORDER` and limit; ``own`` for the cases they hold a live lease on (taken before the others)."""

@@ -28,7 +28,7 @@ from amoslabel.organs import ORGAN_BY_ID, ORGANS
 from review import assignments, audit, pass_policy
 from review.auth import Principal
 from review.consensus import decide_round
-from review.eligibility import QUEUE_ORDER, queue_parts
+from review.eligibility import QUEUE_ORDER, queue_key, queue_parts
 from review.schema import Assignment, AuditEvent, Case, Decision, LabelVersion, Review, User
 from review.states import check_transition
 from review.store import utcnow
@@ -69,7 +69,7 @@ class HotPaths:
         rows = []
         for query in _candidate_queries(who.role, self.settings.reviewers_per_case, own, case_id is not None):
             rows += s.execute(query, {"me": who.id, "now": now, "case_id": case_id}).all()
-        return sorted(rows, key=lambda r: (-r.priority, r.created, r.id))[:_CANDIDATES]
+        return sorted(rows, key=queue_key)[:_CANDIDATES]
 
     def _claim_candidate(self, s, who: Principal, candidate, now: datetime) -> Optional[Dict[str, Any]]:
         if not self.store.is_sqlite:

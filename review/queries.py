@@ -13,7 +13,7 @@ from review import pass_policy
 from review.auth import Forbidden, Principal
 from review.blinding import REVIEWER_EDIT, blind_round, hides_event
 from review.consensus import aggregate_comments
-from review.eligibility import QUEUE_ORDER, queue_parts
+from review.eligibility import QUEUE_ORDER, queue_key, queue_parts
 from review.schema import Assignment, AuditEvent, Case, CaseScore, Comment, Decision, LabelVersion, Review, User
 from review.store import ReviewStore, utcnow
 from review.summaries import case_summaries, case_summary
@@ -35,7 +35,7 @@ def queue_cases(workflow: Workflow, who: Principal, limit: int = 50) -> List[Cas
         cases = []
         for part in parts:
             found = s.execute(part.select.order_by(*QUEUE_ORDER).limit(limit)).scalars().all()
-            cases += [(not part.own, -c.priority, c.created, c.id, c) for c in found]
+            cases += [(not part.own, queue_key(c), c) for c in found]
         return [row[-1] for row in sorted(cases, key=lambda row: row[:-1])[:limit]]
 
 
