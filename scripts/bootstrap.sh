@@ -36,7 +36,10 @@ echo "bootstrap: 2/3 installing TotalSegmentator's class table ..."
 # dependencies, which are for rendering and conversion (vtk, fury, dipy, ...) and are not needed here.
 pip_quiet install --no-deps -c constraints.txt totalsegmentator \
   || { echo "bootstrap: pip install totalsegmentator failed" >&2; exit 1; }
-echo "bootstrap: 3/3 removing torchvision (monai[torchvision] brings a CUDA build that cannot import beside CPU torch)"
-pip_quiet uninstall -y torchvision
+echo "bootstrap: 3/3 removing torchvision and mlflow, which monailabel's monai extras bring and nothing here uses"
+# torchvision: a CUDA build that cannot import beside CPU torch. mlflow: training never tracks to it (mlflow 3 refuses
+# MONAI Label's file store; amoslabel/server/launch.py turns tracking off), yet MONAI imports it whenever it is there,
+# about 1 s of CPU in every process that imports MONAI (servers, trainings, cohort workers, commands).
+pip_quiet uninstall -y torchvision mlflow mlflow-skinny mlflow-tracing
 "$VENV/bin/python" -c "import monailabel, monai, torch, SimpleITK, nibabel, yaml, pydantic, nnunetv2, totalsegmentator.map_to_binary; print('bootstrap: torch', torch.__version__, '| monai', monai.__version__, '| monailabel', monailabel.__version__)"
 echo "$want" > "$STAMP"

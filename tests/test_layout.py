@@ -1,4 +1,5 @@
-"""The layout's rules, checked on the source: no package imports a floor above it, and no file grows past 600 lines."""
+"""The layout's rules, checked on the source: no package imports a floor above it, no file grows past 600 lines; and
+the environment leaves out what only costs an import."""
 
 from __future__ import annotations
 
@@ -40,3 +41,12 @@ def test_no_source_file_is_over_600_lines():
             if lines > MAX_LINES:
                 long[str(path.relative_to(ROOT))] = lines
     assert not long, f"split these files by job: {long}"
+
+
+def test_the_environment_leaves_out_what_only_costs_an_import():
+    """scripts/bootstrap.sh removes what monailabel's monai extras bring and nothing here uses: mlflow (MONAI imports
+    it whenever it is installed, about 1 s of CPU in every process) and the CUDA torchvision."""
+    import importlib.util
+
+    assert importlib.util.find_spec("mlflow") is None
+    assert importlib.util.find_spec("torchvision") is None

@@ -136,18 +136,15 @@ def test_amos_review_run_on_the_real_ct(server, sample_studies, shared, people, 
     assert listing["final"]["info"]["workflow"] == "amos-label consensus"
     assert listing["final"]["info"]["segmentationMeta"]["status"] == "approved"
     final = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_studies / "labels" / "final" / f"{CASE}.nii.gz")))
-    assert np.array_equal(final, reference)
-    status = train(admin, "unet", {"max_epochs": 1, "iterations_per_epoch": 1, "val_interval": 1})
-    assert status["status"] == "DONE", server.tail()
-    meta_dir = max((sample_studies / ".amoslabel" / "models" / "unet").glob("v*"))
-    meta = json.loads((meta_dir / "meta.json").read_text())
-    assert CASE in meta["training_cases"] + meta["validation_cases"]
+    assert np.array_equal(final, reference)  # its training: the next test (one training checks both cases)
     printed = cli("case-history", CASE, "--studies", str(sample_studies))
     for step in ("register", "pre-label", "route", "submit", "review", "changes", "return", "consensus", "finalise"):
         assert f" {step} " in printed, step
 
 
 def test_a_final_save_without_consensus_does_not_train(server, sample_studies, shared, people, tmp_path):
+    """A junior's 'final' save is a working label until consensus: the next training leaves it out, and takes the
+    consensus final of the review run above."""
     admin = login(server.url, tmp_path, "boss", people["boss"])
     admin.upload_image(str(shared / "ct" / "ts_abdomen_ct_small.nii.gz"), image_id="unreviewed_ct")
     admin.infer("unet", "unreviewed_ct", {})
@@ -160,6 +157,7 @@ def test_a_final_save_without_consensus_does_not_train(server, sample_studies, s
     meta_dir = max((sample_studies / ".amoslabel" / "models" / "unet").glob("v*"))
     meta = json.loads((meta_dir / "meta.json").read_text())
     assert "unreviewed_ct" not in meta["training_cases"] + meta["validation_cases"]
+    assert CASE in meta["training_cases"] + meta["validation_cases"]
     # an admin saving 'final' from a viewer is refused too: final labels come from consensus
     boss_viewer = login(server.url, tmp_path, "boss", people["boss"])
     with pytest.raises(MONAILabelClientException) as err:
